@@ -1,0 +1,318 @@
+//! `qconform check` and `qconform info`.
+
+use crate::Output;
+use qconform_core::detect::{detect, Format};
+use qconform_core::rules::general;
+use qconform_core::source::FileSource;
+use qconform_core::{qcow2, Limits, Report, Severity};
+use std::path::Path;
+
+/// Checks one image file; unreadable files and unknown formats become a
+/// report with a check error (exit code 1), never a panic.
+pub fn check_file(path: &Path, format: Option<&str>, limits: &Limits) -> Report {
+    let name = path.display().to_string();
+    let src = match FileSource::open(path) {
+        Ok(s) => s,
+        Err(e) => {
+            let mut r = Report::new(&name, format.unwrap_or("unknown"), limits);
+            r.add(&general::IO_ERROR, None, format!("cannot open {name}: {e}"));
+            return r;
+        }
+    };
+    let fmt = match format {
+        Some(f) => Format::from_name(f),
+        None => detect(&src),
+    };
+    match fmt {
+        Some(Format::Qcow2) => qcow2::check(&src, &name, limits),
+        other => {
+            let mut r = Report::new(&name, other.map_or("unknown", |f| f.name()), limits);
+            let what = match (format, other) {
+                (Some(f), None) => format!("unknown format {f:?}"),
+                (_, Some(f)) => format!("{} images are not checked yet", f.name()),
+                (None, None) => {
+                    "the file is not in a format qconform knows (no qcow2, QED or Parallels magic)"
+                        .into()
+                }
+            };
+            r.add(&general::UNKNOWN_FORMAT, Some(0), what);
+            r
+        }
+    }
+}
+
+/// Renders a report as qemu-img-like text.
+pub fn human(report: &Report) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    for f in &report.findings {
+        let at = f
+            .offset
+            .map_or(String::new(), |o| format!(" at offset {o:#x}"));
+        let sev = match f.severity {
+            Severity::Error => "ERROR",
+            Severity::Corruption => "CORRUPTION",
+            Severity::Leak => "LEAK",
+            Severity::Violation => "VIOLATION",
+            Severity::Note => "NOTE",
+        };
+        let _ = writeln!(
+            s,
+            "{}: {sev} [{}]{at}: {} ({} §{})",
+            report.filename, f.rule.id, f.detail, f.rule.spec, f.rule.section
+        );
+    }
+    for (rule, n) in &report.findings_omitted {
+        let _ = writeln!(
+            s,
+            "{}: ... and {n} more findings of [{rule}]",
+            report.filename
+        );
+    }
+    if report.check_errors > 0 {
+        let _ = writeln!(
+            s,
+            "\n{} errors occurred during the check; the check is not complete.",
+            report.check_errors
+        );
+    } else if report.corruptions == 0 && report.leaks == 0 {
+        let _ = writeln!(s, "\nNo errors were found on the image.");
+    } else {
+        if report.corruptions > 0 {
+            let _ = writeln!(s, "\n{} errors were found on the image.\nData may be corrupted, or further writes to the image may corrupt it.", report.corruptions);
+        }
+        if report.leaks > 0 {
+            let _ = writeln!(s, "\n{} leaked clusters were found on the image.\nThis means waste of disk space, but no harm to data.", report.leaks);
+        }
+    }
+    if report.violations > 0 {
+        let _ = writeln!(
+            s,
+            "{} spec violations that qemu-img does not count (--strict counts them).",
+            report.violations
+        );
+    }
+    if let (Some(total), Some(alloc), Some(frag), Some(comp)) = (
+        report.total_clusters,
+        report.allocated_clusters,
+        report.fragmented_clusters,
+        report.compressed_clusters,
+    ) {
+        let pct = |n: u64, d: u64| {
+            if d == 0 {
+                0.0
+            } else {
+                n as f64 * 100.0 / d as f64
+            }
+        };
+        let _ = writeln!(
+            s,
+            "{alloc}/{total} = {:.2}% allocated, {:.2}% fragmented, {:.2}% compressed clusters",
+            pct(alloc, total),
+            pct(frag, alloc),
+            pct(comp, alloc)
+        );
+    }
+    if let Some(end) = report.image_end_offset {
+        let _ = writeln!(s, "Image end offset: {end}");
+    }
+    s
+}
+
+pub fn run_check(
+    format: Option<&str>,
+    output: Output,
+    strict: bool,
+    images: &[std::path::PathBuf],
+) -> i32 {
+    let limits = Limits::default();
+    let mut worst = 0;
+    let mut reports = Vec::new();
+    for path in images {
+        let report = check_file(path, format, &limits);
+        let code = report.exit_code(strict);
+        // Worst by qemu-img's precedence: 1 (not checked) > 2 > 3 > 0.
+        let rank = |c: i32| match c {
+            1 => 3,
+            2 => 2,
+            3 => 1,
+            _ => 0,
+        };
+        if rank(code) > rank(worst) {
+            worst = code;
+        }
+        match output {
+            Output::Human => print!("{}", human(&report)),
+            Output::Json => reports.push(report),
+        }
+    }
+    if output == Output::Json {
+        let text = if reports.len() == 1 {
+            serde_json::to_string_pretty(&reports[0])
+        } else {
+            serde_json::to_string_pretty(&reports)
+        };
+        println!("{}", text.unwrap_or_default());
+    }
+    worst
+}
+
+pub fn run_info(output: Output, path: &Path) -> i32 {
+    let limits = Limits::default();
+    let name = path.display().to_string();
+    let src = match FileSource::open(path) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("qconform: cannot open {name}: {e}");
+            return 1;
+        }
+    };
+    if detect(&src) != Some(Format::Qcow2) {
+        eprintln!("qconform: {name}: not a qcow2 image (info supports qcow2 for now)");
+        return 1;
+    }
+    match qcow2::check::info(&src, &name, &limits) {
+        Err(report) => {
+            eprint!("{}", human(&report));
+            1
+        }
+        Ok(info) => {
+            match output {
+                Output::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&info).unwrap_or_default()
+                ),
+                Output::Human => print!("{}", info_human(&name, &info)),
+            }
+            0
+        }
+    }
+}
+
+fn info_human(name: &str, i: &qcow2::check::Info) -> String {
+    use qcow2::header::feature_name;
+    use std::fmt::Write;
+    let h = &i.header;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "image: {name}\nfile format: qcow2\nversion: {}\nvirtual size: {} bytes",
+        h.version, h.size
+    );
+    let _ = writeln!(
+        s,
+        "cluster_size: {} (cluster_bits {})\nrefcount bits: {}",
+        h.cluster_size(),
+        h.cluster_bits,
+        h.refcount_bits()
+    );
+    let _ = writeln!(
+        s,
+        "header_length: {}\ncompression type: {}",
+        h.header_length,
+        if h.compression_type == 1 {
+            "zstd"
+        } else {
+            "deflate"
+        }
+    );
+    let _ = writeln!(
+        s,
+        "crypt_method: {}",
+        ["none", "AES", "LUKS"]
+            .get(h.crypt_method as usize)
+            .unwrap_or(&"unknown")
+    );
+    let _ = writeln!(
+        s,
+        "L1: {} entries at {:#x}\nrefcount table: {} clusters at {:#x}",
+        h.l1_size, h.l1_table_offset, h.refcount_table_clusters, h.refcount_table_offset
+    );
+    for (kind, label, bits) in [
+        (0u8, "incompatible", h.incompatible_features),
+        (1, "compatible", h.compatible_features),
+        (2, "autoclear", h.autoclear_features),
+    ] {
+        let names: Vec<String> = (0..64u8)
+            .filter(|b| bits >> b & 1 == 1)
+            .map(|b| {
+                let from_table = i
+                    .extensions
+                    .feature_names
+                    .iter()
+                    .find(|f| f.kind == kind && f.bit == b)
+                    .map(|f| f.name.clone());
+                feature_name(kind, b)
+                    .map(str::to_owned)
+                    .or(from_table)
+                    .unwrap_or_else(|| format!("unknown bit {b}"))
+            })
+            .collect();
+        let _ = writeln!(
+            s,
+            "{label} features: {}",
+            if names.is_empty() {
+                "none".into()
+            } else {
+                names.join(", ")
+            }
+        );
+    }
+    let e = &i.extensions;
+    if h.backing_file_offset != 0 {
+        let _ = writeln!(
+            s,
+            "backing file: at {:#x}, {} bytes{}",
+            h.backing_file_offset,
+            h.backing_file_size,
+            e.backing_format
+                .as_ref()
+                .map_or(String::new(), |f| format!(" (format {f})"))
+        );
+    }
+    if let Some(d) = &e.data_file {
+        let _ = writeln!(s, "data file: {d}");
+    }
+    if let Some(f) = &e.fde {
+        let _ = writeln!(
+            s,
+            "encryption header: {} bytes at {:#x}",
+            f.length, f.offset
+        );
+    }
+    for u in &e.unknown {
+        let _ = writeln!(
+            s,
+            "unknown extension {:#010x}: {} bytes at {:#x}",
+            u.ext_type, u.length, u.offset
+        );
+    }
+    let _ = writeln!(s, "snapshots: {}", i.snapshots.snapshots.len());
+    for sn in &i.snapshots.snapshots {
+        let _ = writeln!(
+            s,
+            "  id {:>4} name {:<20} L1 {} entries at {:#x}, vm state {} bytes, disk size {}{}",
+            sn.id,
+            sn.name,
+            sn.l1_size,
+            sn.l1_table_offset,
+            sn.vm_state_size,
+            sn.disk_size,
+            sn.icount.map_or(String::new(), |c| format!(", icount {c}"))
+        );
+    }
+    let _ = writeln!(s, "bitmaps: {}", i.bitmaps.len());
+    for b in &i.bitmaps {
+        let _ = writeln!(
+            s,
+            "  {:<20} granularity {} bytes, flags{}{}, table {} entries at {:#x}",
+            b.name,
+            1u64 << b.granularity_bits,
+            if b.in_use() { " in-use" } else { "" },
+            if b.auto() { " auto" } else { "" },
+            b.bitmap_table_size,
+            b.bitmap_table_offset
+        );
+    }
+    s
+}

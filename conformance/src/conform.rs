@@ -1,0 +1,103 @@
+//! `qconform conform`: the main job. Checks every corpus image, compares the
+//! report with its golden file, prints a table and fails on any mismatch.
+
+use crate::golden::{corpus_images, read_snap, report_json, snap_path};
+use crate::Output;
+use serde::Serialize;
+use std::path::Path;
+
+#[derive(Serialize)]
+struct Row {
+    case: String,
+    format: String,
+    verdict: &'static str,
+    exit_code: i64,
+    findings: usize,
+    /// "match", "MISMATCH" or "NO GOLDEN".
+    golden: &'static str,
+}
+
+fn verdict(code: i64) -> &'static str {
+    match code {
+        0 => "clean",
+        1 => "not checked",
+        2 => "corrupt",
+        3 => "leaks",
+        _ => "?",
+    }
+}
+
+pub fn run(root: &Path, output: Output) -> i32 {
+    let images = corpus_images(root);
+    if images.is_empty() {
+        eprintln!("qconform conform: no corpus images under {} (run from the repository root or pass --root)", root.display());
+        return 1;
+    }
+    let mut rows = Vec::new();
+    let mut failures = 0;
+    for (name, path) in &images {
+        let json = report_json(root, name, path);
+        let report: serde_json::Value = serde_json::from_str(&json).unwrap_or_default();
+        let code = exit_code(&report);
+        let golden = match read_snap(&snap_path(root, name)) {
+            None => "NO GOLDEN",
+            Some(body) => match serde_json::from_str::<serde_json::Value>(&body) {
+                Ok(g) if g == report => "match",
+                _ => "MISMATCH",
+            },
+        };
+        if golden != "match" {
+            failures += 1;
+        }
+        rows.push(Row {
+            case: name.clone(),
+            format: report["format"].as_str().unwrap_or("?").to_owned(),
+            verdict: verdict(code),
+            exit_code: code,
+            findings: report["findings"].as_array().map_or(0, |a| a.len()),
+            golden,
+        });
+    }
+    match output {
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&rows).unwrap_or_default()
+        ),
+        Output::Human => {
+            println!(
+                "{:<36} {:<9} {:<12} {:>8}  golden",
+                "case", "format", "verdict", "findings"
+            );
+            for r in &rows {
+                println!(
+                    "{:<36} {:<9} {:<12} {:>8}  {}",
+                    r.case, r.format, r.verdict, r.findings, r.golden
+                );
+            }
+            println!(
+                "\n{} cases, {} match golden, {} differ",
+                rows.len(),
+                rows.len() - failures,
+                failures
+            );
+        }
+    }
+    if failures > 0 {
+        1
+    } else {
+        0
+    }
+}
+
+fn exit_code(report: &serde_json::Value) -> i64 {
+    let n = |k: &str| report[k].as_u64().unwrap_or(0);
+    if n("check-errors") > 0 {
+        1
+    } else if n("corruptions") > 0 {
+        2
+    } else if n("leaks") > 0 {
+        3
+    } else {
+        0
+    }
+}

@@ -1,0 +1,15 @@
+//! The qconform CLI's library half: subcommands, the shipped corpus recipes
+//! and golden-file handling, so integration tests and xtask can reuse them.
+
+pub mod check;
+pub mod conform;
+pub mod corpus;
+pub mod golden;
+pub mod rules_cmd;
+
+/// Output format of a subcommand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    Human,
+    Json,
+}

@@ -1,0 +1,21 @@
+//! qconform-core: reference parsers and checkers for QEMU disk image formats.
+//!
+//! Everything here works over a [`source::ReadAt`] byte source and never writes
+//! to it. Every check a checker performs is a [`rules::Rule`] of the one
+//! registry; its results are [`report::Finding`]s collected in a
+//! [`report::Report`]. Hostile input is the normal case: every table is bounded
+//! by the length of the source (never by a size a header claims) and by the
+//! explicit caps of [`limits::Limits`].
+
+pub mod detect;
+pub mod error;
+pub mod limits;
+pub mod qcow2;
+pub mod report;
+pub mod rules;
+pub mod source;
+
+pub use error::{Error, Result};
+pub use limits::Limits;
+pub use report::{Finding, Report, Severity};
+pub use source::ReadAt;

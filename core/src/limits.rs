@@ -1,0 +1,35 @@
+//! Explicit caps on the work and memory a check may spend.
+//!
+//! Tables are already bounded by the length of the file they sit in; these
+//! limits bound what the file length alone cannot (a small file whose tables
+//! all point at one another, a multi-terabyte sparse file).
+
+/// Caps a checker honours; exceeding one ends the check with a check error
+/// naming the `limits.*` rule, never with a hang or an allocation failure.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest table (L1, refcount table, snapshot table, bitmap directory)
+    /// read into memory at once. QEMU's own caps are 32 MiB (L1) and 8 MiB
+    /// (refcount table); we accept more but not without bound.
+    pub max_table_bytes: u64,
+    /// Table entries (L1, L2, bitmap table) visited in one check, summed over
+    /// every L1 table. Legitimate images need about one per 8 bytes of file;
+    /// this stops a small file whose snapshots all share one huge L1.
+    pub max_entries_visited: u64,
+    /// Findings kept per rule; the counts stay exact beyond it.
+    pub max_findings_per_rule: usize,
+    /// Header extensions parsed (each is at least 8 bytes of cluster 0, so
+    /// a 2 MiB cluster holds at most 262144 of them).
+    pub max_header_extensions: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_table_bytes: 256 << 20,
+            max_entries_visited: 1 << 30,
+            max_findings_per_rule: 32,
+            max_header_extensions: 4096,
+        }
+    }
+}

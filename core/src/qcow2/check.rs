@@ -1,0 +1,825 @@
+//! The reference checker: rebuilds the reference count of every host
+//! cluster from every structure that owns one and compares it with the
+//! refcounts on disk, then checks the COPIED flags, as `qemu-img check`
+//! does, and the spec rules qemu-img does not look at.
+//!
+//! Counting follows QEMU's `qcow2_check_refcounts` closely so that the
+//! corruption and leak counts can be compared with qemu-img's: one count per
+//! cluster whose refcount differs, one per bad entry, per reference.
+//! Where an L2 table is reachable several times (shared with snapshots), it
+//! is read once and its findings and references are multiplied.
+
+use super::bitmap::{self, table_entry_problem};
+use super::ext::{self, Extensions};
+use super::header::{self, Header};
+use super::mapping::*;
+use super::refcount::{owner, Census, OnDisk};
+use super::snapshot::{self, SnapshotTable};
+use crate::limits::Limits;
+use crate::report::Report;
+use crate::rules::{general, qcow2 as rule};
+use crate::source::ReadAt;
+use std::collections::{HashMap, HashSet};
+
+/// Everything `qconform info` shows: the parsed metadata, without the
+/// consistency check.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Info {
+    pub header: Header,
+    pub extensions: Extensions,
+    pub snapshots: SnapshotTable,
+    pub bitmaps: Vec<bitmap::Bitmap>,
+}
+
+/// Parses the metadata for `qconform info`. On failure the report says why.
+pub fn info(src: &dyn ReadAt, filename: &str, limits: &Limits) -> Result<Info, Report> {
+    let mut report = Report::new(filename, "qcow2", limits);
+    let parsed = header::parse(src, &mut report);
+    let Some(parsed) = parsed else {
+        return Err(report);
+    };
+    let Some(extensions) = ext::parse(&parsed.header, &parsed.cluster0, limits, &mut report) else {
+        return Err(report);
+    };
+    let Some(snapshots) = snapshot::read(src, &parsed.header, &mut report) else {
+        return Err(report);
+    };
+    let bitmaps = match &extensions.bitmaps {
+        Some(b) => bitmap::read_directory(src, &parsed.header, b, &mut report).unwrap_or_default(),
+        None => Vec::new(),
+    };
+    Ok(Info {
+        header: parsed.header,
+        extensions,
+        snapshots,
+        bitmaps,
+    })
+}
+
+/// Checks a qcow2 image. Never writes; never panics; memory is bounded by
+/// the file length divided by the cluster size plus the caps of `limits`.
+pub fn check(src: &dyn ReadAt, filename: &str, limits: &Limits) -> Report {
+    let mut report = Report::new(filename, "qcow2", limits);
+    let Some(parsed) = header::parse(src, &mut report) else {
+        return report;
+    };
+    let h = &parsed.header;
+    let Some(exts) = ext::parse(h, &parsed.cluster0, limits, &mut report) else {
+        return report;
+    };
+    let Some(snaps) = snapshot::read(src, h, &mut report) else {
+        return report;
+    };
+    let ondisk = match OnDisk::load(src, h) {
+        Ok(o) => o,
+        Err(e) => {
+            report.add(
+                &general::IO_ERROR,
+                Some(h.refcount_table_offset),
+                e.to_string(),
+            );
+            return report;
+        }
+    };
+    let mut checker = Checker {
+        src,
+        h,
+        limits,
+        census: Census::new(h, src.size()),
+        refcount_is_one: Vec::new(),
+        unreadable_blocks: HashSet::new(),
+        ondisk,
+        visits: Vec::new(),
+        visit_index: HashMap::new(),
+        entries_visited: 0,
+        overlap_reported: HashSet::new(),
+        stats: Stats::default(),
+        report: &mut report,
+    };
+    checker.run(&exts, &snaps);
+    report
+}
+
+#[derive(Default)]
+struct Stats {
+    allocated: u64,
+    fragmented: u64,
+    compressed: u64,
+}
+
+/// One L2 table and how often it is reachable.
+struct L2Visit {
+    offset: u64,
+    /// References from the active L1 table.
+    active: u64,
+    /// References from snapshot L1 tables.
+    inactive: u64,
+    /// Guest offset mapped by its first reference (for the data file rule).
+    guest_base: u64,
+}
+
+/// Stop: a limit was hit and the check cannot be completed.
+struct Abort;
+
+struct Checker<'a, 'r> {
+    src: &'a dyn ReadAt,
+    h: &'a Header,
+    limits: &'a Limits,
+    census: Census,
+    ondisk: OnDisk<'a>,
+    /// One bit per cluster of the file: its on-disk refcount is exactly 1.
+    /// Lets the COPIED checks run without re-reading refcount blocks.
+    refcount_is_one: Vec<u64>,
+    unreadable_blocks: HashSet<u64>,
+    visits: Vec<L2Visit>,
+    visit_index: HashMap<u64, usize>,
+    entries_visited: u64,
+    overlap_reported: HashSet<u64>,
+    stats: Stats,
+    report: &'r mut Report,
+}
+
+impl Checker<'_, '_> {
+    fn run(&mut self, exts: &Extensions, snaps: &SnapshotTable) {
+        let h = self.h;
+        let cs = h.cluster_size();
+        self.load_refcount_is_one();
+        self.census
+            .reference(self.report, 0, cs, 1, owner::HEADER, "header cluster");
+
+        // Active L1 table and the L2 tables it reaches.
+        let l1_bytes = h.l1_size as u64 * 8;
+        self.census.reference(
+            self.report,
+            h.l1_table_offset,
+            l1_bytes,
+            1,
+            owner::L1,
+            "active L1 table",
+        );
+        if self.walk_l1(h.l1_table_offset, h.l1_size, 1, true).is_err() {
+            return;
+        }
+
+        // Snapshot L1 tables: identical tables are walked once, multiplied.
+        if h.has_data_file() && !snaps.snapshots.is_empty() {
+            self.report.add(
+                &rule::DATA_FILE_SNAPSHOTS,
+                Some(h.snapshots_offset),
+                format!(
+                    "{} internal snapshots in an image with an external data file",
+                    snaps.snapshots.len()
+                ),
+            );
+        }
+        let mut groups: Vec<((u64, u32), u64)> = Vec::new();
+        let mut group_index: HashMap<(u64, u32), usize> = HashMap::new();
+        for s in &snaps.snapshots {
+            if !snapshot::l1_usable(h, s, self.report) {
+                continue;
+            }
+            let key = (s.l1_table_offset, s.l1_size);
+            match group_index.get(&key) {
+                Some(&i) => groups[i].1 += 1,
+                None => {
+                    group_index.insert(key, groups.len());
+                    groups.push((key, 1));
+                }
+            }
+        }
+        for ((offset, size), times) in groups {
+            self.census.reference(
+                self.report,
+                offset,
+                size as u64 * 8,
+                times,
+                owner::L1,
+                "snapshot L1 table",
+            );
+            if self.walk_l1(offset, size, times, false).is_err() {
+                return;
+            }
+        }
+        if self.visit_l2_tables().is_err() {
+            return;
+        }
+
+        self.census.reference(
+            self.report,
+            h.snapshots_offset,
+            snaps.size,
+            1,
+            owner::SNAPSHOT_TABLE,
+            "snapshot table",
+        );
+        self.census.reference(
+            self.report,
+            h.refcount_table_offset,
+            h.refcount_table_clusters as u64 * cs,
+            1,
+            owner::REFCOUNT,
+            "refcount table",
+        );
+        if let Some(fde) = &exts.fde {
+            self.census.reference(
+                self.report,
+                fde.offset,
+                fde.length,
+                1,
+                owner::HEADER,
+                "encryption header",
+            );
+        }
+        if let Some(b) = &exts.bitmaps {
+            if self.count_bitmaps(b).is_err() {
+                return;
+            }
+        }
+        self.check_refblocks();
+        self.compare_refcounts();
+
+        let r = &mut *self.report;
+        r.total_clusters = Some(h.size.div_ceil(cs));
+        r.allocated_clusters = Some(self.stats.allocated);
+        r.fragmented_clusters = Some(self.stats.fragmented);
+        r.compressed_clusters = Some(self.stats.compressed);
+    }
+
+    fn budget(&mut self, entries: u64) -> Result<(), Abort> {
+        self.entries_visited += entries;
+        if self.entries_visited > self.limits.max_entries_visited {
+            self.report.add(
+                &general::WORK_LIMIT,
+                None,
+                format!(
+                    "more than {} table entries to visit; the check stops here",
+                    self.limits.max_entries_visited
+                ),
+            );
+            return Err(Abort);
+        }
+        Ok(())
+    }
+
+    /// On-disk refcount of `cluster`, or None where QEMU cannot look it up.
+    fn ondisk_refcount(&self, cluster: u64) -> Option<u64> {
+        if cluster < self.census.nb_clusters
+            && !self
+                .unreadable_blocks
+                .contains(&(cluster / self.ondisk.entries_per_block()))
+        {
+            let word = self
+                .refcount_is_one
+                .get((cluster / 64) as usize)
+                .copied()
+                .unwrap_or(0);
+            if word >> (cluster % 64) & 1 == 1 {
+                return Some(1);
+            }
+        }
+        self.ondisk.get(cluster).ok()
+    }
+
+    /// Loads one bit per cluster: on-disk refcount == 1. Bounded by the
+    /// clusters of the file, one refcount block read at a time.
+    fn load_refcount_is_one(&mut self) {
+        let nb = self.census.nb_clusters + 1;
+        self.refcount_is_one = vec![0u64; nb.div_ceil(64) as usize];
+        let epb = self.ondisk.entries_per_block();
+        let blocks = nb.div_ceil(epb).min(self.ondisk.table_entries);
+        let mut buf = vec![0u8; self.h.cluster_size() as usize];
+        for t in 0..blocks {
+            match self.ondisk.block_offset(t) {
+                Err(_) => {
+                    self.unreadable_blocks.insert(t);
+                }
+                Ok(0) => {}
+                Ok(off) => {
+                    self.ondisk.read_block(off, &mut buf);
+                    let first = t * epb;
+                    let count = epb.min(nb - first);
+                    let order = self.ondisk.order;
+                    for_each_refcount(&buf, order, count, |i, rc| {
+                        if rc == 1 {
+                            let k = first + i;
+                            if let Some(w) = self.refcount_is_one.get_mut((k / 64) as usize) {
+                                *w |= 1 << (k % 64);
+                            }
+                        }
+                    });
+                }
+            }
+        }
+    }
+
+    /// Walks one L1 table: counts its L2 tables and queues them for a visit.
+    fn walk_l1(
+        &mut self,
+        l1_offset: u64,
+        l1_size: u32,
+        times: u64,
+        active: bool,
+    ) -> Result<(), Abort> {
+        let h = self.h;
+        let cs = h.cluster_size();
+        // Only the part inside the file can hold non-zero entries.
+        let inside = (self.src.size().saturating_sub(l1_offset) / 8).min(l1_size as u64);
+        self.budget(inside)?;
+        let mut chunk = vec![0u8; (inside * 8).min(1 << 16) as usize];
+        let mut i = 0u64;
+        while i < inside {
+            let n = (inside - i).min(chunk.len() as u64 / 8);
+            let buf = &mut chunk[..(n * 8) as usize];
+            if self.src.read_exact_at(buf, l1_offset + i * 8).is_err() {
+                buf.fill(0);
+            }
+            for j in 0..n {
+                let at = (j * 8) as usize;
+                let e = crate::source::be_u64(buf, at);
+                if e == 0 {
+                    continue;
+                }
+                let index = i + j;
+                let entry_offset = l1_offset + index * 8;
+                if e & L1E_RESERVED_MASK != 0 {
+                    self.report.add_times(
+                        &rule::L1_RESERVED,
+                        Some(entry_offset),
+                        times,
+                        format!("L1 entry {index} ({e:#018x}) has reserved bits set"),
+                    );
+                }
+                let l2 = e & L1E_OFFSET_MASK;
+                self.census
+                    .reference(self.report, l2, cs, times, owner::L2, "L2 table");
+                if l2 % cs != 0 {
+                    self.report.add_times(
+                        &rule::L1_L2_ALIGNED,
+                        Some(entry_offset),
+                        times,
+                        format!("L1 entry {index}: L2 table offset {l2:#x} is not cluster aligned"),
+                    );
+                }
+                if active && l2 != 0 {
+                    if let Some(rc) = self.ondisk_refcount(l2 / cs) {
+                        if (rc == 1) != (e & OFLAG_COPIED != 0) {
+                            self.report.add(&rule::L1_COPIED, Some(entry_offset), format!(
+                                "L1 entry {index}: COPIED is {} but the L2 table's refcount is {rc}",
+                                if e & OFLAG_COPIED != 0 { "set" } else { "clear" }));
+                        }
+                    }
+                }
+                let guest_base = index * (h.l2_entries() << h.cluster_bits);
+                let v = match self.visit_index.get(&l2) {
+                    Some(&v) => v,
+                    None => {
+                        self.visit_index.insert(l2, self.visits.len());
+                        self.visits.push(L2Visit {
+                            offset: l2,
+                            active: 0,
+                            inactive: 0,
+                            guest_base,
+                        });
+                        self.visits.len() - 1
+                    }
+                };
+                if let Some(v) = self.visits.get_mut(v) {
+                    if active {
+                        v.active += times
+                    } else {
+                        v.inactive += times
+                    }
+                }
+            }
+            i += n;
+        }
+        Ok(())
+    }
+
+    /// Visits every distinct L2 table once.
+    fn visit_l2_tables(&mut self) -> Result<(), Abort> {
+        let h = self.h;
+        let cs = h.cluster_size();
+        let mut table = vec![0u8; cs as usize];
+        let visits = std::mem::take(&mut self.visits);
+        for v in &visits {
+            self.budget(h.l2_entries())?;
+            // QEMU reads a table past the end of the file as zeros.
+            if self.src.read_zero_padded(&mut table, v.offset).is_err() {
+                table.fill(0);
+            }
+            self.visit_l2(&table, v);
+        }
+        Ok(())
+    }
+
+    fn visit_l2(&mut self, table: &[u8], v: &L2Visit) {
+        let h = self.h;
+        let cs = h.cluster_size();
+        let times = v.active + v.inactive;
+        let data_file = h.has_data_file();
+        let mut next_contiguous = 0u64;
+        for i in 0..h.l2_entries() {
+            let (entry, bitmap) = l2_entry(h, table, i as usize);
+            if entry == 0 && bitmap == 0 {
+                continue;
+            }
+            let entry_offset = v.offset + i * h.l2_entry_bytes();
+            let guest = v.guest_base + (i << h.cluster_bits);
+            let kind = classify(h, entry);
+            if kind != ClusterKind::Compressed && entry & L2E_STD_RESERVED_MASK != 0 {
+                self.report.add_times(
+                    &rule::L2_RESERVED,
+                    Some(entry_offset),
+                    times,
+                    format!("L2 entry {entry:#018x} has reserved bits set"),
+                );
+            }
+            if guest >= h.size && kind != ClusterKind::Unallocated {
+                self.report.add_times(
+                    &rule::L2_BEYOND_DISK,
+                    Some(entry_offset),
+                    times,
+                    format!(
+                        "guest offset {guest:#x} past the virtual size {} is mapped",
+                        h.size
+                    ),
+                );
+            }
+            match kind {
+                ClusterKind::Compressed => {
+                    if entry & OFLAG_COPIED != 0 {
+                        self.report.add_times(
+                            &rule::L2_COMPRESSED_COPIED,
+                            Some(entry_offset),
+                            times,
+                            format!("compressed cluster entry {entry:#018x} has COPIED set"),
+                        );
+                    }
+                    if data_file {
+                        self.report.add_times(
+                            &rule::DATA_FILE_COMPRESSED,
+                            Some(entry_offset),
+                            times,
+                            "compressed cluster in an image with an external data file",
+                        );
+                        continue;
+                    }
+                    if bitmap != 0 {
+                        self.report.add_times(
+                            &rule::SUBCLUSTER_COMPRESSED,
+                            Some(entry_offset),
+                            times,
+                            format!("compressed cluster with subcluster bitmap {bitmap:#018x}"),
+                        );
+                        continue;
+                    }
+                    if compressed_offset_high_bits(h, entry) != 0 {
+                        self.report.add_times(
+                            &rule::L2_COMPRESSED_OFFSET,
+                            Some(entry_offset),
+                            times,
+                            "compressed cluster offset has bits above 55 set",
+                        );
+                    }
+                    let r = compressed_range(h, entry);
+                    self.census.reference(
+                        self.report,
+                        r.offset,
+                        r.len,
+                        times,
+                        owner::COMPRESSED,
+                        "compressed cluster",
+                    );
+                    if v.active > 0 {
+                        self.stats.allocated += v.active;
+                        self.stats.compressed += v.active;
+                        self.stats.fragmented += v.active;
+                    }
+                }
+                ClusterKind::ZeroAlloc | ClusterKind::Normal => {
+                    let offset = entry & L2E_OFFSET_MASK;
+                    if (bitmap >> 32) & bitmap != 0 {
+                        self.report.add_times(&rule::SUBCLUSTER_ALLOC_ZERO, Some(entry_offset), times, format!(
+                            "cluster at {offset:#x}: subclusters {:#x} are both allocated and zero", (bitmap >> 32) & bitmap));
+                    }
+                    if offset % cs != 0 {
+                        self.report.add_times(
+                            &rule::L2_ALIGNED,
+                            Some(entry_offset),
+                            times,
+                            format!("data cluster offset {offset:#x} is not cluster aligned"),
+                        );
+                    }
+                    if h.version < 3 && entry & OFLAG_ZERO != 0 {
+                        self.report.add_times(
+                            &rule::L2_ZERO_V2,
+                            Some(entry_offset),
+                            times,
+                            "zero flag in a version 2 image",
+                        );
+                    }
+                    if v.active > 0 {
+                        self.stats.allocated += v.active;
+                        if next_contiguous != 0 && offset != next_contiguous {
+                            self.stats.fragmented += v.active;
+                        }
+                        next_contiguous = offset + cs;
+                    }
+                    if data_file {
+                        if offset != guest {
+                            self.report.add_times(
+                                &rule::DATA_FILE_OFFSET,
+                                Some(entry_offset),
+                                times,
+                                format!(
+                                    "guest offset {guest:#x} maps to data file offset {offset:#x}"
+                                ),
+                            );
+                        }
+                    } else {
+                        self.census.reference(
+                            self.report,
+                            offset,
+                            cs,
+                            times,
+                            owner::DATA,
+                            "data cluster",
+                        );
+                    }
+                    if v.active > 0 {
+                        let rc = if data_file {
+                            Some(1)
+                        } else {
+                            self.ondisk_refcount(offset / cs)
+                        };
+                        if let Some(rc) = rc {
+                            if (rc == 1) != (entry & OFLAG_COPIED != 0) {
+                                self.report.add_times(&rule::L2_COPIED, Some(entry_offset), v.active, format!(
+                                    "data cluster {offset:#x}: COPIED is {} but its refcount is {rc}",
+                                    if entry & OFLAG_COPIED != 0 { "set" } else { "clear" }));
+                            }
+                        }
+                    }
+                }
+                ClusterKind::ZeroPlain => {
+                    if h.version < 3 {
+                        self.report.add_times(
+                            &rule::L2_ZERO_V2,
+                            Some(entry_offset),
+                            times,
+                            "zero flag in a version 2 image",
+                        );
+                    }
+                }
+                ClusterKind::Unallocated => {
+                    if bitmap & L2_BITMAP_ALL_ALLOC != 0 {
+                        self.report.add_times(
+                            &rule::SUBCLUSTER_UNALLOCATED,
+                            Some(entry_offset),
+                            times,
+                            format!(
+                                "unallocated cluster with allocated subclusters {:#x}",
+                                bitmap & L2_BITMAP_ALL_ALLOC
+                            ),
+                        );
+                    }
+                    if entry & OFLAG_COPIED != 0 && !data_file {
+                        self.report.add_times(&rule::L2_OFFSET_ZERO_COPIED, Some(entry_offset), times,
+                            "host offset 0 with COPIED set, but the image has no external data file");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Counts the bitmap directory, tables and data clusters. Returns Err
+    /// where QEMU's check fails too (a directory it cannot load).
+    fn count_bitmaps(&mut self, b: &ext::BitmapsExt) -> Result<(), Abort> {
+        let cs = self.h.cluster_size();
+        self.census.reference(
+            self.report,
+            b.bitmap_directory_offset,
+            b.bitmap_directory_size,
+            1,
+            owner::BITMAP,
+            "bitmap directory",
+        );
+        let Some(list) = bitmap::read_directory(self.src, self.h, b, self.report) else {
+            return Err(Abort);
+        };
+        for bm in &list {
+            let table_bytes = bm.bitmap_table_size as u64 * 8;
+            self.census.reference(
+                self.report,
+                bm.bitmap_table_offset,
+                table_bytes,
+                1,
+                owner::BITMAP,
+                "bitmap table",
+            );
+            self.budget(bm.bitmap_table_size as u64)?;
+            // At most 8 MiB (QEMU's 512 MiB data limit / 512-byte clusters x 8), and only the part in the file.
+            let inside = self
+                .src
+                .size()
+                .saturating_sub(bm.bitmap_table_offset)
+                .min(table_bytes);
+            let mut raw = vec![0u8; inside as usize];
+            if self
+                .src
+                .read_exact_at(&mut raw, bm.bitmap_table_offset)
+                .is_err()
+            {
+                raw.fill(0);
+            }
+            for (i, c) in raw.chunks_exact(8).enumerate() {
+                let e = crate::source::be_u64(c, 0);
+                let at = bm.bitmap_table_offset + i as u64 * 8;
+                if let Some(p) = table_entry_problem(e, cs) {
+                    self.report.add(
+                        &rule::BITMAP_TABLE_ENTRY,
+                        Some(at),
+                        format!("bitmap {:?} table entry {i} ({e:#018x}): {p}", bm.name),
+                    );
+                    continue;
+                }
+                let off = e & bitmap::TABLE_ENTRY_OFFSET_MASK;
+                if off != 0 {
+                    self.census.reference(
+                        self.report,
+                        off,
+                        cs,
+                        1,
+                        owner::BITMAP,
+                        "bitmap data cluster",
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Validates every refcount table entry and counts the refcount blocks.
+    fn check_refblocks(&mut self) {
+        let cs = self.h.cluster_size();
+        for t in 0..self.ondisk.table.len() as u64 {
+            let e = self.ondisk.entry(t);
+            let at = Some(self.h.refcount_table_offset + t * 8);
+            if e & super::refcount::REFT_RESERVED_MASK != 0 {
+                self.report.add(
+                    &rule::REFTABLE_RESERVED,
+                    at,
+                    format!("refcount table entry {t} ({e:#018x}) has reserved bits set"),
+                );
+                continue;
+            }
+            let off = e & super::refcount::REFT_OFFSET_MASK;
+            if off % cs != 0 {
+                self.report.add(
+                    &rule::REFBLOCK_ALIGNED,
+                    at,
+                    format!("refcount block {t} at {off:#x} is not cluster aligned"),
+                );
+                continue;
+            }
+            if off / cs >= self.census.nb_clusters {
+                self.report.add(
+                    &rule::REFBLOCK_IN_FILE,
+                    at,
+                    format!("refcount block {t} at {off:#x} lies outside the image"),
+                );
+                continue;
+            }
+            if off != 0 {
+                self.census
+                    .reference(self.report, off, cs, 1, owner::REFCOUNT, "refcount block");
+                let refs = self.census.get(off / cs);
+                if refs != 1 {
+                    self.overlap_reported.insert(off / cs);
+                    self.report.add(
+                        &rule::METADATA_OVERLAP,
+                        at,
+                        format!(
+                            "refcount block {t} at {off:#x} is referenced {refs} times ({})",
+                            owner::names(self.census.owners(off / cs))
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Compares the on-disk refcount of every cluster with the census.
+    fn compare_refcounts(&mut self) {
+        let cs = self.h.cluster_size();
+        let nb = self.census.nb_clusters;
+        let epb = self.ondisk.entries_per_block();
+        let order = self.ondisk.order;
+        let mut buf = vec![0u8; cs as usize];
+        let mut highest: Option<u64> = None;
+        for t in 0..nb.div_ceil(epb) {
+            let first = t * epb;
+            let count = epb.min(nb - first);
+            let block = if t < self.ondisk.table_entries {
+                self.ondisk.block_offset(t)
+            } else {
+                Ok(0)
+            };
+            match block {
+                Err(u) => {
+                    self.report.add_times(&rule::REFBLOCK_UNREADABLE, Some(self.h.refcount_table_offset + t * 8), count, format!(
+                        "refcount block {} at {:#x} is not cluster aligned; refcounts of clusters {first}..{} cannot be read",
+                        u.table_index, u.block_offset, first + count));
+                    continue;
+                }
+                Ok(0) => buf.fill(0),
+                Ok(off) => self.ondisk.read_block(off, &mut buf),
+            }
+            let census = &self.census;
+            let mut mismatches: Vec<(u64, u64, u64)> = Vec::new();
+            for_each_refcount(&buf, order, count, |i, disk| {
+                let k = first + i;
+                let refs = census.get(k);
+                if disk > 0 || refs > 0 {
+                    highest = Some(k);
+                }
+                let owners = census.owners(k);
+                if disk != refs || owners & (owners - 1) != 0 {
+                    mismatches.push((k, disk, refs));
+                }
+            });
+            for (k, disk, refs) in mismatches {
+                let owners = self.census.owners(k);
+                let who = if owners == 0 {
+                    String::new()
+                } else {
+                    format!(" ({})", owner::names(owners))
+                };
+                let at = Some(k * cs);
+                if disk < refs {
+                    self.report.add(
+                        &rule::REFCOUNT_TOO_LOW,
+                        at,
+                        format!("cluster {k} refcount={disk} reference={refs}{who}"),
+                    );
+                } else if disk > refs {
+                    self.report.add(
+                        &rule::REFCOUNT_LEAK,
+                        at,
+                        format!("cluster {k} refcount={disk} reference={refs}{who}"),
+                    );
+                } else if !self.overlap_reported.contains(&k) {
+                    // Counts agree, yet two kinds of structure own the cluster: qemu-img
+                    // does not see this when the refcount was raised to match.
+                    self.report.add(
+                        &rule::METADATA_OVERLAP,
+                        at,
+                        format!("cluster {k} is owned by{who} (refcount {disk})"),
+                    );
+                }
+            }
+        }
+        // QEMU starts from cluster 0, so the header cluster always counts.
+        self.report.image_end_offset = Some((highest.unwrap_or(0) + 1) * cs);
+    }
+}
+
+/// Calls `f(index, refcount)` for the first `count` refcounts of a block,
+/// decoding each width with its own loop (this is the hot path of a check).
+fn for_each_refcount(block: &[u8], order: u32, count: u64, mut f: impl FnMut(u64, u64)) {
+    let count = count as usize;
+    match order {
+        4 => {
+            for (i, c) in block.chunks_exact(2).take(count).enumerate() {
+                f(i as u64, u16::from_be_bytes([c[0], c[1]]) as u64);
+            }
+        }
+        3 => {
+            for (i, &b) in block.iter().take(count).enumerate() {
+                f(i as u64, b as u64);
+            }
+        }
+        5 => {
+            for (i, c) in block.chunks_exact(4).take(count).enumerate() {
+                f(
+                    i as u64,
+                    u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as u64,
+                );
+            }
+        }
+        6 => {
+            for (i, c) in block.chunks_exact(8).take(count).enumerate() {
+                f(
+                    i as u64,
+                    u64::from_be_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]),
+                );
+            }
+        }
+        _ => {
+            for i in 0..count as u64 {
+                f(i, super::refcount::decode(block, i, order));
+            }
+        }
+    }
+}

@@ -1,0 +1,287 @@
+//! Header extensions (spec sections "Header extensions", "String header
+//! extensions", "Feature name table", "Bitmaps extension", "Full disk
+//! encryption header pointer").
+
+use super::header::{Header, AUTOCLEAR_BITMAPS};
+use super::{MAX_BITMAPS, MAX_BITMAP_DIRECTORY_BYTES};
+use crate::limits::Limits;
+use crate::report::Report;
+use crate::rules::{general, qcow2 as rule};
+use crate::source::{be_u32, be_u64};
+use serde::Serialize;
+
+pub const EXT_END: u32 = 0x0000_0000;
+pub const EXT_BACKING_FORMAT: u32 = 0xe279_2aca;
+pub const EXT_FEATURE_TABLE: u32 = 0x6803_f857;
+pub const EXT_BITMAPS: u32 = 0x2385_2875;
+pub const EXT_FDE: u32 = 0x0537_be77;
+pub const EXT_DATA_FILE: u32 = 0x4441_5441;
+
+/// One entry of the feature name table.
+#[derive(Debug, Clone, Serialize)]
+pub struct FeatureName {
+    /// 0 incompatible, 1 compatible, 2 autoclear.
+    pub kind: u8,
+    pub bit: u8,
+    pub name: String,
+}
+
+/// The bitmaps extension.
+#[derive(Debug, Clone, Serialize)]
+pub struct BitmapsExt {
+    pub nb_bitmaps: u32,
+    pub bitmap_directory_size: u64,
+    pub bitmap_directory_offset: u64,
+}
+
+/// The full disk encryption header pointer.
+#[derive(Debug, Clone, Serialize)]
+pub struct FdePointer {
+    pub offset: u64,
+    pub length: u64,
+}
+
+/// An extension of a type this implementation does not know; kept so a
+/// report can show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct UnknownExt {
+    pub ext_type: u32,
+    pub offset: u64,
+    pub length: u32,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Extensions {
+    pub backing_format: Option<String>,
+    pub feature_names: Vec<FeatureName>,
+    pub bitmaps: Option<BitmapsExt>,
+    /// True when the bitmaps extension is present but autoclear bit 0 is
+    /// clear: QEMU then ignores the bitmaps (their clusters become leaks).
+    pub bitmaps_inconsistent: bool,
+    pub fde: Option<FdePointer>,
+    pub data_file: Option<String>,
+    pub unknown: Vec<UnknownExt>,
+}
+
+fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Parses the extension area of `cluster0`. Returns `None` when an extension
+/// makes the image unopenable (the finding is in the report).
+pub fn parse(
+    h: &Header,
+    cluster0: &[u8],
+    limits: &Limits,
+    report: &mut Report,
+) -> Option<Extensions> {
+    let mut exts = Extensions::default();
+    let end = h.extensions_end();
+    let mut offset = h.extensions_start();
+    let mut seen: Vec<u32> = Vec::new();
+    let mut terminated = false;
+    while offset < end {
+        if seen.len() >= limits.max_header_extensions {
+            report.add(
+                &general::TABLE_LIMIT,
+                Some(offset),
+                format!(
+                    "more than {} header extensions",
+                    limits.max_header_extensions
+                ),
+            );
+            return None;
+        }
+        let at = offset as usize;
+        let ext_type = be_u32(cluster0, at);
+        let len = be_u32(cluster0, at + 4);
+        let data_start = offset + 8;
+        if data_start > end || len as u64 > end - data_start {
+            report.add(&rule::EXT_BOUNDS, Some(offset), format!(
+                "header extension {ext_type:#010x} of {len} bytes runs past the end of the extension area at {end:#x}"));
+            return None;
+        }
+        if ext_type == EXT_END {
+            terminated = true;
+            break;
+        }
+        // `data_start + len <= end <= cluster size`, so this slice is inside cluster0.
+        let data = cluster0
+            .get(data_start as usize..(data_start + len as u64) as usize)
+            .unwrap_or(&[]);
+        if seen.contains(&ext_type) && ext_type != EXT_END {
+            report.add(
+                &rule::EXT_UNIQUE,
+                Some(offset),
+                format!("header extension {ext_type:#010x} appears more than once"),
+            );
+        }
+        seen.push(ext_type);
+        match ext_type {
+            EXT_BACKING_FORMAT => {
+                if h.backing_file_offset == 0 {
+                    report.add(
+                        &rule::EXT_BACKING_FORMAT,
+                        Some(offset),
+                        "backing file format name without a backing file",
+                    );
+                }
+                exts.backing_format = Some(lossy(data));
+            }
+            EXT_FEATURE_TABLE => {
+                if len % 48 != 0 {
+                    report.add(
+                        &rule::EXT_FEATURE_TABLE,
+                        Some(offset),
+                        format!("feature name table length {len} is not a multiple of 48"),
+                    );
+                }
+                for (i, e) in data.chunks_exact(48).enumerate() {
+                    let (kind, bit) = (e[0], e[1]);
+                    if kind > 2 || bit > 63 {
+                        report.add(
+                            &rule::EXT_FEATURE_TABLE,
+                            Some(data_start + 48 * i as u64),
+                            format!("feature name entry with type {kind} bit {bit}"),
+                        );
+                    }
+                    let name = &e[2..];
+                    let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
+                    exts.feature_names.push(FeatureName {
+                        kind,
+                        bit,
+                        name: lossy(name),
+                    });
+                }
+            }
+            EXT_BITMAPS => {
+                if len != 24 {
+                    report.add(
+                        &rule::EXT_BITMAPS_LAYOUT,
+                        Some(offset),
+                        format!("bitmaps extension is {len} bytes, not 24"),
+                    );
+                    return None;
+                }
+                if h.autoclear_features & AUTOCLEAR_BITMAPS == 0 {
+                    // QEMU ignores the extension then; so does the check.
+                    report.add(&rule::EXT_BITMAPS_INCONSISTENT, Some(offset), "bitmaps extension present but autoclear bit 0 is clear: bitmaps are inconsistent and their clusters unowned");
+                    exts.bitmaps_inconsistent = true;
+                } else {
+                    let b = BitmapsExt {
+                        nb_bitmaps: be_u32(data, 0),
+                        bitmap_directory_size: be_u64(data, 8),
+                        bitmap_directory_offset: be_u64(data, 16),
+                    };
+                    let reserved = be_u32(data, 4);
+                    let problem = if reserved != 0 {
+                        Some("its reserved field is not zero".to_string())
+                    } else if b.nb_bitmaps == 0 || b.nb_bitmaps > MAX_BITMAPS {
+                        Some(format!("nb_bitmaps {} is outside 1..=65535", b.nb_bitmaps))
+                    } else if b.bitmap_directory_offset % h.cluster_size() != 0 {
+                        Some(format!(
+                            "bitmap directory offset {:#x} is not cluster aligned",
+                            b.bitmap_directory_offset
+                        ))
+                    } else if b.bitmap_directory_size > MAX_BITMAP_DIRECTORY_BYTES {
+                        Some(format!(
+                            "bitmap directory size {} exceeds QEMU's maximum",
+                            b.bitmap_directory_size
+                        ))
+                    } else {
+                        None
+                    };
+                    if let Some(p) = problem {
+                        report.add(
+                            &rule::EXT_BITMAPS_LAYOUT,
+                            Some(offset),
+                            format!("bitmaps extension: {p}"),
+                        );
+                        return None;
+                    }
+                    exts.bitmaps = Some(b);
+                }
+            }
+            EXT_FDE => {
+                if h.crypt_method != 2 {
+                    report.add(
+                        &rule::EXT_FDE_PRESENCE,
+                        Some(offset),
+                        "encryption header pointer without LUKS encryption",
+                    );
+                    return None;
+                }
+                if len != 16 {
+                    report.add(
+                        &rule::EXT_FDE_LAYOUT,
+                        Some(offset),
+                        format!("encryption header pointer is {len} bytes, not 16"),
+                    );
+                    return None;
+                }
+                let p = FdePointer {
+                    offset: be_u64(data, 0),
+                    length: be_u64(data, 8),
+                };
+                if p.offset % h.cluster_size() != 0 {
+                    report.add(
+                        &rule::EXT_FDE_LAYOUT,
+                        Some(offset),
+                        format!(
+                            "encryption header offset {:#x} is not cluster aligned",
+                            p.offset
+                        ),
+                    );
+                    return None;
+                }
+                exts.fde = Some(p);
+            }
+            EXT_DATA_FILE => {
+                if !h.has_data_file() {
+                    report.add(
+                        &rule::EXT_DATA_FILE_NAME,
+                        Some(offset),
+                        "external data file name without the external data file bit",
+                    );
+                }
+                exts.data_file = Some(lossy(data));
+            }
+            other => {
+                report.add(
+                    &rule::EXT_UNKNOWN,
+                    Some(offset),
+                    format!("unknown header extension {other:#010x} of {len} bytes"),
+                );
+                exts.unknown.push(UnknownExt {
+                    ext_type: other,
+                    offset,
+                    length: len,
+                });
+            }
+        }
+        offset = data_start + (len as u64).next_multiple_of(8);
+    }
+    if !terminated && h.extensions_start() < end {
+        report.add(
+            &rule::EXT_NO_END,
+            Some(offset.min(end)),
+            "the header extension area has no end marker",
+        );
+    }
+    if h.crypt_method == 2 && exts.fde.is_none() {
+        report.add(
+            &rule::EXT_FDE_PRESENCE,
+            Some(32),
+            "LUKS encryption without an encryption header pointer",
+        );
+        return None;
+    }
+    if h.autoclear_features & AUTOCLEAR_BITMAPS != 0 && exts.bitmaps.is_none() {
+        report.add(
+            &rule::EXT_BITMAPS_AUTOCLEAR,
+            Some(88),
+            "autoclear bit 0 (bitmaps) is set without a bitmaps extension",
+        );
+    }
+    Some(exts)
+}

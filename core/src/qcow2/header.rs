@@ -1,0 +1,439 @@
+//! The qcow2 header (spec sections "Header", "Additional fields",
+//! "Header padding").
+
+use super::*;
+use crate::report::Report;
+use crate::rules::qcow2 as rule;
+use crate::source::{be_u32, be_u64, ReadAt};
+use serde::Serialize;
+
+pub const INCOMPAT_DIRTY: u64 = 1 << 0;
+pub const INCOMPAT_CORRUPT: u64 = 1 << 1;
+pub const INCOMPAT_DATA_FILE: u64 = 1 << 2;
+pub const INCOMPAT_COMPRESSION: u64 = 1 << 3;
+pub const INCOMPAT_EXTL2: u64 = 1 << 4;
+pub const INCOMPAT_KNOWN: u64 = 0x1f;
+pub const COMPAT_LAZY_REFCOUNTS: u64 = 1 << 0;
+pub const AUTOCLEAR_BITMAPS: u64 = 1 << 0;
+pub const AUTOCLEAR_DATA_FILE_RAW: u64 = 1 << 1;
+
+pub const V2_HEADER_LENGTH: u32 = 72;
+pub const V3_MIN_HEADER_LENGTH: u32 = 104;
+/// Length of the header fields this implementation knows (through
+/// compression_type and its padding).
+pub const KNOWN_HEADER_LENGTH: u32 = 112;
+
+/// Names of the feature bits the spec defines, by (feature type, bit).
+pub fn feature_name(kind: u8, bit: u8) -> Option<&'static str> {
+    Some(match (kind, bit) {
+        (0, 0) => "dirty bit",
+        (0, 1) => "corrupt bit",
+        (0, 2) => "external data file",
+        (0, 3) => "compression type",
+        (0, 4) => "extended L2 entries",
+        (1, 0) => "lazy refcounts",
+        (2, 0) => "bitmaps",
+        (2, 1) => "raw external data",
+        _ => return None,
+    })
+}
+
+/// The decoded header fields. For version 2 the feature fields read as 0,
+/// refcount_order as 4 and header_length as 72, as the spec says.
+#[derive(Debug, Clone, Serialize)]
+pub struct Header {
+    pub version: u32,
+    pub backing_file_offset: u64,
+    pub backing_file_size: u32,
+    pub cluster_bits: u32,
+    pub size: u64,
+    pub crypt_method: u32,
+    pub l1_size: u32,
+    pub l1_table_offset: u64,
+    pub refcount_table_offset: u64,
+    pub refcount_table_clusters: u32,
+    pub nb_snapshots: u32,
+    pub snapshots_offset: u64,
+    pub incompatible_features: u64,
+    pub compatible_features: u64,
+    pub autoclear_features: u64,
+    pub refcount_order: u32,
+    pub header_length: u32,
+    pub compression_type: u8,
+}
+
+impl Header {
+    pub fn cluster_size(&self) -> u64 {
+        1 << self.cluster_bits
+    }
+    pub fn has_data_file(&self) -> bool {
+        self.incompatible_features & INCOMPAT_DATA_FILE != 0
+    }
+    pub fn extended_l2(&self) -> bool {
+        self.incompatible_features & INCOMPAT_EXTL2 != 0
+    }
+    /// Bytes per L2 entry: 8, or 16 with Extended L2 Entries.
+    pub fn l2_entry_bytes(&self) -> u64 {
+        if self.extended_l2() {
+            16
+        } else {
+            8
+        }
+    }
+    pub fn l2_entries(&self) -> u64 {
+        self.cluster_size() / self.l2_entry_bytes()
+    }
+    pub fn refcount_bits(&self) -> u32 {
+        1 << self.refcount_order
+    }
+    /// Entries of the L1 table needed to map the whole virtual disk.
+    pub fn l1_entries_needed(&self) -> u64 {
+        let per_l1 = self.l2_entries() << self.cluster_bits; // bytes one L2 maps
+        self.size.div_ceil(per_l1)
+    }
+    /// Offset of the first header extension.
+    pub fn extensions_start(&self) -> u64 {
+        self.header_length as u64
+    }
+    /// Where the header extension area must end: the backing file name, or
+    /// the end of cluster 0.
+    pub fn extensions_end(&self) -> u64 {
+        if self.backing_file_offset != 0 {
+            self.backing_file_offset
+        } else {
+            self.cluster_size()
+        }
+    }
+}
+
+/// The outcome of reading the header: the header and cluster 0, or nothing
+/// when the check cannot go on (the reason is in the report).
+pub struct Parsed {
+    pub header: Header,
+    /// The whole first cluster (zero-padded past the end of the file).
+    pub cluster0: Vec<u8>,
+}
+
+/// Reads and validates the header. Everything that stops QEMU from opening
+/// the image stops the check with an error finding (exit code 1, as
+/// qemu-img); other rule violations are recorded and parsing goes on.
+pub fn parse(src: &dyn ReadAt, report: &mut Report) -> Option<Parsed> {
+    let mut fixed = [0u8; KNOWN_HEADER_LENGTH as usize];
+    if src.size() < 4 || src.read_zero_padded(&mut fixed, 0).is_err() || fixed[..4] != MAGIC {
+        report.add(
+            &rule::MAGIC,
+            Some(0),
+            "not a qcow2 image: the magic \"QFI\\xfb\" is missing",
+        );
+        return None;
+    }
+    let version = be_u32(&fixed, 4);
+    if !(2..=3).contains(&version) {
+        report.add(
+            &rule::VERSION,
+            Some(4),
+            format!("unsupported qcow2 version {version}"),
+        );
+        return None;
+    }
+    let v3 = version >= 3;
+    let mut h = Header {
+        version,
+        backing_file_offset: be_u64(&fixed, 8),
+        backing_file_size: be_u32(&fixed, 16),
+        cluster_bits: be_u32(&fixed, 20),
+        size: be_u64(&fixed, 24),
+        crypt_method: be_u32(&fixed, 32),
+        l1_size: be_u32(&fixed, 36),
+        l1_table_offset: be_u64(&fixed, 40),
+        refcount_table_offset: be_u64(&fixed, 48),
+        refcount_table_clusters: be_u32(&fixed, 56),
+        nb_snapshots: be_u32(&fixed, 60),
+        snapshots_offset: be_u64(&fixed, 64),
+        incompatible_features: if v3 { be_u64(&fixed, 72) } else { 0 },
+        compatible_features: if v3 { be_u64(&fixed, 80) } else { 0 },
+        autoclear_features: if v3 { be_u64(&fixed, 88) } else { 0 },
+        refcount_order: if v3 { be_u32(&fixed, 96) } else { 4 },
+        header_length: if v3 {
+            be_u32(&fixed, 100)
+        } else {
+            V2_HEADER_LENGTH
+        },
+        compression_type: 0,
+    };
+    let min_len = if v3 { 104 } else { V2_HEADER_LENGTH as u64 };
+    if src.size() < min_len {
+        report.add(
+            &rule::TRUNCATED,
+            Some(0),
+            format!(
+                "the file is {} bytes long, shorter than a version {version} header",
+                src.size()
+            ),
+        );
+        return None;
+    }
+    if !(MIN_CLUSTER_BITS..=MAX_CLUSTER_BITS).contains(&h.cluster_bits) {
+        report.add(
+            &rule::CLUSTER_BITS,
+            Some(20),
+            format!("cluster_bits {} is outside 9..=21", h.cluster_bits),
+        );
+        return None;
+    }
+    let cs = h.cluster_size();
+    if v3 {
+        if h.header_length < V3_MIN_HEADER_LENGTH {
+            report.add(
+                &rule::HEADER_LENGTH,
+                Some(100),
+                format!("header_length {} is below 104", h.header_length),
+            );
+            return None;
+        }
+        if h.header_length as u64 > cs {
+            report.add(
+                &rule::HEADER_LENGTH,
+                Some(100),
+                format!(
+                    "header_length {} exceeds the cluster size {cs}",
+                    h.header_length
+                ),
+            );
+            return None;
+        }
+        if h.header_length % 8 != 0 {
+            report.add(
+                &rule::HEADER_LENGTH_ALIGNED,
+                Some(100),
+                format!("header_length {} is not a multiple of 8", h.header_length),
+            );
+        }
+        if h.header_length > 104 {
+            h.compression_type = fixed[104];
+        }
+    }
+    let mut cluster0 = vec![0u8; cs as usize];
+    if let Err(e) = src.read_zero_padded(&mut cluster0, 0) {
+        report.add(&crate::rules::general::IO_ERROR, Some(0), e.to_string());
+        return None;
+    }
+    if v3 {
+        // Padding from the end of compression_type up to header_length must be zero.
+        let pad_end = (h.header_length as usize).min(KNOWN_HEADER_LENGTH as usize);
+        if let Some(pad) = cluster0.get(105..pad_end) {
+            if let Some(pos) = pad.iter().position(|&b| b != 0) {
+                report.add(
+                    &rule::HEADER_PADDING,
+                    Some(105 + pos as u64),
+                    "header padding after compression_type is not zero",
+                );
+            }
+        }
+    }
+    if h.backing_file_offset > cs {
+        report.add(
+            &rule::BACKING_FILE_OFFSET,
+            Some(8),
+            format!(
+                "backing_file_offset {:#x} is past the first cluster",
+                h.backing_file_offset
+            ),
+        );
+        return None;
+    }
+    if h.backing_file_offset != 0 {
+        let room = cs - h.backing_file_offset;
+        if h.backing_file_size > 1023 || h.backing_file_size as u64 > room {
+            report.add(
+                &rule::BACKING_FILE_SIZE,
+                Some(16),
+                format!(
+                    "backing file name of {} bytes does not fit (at most {} bytes)",
+                    h.backing_file_size,
+                    room.min(1023)
+                ),
+            );
+            return None;
+        }
+        if h.backing_file_offset < h.header_length as u64 {
+            report.add(
+                &rule::BACKING_FILE_OFFSET,
+                Some(8),
+                format!(
+                    "backing file name at {:#x} overlaps the header",
+                    h.backing_file_offset
+                ),
+            );
+        }
+    }
+    let unknown = h.incompatible_features & !INCOMPAT_KNOWN;
+    if unknown != 0 {
+        report.add(
+            &rule::INCOMPATIBLE_UNKNOWN,
+            Some(72),
+            format!("unknown incompatible feature bits {unknown:#x}; the image cannot be checked"),
+        );
+        return None;
+    }
+    if h.incompatible_features & INCOMPAT_DIRTY != 0 {
+        report.add(
+            &rule::DIRTY,
+            Some(72),
+            "the dirty bit is set (lazy refcounts were in use); refcounts may be stale",
+        );
+    }
+    if h.incompatible_features & INCOMPAT_CORRUPT != 0 {
+        report.add(&rule::CORRUPT, Some(72), "the corrupt bit is set");
+    }
+    if h.compatible_features & !COMPAT_LAZY_REFCOUNTS != 0 {
+        report.add(
+            &rule::COMPATIBLE_RESERVED,
+            Some(80),
+            format!(
+                "reserved compatible feature bits {:#x}",
+                h.compatible_features & !COMPAT_LAZY_REFCOUNTS
+            ),
+        );
+    }
+    let known_autoclear = AUTOCLEAR_BITMAPS | AUTOCLEAR_DATA_FILE_RAW;
+    if h.autoclear_features & !known_autoclear != 0 {
+        report.add(
+            &rule::AUTOCLEAR_RESERVED,
+            Some(88),
+            format!(
+                "reserved autoclear feature bits {:#x}",
+                h.autoclear_features & !known_autoclear
+            ),
+        );
+    }
+    if h.refcount_order > 6 {
+        report.add(
+            &rule::REFCOUNT_ORDER,
+            Some(96),
+            format!("refcount_order {} exceeds 6", h.refcount_order),
+        );
+        return None;
+    }
+    let compression_bit = h.incompatible_features & INCOMPAT_COMPRESSION != 0;
+    if h.compression_type > 1 {
+        report.add(
+            &rule::COMPRESSION_TYPE,
+            Some(104),
+            format!("unknown compression_type {}", h.compression_type),
+        );
+        return None;
+    }
+    if compression_bit != (h.compression_type != 0) {
+        report.add(
+            &rule::COMPRESSION_TYPE,
+            Some(72),
+            format!(
+                "compression type bit is {} but compression_type is {}",
+                if compression_bit { "set" } else { "clear" },
+                h.compression_type
+            ),
+        );
+        return None;
+    }
+    if h.extended_l2() && h.cluster_bits < 14 {
+        report.add(
+            &rule::CLUSTER_BITS_EXTENDED_L2,
+            Some(20),
+            format!("extended L2 entries with {cs}-byte clusters make subclusters below 512 bytes"),
+        );
+        return None;
+    }
+    if h.crypt_method > 2 {
+        report.add(
+            &rule::CRYPT_METHOD,
+            Some(32),
+            format!("unknown crypt_method {}", h.crypt_method),
+        );
+        return None;
+    }
+    if h.autoclear_features & AUTOCLEAR_DATA_FILE_RAW != 0 {
+        if !h.has_data_file() {
+            report.add(
+                &rule::DATA_FILE_RAW,
+                Some(88),
+                "raw external data bit without the external data file bit",
+            );
+        } else if h.backing_file_offset != 0 {
+            report.add(
+                &rule::DATA_FILE_RAW_BACKING,
+                Some(8),
+                "raw external data file together with a backing file",
+            );
+        }
+    }
+    // Active L1 table.
+    let l1_bytes = h.l1_size as u64 * 8;
+    if l1_bytes > MAX_L1_BYTES {
+        report.add(
+            &rule::L1_SIZE_LIMIT,
+            Some(36),
+            format!("active L1 table of {} entries exceeds 32 MiB", h.l1_size),
+        );
+        return None;
+    }
+    if (h.l1_size as u64) < h.l1_entries_needed() {
+        report.add(
+            &rule::L1_COVERS_DISK,
+            Some(36),
+            format!(
+                "l1_size {} is too small for a {}-byte virtual disk (needs {})",
+                h.l1_size,
+                h.size,
+                h.l1_entries_needed()
+            ),
+        );
+        return None;
+    }
+    if h.l1_table_offset % cs != 0
+        || h.l1_table_offset
+            .checked_add(l1_bytes)
+            .is_none_or(|e| e > i64::MAX as u64)
+    {
+        report.add(
+            &rule::L1_ALIGNED,
+            Some(40),
+            format!("active L1 table offset {:#x} is invalid", h.l1_table_offset),
+        );
+        return None;
+    }
+    // Refcount table. QEMU accepts refcount_table_clusters == 0 in check mode.
+    let reftable_bytes = h.refcount_table_clusters as u64 * cs;
+    if reftable_bytes > MAX_REFTABLE_BYTES {
+        report.add(
+            &rule::REFTABLE_SIZE,
+            Some(56),
+            format!(
+                "refcount table of {} clusters exceeds 8 MiB",
+                h.refcount_table_clusters
+            ),
+        );
+        return None;
+    }
+    if h.refcount_table_offset % cs != 0
+        || h.refcount_table_offset
+            .checked_add(reftable_bytes)
+            .is_none_or(|e| e > i64::MAX as u64)
+    {
+        report.add(
+            &rule::REFTABLE_ALIGNED,
+            Some(48),
+            format!(
+                "refcount table offset {:#x} is invalid",
+                h.refcount_table_offset
+            ),
+        );
+        return None;
+    }
+    // refcount_table_clusters == 0 is accepted, as QEMU does in check mode:
+    // every cluster then has refcount 0 and each reference is a corruption.
+    Some(Parsed {
+        header: h,
+        cluster0,
+    })
+}

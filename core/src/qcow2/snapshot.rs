@@ -1,0 +1,190 @@
+//! The snapshot table (spec section "Snapshots").
+
+use super::header::Header;
+use super::{MAX_L1_BYTES, MAX_SNAPSHOTS, MAX_SNAPSHOT_EXTRA_DATA, MAX_SNAPSHOT_TABLE_BYTES};
+use crate::report::Report;
+use crate::rules::qcow2 as rule;
+use crate::source::{be_u16, be_u32, be_u64, ReadAt};
+use serde::Serialize;
+
+/// Fixed part of a snapshot table entry.
+const ENTRY_FIXED: u64 = 40;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Snapshot {
+    /// Offset of this entry in the file.
+    pub entry_offset: u64,
+    pub l1_table_offset: u64,
+    pub l1_size: u32,
+    pub id: String,
+    pub name: String,
+    pub date_sec: u32,
+    pub date_nsec: u32,
+    pub vm_clock_nsec: u64,
+    pub vm_state_size: u64,
+    pub extra_data_size: u32,
+    /// Virtual disk size when the snapshot was taken (extra data bytes 8-15;
+    /// the image's size when absent).
+    pub disk_size: u64,
+    /// Instruction count (extra data bytes 16-23); None when absent or -1.
+    pub icount: Option<u64>,
+}
+
+/// The snapshot table and the number of bytes it occupies.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SnapshotTable {
+    pub snapshots: Vec<Snapshot>,
+    pub size: u64,
+}
+
+/// Reads the snapshot table. Returns `None` (with an error finding) where
+/// QEMU cannot read it either; entries past the end of the file read as
+/// zeros, as QEMU's block layer returns them.
+pub fn read(src: &dyn ReadAt, h: &Header, report: &mut Report) -> Option<SnapshotTable> {
+    let mut table = SnapshotTable::default();
+    let count = h.nb_snapshots;
+    if count > MAX_SNAPSHOTS {
+        report.add(
+            &rule::SNAPSHOTS_LIMIT,
+            Some(60),
+            format!(
+                "nb_snapshots {count} exceeds {MAX_SNAPSHOTS}; the snapshot table cannot be read"
+            ),
+        );
+        return None;
+    }
+    if count == 0 {
+        return Some(table);
+    }
+    let start = h.snapshots_offset;
+    if start % h.cluster_size() != 0
+        || start
+            .checked_add(count as u64 * ENTRY_FIXED)
+            .is_none_or(|e| e > i64::MAX as u64)
+    {
+        report.add(
+            &rule::SNAPSHOTS_ALIGNED,
+            Some(64),
+            format!("snapshot table offset {start:#x} is invalid"),
+        );
+        return None;
+    }
+    let mut offset = start;
+    for i in 0..count {
+        offset = offset.next_multiple_of(8);
+        let entry_offset = offset;
+        let mut fixed = [0u8; ENTRY_FIXED as usize];
+        read_bytes(src, &mut fixed, offset, report)?;
+        offset += ENTRY_FIXED;
+        let id_size = be_u16(&fixed, 12) as u64;
+        let name_size = be_u16(&fixed, 14) as u64;
+        let extra_data_size = be_u32(&fixed, 36);
+        if extra_data_size > MAX_SNAPSHOT_EXTRA_DATA {
+            report.add(&rule::SNAPSHOT_EXTRA_SIZE, Some(entry_offset + 36), format!(
+                "snapshot table entry {i} has {extra_data_size} bytes of extra data (QEMU's limit is {MAX_SNAPSHOT_EXTRA_DATA})"));
+            return None;
+        }
+        let mut extra = [0u8; 24];
+        let known = (extra_data_size as usize).min(extra.len());
+        read_bytes(src, &mut extra[..known], offset, report)?;
+        offset += extra_data_size as u64;
+        // id and name are at most 64 KiB each (u16 sizes).
+        let mut id = vec![0u8; id_size as usize];
+        read_bytes(src, &mut id, offset, report)?;
+        offset += id_size;
+        let mut name = vec![0u8; name_size as usize];
+        read_bytes(src, &mut name, offset, report)?;
+        offset += name_size;
+        if offset - start > MAX_SNAPSHOT_TABLE_BYTES {
+            report.add(
+                &rule::SNAPSHOT_TABLE,
+                Some(start),
+                "the snapshot table exceeds QEMU's 64 MiB limit",
+            );
+            return None;
+        }
+        let icount = if extra_data_size >= 24 {
+            Some(be_u64(&extra, 16)).filter(|&v| v != u64::MAX)
+        } else {
+            None
+        };
+        table.snapshots.push(Snapshot {
+            entry_offset,
+            l1_table_offset: be_u64(&fixed, 0),
+            l1_size: be_u32(&fixed, 8),
+            id: String::from_utf8_lossy(&id).into_owned(),
+            name: String::from_utf8_lossy(&name).into_owned(),
+            date_sec: be_u32(&fixed, 16),
+            date_nsec: be_u32(&fixed, 20),
+            vm_clock_nsec: be_u64(&fixed, 24),
+            vm_state_size: if extra_data_size >= 8 {
+                be_u64(&extra, 0)
+            } else {
+                be_u32(&fixed, 32) as u64
+            },
+            extra_data_size,
+            disk_size: if extra_data_size >= 16 {
+                be_u64(&extra, 8)
+            } else {
+                h.size
+            },
+            icount,
+        });
+    }
+    table.size = offset - start;
+    for (i, s) in table.snapshots.iter().enumerate() {
+        if h.version >= 3 && s.extra_data_size < 16 {
+            report.add(&rule::SNAPSHOT_EXTRA_V3, Some(s.entry_offset + 36), format!(
+                "snapshot table entry {i} ({}) has {} bytes of extra data; version 3 needs at least 16", s.name, s.extra_data_size));
+        }
+        if table.snapshots[..i].iter().any(|o| o.id == s.id) {
+            report.add(
+                &rule::SNAPSHOT_ID_UNIQUE,
+                Some(s.entry_offset),
+                format!("snapshot ID {:?} is used twice", s.id),
+            );
+        }
+    }
+    Some(table)
+}
+
+fn read_bytes(src: &dyn ReadAt, buf: &mut [u8], offset: u64, report: &mut Report) -> Option<()> {
+    match src.read_zero_padded(buf, offset) {
+        Ok(()) => Some(()),
+        Err(e) => {
+            report.add(
+                &crate::rules::general::IO_ERROR,
+                Some(offset),
+                format!("snapshot table: {e}"),
+            );
+            None
+        }
+    }
+}
+
+/// Whether a snapshot's L1 table can be walked; records why not.
+pub fn l1_usable(h: &Header, s: &Snapshot, report: &mut Report) -> bool {
+    if s.l1_table_offset % h.cluster_size() != 0 {
+        report.add(
+            &rule::SNAPSHOT_L1_ALIGNED,
+            Some(s.entry_offset),
+            format!(
+                "snapshot {} ({}): L1 table offset {:#x} is not cluster aligned",
+                s.id, s.name, s.l1_table_offset
+            ),
+        );
+        return false;
+    }
+    if s.l1_size as u64 * 8 > MAX_L1_BYTES {
+        report.add(
+            &rule::SNAPSHOT_L1_SIZE,
+            Some(s.entry_offset + 8),
+            format!(
+                "snapshot {} ({}): L1 table of {} entries exceeds 32 MiB",
+                s.id, s.name, s.l1_size
+            ),
+        );
+        return false;
+    }
+    true
+}

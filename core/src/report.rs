@@ -1,0 +1,150 @@
+//! Findings and the report of one check.
+//!
+//! The counters keep the meaning of `qemu-img check`'s ImageCheck fields so a
+//! user can read both side by side; `findings` adds what each one is about.
+
+use crate::limits::Limits;
+use crate::rules::Rule;
+use serde::{Serialize, Serializer};
+use std::collections::BTreeMap;
+
+/// How bad a finding is. The first two are qemu-img's vocabulary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// The check could not be completed (not this format, an unsupported
+    /// feature, an unreadable or over-limit structure). qemu-img exit code 1.
+    Error,
+    /// Data or metadata is wrong; reads may return wrong data. Exit code 2.
+    Corruption,
+    /// Clusters are allocated but unused. Exit code 3.
+    Leak,
+    /// The spec is broken in a way qemu-img does not count. Counts as a
+    /// corruption with `--strict`.
+    Violation,
+    /// Worth knowing; never affects the exit code.
+    Note,
+}
+
+/// One thing the checker found, at one place of the file.
+#[derive(Debug, Clone, Serialize)]
+pub struct Finding {
+    #[serde(serialize_with = "rule_id")]
+    pub rule: &'static Rule,
+    pub severity: Severity,
+    /// Byte offset in the image file of the structure the finding is about.
+    pub offset: Option<u64>,
+    pub detail: String,
+}
+
+fn rule_id<S: Serializer>(rule: &&'static Rule, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(rule.id)
+}
+
+/// The result of checking one image.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Report {
+    pub filename: String,
+    pub format: String,
+    pub check_errors: u64,
+    pub corruptions: u64,
+    pub leaks: u64,
+    pub violations: u64,
+    pub image_end_offset: Option<u64>,
+    pub total_clusters: Option<u64>,
+    pub allocated_clusters: Option<u64>,
+    pub fragmented_clusters: Option<u64>,
+    pub compressed_clusters: Option<u64>,
+    pub findings: Vec<Finding>,
+    /// Findings left out of `findings` per rule once a rule reached
+    /// `Limits::max_findings_per_rule`; the counters include them.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub findings_omitted: BTreeMap<&'static str, u64>,
+    #[serde(skip)]
+    max_findings_per_rule: usize,
+    #[serde(skip)]
+    per_rule: BTreeMap<&'static str, usize>,
+}
+
+impl Report {
+    pub fn new(filename: &str, format: &str, limits: &Limits) -> Self {
+        Report {
+            filename: filename.to_owned(),
+            format: format.to_owned(),
+            check_errors: 0,
+            corruptions: 0,
+            leaks: 0,
+            violations: 0,
+            image_end_offset: None,
+            total_clusters: None,
+            allocated_clusters: None,
+            fragmented_clusters: None,
+            compressed_clusters: None,
+            findings: Vec::new(),
+            findings_omitted: BTreeMap::new(),
+            max_findings_per_rule: limits.max_findings_per_rule,
+            per_rule: BTreeMap::new(),
+        }
+    }
+
+    /// Records a finding of `rule` at its default severity.
+    pub fn add(&mut self, rule: &'static Rule, offset: Option<u64>, detail: impl Into<String>) {
+        self.add_times(rule, offset, 1, detail);
+    }
+
+    /// Records a finding that occurred `times` times (one structure reached
+    /// through several references); the counters grow by `times`, as
+    /// qemu-img's do, the finding list by one.
+    pub fn add_times(
+        &mut self,
+        rule: &'static Rule,
+        offset: Option<u64>,
+        times: u64,
+        detail: impl Into<String>,
+    ) {
+        match rule.severity {
+            Severity::Error => self.check_errors += times,
+            Severity::Corruption => self.corruptions += times,
+            Severity::Leak => self.leaks += times,
+            Severity::Violation => self.violations += times,
+            Severity::Note => {}
+        }
+        let kept = self.per_rule.entry(rule.id).or_insert(0);
+        if *kept < self.max_findings_per_rule {
+            *kept += 1;
+            let mut detail = detail.into();
+            if times > 1 {
+                detail.push_str(&format!(" ({times} times)"));
+            }
+            self.findings.push(Finding {
+                rule,
+                severity: rule.severity,
+                offset,
+                detail,
+            });
+        } else {
+            *self.findings_omitted.entry(rule.id).or_insert(0) += times;
+        }
+    }
+
+    /// Whether any finding of `rule` was recorded.
+    pub fn has(&self, rule: &Rule) -> bool {
+        self.per_rule.contains_key(rule.id)
+    }
+
+    /// Exit code with qemu-img check's meaning: 0 clean, 1 check not
+    /// completed, 2 corruptions, 3 leaks only. `strict` counts violations as
+    /// corruptions.
+    pub fn exit_code(&self, strict: bool) -> i32 {
+        if self.check_errors > 0 {
+            1
+        } else if self.corruptions > 0 || (strict && self.violations > 0) {
+            2
+        } else if self.leaks > 0 {
+            3
+        } else {
+            0
+        }
+    }
+}

@@ -1,0 +1,260 @@
+//! The rule registry: every normative statement of a spec that qconform
+//! checks, with a stable dotted id, the spec file and section it comes from,
+//! and the severity a violation has by default.
+//!
+//! Ids are part of the public contract (golden files and users' CI gates name
+//! them): never rename one; retire it instead.
+
+use crate::report::Severity;
+use serde::Serialize;
+
+/// One checkable statement of a spec.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct Rule {
+    /// Stable dotted id, `<format>.<structure>.<property>`.
+    pub id: &'static str,
+    /// Spec file under specs/upstream/ (or `qconform` for our own limits).
+    pub spec: &'static str,
+    /// Section heading of that file.
+    pub section: &'static str,
+    /// Severity of a violation (see [`Severity`]).
+    pub severity: Severity,
+    /// One line: what must hold.
+    pub summary: &'static str,
+}
+
+macro_rules! rules {
+    ($( $name:ident = $id:literal, $spec:literal, $section:literal, $sev:ident, $summary:literal; )*) => {
+        $( pub static $name: Rule = Rule {
+            id: $id, spec: $spec, section: $section, severity: Severity::$sev, summary: $summary,
+        }; )*
+        /// Every rule of this module, in registry order.
+        pub static ALL: &[&Rule] = &[ $( &$name ),* ];
+    };
+}
+
+/// Rules about the checker itself: limits it refuses to exceed, input it cannot read.
+pub mod general {
+    use super::*;
+    rules! {
+        IO_ERROR = "input.readable", "qconform", "Input", Error,
+            "The image can be opened and read.";
+        UNKNOWN_FORMAT = "input.format-known", "qconform", "Input", Error,
+            "The image is in a format qconform checks (qcow2, QED, Parallels).";
+        TABLE_LIMIT = "limits.table-bytes", "qconform", "Limits", Error,
+            "No single metadata table exceeds Limits::max_table_bytes.";
+        WORK_LIMIT = "limits.entries-visited", "qconform", "Limits", Error,
+            "A check visits at most Limits::max_entries_visited table entries.";
+    }
+}
+
+/// Rules of docs/interop/qcow2.rst.
+pub mod qcow2 {
+    use super::*;
+    rules! {
+        MAGIC = "qcow2.header.magic", "qcow2.rst", "Header", Error,
+            "Bytes 0-3 are the magic \"QFI\\xfb\".";
+        TRUNCATED = "qcow2.header.truncated", "qcow2.rst", "Header", Error,
+            "The file holds the whole header (72 bytes for v2, header_length for v3).";
+        VERSION = "qcow2.header.version", "qcow2.rst", "Header", Error,
+            "version is 2 or 3.";
+        CLUSTER_BITS = "qcow2.header.cluster-bits", "qcow2.rst", "Header", Error,
+            "cluster_bits is at least 9 (and at most 21, QEMU's implementation limit).";
+        CLUSTER_BITS_EXTENDED_L2 = "qcow2.header.cluster-bits-extended-l2", "qcow2.rst", "Header", Error,
+            "With Extended L2 Entries, cluster_bits is at least 14.";
+        HEADER_LENGTH = "qcow2.header.header-length", "qcow2.rst", "Header", Error,
+            "For version 3, header_length is at least 104 and fits in the first cluster.";
+        HEADER_LENGTH_ALIGNED = "qcow2.header.header-length-multiple-of-8", "qcow2.rst", "Header", Violation,
+            "header_length is a multiple of 8.";
+        HEADER_PADDING = "qcow2.header.padding-zero", "qcow2.rst", "Header padding", Violation,
+            "Padding after the last additional field, up to header_length, is zero.";
+        BACKING_FILE_OFFSET = "qcow2.header.backing-file-offset", "qcow2.rst", "Header", Error,
+            "The backing file name lies inside the first cluster, after the header.";
+        BACKING_FILE_SIZE = "qcow2.header.backing-file-size", "qcow2.rst", "Header", Error,
+            "backing_file_size is at most 1023 bytes.";
+        CRYPT_METHOD = "qcow2.header.crypt-method", "qcow2.rst", "Header", Error,
+            "crypt_method is 0 (none), 1 (AES) or 2 (LUKS).";
+        INCOMPATIBLE_UNKNOWN = "qcow2.header.incompatible-unknown", "qcow2.rst", "Header", Error,
+            "No unknown incompatible feature bit (5-63) is set; an implementation must refuse such an image.";
+        COMPATIBLE_RESERVED = "qcow2.header.compatible-reserved", "qcow2.rst", "Header", Note,
+            "Compatible feature bits 1-63 are reserved (set to 0); they can be ignored.";
+        AUTOCLEAR_RESERVED = "qcow2.header.autoclear-reserved", "qcow2.rst", "Header", Violation,
+            "Autoclear feature bits 2-63 are reserved (set to 0).";
+        DIRTY = "qcow2.header.dirty", "qcow2.rst", "Header", Note,
+            "Dirty bit set: refcounts may be inconsistent until the image is repaired.";
+        CORRUPT = "qcow2.header.corrupt", "qcow2.rst", "Header", Note,
+            "Corrupt bit set: the image must not be written to until it is repaired.";
+        REFCOUNT_ORDER = "qcow2.header.refcount-order", "qcow2.rst", "Header", Error,
+            "refcount_order does not exceed 6.";
+        COMPRESSION_TYPE = "qcow2.header.compression-type", "qcow2.rst", "Additional fields (version 3 and higher)", Error,
+            "compression_type is 0 (deflate) or 1 (zstd), non-zero exactly when incompatible bit 3 is set.";
+        DATA_FILE_RAW = "qcow2.header.data-file-raw-requires-data-file", "qcow2.rst", "Header", Error,
+            "Autoclear bit 1 (raw external data) is set only together with the external data file bit.";
+        DATA_FILE_RAW_BACKING = "qcow2.header.data-file-raw-no-backing", "qcow2.rst", "Header", Violation,
+            "Backing files are incompatible with raw external data files.";
+        L1_ALIGNED = "qcow2.header.l1-table-aligned", "qcow2.rst", "Header", Error,
+            "l1_table_offset is aligned to a cluster boundary.";
+        L1_SIZE_LIMIT = "qcow2.header.l1-size-limit", "qcow2.rst", "Header", Error,
+            "The active L1 table is at most 32 MiB (QEMU's implementation limit, named in the spec).";
+        L1_COVERS_DISK = "qcow2.header.l1-covers-virtual-size", "qcow2.rst", "Cluster mapping", Error,
+            "l1_size has enough entries to map the whole virtual disk.";
+        REFTABLE_ALIGNED = "qcow2.header.refcount-table-aligned", "qcow2.rst", "Header", Error,
+            "refcount_table_offset is aligned to a cluster boundary.";
+        REFTABLE_SIZE = "qcow2.header.refcount-table-size", "qcow2.rst", "Host cluster management", Error,
+            "The refcount table is non-empty and at most 8 MiB (QEMU's implementation limit, named in the spec).";
+        SNAPSHOTS_ALIGNED = "qcow2.header.snapshots-aligned", "qcow2.rst", "Header", Error,
+            "snapshots_offset is aligned to a cluster boundary.";
+        SNAPSHOTS_LIMIT = "qcow2.header.nb-snapshots-limit", "qcow2.rst", "Snapshots", Error,
+            "nb_snapshots is at most 65536 (QEMU's implementation limit).";
+
+        EXT_BOUNDS = "qcow2.ext.within-header-area", "qcow2.rst", "Header extensions", Error,
+            "Every header extension lies inside the first cluster, before the backing file name.";
+        EXT_UNIQUE = "qcow2.ext.at-most-once", "qcow2.rst", "Header extensions", Violation,
+            "Each header extension type appears at most once.";
+        EXT_UNKNOWN = "qcow2.ext.unknown", "qcow2.rst", "Header extensions", Note,
+            "An unknown header extension was found; it is kept and can be ignored.";
+        EXT_NO_END = "qcow2.ext.end-marker", "qcow2.rst", "Header extensions", Note,
+            "The header extension area ends with an end-of-area (type 0) extension.";
+        EXT_BACKING_FORMAT = "qcow2.ext.backing-format", "qcow2.rst", "String header extensions", Violation,
+            "The backing file format name is only present with a backing file.";
+        EXT_FEATURE_TABLE = "qcow2.ext.feature-name-table", "qcow2.rst", "Feature name table", Violation,
+            "Feature name table entries are 48 bytes with type 0-2 and bit 0-63.";
+        EXT_BITMAPS_LAYOUT = "qcow2.ext.bitmaps-layout", "qcow2.rst", "Bitmaps extension", Error,
+            "The bitmaps extension is 24 bytes, nb_bitmaps is 1-65535, the reserved field is zero and the directory is cluster aligned.";
+        EXT_BITMAPS_AUTOCLEAR = "qcow2.ext.bitmaps-autoclear", "qcow2.rst", "Header", Violation,
+            "Autoclear bit 0 is set only when the bitmaps extension is present.";
+        EXT_BITMAPS_INCONSISTENT = "qcow2.ext.bitmaps-inconsistent", "qcow2.rst", "Bitmaps extension", Note,
+            "The bitmaps extension is present but autoclear bit 0 is clear: its data must be considered inconsistent.";
+        EXT_FDE_PRESENCE = "qcow2.ext.fde-presence", "qcow2.rst", "Full disk encryption header pointer", Error,
+            "The full disk encryption header pointer is present if, and only if, crypt_method is LUKS.";
+        EXT_FDE_LAYOUT = "qcow2.ext.fde-layout", "qcow2.rst", "Full disk encryption header pointer", Error,
+            "The encryption header pointer is 16 bytes and its offset is cluster aligned.";
+        EXT_DATA_FILE_NAME = "qcow2.ext.data-file-name", "qcow2.rst", "Header", Violation,
+            "The external data file name extension is present only with the external data file bit.";
+
+        REFTABLE_RESERVED = "qcow2.refcount.table-entry-reserved", "qcow2.rst", "Host cluster management", Corruption,
+            "Bits 0-8 of a refcount table entry are zero.";
+        REFBLOCK_ALIGNED = "qcow2.refcount.block-aligned", "qcow2.rst", "Host cluster management", Corruption,
+            "Refcount blocks are aligned to a cluster boundary.";
+        REFBLOCK_IN_FILE = "qcow2.refcount.block-inside-file", "qcow2.rst", "Host cluster management", Corruption,
+            "Refcount blocks lie inside the image file.";
+        REFBLOCK_UNREADABLE = "qcow2.refcount.block-readable", "qcow2.rst", "Host cluster management", Error,
+            "The refcount of every cluster of the file can be looked up (its refcount block offset is valid).";
+        REFCOUNT_TOO_LOW = "qcow2.refcount.covers-references", "qcow2.rst", "Host cluster management", Corruption,
+            "A cluster's refcount is at least the number of references to it.";
+        REFCOUNT_LEAK = "qcow2.refcount.no-leak", "qcow2.rst", "Host cluster management", Leak,
+            "A cluster's refcount is not above the number of references to it.";
+        REFCOUNT_OVERFLOW = "qcow2.refcount.overflow", "qcow2.rst", "Host cluster management", Corruption,
+            "The number of references to a cluster fits in refcount_bits.";
+        REFERENCE_PAST_EOF = "qcow2.refcount.reference-inside-file", "qcow2.rst", "Host cluster management", Corruption,
+            "Every referenced range lies inside the file (the last cluster may be partly allocated).";
+        METADATA_OVERLAP = "qcow2.metadata.no-overlap", "qcow2.rst", "Host cluster management", Corruption,
+            "No host cluster is owned by two different kinds of structure (header, L1, L2, refcounts, snapshot table, bitmaps, data).";
+
+        L1_RESERVED = "qcow2.l1.entry-reserved", "qcow2.rst", "Cluster mapping", Corruption,
+            "Bits 0-8 and 56-62 of an L1 entry are zero.";
+        L1_L2_ALIGNED = "qcow2.l1.l2-aligned", "qcow2.rst", "Cluster mapping", Corruption,
+            "L2 tables are aligned to a cluster boundary.";
+        L1_COPIED = "qcow2.l1.copied", "qcow2.rst", "Cluster mapping", Corruption,
+            "In the active L1 table, bit 63 is set exactly when the L2 table's refcount is 1.";
+        L2_RESERVED = "qcow2.l2.entry-reserved", "qcow2.rst", "Cluster mapping", Corruption,
+            "Bits 1-8 and 56-61 of a standard cluster descriptor are zero.";
+        L2_ALIGNED = "qcow2.l2.entry-aligned", "qcow2.rst", "Cluster mapping", Corruption,
+            "The host cluster offset of a standard cluster is aligned to a cluster boundary.";
+        L2_COPIED = "qcow2.l2.copied", "qcow2.rst", "Cluster mapping", Corruption,
+            "In L2 tables reachable from the active L1, bit 63 is set exactly when the data cluster's refcount is 1.";
+        L2_COMPRESSED_COPIED = "qcow2.l2.compressed-not-copied", "qcow2.rst", "Cluster mapping", Corruption,
+            "Bit 63 is never set for compressed clusters.";
+        L2_COMPRESSED_OFFSET = "qcow2.l2.compressed-offset-bits", "qcow2.rst", "Cluster mapping", Violation,
+            "Compressed cluster offset bits beyond bit 55 are zero.";
+        L2_ZERO_V2 = "qcow2.l2.zero-flag-v3-only", "qcow2.rst", "Cluster mapping", Violation,
+            "Bit 0 (reads as zero) is 0 in version 2 images.";
+        L2_OFFSET_ZERO_COPIED = "qcow2.l2.offset-zero-copied", "qcow2.rst", "Cluster mapping", Violation,
+            "A host offset of 0 with bit 63 set is used only with an external data file.";
+        L2_BEYOND_DISK = "qcow2.l2.beyond-virtual-size", "qcow2.rst", "Cluster mapping", Violation,
+            "No cluster past the end of the virtual disk is allocated.";
+        DATA_FILE_COMPRESSED = "qcow2.data-file.no-compressed", "qcow2.rst", "Header", Corruption,
+            "Images with an external data file have no compressed clusters.";
+        DATA_FILE_SNAPSHOTS = "qcow2.data-file.no-snapshots", "qcow2.rst", "Header", Corruption,
+            "Images with an external data file have no internal snapshots.";
+        DATA_FILE_OFFSET = "qcow2.data-file.offset-is-guest-offset", "qcow2.rst", "Header", Corruption,
+            "With an external data file, a standard cluster's host offset equals its guest offset.";
+
+        SUBCLUSTER_ALLOC_ZERO = "qcow2.subcluster.alloc-and-zero", "qcow2.rst", "Extended L2 Entries", Corruption,
+            "No subcluster is both allocated and reads-as-zero.";
+        SUBCLUSTER_COMPRESSED = "qcow2.subcluster.compressed-bitmap-zero", "qcow2.rst", "Extended L2 Entries", Corruption,
+            "The subcluster bitmap of a compressed cluster is zero.";
+        SUBCLUSTER_UNALLOCATED = "qcow2.subcluster.unallocated-no-alloc-bits", "qcow2.rst", "Extended L2 Entries", Corruption,
+            "A cluster without a host offset has no allocated subclusters.";
+
+        SNAPSHOT_TABLE = "qcow2.snapshot.table-readable", "qcow2.rst", "Snapshots", Error,
+            "The snapshot table lies inside the file and within QEMU's size limits.";
+        SNAPSHOT_EXTRA_V3 = "qcow2.snapshot.extra-data-v3", "qcow2.rst", "Snapshots", Corruption,
+            "In version 3 images every snapshot has at least 16 bytes of extra data.";
+        SNAPSHOT_EXTRA_SIZE = "qcow2.snapshot.extra-data-size", "qcow2.rst", "Snapshots", Error,
+            "Snapshot extra data is at most 1024 bytes (QEMU's limit).";
+        SNAPSHOT_L1_ALIGNED = "qcow2.snapshot.l1-aligned", "qcow2.rst", "Snapshots", Corruption,
+            "A snapshot's L1 table is aligned to a cluster boundary.";
+        SNAPSHOT_L1_SIZE = "qcow2.snapshot.l1-size-limit", "qcow2.rst", "Snapshots", Corruption,
+            "A snapshot's L1 table is at most 32 MiB (QEMU's implementation limit).";
+        SNAPSHOT_ID_UNIQUE = "qcow2.snapshot.id-unique", "qcow2.rst", "Snapshots", Violation,
+            "Snapshot ID strings are unique.";
+
+        BITMAP_DIRECTORY = "qcow2.bitmap.directory-valid", "qcow2.rst", "Bitmap directory", Error,
+            "The bitmap directory holds exactly nb_bitmaps well-formed entries filling bitmap_directory_size bytes.";
+        BITMAP_ENTRY = "qcow2.bitmap.entry-valid", "qcow2.rst", "Bitmap directory", Error,
+            "A directory entry has a cluster-aligned table, type 1, granularity 9-31, no reserved flags, a name, no extra data unless bit 2 allows it.";
+        BITMAP_TABLE_SIZE = "qcow2.bitmap.table-size", "qcow2.rst", "Bitmap table", Error,
+            "A bitmap's table has enough entries to cover the virtual disk at its granularity.";
+        BITMAP_NAME_UNIQUE = "qcow2.bitmap.name-unique", "qcow2.rst", "Bitmap directory", Error,
+            "Bitmap names are unique.";
+        BITMAP_TABLE_ENTRY = "qcow2.bitmap.table-entry-valid", "qcow2.rst", "Bitmap table", Corruption,
+            "A bitmap table entry has no reserved bits, is cluster aligned, and sets bit 0 only without an offset.";
+        BITMAP_IN_USE = "qcow2.bitmap.in-use", "qcow2.rst", "Bitmap directory", Note,
+            "A bitmap has the in_use flag: its data is inconsistent and must not be used.";
+    }
+}
+
+/// Every rule of the registry.
+pub fn all() -> impl Iterator<Item = &'static Rule> {
+    general::ALL.iter().chain(qcow2::ALL.iter()).copied()
+}
+
+/// Looks a rule up by its id.
+pub fn by_id(id: &str) -> Option<&'static Rule> {
+    all().find(|r| r.id == id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn ids_are_unique_and_dotted() {
+        let mut seen = HashSet::new();
+        for r in all() {
+            assert!(seen.insert(r.id), "duplicate rule id {}", r.id);
+            assert!(r.id.split('.').count() >= 2, "{} is not dotted", r.id);
+            assert!(r
+                .id
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-'));
+            assert!(!r.summary.is_empty());
+        }
+    }
+
+    #[test]
+    fn every_qcow2_section_is_a_heading_of_the_spec() {
+        let spec = include_str!("../../specs/upstream/qcow2.rst");
+        for r in qcow2::ALL {
+            let heading = format!("\n{}\n", r.section);
+            assert!(
+                spec.contains(&heading),
+                "{}: no section {:?} in qcow2.rst",
+                r.id,
+                r.section
+            );
+        }
+    }
+}

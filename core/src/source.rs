@@ -1,0 +1,151 @@
+//! Positional reads over a file or a byte slice.
+//!
+//! Checkers never hold a whole image in memory: they read the structure they
+//! need, where the image says it is, after checking that it lies inside the
+//! source.
+
+use crate::error::{Error, Result};
+
+/// A read-only, random-access byte source of known length.
+pub trait ReadAt {
+    /// Length of the source in bytes.
+    fn size(&self) -> u64;
+
+    /// Fills `buf` from `offset`; fails if any of it lies past the end.
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()>;
+
+    /// Fills `buf` from `offset`; bytes past the end of the source read as
+    /// zeros. This is what QEMU's block layer does for a table that runs past
+    /// the end of the file, so the checker sees what QEMU sees.
+    fn read_zero_padded(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        let size = self.size();
+        let inside = size.saturating_sub(offset).min(buf.len() as u64) as usize;
+        let (head, tail) = buf.split_at_mut(inside);
+        if !head.is_empty() {
+            self.read_exact_at(head, offset)?;
+        }
+        tail.fill(0);
+        Ok(())
+    }
+
+    /// True when `len` bytes at `offset` lie entirely inside the source.
+    fn contains(&self, offset: u64, len: u64) -> bool {
+        offset
+            .checked_add(len)
+            .is_some_and(|end| end <= self.size())
+    }
+}
+
+fn bounds(offset: u64, len: usize, size: u64) -> Result<std::ops::Range<usize>> {
+    let end = offset.checked_add(len as u64).filter(|&e| e <= size);
+    match end {
+        Some(end) => Ok(offset as usize..end as usize),
+        None => Err(Error::OutOfBounds {
+            offset,
+            len: len as u64,
+            source_len: size,
+        }),
+    }
+}
+
+impl ReadAt for [u8] {
+    fn size(&self) -> u64 {
+        self.len() as u64
+    }
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        let range = bounds(offset, buf.len(), self.size())?;
+        // `bounds` proved the range lies inside the slice.
+        buf.copy_from_slice(&self[range]);
+        Ok(())
+    }
+}
+
+impl ReadAt for Vec<u8> {
+    fn size(&self) -> u64 {
+        self.as_slice().size()
+    }
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        self.as_slice().read_exact_at(buf, offset)
+    }
+}
+
+impl<T: ReadAt + ?Sized> ReadAt for &T {
+    fn size(&self) -> u64 {
+        (**self).size()
+    }
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        (**self).read_exact_at(buf, offset)
+    }
+}
+
+/// A file opened read-only; its length is taken once, at open.
+pub struct FileSource {
+    file: std::fs::File,
+    size: u64,
+}
+
+impl FileSource {
+    pub fn open(path: &std::path::Path) -> std::io::Result<Self> {
+        let file = std::fs::File::open(path)?;
+        let size = file.metadata()?.len();
+        Ok(FileSource { file, size })
+    }
+}
+
+impl ReadAt for FileSource {
+    fn size(&self) -> u64 {
+        self.size
+    }
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        bounds(offset, buf.len(), self.size)?;
+        self.file.read_exact_at(buf, offset).map_err(|e| Error::Io {
+            offset,
+            message: e.to_string(),
+        })
+    }
+}
+
+/// Big-endian field access into a buffer already read from a source. Offsets
+/// are constants of the format; a short buffer reads as zeros rather than
+/// panicking, and callers size their buffers so that never happens.
+pub(crate) fn be_u64(b: &[u8], at: usize) -> u64 {
+    b.get(at..at + 8)
+        .and_then(|s| s.try_into().ok())
+        .map_or(0, u64::from_be_bytes)
+}
+pub(crate) fn be_u32(b: &[u8], at: usize) -> u32 {
+    b.get(at..at + 4)
+        .and_then(|s| s.try_into().ok())
+        .map_or(0, u32::from_be_bytes)
+}
+pub(crate) fn be_u16(b: &[u8], at: usize) -> u16 {
+    b.get(at..at + 2)
+        .and_then(|s| s.try_into().ok())
+        .map_or(0, u16::from_be_bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slice_reads_are_bounds_checked() {
+        let data = vec![1u8, 2, 3, 4];
+        let mut buf = [0u8; 2];
+        data.read_exact_at(&mut buf, 2).unwrap();
+        assert_eq!(buf, [3, 4]);
+        assert!(data.read_exact_at(&mut buf, 3).is_err());
+        assert!(data.read_exact_at(&mut buf, u64::MAX).is_err());
+    }
+
+    #[test]
+    fn zero_padded_read_fills_past_the_end_with_zeros() {
+        let data = vec![9u8; 4];
+        let mut buf = [7u8; 6];
+        data.read_zero_padded(&mut buf, 2).unwrap();
+        assert_eq!(buf, [9, 9, 0, 0, 0, 0]);
+        data.read_zero_padded(&mut buf, u64::MAX).unwrap();
+        assert_eq!(buf, [0; 6]);
+    }
+}

@@ -1,0 +1,168 @@
+//! `cargo xtask <task>`: project automation (matklad's xtask convention).
+//!
+//! corpus            rebuild corpus/images from the recipes and the fuzz seeds from them
+//! golden            rewrite golden/ from the current reports
+//! fuzz [--secs N] [--target T]   run fuzz targets (nightly + ASan when present, else -s none)
+//! bench             qconform check vs qemu-img check on a 1 TiB preallocated image
+//! ci                what .ci/run runs after installing tools
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+mod bench;
+
+type DynError = Box<dyn std::error::Error>;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let task = args.first().map(String::as_str).unwrap_or("help");
+    let rest = args.get(1..).unwrap_or(&[]);
+    let result = match task {
+        "corpus" => corpus(),
+        "golden" => golden(),
+        "fuzz" => fuzz(rest),
+        "bench" => bench::run(rest),
+        "ci" => ci(),
+        _ => {
+            eprintln!(
+                "usage: cargo xtask corpus | golden | fuzz [--secs N] [--target T] | bench | ci"
+            );
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask {task}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn corpus() -> Result<(), DynError> {
+    let root = root();
+    let dir = root.join("corpus/images");
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    std::fs::create_dir_all(&dir)?;
+    let cases = qconform::corpus::cases();
+    for case in &cases {
+        qconform::corpus::build(case, &dir)?;
+        println!("built {}", case.name);
+    }
+    // Fuzz seeds: every corpus image (small ones; the fuzzer mutates them).
+    let seeds = root.join("corpus/fuzz/qcow2_check");
+    if seeds.exists() {
+        std::fs::remove_dir_all(&seeds)?;
+    }
+    std::fs::create_dir_all(&seeds)?;
+    for (name, path) in qconform::golden::corpus_images(&root) {
+        std::fs::copy(&path, seeds.join(name))?;
+    }
+    println!("{} cases under {}", cases.len(), dir.display());
+    Ok(())
+}
+
+fn golden() -> Result<(), DynError> {
+    match qconform::golden::update(&root()) {
+        0 => Ok(()),
+        _ => Err("golden update failed".into()),
+    }
+}
+
+fn has_nightly() -> bool {
+    Command::new("cargo")
+        .args(["+nightly", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn fuzz(args: &[String]) -> Result<(), DynError> {
+    let mut secs = 60u64;
+    let mut targets: Vec<String> = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--secs" => secs = it.next().ok_or("--secs needs a value")?.parse()?,
+            "--target" => targets.push(it.next().ok_or("--target needs a value")?.clone()),
+            other => return Err(format!("unknown fuzz option {other}").into()),
+        }
+    }
+    if targets.is_empty() {
+        targets = list_targets()?;
+    }
+    let root = root();
+    let nightly = has_nightly();
+    for t in targets {
+        let work = root.join("fuzz/corpus").join(&t);
+        std::fs::create_dir_all(&work)?;
+        let seeds = root.join("corpus/fuzz").join(&t);
+        let dict = root.join("fuzz/dictionaries").join(format!("{t}.dict"));
+        let mut cmd = Command::new("cargo");
+        if nightly {
+            cmd.arg("+nightly");
+        } else {
+            // Stable rustc: no sanitizer, and cargo-fuzz's -Z flags need bootstrap.
+            cmd.env("RUSTC_BOOTSTRAP", "1");
+        }
+        cmd.args(["fuzz", "run"]);
+        if !nightly {
+            cmd.args(["-s", "none"]);
+        }
+        cmd.arg(&t)
+            .arg(&work)
+            .arg(&seeds)
+            .arg("--")
+            .arg(format!("-max_total_time={secs}"));
+        if dict.exists() {
+            cmd.arg(format!("-dict={}", dict.display()));
+        }
+        cmd.current_dir(&root);
+        println!("running {cmd:?}");
+        let status = cmd.status()?;
+        if !status.success() {
+            return Err(format!("fuzz target {t} failed (crash? see fuzz/artifacts/{t})").into());
+        }
+    }
+    Ok(())
+}
+
+fn list_targets() -> Result<Vec<String>, DynError> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(root().join("fuzz/fuzz_targets"))? {
+        let p = e?.path();
+        if let Some(s) = p.file_stem().and_then(|s| s.to_str()) {
+            out.push(s.to_owned());
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn ci() -> Result<(), DynError> {
+    let root = root();
+    let run = |args: &[&str]| -> Result<(), DynError> {
+        println!("+ cargo {}", args.join(" "));
+        let st = Command::new("cargo")
+            .args(args)
+            .current_dir(&root)
+            .status()?;
+        if st.success() {
+            Ok(())
+        } else {
+            Err(format!("cargo {} failed", args.join(" ")).into())
+        }
+    };
+    run(&["fmt", "--all", "--", "--check"])?;
+    run(&["test", "--workspace", "--release"])?;
+    run(&["run", "--release", "-q", "-p", "qconform", "--", "conform"])?;
+    fuzz(&["--secs".into(), "20".into()])
+}
