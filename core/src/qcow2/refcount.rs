@@ -118,7 +118,11 @@ impl<'a> OnDisk<'a> {
         let mut buf = [0u8; 8];
         let slot = &mut buf[..width as usize];
         // Past the end of the file a block reads as zeros, as in QEMU.
-        if self.src.read_zero_padded(slot, block + bit / 8).is_err() {
+        if self
+            .src
+            .read_zero_padded(slot, block.saturating_add(bit / 8))
+            .is_err()
+        {
             return Ok(0);
         }
         let index_in_slot = if self.order < 3 {
@@ -240,6 +244,25 @@ impl Census {
             self.spill.insert(k, new);
         }
         times - added
+    }
+
+    /// Counts one reference to the cluster at `offset` (one cluster long).
+    /// The common case of a check, kept branch-light: an aligned cluster
+    /// inside the file whose count is small.
+    #[inline]
+    pub fn reference_cluster(&mut self, report: &mut Report, offset: u64, owner: u8, what: &str) {
+        let cs = 1u64 << self.cluster_bits;
+        let k = (offset >> self.cluster_bits) as usize;
+        if offset & (cs - 1) == 0 && k + 1 < self.counts.len() {
+            // `k + 1 < len` keeps the spare slot out: k lies inside the file.
+            let c = self.counts[k];
+            if c < u8::MAX - 1 && (c as u64) < self.refcount_max {
+                self.counts[k] = c + 1;
+                self.owners[k] |= owner;
+                return;
+            }
+        }
+        self.reference(report, offset, cs, 1, owner, what);
     }
 
     /// Counts `times` references to the byte range `offset..offset+len`, as

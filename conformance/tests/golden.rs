@@ -1,0 +1,80 @@
+//! Golden snapshots of `check --output json` for every corpus image (insta;
+//! `INSTA_UPDATE=always cargo test` or `qconform golden update` rewrite them),
+//! and the proof that every rule of the registry is triggered by a corpus case.
+
+use qconform::golden::{corpus_images, report_json, triggers};
+use std::path::{Path, PathBuf};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+#[test]
+fn corpus_reports_match_golden_snapshots() {
+    let root = root();
+    let images = corpus_images(&root);
+    assert!(
+        images.len() >= 90,
+        "corpus/images is missing cases ({} found); run `cargo xtask corpus`",
+        images.len()
+    );
+    let mut settings = insta::Settings::clone_current();
+    settings.set_snapshot_path(root.join("golden/check"));
+    settings.set_prepend_module_to_snapshot(false);
+    settings.set_omit_expression(true);
+    settings.bind(|| {
+        for (name, path) in &images {
+            insta::assert_snapshot!(name.as_str(), report_json(&root, name, path));
+        }
+    });
+}
+
+/// Rules no corpus image can trigger, and the test that triggers each.
+const TRIGGERED_BY_TESTS: &[(&str, &str)] = &[
+    (
+        "input.readable",
+        "conformance/tests/cli.rs: missing_file_is_a_check_error",
+    ),
+    (
+        "qcow2.header.magic",
+        "conformance/tests/cli.rs: forced_format_on_other_bytes_names_the_magic_rule",
+    ),
+    (
+        "limits.entries-visited",
+        "core/tests/hostile.rs: snapshots_sharing_one_l1_hit_the_work_limit",
+    ),
+    (
+        "qcow2.snapshot.table-readable",
+        "core/tests/hostile.rs: snapshot_table_over_64_mib_is_refused",
+    ),
+];
+
+#[test]
+fn every_rule_is_triggered_by_a_corpus_case() {
+    let triggered = triggers(&root());
+    let mut missing = Vec::new();
+    for rule in qconform_core::rules::all() {
+        let by_test = TRIGGERED_BY_TESTS.iter().any(|(id, _)| *id == rule.id);
+        match (triggered.contains_key(rule.id), by_test) {
+            (false, false) => missing.push(rule.id),
+            (true, true) => panic!(
+                "{} is now triggered by a corpus case; drop it from TRIGGERED_BY_TESTS",
+                rule.id
+            ),
+            _ => {}
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "rules no corpus case triggers: {missing:?}"
+    );
+    for id in triggered.keys() {
+        assert!(
+            qconform_core::rules::by_id(id).is_some(),
+            "golden files name unknown rule {id}"
+        );
+    }
+}

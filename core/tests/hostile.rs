@@ -1,0 +1,354 @@
+//! Adversarial headers and tables: every one must end in a finding naming
+//! its rule, without a panic, a hang, or an allocation sized by a claimed
+//! field. The base image is built here byte by byte and validated against
+//! qemu-img so the edits start from a known-good file.
+
+use proptest::prelude::*;
+use qconform_core::qcow2;
+use qconform_core::source::ReadAt;
+use qconform_core::{Limits, Report};
+
+const CB: u32 = 16;
+const CS: u64 = 1 << CB;
+
+fn put64(b: &mut Vec<u8>, at: u64, v: u64) {
+    put(b, at, &v.to_be_bytes());
+}
+fn put32(b: &mut Vec<u8>, at: u64, v: u32) {
+    put(b, at, &v.to_be_bytes());
+}
+fn put(b: &mut Vec<u8>, at: u64, data: &[u8]) {
+    let end = at as usize + data.len();
+    if b.len() < end {
+        b.resize(end, 0);
+    }
+    b[at as usize..end].copy_from_slice(data);
+}
+
+/// A valid, empty v3 image of 1 MiB virtual size: header, refcount table,
+/// one refcount block and the L1 table, one cluster each (64 KiB clusters).
+fn base() -> Vec<u8> {
+    let mut b = vec![0u8; 4 * CS as usize];
+    put(&mut b, 0, b"QFI\xfb");
+    put32(&mut b, 4, 3);
+    put32(&mut b, 20, CB);
+    put64(&mut b, 24, 1 << 20);
+    put32(&mut b, 36, 1); // l1_size
+    put64(&mut b, 40, 3 * CS); // l1_table_offset
+    put64(&mut b, 48, CS); // refcount_table_offset
+    put32(&mut b, 56, 1); // refcount_table_clusters
+    put32(&mut b, 96, 4); // refcount_order
+    put32(&mut b, 100, 112); // header_length
+    put64(&mut b, CS, 2 * CS); // refcount table entry 0 -> block at cluster 2
+    for k in 0..4 {
+        put(&mut b, 2 * CS + 2 * k, &1u16.to_be_bytes());
+    }
+    b
+}
+
+fn check(b: &[u8]) -> Report {
+    qcow2::check(&b, "hostile", &Limits::default())
+}
+
+fn rules(r: &Report) -> Vec<&'static str> {
+    r.findings.iter().map(|f| f.rule.id).collect()
+}
+
+fn assert_rule(b: &[u8], rule: &str) -> Report {
+    let r = check(b);
+    assert!(
+        rules(&r).contains(&rule),
+        "expected {rule}, got {:?}",
+        rules(&r)
+    );
+    r
+}
+
+#[test]
+fn the_base_image_is_clean_for_us_and_for_qemu_img() {
+    let b = base();
+    let r = check(&b);
+    assert_eq!(r.exit_code(true), 0, "{:?}", r.findings);
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("base.qcow2");
+    std::fs::write(&p, &b).unwrap();
+    let st = std::process::Command::new("qemu-img")
+        .args(["check", "-f", "qcow2"])
+        .arg(&p)
+        .output()
+        .expect("qemu-img must be installed");
+    assert_eq!(
+        st.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&st.stdout)
+    );
+}
+
+#[test]
+fn l1_size_2_pow_31_in_a_small_file() {
+    let mut b = base();
+    put32(&mut b, 36, 0x7fff_ffff);
+    assert_rule(&b, "qcow2.header.l1-size-limit");
+}
+
+#[test]
+fn l1_table_at_the_limit_running_past_eof_is_read_only_where_it_exists() {
+    let mut b = base();
+    put32(&mut b, 36, 4 << 20); // 32 MiB of entries in a 256 KiB file
+    put64(&mut b, 24, 1 << 40);
+    assert_rule(&b, "qcow2.refcount.reference-inside-file");
+}
+
+#[test]
+fn huge_refcount_table_clusters() {
+    let mut b = base();
+    put32(&mut b, 56, u32::MAX);
+    assert_rule(&b, "qcow2.header.refcount-table-size");
+    put32(&mut b, 56, 128); // 8 MiB: QEMU's limit, far past the end of the file
+    assert_rule(&b, "qcow2.refcount.reference-inside-file");
+}
+
+#[test]
+fn huge_nb_snapshots() {
+    let mut b = base();
+    put32(&mut b, 60, u32::MAX);
+    put64(&mut b, 64, 3 * CS);
+    assert_rule(&b, "qcow2.header.nb-snapshots-limit");
+    // 65536 entries, all past the end of the file: read as zeros, never allocated from the claim alone.
+    put32(&mut b, 60, 65536);
+    put64(&mut b, 64, 1 << 40);
+    assert_rule(&b, "qcow2.snapshot.extra-data-v3");
+}
+
+#[test]
+fn cluster_bits_out_of_range() {
+    for cb in [0u32, 8, 22, 63, u32::MAX] {
+        let mut b = base();
+        put32(&mut b, 20, cb);
+        assert_rule(&b, "qcow2.header.cluster-bits");
+    }
+}
+
+#[test]
+fn header_length_past_the_cluster() {
+    for len in [CS as u32 + 8, u32::MAX] {
+        let mut b = base();
+        put32(&mut b, 100, len);
+        assert_rule(&b, "qcow2.header.header-length");
+    }
+}
+
+#[test]
+fn extension_lengths_past_the_cluster() {
+    for len in [CS as u32, u32::MAX, u32::MAX - 7] {
+        let mut b = base();
+        put32(&mut b, 112, 0x1234_5678);
+        put32(&mut b, 116, len);
+        assert_rule(&b, "qcow2.ext.within-header-area");
+    }
+}
+
+#[test]
+fn offsets_near_u64_max() {
+    let near = u64::MAX & !(CS - 1);
+    let mut b = base();
+    put64(&mut b, 40, near);
+    assert_rule(&b, "qcow2.header.l1-table-aligned");
+    let mut b = base();
+    put64(&mut b, 48, near);
+    assert_rule(&b, "qcow2.header.refcount-table-aligned");
+    let mut b = base();
+    put32(&mut b, 60, 1);
+    put64(&mut b, 64, near);
+    assert_rule(&b, "qcow2.header.snapshots-aligned");
+    let mut b = base();
+    put64(&mut b, CS + 8, near); // a refcount block at the end of the address space
+    assert_rule(&b, "qcow2.refcount.block-inside-file");
+    // An L2 table and a data cluster at the top of the 56-bit offset space.
+    let mut b = base();
+    put64(&mut b, 3 * CS, (1 << 63) | 0x00ff_ffff_ffff_0000);
+    assert_rule(&b, "qcow2.refcount.reference-inside-file");
+    let mut b = base();
+    put64(&mut b, 8, u64::MAX);
+    put32(&mut b, 16, u32::MAX);
+    assert_rule(&b, "qcow2.header.backing-file-offset");
+}
+
+#[test]
+fn refcount_table_entry_pointing_at_itself() {
+    let mut b = base();
+    put64(&mut b, CS, CS); // the refcount table is its own refcount block
+    let r = check(&b);
+    assert!(r.exit_code(false) == 2, "{:?}", rules(&r));
+    assert!(
+        rules(&r).contains(&"qcow2.metadata.no-overlap"),
+        "{:?}",
+        rules(&r)
+    );
+}
+
+#[test]
+fn l1_entries_pointing_at_the_l1_table() {
+    let mut b = base();
+    put32(&mut b, 36, 8192);
+    put64(&mut b, 24, 8192 * 8192 * CS);
+    for i in 0..8192 {
+        put64(&mut b, 3 * CS + 8 * i, 3 * CS);
+    }
+    // One L2 visit for 8192 references: the census multiplies instead of re-reading.
+    assert_rule(&b, "qcow2.refcount.covers-references");
+}
+
+/// `n` snapshots all naming the one L1 table of 512 entries at cluster 3.
+fn shared_l1_snapshots(n: u32) -> Vec<u8> {
+    let mut b = base();
+    put32(&mut b, 36, 8192);
+    put64(&mut b, 24, 8192 * 8192 * CS);
+    let table = 4 * CS;
+    put32(&mut b, 60, n);
+    put64(&mut b, 64, table);
+    let mut at = table;
+    for i in 0..n {
+        put64(&mut b, at, 3 * CS);
+        put32(&mut b, at + 8, 8192 - (i % 2)); // two distinct (offset, size) pairs
+        put32(&mut b, at + 36, 16);
+        at += 40 + 16;
+    }
+    b
+}
+
+#[test]
+fn snapshots_sharing_one_l1_hit_the_work_limit() {
+    let b = shared_l1_snapshots(4096);
+    // With the default limits the shared tables are walked once each.
+    let r = check(&b);
+    assert!(
+        !rules(&r).contains(&"limits.entries-visited"),
+        "{:?}",
+        rules(&r)
+    );
+    // With a small budget the check stops with a check error instead of working on.
+    let limits = Limits {
+        max_entries_visited: 10_000,
+        ..Limits::default()
+    };
+    let r = qcow2::check(&b.as_slice(), "amplified", &limits);
+    assert!(
+        rules(&r).contains(&"limits.entries-visited"),
+        "{:?}",
+        rules(&r)
+    );
+    assert_eq!(r.exit_code(false), 1);
+}
+
+/// A source that presents `base` followed by a long run of synthetic
+/// snapshot entries with 64 KiB names, without allocating them.
+struct SyntheticSnapshots {
+    base: Vec<u8>,
+    table: u64,
+    stride: u64,
+    entry: Vec<u8>,
+    len: u64,
+}
+
+impl ReadAt for SyntheticSnapshots {
+    fn size(&self) -> u64 {
+        self.len
+    }
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> qconform_core::Result<()> {
+        if offset
+            .checked_add(buf.len() as u64)
+            .is_none_or(|e| e > self.len)
+        {
+            return Err(qconform_core::Error::OutOfBounds {
+                offset,
+                len: buf.len() as u64,
+                source_len: self.len,
+            });
+        }
+        for (i, byte) in buf.iter_mut().enumerate() {
+            let o = offset + i as u64;
+            *byte = if o < self.base.len() as u64 {
+                self.base[o as usize]
+            } else if o >= self.table {
+                self.entry
+                    .get(((o - self.table) % self.stride) as usize)
+                    .copied()
+                    .unwrap_or(0)
+            } else {
+                0
+            };
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn snapshot_table_over_64_mib_is_refused() {
+    let mut b = base();
+    let table = 4 * CS;
+    put32(&mut b, 60, 1000);
+    put64(&mut b, 64, table);
+    let mut entry = vec![0u8; 40];
+    entry[12..14].copy_from_slice(&0xffffu16.to_be_bytes());
+    entry[14..16].copy_from_slice(&0xffffu16.to_be_bytes());
+    entry[36..40].copy_from_slice(&16u32.to_be_bytes());
+    let stride = (40u64 + 16 + 0xffff + 0xffff).next_multiple_of(8);
+    let src = SyntheticSnapshots {
+        base: b,
+        table,
+        stride,
+        entry,
+        len: table + 1000 * stride,
+    };
+    let r = qcow2::check(&src, "synthetic", &Limits::default());
+    assert!(
+        rules(&r).contains(&"qcow2.snapshot.table-readable"),
+        "{:?}",
+        rules(&r)
+    );
+    assert_eq!(r.exit_code(false), 1);
+}
+
+#[test]
+fn refcount_widths_all_decode_the_base_image() {
+    // The same four clusters with every refcount_order: rewrite the block.
+    for order in 0..=6u32 {
+        let mut b = base();
+        put32(&mut b, 96, order);
+        let block = 2 * CS as usize;
+        b[block..block + CS as usize].fill(0);
+        let bits = 1usize << order;
+        for k in 0..4usize {
+            let bit = k * bits;
+            if bits >= 8 {
+                b[block + bit / 8 + bits / 8 - 1] = 1;
+            } else {
+                b[block + bit / 8] |= 1 << (bit % 8);
+            }
+        }
+        let r = check(&b);
+        assert_eq!(r.exit_code(true), 0, "order {order}: {:?}", r.findings);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    /// Any set of byte edits to a valid image ends in a report, never a panic.
+    #[test]
+    fn edits_never_panic(edits in proptest::collection::vec((0u64..4 * CS, any::<u8>()), 1..24),
+                         words in proptest::collection::vec((0usize..64, any::<u64>()), 0..4)) {
+        let mut b = base();
+        for (at, v) in edits {
+            b[at as usize] = v;
+        }
+        // Whole 64-bit fields of the header with arbitrary values, too.
+        for (field, v) in words {
+            put64(&mut b, (field as u64 * 8) % 112, v);
+        }
+        let r = check(&b);
+        prop_assert!((0..=3).contains(&r.exit_code(false)));
+    }
+}
