@@ -262,7 +262,8 @@ fn info_human(name: &str, i: &qcow2::check::Info) -> String {
     if h.backing_file_offset != 0 {
         let _ = writeln!(
             s,
-            "backing file: at {:#x}, {} bytes{}",
+            "backing file: {:?} (at {:#x}, {} bytes){}",
+            i.backing_file.as_deref().unwrap_or(""),
             h.backing_file_offset,
             h.backing_file_size,
             e.backing_format

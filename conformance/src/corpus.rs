@@ -197,6 +197,34 @@ const DATA_FILE: &[&[&str]] = &[
     ],
 ];
 
+/// LUKS-encrypted image (passphrase "qconform"): the LUKS header area is
+/// owned by the image and must be refcounted.
+pub const LUKS_SECRET: &str = "secret,id=sec0,data=qconform";
+const LUKS: &[&[&str]] = &[
+    &[
+        "qemu-img",
+        "create",
+        "-q",
+        "--object",
+        "secret,id=sec0,data=qconform",
+        "-f",
+        "qcow2",
+        "-o",
+        "cluster_size=4096,encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10",
+        "{img}",
+        "1M",
+    ],
+    &[
+        "qemu-io",
+        "--object",
+        "secret,id=sec0,data=qconform",
+        "--image-opts",
+        "driver=qcow2,file.filename={img},encrypt.key-secret=sec0",
+        "-c",
+        "write -P 0x11 0 8k",
+    ],
+];
+
 fn bump_refcount(img: &mut Image, delta: i64) {
     let k = img.data_cluster(0) / img.cluster_size();
     let v = (1i64 + delta).max(0) as u64;
@@ -220,6 +248,12 @@ pub fn cases() -> Vec<Case> {
         Case { name: "extended-l2", steps: EXTL2, edit: None, expect: &[], exit: 0, oracle: Agrees },
         Case { name: "data-file", steps: DATA_FILE, edit: None, expect: &[], exit: 0, oracle: Agrees },
         Case { name: "data-file-raw", steps: &[&["qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=4096,data_file={name}.data,data_file_raw=on", "{img}", "1M"], &[QIO, "-c", "write -P 0x11 0 8k", "{img}"]], edit: None, expect: &[], exit: 0, oracle: Agrees },
+        Case { name: "luks", steps: LUKS, edit: None, expect: &[], exit: 0, oracle: Agrees },
+        Case { name: "luks-header-unrefcounted", steps: LUKS, edit: Some(|i| {
+            let fde = i.info.extensions.fde.as_ref().map_or(0, |f| f.offset);
+            let k = fde / i.cluster_size();
+            i.set_refcount(k, 0);
+        }), expect: &["qcow2.refcount.covers-references"], exit: 2, oracle: Agrees },
         Case { name: "backing-base", steps: &[create!("cluster_size=4096", "1M"), &[QIO, "-c", "write -P 0x11 0 16k", "{img}"]], edit: None, expect: &[], exit: 0, oracle: Agrees },
         Case { name: "backing-overlay", steps: &[&["qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", "-b", "backing-base.qcow2", "-F", "qcow2", "{img}", "1M"], &[QIO, "-c", "write -P 0x22 4k 4k", "{img}"]], edit: None, expect: &[], exit: 0, oracle: Agrees },
         Case { name: "prealloc-metadata", steps: &[create!("cluster_size=4096,preallocation=metadata", "256k")], edit: None, expect: &[], exit: 0, oracle: Agrees },

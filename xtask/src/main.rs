@@ -1,6 +1,6 @@
 //! `cargo xtask <task>`: project automation (matklad's xtask convention).
 //!
-//! corpus            rebuild corpus/images from the recipes and the fuzz seeds from them
+//! corpus [--only NAME...]  rebuild corpus/images from the recipes and the fuzz seeds from them
 //! golden            rewrite golden/ from the current reports
 //! fuzz [--secs N] [--target T]   run fuzz targets (nightly + ASan when present, else -s none)
 //! bench             qconform check vs qemu-img check on a 1 TiB preallocated image
@@ -25,7 +25,7 @@ fn main() -> ExitCode {
     let task = args.first().map(String::as_str).unwrap_or("help");
     let rest = args.get(1..).unwrap_or(&[]);
     let result = match task {
-        "corpus" => corpus(),
+        "corpus" => corpus(rest),
         "golden" => golden(),
         "fuzz" => fuzz(rest),
         "bench" => bench::run(rest),
@@ -46,14 +46,24 @@ fn main() -> ExitCode {
     }
 }
 
-fn corpus() -> Result<(), DynError> {
+/// Rebuilds every corpus image, or only the named cases (`--only NAME...`),
+/// which keeps unrelated binary files (snapshot dates, LUKS salts) unchanged.
+fn corpus(args: &[String]) -> Result<(), DynError> {
     let root = root();
     let dir = root.join("corpus/images");
-    if dir.exists() {
+    let only: Vec<&str> = match args.first().map(String::as_str) {
+        Some("--only") => args[1..].iter().map(String::as_str).collect(),
+        Some(other) => return Err(format!("unknown corpus option {other}").into()),
+        None => Vec::new(),
+    };
+    if only.is_empty() && dir.exists() {
         std::fs::remove_dir_all(&dir)?;
     }
     std::fs::create_dir_all(&dir)?;
-    let cases = qconform::corpus::cases();
+    let cases: Vec<_> = qconform::corpus::cases()
+        .into_iter()
+        .filter(|c| only.is_empty() || only.contains(&c.name))
+        .collect();
     for case in &cases {
         qconform::corpus::build(case, &dir)?;
         println!("built {}", case.name);

@@ -26,6 +26,8 @@ use std::collections::{HashMap, HashSet};
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Info {
     pub header: Header,
+    /// The backing file name (not NUL terminated in the file).
+    pub backing_file: Option<String>,
     pub extensions: Extensions,
     pub snapshots: SnapshotTable,
     pub bitmaps: Vec<bitmap::Bitmap>,
@@ -48,8 +50,19 @@ pub fn info(src: &dyn ReadAt, filename: &str, limits: &Limits) -> Result<Info, R
         Some(b) => bitmap::read_directory(src, &parsed.header, b, &mut report).unwrap_or_default(),
         None => Vec::new(),
     };
+    let h = &parsed.header;
+    // header::parse proved offset + size lie inside cluster 0.
+    let backing_file = (h.backing_file_offset != 0).then(|| {
+        let start = h.backing_file_offset as usize;
+        let name = parsed
+            .cluster0
+            .get(start..start + h.backing_file_size as usize)
+            .unwrap_or(&[]);
+        String::from_utf8_lossy(name).into_owned()
+    });
     Ok(Info {
         header: parsed.header,
+        backing_file,
         extensions,
         snapshots,
         bitmaps,
