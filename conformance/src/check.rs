@@ -45,6 +45,7 @@ pub fn check_file(path: &Path, format: Option<&str>, limits: &Limits) -> Report 
 pub fn human(report: &Report) -> String {
     use std::fmt::Write;
     let mut s = String::new();
+    let _ = writeln!(s, "{} ({}):", report.filename, report.format);
     for f in &report.findings {
         let at = f
             .offset

@@ -89,11 +89,9 @@ pub fn read(src: &dyn ReadAt, h: &Header, report: &mut Report) -> Option<Snapsho
         read_bytes(src, &mut extra[..known], offset, report)?;
         offset += extra_data_size as u64;
         // id and name are at most 64 KiB each (u16 sizes).
-        let mut id = vec![0u8; id_size as usize];
-        read_bytes(src, &mut id, offset, report)?;
+        let id = read_string(src, id_size, offset, report)?;
         offset += id_size;
-        let mut name = vec![0u8; name_size as usize];
-        read_bytes(src, &mut name, offset, report)?;
+        let name = read_string(src, name_size, offset, report)?;
         offset += name_size;
         if offset - start > MAX_SNAPSHOT_TABLE_BYTES {
             report.add(
@@ -112,8 +110,8 @@ pub fn read(src: &dyn ReadAt, h: &Header, report: &mut Report) -> Option<Snapsho
             entry_offset,
             l1_table_offset: be_u64(&fixed, 0),
             l1_size: be_u32(&fixed, 8),
-            id: String::from_utf8_lossy(&id).into_owned(),
-            name: String::from_utf8_lossy(&name).into_owned(),
+            id,
+            name,
             date_sec: be_u32(&fixed, 16),
             date_nsec: be_u32(&fixed, 20),
             vm_clock_nsec: be_u64(&fixed, 24),
@@ -160,6 +158,16 @@ fn read_bytes(src: &dyn ReadAt, buf: &mut [u8], offset: u64, report: &mut Report
             None
         }
     }
+}
+
+/// Reads an id or name string. Only the part inside the file is allocated:
+/// past the end it would read as zeros, so a table past EOF whose entries
+/// claim 64 KiB names costs nothing.
+fn read_string(src: &dyn ReadAt, len: u64, offset: u64, report: &mut Report) -> Option<String> {
+    let inside = src.size().saturating_sub(offset).min(len);
+    let mut buf = vec![0u8; inside as usize];
+    read_bytes(src, &mut buf, offset, report)?;
+    Some(String::from_utf8_lossy(&buf).into_owned())
 }
 
 /// Whether a snapshot's L1 table can be walked; records why not.
