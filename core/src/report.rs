@@ -65,6 +65,9 @@ pub struct Report {
     max_findings_per_rule: usize,
     #[serde(skip)]
     per_rule: BTreeMap<&'static str, usize>,
+    /// Occurrences per rule, including omitted findings and repetitions.
+    #[serde(skip)]
+    rule_counts: BTreeMap<&'static str, u64>,
 }
 
 impl Report {
@@ -85,6 +88,7 @@ impl Report {
             findings_omitted: BTreeMap::new(),
             max_findings_per_rule: limits.max_findings_per_rule,
             per_rule: BTreeMap::new(),
+            rule_counts: BTreeMap::new(),
         }
     }
 
@@ -110,6 +114,7 @@ impl Report {
             Severity::Violation => self.violations += times,
             Severity::Note => {}
         }
+        *self.rule_counts.entry(rule.id).or_insert(0) += times;
         let kept = self.per_rule.entry(rule.id).or_insert(0);
         if *kept < self.max_findings_per_rule {
             *kept += 1;
@@ -126,6 +131,11 @@ impl Report {
         } else {
             *self.findings_omitted.entry(rule.id).or_insert(0) += times;
         }
+    }
+
+    /// How often `rule` was violated (counting repetitions and omitted findings).
+    pub fn count(&self, rule_id: &str) -> u64 {
+        self.rule_counts.get(rule_id).copied().unwrap_or(0)
     }
 
     /// Whether any finding of `rule` was recorded.

@@ -37,6 +37,10 @@ pub trait ReadAt {
 }
 
 fn bounds(offset: u64, len: usize, size: u64) -> Result<std::ops::Range<usize>> {
+    // Reading nothing succeeds anywhere (a table whose in-file part is empty).
+    if len == 0 {
+        return Ok(0..0);
+    }
     let end = offset.checked_add(len as u64).filter(|&e| e <= size);
     match end {
         Some(end) => Ok(offset as usize..end as usize),
@@ -106,6 +110,28 @@ impl ReadAt for FileSource {
     }
 }
 
+/// How many of `count` entries of `entry_size` bytes at `offset` start
+/// inside the source: a table is only ever read (and allocated) that far, and
+/// an entry cut by the end of the file reads with its missing bytes as zero,
+/// as QEMU reads it.
+pub fn entries_in_file(src: &dyn ReadAt, offset: u64, count: u64, entry_size: u64) -> u64 {
+    src.size()
+        .saturating_sub(offset)
+        .div_ceil(entry_size)
+        .min(count)
+}
+
+/// Reads `count` big-endian u64 entries at `offset`, only those that start
+/// inside the source (see [`entries_in_file`]).
+pub fn read_u64_table(src: &dyn ReadAt, offset: u64, count: u64) -> Vec<u64> {
+    let n = entries_in_file(src, offset, count, 8);
+    let mut raw = vec![0u8; (n * 8) as usize];
+    if src.read_zero_padded(&mut raw, offset).is_err() {
+        raw.fill(0);
+    }
+    raw.chunks_exact(8).map(|c| be_u64(c, 0)).collect()
+}
+
 /// Big-endian field access into a buffer already read from a source. Offsets
 /// are constants of the format; a short buffer reads as zeros rather than
 /// panicking, and callers size their buffers so that never happens.
@@ -137,6 +163,7 @@ mod tests {
         assert_eq!(buf, [3, 4]);
         assert!(data.read_exact_at(&mut buf, 3).is_err());
         assert!(data.read_exact_at(&mut buf, u64::MAX).is_err());
+        assert!(data.read_exact_at(&mut [], u64::MAX).is_ok());
     }
 
     #[test]

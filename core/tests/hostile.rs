@@ -352,3 +352,14 @@ proptest! {
         prop_assert!((0..=3).contains(&r.exit_code(false)));
     }
 }
+
+#[test]
+fn refcount_table_past_eof_reads_as_empty() {
+    // Found by differential random edits: the in-file part of the table is
+    // empty, which must mean "no refcount blocks", not an unreadable file.
+    let mut b = base();
+    put64(&mut b, 48, 0x9a_0000_0000);
+    let r = assert_rule(&b, "qcow2.refcount.covers-references");
+    assert!(!rules(&r).contains(&"input.readable"), "{:?}", rules(&r));
+    assert_eq!(r.exit_code(false), 2);
+}

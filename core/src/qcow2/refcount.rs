@@ -31,7 +31,8 @@ pub fn decode(block: &[u8], index: u64, order: u32) -> u64 {
     }
 }
 
-/// Why a refcount could not be looked up (QEMU reports these as check errors).
+/// Why a refcount could not be looked up (QEMU reports these as check
+/// errors): its block offset is unaligned or beyond any file offset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UnalignedBlock {
     pub table_index: u64,
@@ -54,23 +55,14 @@ pub struct OnDisk<'a> {
 impl<'a> OnDisk<'a> {
     /// Loads the refcount table (already validated to be at most 8 MiB).
     pub fn load(src: &'a dyn ReadAt, h: &Header) -> crate::Result<Self> {
-        let claimed = h.refcount_table_clusters as u64 * h.cluster_size();
-        let inside = src
-            .size()
-            .saturating_sub(h.refcount_table_offset)
-            .min(claimed);
-        let mut raw = vec![0u8; inside as usize];
-        src.read_exact_at(&mut raw, h.refcount_table_offset)?;
-        let table = raw
-            .chunks_exact(8)
-            .map(|c| u64::from_be_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
-            .collect();
+        let claimed = h.refcount_table_clusters as u64 * h.cluster_size() / 8;
+        let table = crate::source::read_u64_table(src, h.refcount_table_offset, claimed);
         Ok(OnDisk {
             src,
             cluster_bits: h.cluster_bits,
             order: h.refcount_order,
             table,
-            table_entries: claimed / 8,
+            table_entries: claimed,
         })
     }
 
@@ -92,7 +84,12 @@ impl<'a> OnDisk<'a> {
     /// unaligned offset makes every refcount of that block unreadable.
     pub fn block_offset(&self, t: u64) -> Result<u64, UnalignedBlock> {
         let off = self.entry(t) & REFT_OFFSET_MASK;
-        if off & ((1 << self.cluster_bits) - 1) != 0 {
+        // A block past the largest file offset (i64::MAX) cannot be read at
+        // all; QEMU reports every refcount in it as an I/O error.
+        let unreachable = off
+            .checked_add(1 << self.cluster_bits)
+            .is_none_or(|end| end > i64::MAX as u64);
+        if off & ((1 << self.cluster_bits) - 1) != 0 || (off != 0 && unreachable) {
             return Err(UnalignedBlock {
                 table_index: t,
                 block_offset: off,
@@ -217,6 +214,11 @@ impl Census {
             Some(_) => self.spill.get(&k).copied().unwrap_or(u8::MAX as u64),
             None => 0,
         }
+    }
+
+    /// Largest refcount the image's refcount width can hold.
+    pub fn refcount_max(&self) -> u64 {
+        self.refcount_max
     }
 
     pub fn owners(&self, k: u64) -> u8 {

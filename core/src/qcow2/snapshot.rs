@@ -53,9 +53,7 @@ pub fn read(src: &dyn ReadAt, h: &Header, report: &mut Report) -> Option<Snapsho
         );
         return None;
     }
-    if count == 0 {
-        return Some(table);
-    }
+    // The spec (and QEMU) require an aligned offset even for an empty table.
     let start = h.snapshots_offset;
     if start % h.cluster_size() != 0
         || start
@@ -68,6 +66,9 @@ pub fn read(src: &dyn ReadAt, h: &Header, report: &mut Report) -> Option<Snapsho
             format!("snapshot table offset {start:#x} is invalid"),
         );
         return None;
+    }
+    if count == 0 {
+        return Some(table);
     }
     let mut offset = start;
     for i in 0..count {
