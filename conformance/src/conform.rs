@@ -48,6 +48,11 @@ pub fn run(root: &Path, output: Output) -> i32 {
         };
         if golden != "match" {
             failures += 1;
+            if let Some(body) = read_snap(&snap_path(root, name)) {
+                if let Ok(g) = serde_json::from_str::<serde_json::Value>(&body) {
+                    explain(name, &g, &report);
+                }
+            }
         }
         rows.push(Row {
             case: name.clone(),
@@ -86,6 +91,34 @@ pub fn run(root: &Path, output: Output) -> i32 {
         1
     } else {
         0
+    }
+}
+
+/// Says on stderr where a report departs from its golden file.
+fn explain(name: &str, golden: &serde_json::Value, report: &serde_json::Value) {
+    let (Some(g), Some(r)) = (golden.as_object(), report.as_object()) else {
+        return;
+    };
+    for (k, gv) in g {
+        let rv = r.get(k).unwrap_or(&serde_json::Value::Null);
+        if gv == rv {
+            continue;
+        }
+        match (gv.as_array(), rv.as_array()) {
+            (Some(ga), Some(ra)) => {
+                let i = ga
+                    .iter()
+                    .zip(ra.iter())
+                    .position(|(a, b)| a != b)
+                    .unwrap_or(ga.len().min(ra.len()));
+                eprintln!(
+                    "{name}: {k}[{i}]: golden {} | now {}",
+                    ga.get(i).map_or("(none)".into(), |v| v.to_string()),
+                    ra.get(i).map_or("(none)".into(), |v| v.to_string())
+                );
+            }
+            _ => eprintln!("{name}: {k}: golden {gv} | now {rv}"),
+        }
     }
 }
 
