@@ -6,6 +6,7 @@ pub mod conform;
 pub mod corpus;
 pub mod golden;
 pub mod rules_cmd;
+pub mod vhost;
 
 /// Output format of a subcommand.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

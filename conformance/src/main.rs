@@ -1,7 +1,10 @@
 use clap::{Parser, Subcommand};
+use qconform::vhost::{check as vcheck, probe, serve};
 use qconform::{check, conform, golden, rules_cmd, Output};
+use qconform_core::vhost_user::session::Profile;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 /// Conformance harness for the qcow2, QED and Parallels image formats.
 #[derive(Parser)]
@@ -42,6 +45,12 @@ enum Command {
         #[command(subcommand)]
         action: GoldenAction,
     },
+    /// vhost-user: probe a back-end, serve a front-end, check a transcript.
+    #[command(name = "vhost-user")]
+    VhostUser {
+        #[command(subcommand)]
+        action: VhostAction,
+    },
     /// The main job: check every corpus image and compare with golden/.
     Conform {
         #[arg(long, value_enum, default_value = "human")]
@@ -50,6 +59,73 @@ enum Command {
         #[arg(long, default_value = ".")]
         root: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum VhostAction {
+    /// Act as a front-end against a back-end: a full conversation, then robustness probes.
+    Probe {
+        #[arg(long)]
+        socket: PathBuf,
+        #[arg(long, value_enum, default_value = "human")]
+        output: Output,
+        /// Deadline for every reply, in milliseconds.
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+        /// Read ambiguous spec text the way real peers do.
+        #[arg(long)]
+        lenient: bool,
+        /// Skip the robustness probes.
+        #[arg(long)]
+        no_robustness: bool,
+        /// Write the main conversation as a transcript (JSON Lines).
+        #[arg(long)]
+        transcript: Option<PathBuf>,
+        /// Start the back-end with this command before every connection.
+        #[arg(long)]
+        backend_cmd: Option<String>,
+    },
+    /// Act as a reference back-end and judge the front-end that connects.
+    Serve {
+        #[arg(long)]
+        socket: PathBuf,
+        /// Serve one connection, then exit.
+        #[arg(long)]
+        once: bool,
+        #[arg(long, value_enum, default_value = "human")]
+        output: Output,
+        /// Virtio features offered (default: VERSION_1, protocol features, blk basics).
+        #[arg(long, value_parser = parse_u64)]
+        features: Option<u64>,
+        /// Protocol features offered.
+        #[arg(long, value_parser = parse_u64)]
+        protocol_features: Option<u64>,
+        #[arg(long, default_value_t = 1)]
+        queues: u64,
+        /// Milliseconds a connection may stay silent (and to wait for one).
+        #[arg(long, default_value_t = 60000)]
+        idle_timeout_ms: u64,
+        #[arg(long)]
+        lenient: bool,
+        #[arg(long)]
+        transcript: Option<PathBuf>,
+    },
+    /// Run the rule engine over a transcript (exit 0 conforming, 1 unreadable, 2 findings).
+    Check {
+        file: PathBuf,
+        #[arg(long, value_enum, default_value = "human")]
+        output: Output,
+        #[arg(long)]
+        lenient: bool,
+    },
+}
+
+fn parse_u64(s: &str) -> Result<u64, String> {
+    let r = match s.strip_prefix("0x") {
+        Some(h) => u64::from_str_radix(h, 16),
+        None => s.parse(),
+    };
+    r.map_err(|e| e.to_string())
 }
 
 #[derive(Subcommand)]
@@ -78,6 +154,62 @@ fn main() -> ExitCode {
             GoldenAction::Update { root } => golden::update(&root.unwrap_or_else(|| ".".into())),
         },
         Command::Conform { output, root } => conform::run(&root, output),
+        Command::VhostUser { action } => vhost_user(action),
     };
     ExitCode::from(code as u8)
+}
+
+fn vhost_user(action: VhostAction) -> i32 {
+    match action {
+        VhostAction::Probe {
+            socket,
+            output,
+            timeout_ms,
+            lenient,
+            no_robustness,
+            transcript,
+            backend_cmd,
+        } => probe::run(
+            &probe::Options {
+                socket,
+                timeout: Duration::from_millis(timeout_ms),
+                profile: Profile { lenient },
+                transcript,
+                robustness: !no_robustness,
+                backend_cmd,
+            },
+            output,
+        ),
+        VhostAction::Serve {
+            socket,
+            once,
+            output,
+            features,
+            protocol_features,
+            queues,
+            idle_timeout_ms,
+            lenient,
+            transcript,
+        } => serve::run(
+            &serve::Options {
+                socket,
+                once,
+                features: features.unwrap_or(serve::DEFAULT_FEATURES),
+                protocol_features: protocol_features
+                    .unwrap_or_else(serve::default_protocol_features),
+                queues,
+                max_mem_slots: 32,
+                config: serve::blk_config(queues.min(u16::MAX as u64) as u16),
+                idle_timeout: Duration::from_millis(idle_timeout_ms),
+                profile: Profile { lenient },
+                transcript,
+            },
+            output,
+        ),
+        VhostAction::Check {
+            file,
+            output,
+            lenient,
+        } => vcheck::run(&file, output, Profile { lenient }),
+    }
 }

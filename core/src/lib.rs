@@ -14,6 +14,7 @@ pub mod qcow2;
 pub mod report;
 pub mod rules;
 pub mod source;
+pub mod vhost_user;
 
 pub use error::{Error, Result};
 pub use limits::Limits;

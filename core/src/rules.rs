@@ -215,9 +215,103 @@ pub mod qcow2 {
     }
 }
 
+/// Rules of docs/interop/vhost-user.rst. A violation names the side that
+/// broke the rule in its detail ("front-end:" or "back-end:").
+pub mod vhost_user {
+    use super::*;
+    rules! {
+        HEADER_VERSION = "vhost-user.header.version", "vhost-user.rst", "Header", Violation,
+            "The version bits (0-1) of every message are 0x1.";
+        HEADER_REPLY_FLAG = "vhost-user.header.reply-flag", "vhost-user.rst", "Header", Violation,
+            "The reply flag (bit 2) is set on each reply and on no request.";
+        HEADER_RESERVED = "vhost-user.header.reserved-flags", "vhost-user.rst", "Header", Violation,
+            "Flag bits 4-31 are zero: only the version, reply and need_reply bits are defined.";
+        HEADER_NEED_REPLY_ON_REPLY = "vhost-user.header.need-reply-on-reply", "vhost-user.rst", "Header", Violation,
+            "A reply does not itself set need_reply (bit 3).";
+        HEADER_KNOWN = "vhost-user.header.known-request", "vhost-user.rst", "Front-end message types", Violation,
+            "The request id is one the spec defines for its channel (front-end 1-45, back-end 1-10).";
+        HEADER_SIZE = "vhost-user.header.size", "vhost-user.rst", "Payload", Violation,
+            "size equals the size of the payload the request (or reply) defines.";
+        HEADER_SIZE_LIMIT = "vhost-user.header.size-limit", "vhost-user.rst", "Payload", Violation,
+            "size is at most the largest payload of the protocol (4096 bytes accepted); larger claims are never read.";
+        PAYLOAD_VALID = "vhost-user.payload.valid", "vhost-user.rst", "Payload", Violation,
+            "Counts and sizes inside a payload stay within the spec (at most 8 regions, config size within limits).";
+        REPLY_ECHO = "vhost-user.reply.request-echo", "vhost-user.rst", "Communication", Violation,
+            "A reply's request field equals the request it answers.";
+        REPLY_MISSING = "vhost-user.reply.missing", "vhost-user.rst", "Communication", Violation,
+            "Every request that needs a reply gets one.";
+        REPLY_UNEXPECTED = "vhost-user.reply.unexpected", "vhost-user.rst", "Communication", Violation,
+            "No reply is sent to a request that does not get one.";
+        REPLY_ACK_FORMAT = "vhost-user.reply-ack.u64", "vhost-user.rst", "VHOST_USER_PROTOCOL_F_REPLY_ACK", Violation,
+            "With REPLY_ACK negotiated and need_reply set, the reply is a u64: 0 for success, non-zero for failure.";
+        REPLY_ACK_NOT_NEGOTIATED = "vhost-user.reply-ack.negotiated", "vhost-user.rst", "VHOST_USER_PROTOCOL_F_REPLY_ACK", Note,
+            "need_reply is only meaningful once REPLY_ACK is negotiated; an ack without it cannot be relied on.";
+        NEG_BIT30 = "vhost-user.negotiation.protocol-features-offered", "vhost-user.rst", "Communication", Violation,
+            "GET/SET_PROTOCOL_FEATURES are sent only after the back-end offered VHOST_USER_F_PROTOCOL_FEATURES (bit 30).";
+        NEG_FEATURES_SUBSET = "vhost-user.negotiation.features-subset", "vhost-user.rst", "Front-end message types", Violation,
+            "SET_FEATURES acknowledges only features the back-end offered.";
+        NEG_PROTOCOL_SUBSET = "vhost-user.negotiation.protocol-features-subset", "vhost-user.rst", "Protocol features", Violation,
+            "SET_PROTOCOL_FEATURES acknowledges only protocol features the back-end offered.";
+        NEG_GATED = "vhost-user.negotiation.gated-request", "vhost-user.rst", "Protocol features", Violation,
+            "A request gated by a feature is sent only after that feature was negotiated.";
+        NEG_INBAND = "vhost-user.negotiation.inband-notifications-requires", "vhost-user.rst", "In-band notifications", Violation,
+            "INBAND_NOTIFICATIONS is negotiated only together with REPLY_ACK and BACKEND_REQ.";
+        NEG_SKIP_DRAIN = "vhost-user.negotiation.skip-drain-requires", "vhost-user.rst", "Protocol features", Violation,
+            "GET_VRING_BASE_SKIP_DRAIN is negotiated only together with INFLIGHT_SHMFD and GET_VRING_BASE_INFLIGHT.";
+        NEG_VRING_ENABLE = "vhost-user.negotiation.vring-enable-needs-protocol-features", "vhost-user.rst", "Ring states", Violation,
+            "SET_VRING_ENABLE is sent only when VHOST_USER_F_PROTOCOL_FEATURES was negotiated (acknowledged; offered in the lenient profile).";
+        NEG_MAX_SLOTS = "vhost-user.negotiation.max-mem-slots-never-decreases", "vhost-user.rst", "Front-end message types", Violation,
+            "The GET_MAX_MEM_SLOTS reply never decreases within a connection.";
+        NEG_POSTCOPY_SLOTS = "vhost-user.negotiation.no-postcopy-with-mem-slots", "vhost-user.rst", "Front-end message types", Violation,
+            "No POSTCOPY_* message is sent once CONFIGURE_MEM_SLOTS is negotiated.";
+        NEG_UNKNOWN_PROTOCOL = "vhost-user.negotiation.unknown-protocol-features", "vhost-user.rst", "Protocol features", Note,
+            "The back-end offers protocol feature bits the current spec does not define.";
+        FDS_COUNT = "vhost-user.fds.count", "vhost-user.rst", "Communication", Violation,
+            "A message carries exactly the file descriptors its request defines, consistent with the NOFD bit (8).";
+        FDS_MAX = "vhost-user.fds.max", "vhost-user.rst", "Back-end communication", Violation,
+            "At most 8 file descriptors travel with one message.";
+        FDS_REPLY = "vhost-user.fds.reply", "vhost-user.rst", "Communication", Violation,
+            "Replies carry file descriptors only where the request defines them.";
+        MEM_MAX_REGIONS = "vhost-user.memory.table-max-regions", "vhost-user.rst", "Multiple Memory regions description", Violation,
+            "SET_MEM_TABLE describes at most 8 regions.";
+        MEM_OVERLAP = "vhost-user.memory.no-overlap", "vhost-user.rst", "Memory region description", Violation,
+            "Live memory regions never overlap in guest address or user address ranges.";
+        MEM_REMOVE_LIVE = "vhost-user.memory.remove-live-region", "vhost-user.rst", "Front-end message types", Violation,
+            "REM_MEM_REG names a region that is live.";
+        MEM_GPA = "vhost-user.memory.gpa-addresses", "vhost-user.rst", "Memory region description", Violation,
+            "With GPA_ADDRESSES the user address of a region equals its guest address.";
+        MEM_SLOTS = "vhost-user.memory.slots-limit", "vhost-user.rst", "Front-end message types", Violation,
+            "Live regions never exceed the GET_MAX_MEM_SLOTS reply.";
+        RING_INDEX = "vhost-user.ring.index-in-range", "vhost-user.rst", "Multiple queue support", Violation,
+            "A vring index is below the number of queues.";
+        RING_RESERVED = "vhost-user.ring.reserved-zero", "vhost-user.rst", "Front-end message types", Violation,
+            "Reserved fields are zero: num of GET_VRING_BASE and VRING_KICK, bits 9-63 of vring fd payloads.";
+        RING_ENABLE_VALUE = "vhost-user.ring.enable-value", "vhost-user.rst", "Front-end message types", Violation,
+            "SET_VRING_ENABLE and SET_VRING_ENDIAN carry num 0 or 1.";
+        RING_NOT_STARTED = "vhost-user.ring.stopped-ring", "vhost-user.rst", "Ring states", Note,
+            "GET_VRING_BASE stops a ring; here the ring was never started (no SET_VRING_KICK).";
+        BACKEND_CHANNEL = "vhost-user.backend.channel-negotiated", "vhost-user.rst", "Back-end communication", Violation,
+            "Back-end requests travel only on a channel set up by SET_BACKEND_REQ_FD with BACKEND_REQ negotiated.";
+        BACKEND_SEND_FD = "vhost-user.backend.send-fd-negotiated", "vhost-user.rst", "Back-end message types", Violation,
+            "The back-end attaches file descriptors only when BACKEND_SEND_FD is negotiated.";
+        ROBUST_CRASH = "vhost-user.robustness.no-crash", "vhost-user.rst", "Communication", Violation,
+            "Invalid input is answered with a failure or a closed connection; the back-end keeps accepting connections.";
+        ROBUST_HANG = "vhost-user.robustness.no-hang", "vhost-user.rst", "Communication", Violation,
+            "A message that needs a reply is answered, or the connection closed, before the deadline.";
+        ROBUST_ACCEPTS = "vhost-user.robustness.rejects-invalid", "vhost-user.rst", "VHOST_USER_PROTOCOL_F_REPLY_ACK", Violation,
+            "Invalid input is never acknowledged as a success.";
+        PEER_CLOSED = "vhost-user.peer.closed-valid-conversation", "vhost-user.rst", "Communication", Violation,
+            "A peer closes the connection only on error, never during a valid conversation.";
+    }
+}
+
 /// Every rule of the registry.
 pub fn all() -> impl Iterator<Item = &'static Rule> {
-    general::ALL.iter().chain(qcow2::ALL.iter()).copied()
+    general::ALL
+        .iter()
+        .chain(qcow2::ALL.iter())
+        .chain(vhost_user::ALL.iter())
+        .copied()
 }
 
 /// Looks a rule up by its id.
@@ -241,6 +335,20 @@ mod tests {
                 .chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-'));
             assert!(!r.summary.is_empty());
+        }
+    }
+
+    #[test]
+    fn every_vhost_user_section_is_a_heading_of_the_spec() {
+        let spec = include_str!("../../specs/upstream/vhost-user.rst");
+        for r in vhost_user::ALL {
+            let heading = format!("\n{}\n", r.section);
+            assert!(
+                spec.contains(&heading),
+                "{}: no section {:?} in vhost-user.rst",
+                r.id,
+                r.section
+            );
         }
     }
 

@@ -1,0 +1,918 @@
+//! The rule engine: consumes the messages of one vhost-user connection, in
+//! order, and judges both sides against the spec.
+//!
+//! It is the same engine in every role: `probe` (we are the front-end),
+//! `serve` (we are the back-end), `record` (a proxy), `check` (offline, over
+//! a transcript) and the fuzz targets. It needs no socket: the caller says
+//! who sent which header and payload bytes with how many file descriptors.
+
+use super::features::{self as feat, ProtocolFeature as PF};
+use super::payload::{self, Payload, PayloadError, PayloadKind, Region};
+use super::request::{self, Channel, Fds, Gate, Reply, RequestInfo};
+use super::wire::{self, Header};
+use crate::limits::Limits;
+use crate::report::Report;
+use crate::rules::{vhost_user as rule, Rule};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, VecDeque};
+
+/// Who sent a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Direction {
+    /// Front-end to back-end.
+    #[serde(rename = "F->B")]
+    FrontToBack,
+    /// Back-end to front-end.
+    #[serde(rename = "B->F")]
+    BackToFront,
+}
+
+impl Direction {
+    fn side(self) -> &'static str {
+        match self {
+            Direction::FrontToBack => "front-end",
+            Direction::BackToFront => "back-end",
+        }
+    }
+}
+
+/// One message as it travelled.
+#[derive(Debug, Clone, Copy)]
+pub struct Message<'a> {
+    pub channel: Channel,
+    pub dir: Direction,
+    pub header: Header,
+    /// The payload bytes actually received (at most `header.size`).
+    pub payload: &'a [u8],
+    /// File descriptors received with it.
+    pub fds: usize,
+}
+
+/// How strictly ambiguous spec text is read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Profile {
+    /// Accept the readings real peers rely on: bit 30 "negotiated" means
+    /// offered (QEMU sends SET_VRING_ENABLE before SET_FEATURES), an ack for
+    /// need_reply without REPLY_ACK, rust-vmm's 12-byte GET_CONFIG error.
+    pub lenient: bool,
+}
+
+/// What the engine concluded about one reply (for a probe's robustness verdict).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyOutcome {
+    /// A reply body (not an ack).
+    Body,
+    /// A REPLY_ACK u64 with this value (0 = success).
+    Ack(u64),
+    /// Nothing was pending for it.
+    Unexpected,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    Body(PayloadKind),
+    Ack,
+    /// need_reply without REPLY_ACK negotiated: an ack may or may not come.
+    OptionalAck,
+}
+
+#[derive(Debug, Clone)]
+struct Pending {
+    seq: u64,
+    channel: Channel,
+    request: u32,
+    name: &'static str,
+    expect: Expect,
+    reply_fds: usize,
+    /// GET_CONFIG: the size of the config space asked for.
+    config_size: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Ring {
+    started: bool,
+    enabled: Option<bool>,
+}
+
+/// Most rings tracked per connection (a hostile index must not grow state).
+const MAX_TRACKED_RINGS: usize = 1024;
+/// Most replies awaited at once; a front-end pipelining more is not tracked further.
+const MAX_PENDING: usize = 256;
+/// Most live memory regions tracked (QEMU's limit is 512 slots).
+const MAX_TRACKED_REGIONS: usize = 512;
+
+/// The state of one connection and the findings so far.
+pub struct Session {
+    profile: Profile,
+    report: Report,
+    seq: u64,
+    offered_features: Option<u64>,
+    acked_features: Option<u64>,
+    offered_protocol: Option<u64>,
+    acked_protocol: Option<u64>,
+    queue_num: Option<u64>,
+    max_mem_slots: Option<u64>,
+    regions: Vec<Region>,
+    rings: BTreeMap<u32, Ring>,
+    pending: VecDeque<Pending>,
+    backend_channel: bool,
+    closed: bool,
+}
+
+impl Session {
+    pub fn new(name: &str, profile: Profile) -> Session {
+        Session {
+            profile,
+            report: Report::new(name, "vhost-user", &Limits::default()),
+            seq: 0,
+            offered_features: None,
+            acked_features: None,
+            offered_protocol: None,
+            acked_protocol: None,
+            queue_num: None,
+            max_mem_slots: None,
+            regions: Vec::new(),
+            rings: BTreeMap::new(),
+            pending: VecDeque::new(),
+            backend_channel: false,
+            closed: false,
+        }
+    }
+
+    /// The findings so far (the report's `offset` is the message number).
+    pub fn report(&self) -> &Report {
+        &self.report
+    }
+    pub fn into_report(self) -> Report {
+        self.report
+    }
+    /// Messages seen.
+    pub fn messages(&self) -> u64 {
+        self.seq
+    }
+    pub fn offered_features(&self) -> Option<u64> {
+        self.offered_features
+    }
+    pub fn offered_protocol_features(&self) -> Option<u64> {
+        self.offered_protocol
+    }
+    /// Protocol features both sides agreed on (0 before SET_PROTOCOL_FEATURES).
+    pub fn protocol_features(&self) -> u64 {
+        self.acked_protocol.unwrap_or(0)
+    }
+    pub fn queue_num(&self) -> Option<u64> {
+        self.queue_num
+    }
+    /// Whether a reply is still awaited.
+    pub fn awaiting_reply(&self) -> bool {
+        self.pending.iter().any(|p| p.expect != Expect::OptionalAck)
+    }
+
+    /// Records a finding about message `seq`.
+    pub fn finding(&mut self, rule: &'static Rule, seq: u64, detail: String) {
+        self.report.add(rule, Some(seq), detail);
+    }
+
+    fn negotiated(&self, f: PF) -> bool {
+        self.acked_protocol.is_some_and(|p| feat::has(p, f))
+    }
+
+    fn bit30_offered(&self) -> bool {
+        self.offered_features
+            .is_some_and(|f| f >> feat::F_PROTOCOL_FEATURES & 1 == 1)
+    }
+
+    fn bit30_negotiated(&self) -> bool {
+        if self.profile.lenient {
+            self.bit30_offered()
+        } else {
+            self.acked_features
+                .is_some_and(|f| f >> feat::F_PROTOCOL_FEATURES & 1 == 1)
+        }
+    }
+
+    /// Feeds one message. Returns what a reply meant, for replies.
+    pub fn on_message(&mut self, m: Message<'_>) -> Option<ReplyOutcome> {
+        let seq = self.seq;
+        self.seq += 1;
+        let requester = match m.channel {
+            Channel::Main => Direction::FrontToBack,
+            Channel::Backend => Direction::BackToFront,
+        };
+        let side = m.dir.side();
+        let h = m.header;
+        if h.version() != wire::VERSION {
+            self.finding(
+                &rule::HEADER_VERSION,
+                seq,
+                format!("{side}: flags {:#x} carry version {}", h.flags, h.version()),
+            );
+        }
+        if h.flags & !wire::KNOWN_FLAGS != 0 {
+            self.finding(
+                &rule::HEADER_RESERVED,
+                seq,
+                format!(
+                    "{side}: reserved flag bits {:#x} set",
+                    h.flags & !wire::KNOWN_FLAGS
+                ),
+            );
+        }
+        if m.fds > wire::MAX_FDS {
+            self.finding(
+                &rule::FDS_MAX,
+                seq,
+                format!("{side}: {} file descriptors on one message", m.fds),
+            );
+        }
+        if h.size > wire::MAX_PAYLOAD {
+            self.finding(
+                &rule::HEADER_SIZE_LIMIT,
+                seq,
+                format!("{side}: size {} exceeds {}", h.size, wire::MAX_PAYLOAD),
+            );
+        } else if (m.payload.len() as u64) < h.size as u64 {
+            self.finding(
+                &rule::HEADER_SIZE,
+                seq,
+                format!(
+                    "{side}: size says {} bytes but the message ended after {}",
+                    h.size,
+                    m.payload.len()
+                ),
+            );
+        }
+        if m.dir == requester {
+            if h.is_reply() {
+                // A message with the reply flag from the requesting side: a
+                // reply to nothing, or a request with a stray reply flag.
+                self.finding(
+                    &rule::HEADER_REPLY_FLAG,
+                    seq,
+                    format!("{side}: request {} has the reply flag set", h.request),
+                );
+            }
+            self.on_request(seq, m);
+            None
+        } else {
+            if !h.is_reply() {
+                self.finding(
+                    &rule::HEADER_REPLY_FLAG,
+                    seq,
+                    format!(
+                        "{side}: reply to request {} lacks the reply flag",
+                        h.request
+                    ),
+                );
+            }
+            if h.need_reply() {
+                self.finding(
+                    &rule::HEADER_NEED_REPLY_ON_REPLY,
+                    seq,
+                    format!("{side}: reply sets need_reply"),
+                );
+            }
+            Some(self.on_reply(seq, m))
+        }
+    }
+
+    fn on_request(&mut self, seq: u64, m: Message<'_>) {
+        let side = m.dir.side();
+        let h = m.header;
+        let Some(info) = request::lookup(m.channel, h.request) else {
+            let range = if m.channel == Channel::Main {
+                "1-45"
+            } else {
+                "1-10"
+            };
+            self.finding(
+                &rule::HEADER_KNOWN,
+                seq,
+                format!("{side}: request id {} is not defined ({range})", h.request),
+            );
+            // need_reply still asks for an ack (a failure one, from a conforming peer).
+            if h.need_reply() && self.pending.len() < MAX_PENDING {
+                let expect = if self.negotiated(PF::ReplyAck) {
+                    Expect::Ack
+                } else {
+                    Expect::OptionalAck
+                };
+                self.pending.push_back(Pending {
+                    seq,
+                    channel: m.channel,
+                    request: h.request,
+                    name: "an undefined request",
+                    expect,
+                    reply_fds: 0,
+                    config_size: None,
+                });
+            }
+            return;
+        };
+        let name = info.name;
+        if m.channel == Channel::Backend {
+            if !self.backend_channel {
+                self.finding(
+                    &rule::BACKEND_CHANNEL,
+                    seq,
+                    format!("back-end: {name} on a back-end channel that was never negotiated"),
+                );
+            }
+            if m.fds > 0 && !self.negotiated(PF::BackendSendFd) {
+                self.finding(
+                    &rule::BACKEND_SEND_FD,
+                    seq,
+                    format!(
+                        "back-end: {name} carries {} fds without BACKEND_SEND_FD",
+                        m.fds
+                    ),
+                );
+            }
+        }
+        self.check_gate(seq, info, side);
+        let xen = self.negotiated(PF::XenMmap);
+        let bytes = m
+            .payload
+            .get(..(h.size as usize).min(m.payload.len()))
+            .unwrap_or(&[]);
+        let decoded = if h.size > wire::MAX_PAYLOAD {
+            None
+        } else {
+            match payload::decode(info.payload, bytes, xen) {
+                Ok(p) => Some(p),
+                Err(PayloadError::Size { expected, got }) => {
+                    if got as u64 == h.size as u64 {
+                        self.finding(
+                            &rule::HEADER_SIZE,
+                            seq,
+                            format!(
+                                "{side}: {name} has size {got}, the request defines {expected}"
+                            ),
+                        );
+                    }
+                    None
+                }
+                Err(e @ PayloadError::TooLarge { what, .. }) => {
+                    let r = if what == "nregions" {
+                        &rule::MEM_MAX_REGIONS
+                    } else {
+                        &rule::PAYLOAD_VALID
+                    };
+                    self.finding(r, seq, format!("{side}: {name}: {e}"));
+                    None
+                }
+            }
+        };
+        self.check_fds(seq, info, side, m.fds, decoded.as_ref());
+        if let Some(p) = &decoded {
+            self.apply_request(seq, info, p, side);
+        }
+        // What comes back.
+        let body = match info.reply {
+            Reply::Always(kind) => Some(kind),
+            Reply::IfFeature(f, kind) if self.negotiated(f) => Some(kind),
+            _ => None,
+        };
+        let expect = match body {
+            Some(kind) => Some(Expect::Body(kind)),
+            None if h.need_reply() && self.negotiated(PF::ReplyAck) => Some(Expect::Ack),
+            None if h.need_reply() => Some(Expect::OptionalAck),
+            None => None,
+        };
+        if let Some(expect) = expect {
+            if self.pending.len() < MAX_PENDING {
+                let config_size = match &decoded {
+                    Some(Payload::Config { size, .. }) if info.id == 24 => Some(*size),
+                    _ => None,
+                };
+                self.pending.push_back(Pending {
+                    seq,
+                    channel: m.channel,
+                    request: h.request,
+                    name,
+                    expect,
+                    reply_fds: info.reply_fds,
+                    config_size,
+                });
+            }
+        }
+    }
+
+    fn check_gate(&mut self, seq: u64, info: &RequestInfo, side: &str) {
+        let name = info.name;
+        match info.gate {
+            Gate::None => {}
+            Gate::ProtocolFeaturesOffered => {
+                if !self.bit30_offered() {
+                    self.finding(&rule::NEG_BIT30, seq, format!(
+                        "{side}: {name} before the back-end offered VHOST_USER_F_PROTOCOL_FEATURES (bit 30)"));
+                }
+            }
+            Gate::ProtocolFeaturesNegotiated => {
+                if !self.bit30_negotiated() {
+                    self.finding(
+                        &rule::NEG_VRING_ENABLE,
+                        seq,
+                        format!(
+                            "{side}: {name} while VHOST_USER_F_PROTOCOL_FEATURES is not {}",
+                            if self.profile.lenient {
+                                "offered"
+                            } else {
+                                "acknowledged by SET_FEATURES"
+                            }
+                        ),
+                    );
+                }
+            }
+            Gate::Feature(f) => {
+                if !self.negotiated(f) {
+                    self.finding(
+                        &rule::NEG_GATED,
+                        seq,
+                        format!(
+                            "{side}: {name} without protocol feature {} negotiated",
+                            f.name()
+                        ),
+                    );
+                }
+            }
+            Gate::VirtioFeature(bit) => {
+                if !self.acked_features.is_some_and(|a| a >> bit & 1 == 1) {
+                    self.finding(
+                        &rule::NEG_GATED,
+                        seq,
+                        format!("{side}: {name} without virtio feature bit {bit} negotiated"),
+                    );
+                }
+            }
+        }
+        if self.negotiated(PF::ConfigureMemSlots)
+            && (28..=30).contains(&info.id)
+            && info.gate == Gate::Feature(PF::Pagefault)
+        {
+            self.finding(
+                &rule::NEG_POSTCOPY_SLOTS,
+                seq,
+                format!("{side}: {name} with CONFIGURE_MEM_SLOTS negotiated"),
+            );
+        }
+    }
+
+    fn check_fds(
+        &mut self,
+        seq: u64,
+        info: &RequestInfo,
+        side: &str,
+        fds: usize,
+        p: Option<&Payload>,
+    ) {
+        let name = info.name;
+        let want: Option<(usize, usize)> = match info.fds {
+            Fds::None => Some((0, 0)),
+            Fds::One => Some((1, 1)),
+            Fds::NoneOrOne => Some((0, 1)),
+            Fds::OneIfFeature(f) => Some(if self.negotiated(f) { (1, 1) } else { (0, 0) }),
+            Fds::PerRegion => match p {
+                Some(Payload::MemTable { regions }) => Some((regions.len(), regions.len())),
+                _ => None,
+            },
+            Fds::OneUnlessNofd => match p {
+                Some(Payload::U64 { value })
+                | Some(Payload::VringArea {
+                    index_flags: value, ..
+                }) => {
+                    let (_, nofd) = payload::vring_fd_index(*value);
+                    Some(if nofd { (0, 0) } else { (1, 1) })
+                }
+                _ => None,
+            },
+        };
+        if let Some((lo, hi)) = want {
+            if fds < lo || fds > hi {
+                let expected = if lo == hi {
+                    format!("{lo}")
+                } else {
+                    format!("{lo} or {hi}")
+                };
+                self.finding(&rule::FDS_COUNT, seq, format!("{side}: {name} carries {fds} file descriptors, the request defines {expected}"));
+            }
+        }
+    }
+
+    fn ring(&mut self, index: u32) -> Option<&mut Ring> {
+        if self.rings.len() >= MAX_TRACKED_RINGS && !self.rings.contains_key(&index) {
+            return None;
+        }
+        let bit30_acked = self
+            .acked_features
+            .is_some_and(|f| f >> feat::F_PROTOCOL_FEATURES & 1 == 1);
+        let features_set = self.acked_features.is_some();
+        let r = self.rings.entry(index).or_default();
+        if r.enabled.is_none() && features_set {
+            // Without bit 30 negotiated every ring is enabled; with it, rings start disabled.
+            r.enabled = Some(!bit30_acked);
+        }
+        Some(r)
+    }
+
+    fn check_index(&mut self, seq: u64, side: &str, name: &str, index: u32) -> bool {
+        if let Some(n) = self.queue_num {
+            if index as u64 >= n {
+                self.finding(
+                    &rule::RING_INDEX,
+                    seq,
+                    format!("{side}: {name} names ring {index}, but there are {n} queues"),
+                );
+                return false;
+            }
+        }
+        true
+    }
+
+    fn apply_request(&mut self, seq: u64, info: &RequestInfo, p: &Payload, side: &str) {
+        let name = info.name;
+        match (info.id, p) {
+            (2, Payload::U64 { value }) if info.gate == Gate::None => {
+                if let Some(offered) = self.offered_features {
+                    let extra = value & !(offered | 1 << feat::F_PROTOCOL_FEATURES);
+                    if extra != 0 {
+                        self.finding(
+                            &rule::NEG_FEATURES_SUBSET,
+                            seq,
+                            format!("{side}: SET_FEATURES acknowledges {extra:#x}, never offered"),
+                        );
+                    }
+                }
+                self.acked_features = Some(*value);
+                let bit30 = value >> feat::F_PROTOCOL_FEATURES & 1 == 1;
+                for r in self.rings.values_mut() {
+                    if r.enabled.is_none() {
+                        r.enabled = Some(!bit30);
+                    }
+                }
+            }
+            (16, Payload::U64 { value }) => {
+                if let Some(offered) = self.offered_protocol {
+                    let extra = value & !offered;
+                    if extra != 0 {
+                        self.finding(
+                            &rule::NEG_PROTOCOL_SUBSET,
+                            seq,
+                            format!(
+                                "{side}: SET_PROTOCOL_FEATURES acknowledges {:?}, never offered",
+                                feat::protocol_feature_names(extra)
+                            ),
+                        );
+                    }
+                }
+                if feat::has(*value, PF::InbandNotifications)
+                    && !(feat::has(*value, PF::ReplyAck) && feat::has(*value, PF::BackendReq))
+                {
+                    self.finding(
+                        &rule::NEG_INBAND,
+                        seq,
+                        format!("{side}: INBAND_NOTIFICATIONS without REPLY_ACK and BACKEND_REQ"),
+                    );
+                }
+                if feat::has(*value, PF::GetVringBaseSkipDrain)
+                    && !(feat::has(*value, PF::InflightShmfd)
+                        && feat::has(*value, PF::GetVringBaseInflight))
+                {
+                    self.finding(&rule::NEG_SKIP_DRAIN, seq, format!("{side}: GET_VRING_BASE_SKIP_DRAIN without INFLIGHT_SHMFD and GET_VRING_BASE_INFLIGHT"));
+                }
+                self.acked_protocol = Some(*value);
+            }
+            (8 | 10, Payload::VringState { index, .. }) | (9, Payload::VringAddr { index, .. }) => {
+                if self.check_index(seq, side, name, *index) {
+                    self.ring(*index);
+                }
+            }
+            (11 | 45, Payload::VringState { index, num }) => {
+                if *num != 0 {
+                    self.finding(
+                        &rule::RING_RESERVED,
+                        seq,
+                        format!("{side}: {name} num is {num}; the field is reserved and must be 0"),
+                    );
+                }
+                if self.check_index(seq, side, name, *index) {
+                    if let Some(r) = self.ring(*index) {
+                        let was_started = r.started;
+                        r.started = false;
+                        if !was_started {
+                            self.finding(
+                                &rule::RING_NOT_STARTED,
+                                seq,
+                                format!("{side}: {name} for ring {index}, which was never started"),
+                            );
+                        }
+                    }
+                }
+            }
+            (12..=14, Payload::U64 { value }) => {
+                let (index, _) = payload::vring_fd_index(*value);
+                if value & !(wire::VRING_INDEX_MASK | wire::VRING_NOFD) != 0 {
+                    self.finding(
+                        &rule::RING_RESERVED,
+                        seq,
+                        format!("{side}: {name} payload {value:#x} sets bits above 8"),
+                    );
+                }
+                if self.check_index(seq, side, name, index) && info.id == 12 {
+                    if let Some(r) = self.ring(index) {
+                        r.started = true;
+                    }
+                }
+            }
+            (35, Payload::VringState { index, num }) => {
+                if *num != 0 {
+                    self.finding(
+                        &rule::RING_RESERVED,
+                        seq,
+                        format!("{side}: VRING_KICK num is {num}, must be 0"),
+                    );
+                }
+                self.check_index(seq, side, name, *index);
+            }
+            (18 | 23, Payload::VringState { index, num }) => {
+                if *num > 1 {
+                    self.finding(
+                        &rule::RING_ENABLE_VALUE,
+                        seq,
+                        format!("{side}: {name} num is {num}, must be 0 or 1"),
+                    );
+                }
+                if self.check_index(seq, side, name, *index) && info.id == 18 {
+                    if let Some(r) = self.ring(*index) {
+                        r.enabled = Some(*num == 1);
+                    }
+                }
+            }
+            (5, Payload::MemTable { regions }) => {
+                self.regions.clear();
+                for r in regions {
+                    self.add_region(seq, side, name, *r);
+                }
+            }
+            (37, Payload::SingleRegion { region }) => {
+                if let Some(max) = self.max_mem_slots {
+                    if self.regions.len() as u64 >= max {
+                        self.finding(
+                            &rule::MEM_SLOTS,
+                            seq,
+                            format!(
+                                "{side}: ADD_MEM_REG beyond the {max} slots the back-end offers"
+                            ),
+                        );
+                    }
+                }
+                self.add_region(seq, side, name, *region);
+            }
+            (38, Payload::SingleRegion { region }) => {
+                let live = self.regions.iter().position(|r| {
+                    r.guest_address == region.guest_address
+                        && r.user_address == region.user_address
+                        && r.size == region.size
+                });
+                match live {
+                    Some(i) => {
+                        self.regions.remove(i);
+                    }
+                    None => self.finding(&rule::MEM_REMOVE_LIVE, seq, format!(
+                        "{side}: REM_MEM_REG of a region that is not live (guest {:#x}, size {:#x})", region.guest_address, region.size)),
+                }
+            }
+            (21, _) => {
+                self.backend_channel = self.negotiated(PF::BackendReq);
+            }
+            _ => {}
+        }
+    }
+
+    fn add_region(&mut self, seq: u64, side: &str, name: &str, r: Region) {
+        if self.negotiated(PF::GpaAddresses) && r.user_address != r.guest_address {
+            self.finding(&rule::MEM_GPA, seq, format!(
+                "{side}: {name}: user address {:#x} differs from guest address {:#x} with GPA_ADDRESSES", r.user_address, r.guest_address));
+        }
+        let overlaps = |a0: u64, a1: Option<u64>, b0: u64, b1: Option<u64>| {
+            a0 < b1.unwrap_or(u64::MAX) && b0 < a1.unwrap_or(u64::MAX)
+        };
+        let clash = self.regions.iter().find(|o| {
+            overlaps(
+                r.guest_address,
+                r.guest_end(),
+                o.guest_address,
+                o.guest_end(),
+            ) || overlaps(r.user_address, r.user_end(), o.user_address, o.user_end())
+        });
+        if let Some(o) = clash {
+            self.finding(&rule::MEM_OVERLAP, seq, format!(
+                "{side}: {name}: region at guest {:#x} (+{:#x}) overlaps the live region at guest {:#x} (+{:#x})",
+                r.guest_address, r.size, o.guest_address, o.size));
+        }
+        if self.regions.len() < MAX_TRACKED_REGIONS {
+            self.regions.push(r);
+        }
+    }
+
+    fn on_reply(&mut self, seq: u64, m: Message<'_>) -> ReplyOutcome {
+        let side = m.dir.side();
+        let h = m.header;
+        // Replies answer the oldest request on their channel; optional acks
+        // that never came are skipped.
+        let mut matched = None;
+        while let Some(pos) = self.pending.iter().position(|p| p.channel == m.channel) {
+            let Some(p) = self.pending.remove(pos) else {
+                break;
+            };
+            if p.request == h.request || p.expect != Expect::OptionalAck {
+                matched = Some(p);
+                break;
+            }
+        }
+        let Some(p) = matched else {
+            let name =
+                request::lookup(m.channel, h.request).map_or("an unknown request", |r| r.name);
+            self.finding(
+                &rule::REPLY_UNEXPECTED,
+                seq,
+                format!(
+                    "{side}: reply for {name} ({}) when no reply was due",
+                    h.request
+                ),
+            );
+            return ReplyOutcome::Unexpected;
+        };
+        if p.request != h.request {
+            self.finding(
+                &rule::REPLY_ECHO,
+                seq,
+                format!(
+                    "{side}: reply names request {} but answers {} (message {})",
+                    h.request, p.name, p.seq
+                ),
+            );
+        }
+        if m.fds > p.reply_fds {
+            self.finding(
+                &rule::FDS_REPLY,
+                seq,
+                format!(
+                    "{side}: reply to {} carries {} file descriptors (at most {})",
+                    p.name, m.fds, p.reply_fds
+                ),
+            );
+        }
+        if h.size > wire::MAX_PAYLOAD {
+            return ReplyOutcome::Body;
+        }
+        let bytes = m
+            .payload
+            .get(..(h.size as usize).min(m.payload.len()))
+            .unwrap_or(&[]);
+        let complete = bytes.len() as u64 == h.size as u64;
+        match p.expect {
+            Expect::Ack | Expect::OptionalAck => {
+                if p.expect == Expect::OptionalAck && !self.profile.lenient {
+                    self.finding(&rule::REPLY_ACK_NOT_NEGOTIATED, seq, format!(
+                        "{side}: ack for {} with need_reply although REPLY_ACK is not negotiated", p.name));
+                }
+                match payload::decode(PayloadKind::U64, bytes, false) {
+                    Ok(Payload::U64 { value }) => ReplyOutcome::Ack(value),
+                    _ => {
+                        if complete {
+                            self.finding(
+                                &rule::REPLY_ACK_FORMAT,
+                                seq,
+                                format!(
+                                    "{side}: ack for {} is {} bytes, not a u64",
+                                    p.name,
+                                    bytes.len()
+                                ),
+                            );
+                        }
+                        ReplyOutcome::Ack(u64::MAX)
+                    }
+                }
+            }
+            Expect::Body(kind) => {
+                let xen = self.negotiated(PF::XenMmap);
+                if let Some(size) = p.config_size {
+                    // GET_CONFIG: the same size back, or an error: an empty payload
+                    // (spec), or a config header with size 0 (rust-vmm; lenient).
+                    let ok = bytes.len() as u64 == 12 + size as u64
+                        || bytes.is_empty()
+                        || (self.profile.lenient && bytes.len() == 12);
+                    if !ok && complete {
+                        self.finding(&rule::HEADER_SIZE, seq, format!(
+                            "{side}: GET_CONFIG reply is {} bytes; {} (12 + the {size} asked for) or 0 (error) expected", bytes.len(), 12 + size as u64));
+                    }
+                    return ReplyOutcome::Body;
+                }
+                match payload::decode(kind, bytes, xen) {
+                    Ok(body) => self.apply_reply(seq, p.request, &body, side),
+                    Err(e) if complete => self.finding(
+                        &rule::HEADER_SIZE,
+                        seq,
+                        format!("{side}: reply to {}: {e}", p.name),
+                    ),
+                    Err(_) => {}
+                }
+                ReplyOutcome::Body
+            }
+        }
+    }
+
+    fn apply_reply(&mut self, seq: u64, request: u32, body: &Payload, side: &str) {
+        match (request, body) {
+            (1, Payload::U64 { value }) => self.offered_features = Some(*value),
+            (15, Payload::U64 { value }) => {
+                let unknown = value & !feat::KNOWN_PROTOCOL_FEATURES;
+                if unknown != 0 {
+                    self.finding(
+                        &rule::NEG_UNKNOWN_PROTOCOL,
+                        seq,
+                        format!("{side}: offers undefined protocol feature bits {unknown:#x}"),
+                    );
+                }
+                self.offered_protocol = Some(*value);
+            }
+            (17, Payload::U64 { value }) => self.queue_num = Some(*value),
+            (36, Payload::U64 { value }) => {
+                if let Some(prev) = self.max_mem_slots {
+                    if *value < prev {
+                        self.finding(
+                            &rule::NEG_MAX_SLOTS,
+                            seq,
+                            format!("{side}: GET_MAX_MEM_SLOTS fell from {prev} to {value}"),
+                        );
+                    }
+                }
+                self.max_mem_slots = Some(*value);
+            }
+            _ => {}
+        }
+    }
+
+    /// The connection ended. `by` is the side that closed it, if known;
+    /// `expected` is true when the caller provoked the close (a robustness
+    /// probe sent invalid input), so pending replies are not findings.
+    pub fn on_close(&mut self, by: Option<Direction>, expected: bool) {
+        if self.closed {
+            return;
+        }
+        self.closed = true;
+        if expected {
+            return;
+        }
+        let seq = self.seq;
+        let missing: Vec<Pending> = self
+            .pending
+            .iter()
+            .filter(|p| p.expect != Expect::OptionalAck)
+            .cloned()
+            .collect();
+        for p in &missing {
+            let who = match p.channel {
+                Channel::Main => "back-end",
+                Channel::Backend => "front-end",
+            };
+            self.finding(
+                &rule::REPLY_MISSING,
+                p.seq,
+                format!(
+                    "{who}: no reply to {} (message {}) before the connection ended",
+                    p.name, p.seq
+                ),
+            );
+        }
+        if by == Some(Direction::BackToFront) && !missing.is_empty() {
+            self.finding(
+                &rule::PEER_CLOSED,
+                seq,
+                "back-end: closed the connection while a reply was due".into(),
+            );
+        }
+    }
+
+    /// A reply did not arrive before the caller's deadline.
+    pub fn on_timeout(&mut self, waited_ms: u64) {
+        let seq = self.seq;
+        if let Some(p) = self
+            .pending
+            .iter()
+            .find(|p| p.expect != Expect::OptionalAck)
+            .cloned()
+        {
+            self.finding(
+                &rule::ROBUST_HANG,
+                seq,
+                format!(
+                    "back-end: no reply to {} (message {}) within {waited_ms} ms",
+                    p.name, p.seq
+                ),
+            );
+            self.pending.retain(|q| q.seq != p.seq);
+        }
+    }
+}

@@ -1,0 +1,264 @@
+//! Transcripts: a vhost-user conversation as JSON Lines. The first line
+//! names the format and version; then one line per message (channel,
+//! direction, request id and name, flags, size, raw payload in hex, the
+//! decoded payload, and file descriptors as typed placeholders) or per event
+//! (the connection closed, a deadline passed).
+
+use super::payload;
+use super::request::{self, Channel};
+use super::session::{Direction, Message, Profile, Session};
+use super::wire::Header;
+use serde::{Deserialize, Serialize};
+
+pub const FORMAT: &str = "qconform-vhost-user-transcript";
+pub const VERSION: u32 = 1;
+/// A transcript line longer than this is refused (a 4 KiB payload in hex and
+/// its decoded form fit many times over).
+pub const MAX_LINE: usize = 256 * 1024;
+/// Most lines read from one transcript.
+pub const MAX_LINES: usize = 1_000_000;
+
+/// A file descriptor as recorded: its kind and, for memory, its size.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FdInfo {
+    /// memfd, eventfd, socket, file, pipe, none (closed), unknown.
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+}
+
+/// The first line.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Preamble {
+    pub format: String,
+    pub version: u32,
+    #[serde(default)]
+    pub description: String,
+}
+
+/// One message or event line.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Entry {
+    pub seq: u64,
+    #[serde(default)]
+    pub t_ns: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<Event>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<Channel>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<Direction>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flags: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_hex: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decoded: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fds: Vec<FdInfo>,
+}
+
+/// Connection events.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    /// The connection ended; `by` is the side that closed it, if known.
+    Closed {
+        #[serde(default)]
+        by: Option<Direction>,
+        /// The close was provoked (invalid input on purpose).
+        #[serde(default)]
+        expected: bool,
+    },
+    /// A reply did not arrive within `waited_ms`.
+    Timeout { waited_ms: u64 },
+}
+
+pub fn to_hex(b: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(b.len() * 2);
+    for &x in b {
+        s.push(HEX[(x >> 4) as usize] as char);
+        s.push(HEX[(x & 15) as usize] as char);
+    }
+    s
+}
+
+pub fn from_hex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    s.as_bytes()
+        .chunks_exact(2)
+        .map(|p| Some(digit(p[0])? << 4 | digit(p[1])?))
+        .collect()
+}
+
+impl Entry {
+    /// A message line, with its payload decoded where the request is known.
+    pub fn message(
+        seq: u64,
+        t_ns: u64,
+        channel: Channel,
+        dir: Direction,
+        header: Header,
+        payload: &[u8],
+        fds: Vec<FdInfo>,
+    ) -> Entry {
+        let requester = if channel == Channel::Main {
+            Direction::FrontToBack
+        } else {
+            Direction::BackToFront
+        };
+        let info = request::lookup(channel, header.request);
+        let decoded = info.and_then(|i| {
+            // Requests decode with their request layout; reply bodies are left raw
+            // (their layout depends on negotiation the line alone does not know).
+            (dir == requester)
+                .then(|| payload::decode(i.payload, payload, false).ok())
+                .flatten()
+        });
+        Entry {
+            seq,
+            t_ns,
+            event: None,
+            channel: Some(channel),
+            dir: Some(dir),
+            request: Some(header.request),
+            name: info.map(|i| i.name.to_string()),
+            flags: Some(header.flags),
+            size: Some(header.size),
+            payload_hex: Some(to_hex(payload)),
+            decoded: decoded.and_then(|d| serde_json::to_value(d).ok()),
+            fds,
+        }
+    }
+
+    pub fn event(seq: u64, t_ns: u64, event: Event) -> Entry {
+        Entry {
+            seq,
+            t_ns,
+            event: Some(event),
+            channel: None,
+            dir: None,
+            request: None,
+            name: None,
+            flags: None,
+            size: None,
+            payload_hex: None,
+            decoded: None,
+            fds: Vec::new(),
+        }
+    }
+}
+
+/// Why a transcript cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TranscriptError {
+    pub line: usize,
+    pub message: String,
+}
+
+impl std::fmt::Display for TranscriptError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "line {}: {}", self.line, self.message)
+    }
+}
+
+/// Parses a whole transcript.
+pub fn parse(text: &str) -> Result<(Preamble, Vec<Entry>), TranscriptError> {
+    let err = |line: usize, message: String| TranscriptError { line, message };
+    let mut lines = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty());
+    let (_, first) = lines
+        .next()
+        .ok_or_else(|| err(1, "empty transcript".into()))?;
+    let pre: Preamble = serde_json::from_str(first)
+        .map_err(|e| err(1, format!("not a transcript preamble: {e}")))?;
+    if pre.format != FORMAT || pre.version != VERSION {
+        return Err(err(
+            1,
+            format!(
+                "format {:?} version {}; expected {FORMAT:?} version {VERSION}",
+                pre.format, pre.version
+            ),
+        ));
+    }
+    let mut entries = Vec::new();
+    for (i, line) in lines {
+        if entries.len() >= MAX_LINES {
+            return Err(err(i + 1, format!("more than {MAX_LINES} lines")));
+        }
+        if line.len() > MAX_LINE {
+            return Err(err(
+                i + 1,
+                format!("line of {} bytes (at most {MAX_LINE})", line.len()),
+            ));
+        }
+        let e: Entry = serde_json::from_str(line).map_err(|e| err(i + 1, e.to_string()))?;
+        if e.event.is_none()
+            && (e.channel.is_none()
+                || e.dir.is_none()
+                || e.request.is_none()
+                || e.flags.is_none()
+                || e.size.is_none())
+        {
+            return Err(err(
+                i + 1,
+                "a message line needs channel, dir, request, flags and size".into(),
+            ));
+        }
+        if e.payload_hex
+            .as_deref()
+            .is_some_and(|h| from_hex(h).is_none())
+        {
+            return Err(err(i + 1, "payload_hex is not hex".into()));
+        }
+        entries.push(e);
+    }
+    Ok((pre, entries))
+}
+
+/// Runs the rule engine over a parsed transcript.
+pub fn check(name: &str, entries: &[Entry], profile: Profile) -> Session {
+    let mut s = Session::new(name, profile);
+    for e in entries {
+        match &e.event {
+            Some(Event::Closed { by, expected }) => s.on_close(*by, *expected),
+            Some(Event::Timeout { waited_ms }) => s.on_timeout(*waited_ms),
+            None => {
+                let (Some(channel), Some(dir), Some(request), Some(flags), Some(size)) =
+                    (e.channel, e.dir, e.request, e.flags, e.size)
+                else {
+                    continue;
+                };
+                let payload = e
+                    .payload_hex
+                    .as_deref()
+                    .and_then(from_hex)
+                    .unwrap_or_default();
+                s.on_message(Message {
+                    channel,
+                    dir,
+                    header: Header {
+                        request,
+                        flags,
+                        size,
+                    },
+                    payload: &payload,
+                    fds: e.fds.len(),
+                });
+            }
+        }
+    }
+    s
+}
