@@ -1,7 +1,7 @@
 //! `qconform conform`: the main job. Checks every corpus image, compares the
 //! report with its golden file, prints a table and fails on any mismatch.
 
-use crate::golden::{corpus_images, read_snap, report_json, snap_path};
+use crate::golden::{case_json, case_snap_path, corpus_cases, read_snap, Kind};
 use crate::Output;
 use serde::Serialize;
 use std::path::Path;
@@ -28,18 +28,34 @@ fn verdict(code: i64) -> &'static str {
 }
 
 pub fn run(root: &Path, output: Output) -> i32 {
-    let images = corpus_images(root);
-    if images.is_empty() {
-        eprintln!("qconform conform: no corpus images under {} (run from the repository root or pass --root)", root.display());
+    let cases = corpus_cases(root);
+    if cases.is_empty() {
+        eprintln!("qconform conform: no corpus cases under {} (run from the repository root or pass --root)", root.display());
         return 1;
     }
     let mut rows = Vec::new();
     let mut failures = 0;
-    for (name, path) in &images {
-        let json = report_json(root, name, path);
+    for c in &cases {
+        let name = &c.name;
+        let json = case_json(root, c);
         let report: serde_json::Value = serde_json::from_str(&json).unwrap_or_default();
-        let code = exit_code(&report);
-        let golden = match read_snap(&snap_path(root, name)) {
+        let (format, code) = match c.kind {
+            Kind::Image => (
+                report["format"].as_str().unwrap_or("?").to_owned(),
+                exit_code(&report),
+            ),
+            Kind::Transcript => (
+                "vhost-user".to_owned(),
+                if report.get("unreadable").is_some() {
+                    1
+                } else if report["violations"].as_u64().unwrap_or(0) > 0 {
+                    2
+                } else {
+                    0
+                },
+            ),
+        };
+        let golden = match read_snap(&case_snap_path(root, c)) {
             None => "NO GOLDEN",
             Some(body) => match serde_json::from_str::<serde_json::Value>(&body) {
                 Ok(g) if g == report => "match",
@@ -48,7 +64,7 @@ pub fn run(root: &Path, output: Output) -> i32 {
         };
         if golden != "match" {
             failures += 1;
-            if let Some(body) = read_snap(&snap_path(root, name)) {
+            if let Some(body) = read_snap(&case_snap_path(root, c)) {
                 if let Ok(g) = serde_json::from_str::<serde_json::Value>(&body) {
                     explain(name, &g, &report);
                 }
@@ -56,8 +72,15 @@ pub fn run(root: &Path, output: Output) -> i32 {
         }
         rows.push(Row {
             case: name.clone(),
-            format: report["format"].as_str().unwrap_or("?").to_owned(),
-            verdict: verdict(code),
+            verdict: match c.kind {
+                Kind::Image => verdict(code),
+                Kind::Transcript => match code {
+                    0 => "conforming",
+                    1 => "unreadable",
+                    _ => "findings",
+                },
+            },
+            format,
             exit_code: code,
             findings: report["findings"].as_array().map_or(0, |a| a.len()),
             golden,

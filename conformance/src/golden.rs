@@ -1,22 +1,42 @@
-//! Golden files: the expected `check --output json` report of every corpus
-//! image, kept under golden/check/ as insta snapshots so `cargo test` and
-//! `qconform conform` read the same files. `cargo insta`/`INSTA_UPDATE=always
-//! cargo test` and `qconform golden update` both rewrite them.
+//! Golden files: the expected report of every corpus case, kept as insta
+//! snapshots so `cargo test` and `qconform conform` read the same files:
+//! golden/check/<image>.snap (`check --output json`) and
+//! golden/vhost-user/<transcript>.snap (`vhost-user check --output json`).
+//! `INSTA_UPDATE=always cargo test` and `qconform golden update` both
+//! rewrite them.
 
+use qconform_core::vhost_user::session::Profile;
+use qconform_core::vhost_user::transcript;
 use qconform_core::Limits;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 pub const IMAGES_DIR: &str = "corpus/images";
+pub const TRANSCRIPTS_DIR: &str = "corpus/vhost-user";
 pub const GOLDEN_DIR: &str = "golden/check";
+pub const GOLDEN_VHOST_DIR: &str = "golden/vhost-user";
 
-/// The corpus images under `root`, sorted, as (case name, path).
-pub fn corpus_images(root: &Path) -> Vec<(String, PathBuf)> {
+/// What a corpus case is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Image,
+    Transcript,
+}
+
+/// One corpus case.
+#[derive(Debug, Clone)]
+pub struct Case {
+    pub name: String,
+    pub path: PathBuf,
+    pub kind: Kind,
+}
+
+fn list(root: &Path, dir: &str, ext: &str) -> Vec<(String, PathBuf)> {
     let mut out = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(root.join(IMAGES_DIR)) {
+    if let Ok(rd) = std::fs::read_dir(root.join(dir)) {
         for e in rd.flatten() {
             let p = e.path();
-            if p.extension().is_some_and(|x| x == "qcow2") {
+            if p.extension().is_some_and(|x| x == ext) {
                 if let Some(stem) = p.file_stem().and_then(|s| s.to_str()) {
                     out.push((stem.to_owned(), p));
                 }
@@ -27,18 +47,81 @@ pub fn corpus_images(root: &Path) -> Vec<(String, PathBuf)> {
     out
 }
 
-/// The report of one corpus case, as the golden file holds it: pretty JSON
-/// whose filename is relative to the repository root.
-pub fn report_json(root: &Path, name: &str, path: &Path) -> String {
+/// The corpus images under `root`, sorted, as (case name, path).
+pub fn corpus_images(root: &Path) -> Vec<(String, PathBuf)> {
+    list(root, IMAGES_DIR, "qcow2")
+}
+
+/// Every corpus case: images, then transcripts.
+pub fn corpus_cases(root: &Path) -> Vec<Case> {
+    let images = corpus_images(root).into_iter().map(|(name, path)| Case {
+        name,
+        path,
+        kind: Kind::Image,
+    });
+    let transcripts = list(root, TRANSCRIPTS_DIR, "jsonl")
+        .into_iter()
+        .map(|(name, path)| Case {
+            name,
+            path,
+            kind: Kind::Transcript,
+        });
+    images.chain(transcripts).collect()
+}
+
+/// The report of one image, as its golden file holds it: pretty JSON whose
+/// filename is relative to the repository root.
+pub fn report_json(root: &Path, _name: &str, path: &Path) -> String {
     let mut report = crate::check::check_file(path, None, &Limits::default());
     let rel = path.strip_prefix(root).unwrap_or(path);
     report.filename = rel.display().to_string();
-    let _ = name;
     serde_json::to_string_pretty(&report).unwrap_or_default()
+}
+
+/// The report of one transcript (what `vhost-user check --output json` prints).
+pub fn transcript_json(root: &Path, path: &Path) -> String {
+    let rel = path
+        .strip_prefix(root)
+        .unwrap_or(path)
+        .display()
+        .to_string();
+    let v = match std::fs::read_to_string(path)
+        .map_err(|e| e.to_string())
+        .and_then(|t| transcript::parse(&t).map_err(|e| e.to_string()))
+    {
+        Err(e) => serde_json::json!({ "conversation": rel, "unreadable": e }),
+        Ok((_, entries)) => {
+            let s = transcript::check(&rel, &entries, Profile::default());
+            let r = s.report();
+            serde_json::json!({
+                "conversation": rel,
+                "messages": s.messages(),
+                "violations": r.violations,
+                "findings": r.findings,
+                "findings-omitted": r.findings_omitted,
+            })
+        }
+    };
+    serde_json::to_string_pretty(&v).unwrap_or_default()
+}
+
+/// The golden body of any case.
+pub fn case_json(root: &Path, c: &Case) -> String {
+    match c.kind {
+        Kind::Image => report_json(root, &c.name, &c.path),
+        Kind::Transcript => transcript_json(root, &c.path),
+    }
 }
 
 pub fn snap_path(root: &Path, name: &str) -> PathBuf {
     root.join(GOLDEN_DIR).join(format!("{name}.snap"))
+}
+
+pub fn case_snap_path(root: &Path, c: &Case) -> PathBuf {
+    match c.kind {
+        Kind::Image => snap_path(root, &c.name),
+        Kind::Transcript => root.join(GOLDEN_VHOST_DIR).join(format!("{}.snap", c.name)),
+    }
 }
 
 /// The body of an insta snapshot file (after its `---` metadata block).
@@ -61,49 +144,44 @@ fn write_snap(path: &Path, body: &str) -> std::io::Result<()> {
 
 /// `qconform golden update`: rewrites every golden file.
 pub fn update(root: &Path) -> i32 {
-    let images = corpus_images(root);
-    if images.is_empty() {
-        eprintln!(
-            "qconform: no images under {}",
-            root.join(IMAGES_DIR).display()
-        );
+    let cases = corpus_cases(root);
+    if cases.is_empty() {
+        eprintln!("qconform: no corpus cases under {}", root.display());
         return 1;
     }
-    for (name, path) in &images {
-        if let Err(e) = write_snap(&snap_path(root, name), &report_json(root, name, path)) {
-            eprintln!("qconform: {name}: {e}");
+    for c in &cases {
+        if let Err(e) = write_snap(&case_snap_path(root, c), &case_json(root, c)) {
+            eprintln!("qconform: {}: {e}", c.name);
             return 1;
         }
     }
-    println!(
-        "updated {} golden files under {}",
-        images.len(),
-        root.join(GOLDEN_DIR).display()
-    );
+    println!("updated {} golden files", cases.len());
     0
 }
 
 /// For each rule id, the corpus cases whose golden report names it.
 pub fn triggers(root: &Path) -> BTreeMap<String, Vec<String>> {
     let mut map: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let Ok(rd) = std::fs::read_dir(root.join(GOLDEN_DIR)) else {
-        return map;
-    };
-    let mut files: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
-    files.sort();
-    for p in files {
-        let Some(name) = p.file_stem().and_then(|s| s.to_str()).map(str::to_owned) else {
+    for dir in [GOLDEN_DIR, GOLDEN_VHOST_DIR] {
+        let Ok(rd) = std::fs::read_dir(root.join(dir)) else {
             continue;
         };
-        let Some(body) = read_snap(&p) else { continue };
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) else {
-            continue;
-        };
-        for f in v["findings"].as_array().into_iter().flatten() {
-            if let Some(id) = f["rule"].as_str() {
-                let cases = map.entry(id.to_owned()).or_default();
-                if !cases.contains(&name) {
-                    cases.push(name.clone());
+        let mut files: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
+        files.sort();
+        for p in files {
+            let Some(name) = p.file_stem().and_then(|s| s.to_str()).map(str::to_owned) else {
+                continue;
+            };
+            let Some(body) = read_snap(&p) else { continue };
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) else {
+                continue;
+            };
+            for f in v["findings"].as_array().into_iter().flatten() {
+                if let Some(id) = f["rule"].as_str() {
+                    let cases = map.entry(id.to_owned()).or_default();
+                    if !cases.contains(&name) {
+                        cases.push(name.clone());
+                    }
                 }
             }
         }

@@ -2,7 +2,7 @@
 //! `INSTA_UPDATE=always cargo test` or `qconform golden update` rewrite them),
 //! and the proof that every rule of the registry is triggered by a corpus case.
 
-use qconform::golden::{corpus_images, report_json, triggers};
+use qconform::golden::{corpus_cases, corpus_images, report_json, transcript_json, triggers, Kind};
 use std::path::{Path, PathBuf};
 
 fn root() -> PathBuf {
@@ -10,6 +10,25 @@ fn root() -> PathBuf {
         .parent()
         .unwrap()
         .to_path_buf()
+}
+
+#[test]
+fn transcript_reports_match_golden_snapshots() {
+    let root = root();
+    let cases: Vec<_> = corpus_cases(&root)
+        .into_iter()
+        .filter(|c| c.kind == Kind::Transcript)
+        .collect();
+    assert!(cases.len() >= 40, "corpus/vhost-user is missing transcripts ({} found); run `cargo xtask corpus --only vhost-user`", cases.len());
+    let mut settings = insta::Settings::clone_current();
+    settings.set_snapshot_path(root.join("golden/vhost-user"));
+    settings.set_prepend_module_to_snapshot(false);
+    settings.set_omit_expression(true);
+    settings.bind(|| {
+        for c in &cases {
+            insta::assert_snapshot!(c.name.as_str(), transcript_json(&root, &c.path));
+        }
+    });
 }
 
 #[test]
@@ -34,6 +53,14 @@ fn corpus_reports_match_golden_snapshots() {
 
 /// Rules no corpus image can trigger, and the test that triggers each.
 const TRIGGERED_BY_TESTS: &[(&str, &str)] = &[
+    (
+        "vhost-user.robustness.no-crash",
+        "conformance/tests/vhost_user.rs: probe_finds_qsd_crash_on_ring_index_100000",
+    ),
+    (
+        "vhost-user.robustness.rejects-invalid",
+        "conformance/tests/vhost_user.rs: probe_finds_qsd_crash_on_ring_index_100000",
+    ),
     (
         "input.readable",
         "conformance/tests/cli.rs: missing_file_is_a_check_error",

@@ -68,6 +68,9 @@ fn corpus(args: &[String]) -> Result<(), DynError> {
         qconform::corpus::build(case, &dir)?;
         println!("built {}", case.name);
     }
+    if only.is_empty() || only.contains(&"vhost-user") {
+        transcripts(&root)?;
+    }
     // Fuzz seeds: every corpus image (small ones; the fuzzer mutates them).
     let seeds = root.join("corpus/fuzz/qcow2_check");
     if seeds.exists() {
@@ -79,6 +82,96 @@ fn corpus(args: &[String]) -> Result<(), DynError> {
     }
     println!("{} cases under {}", cases.len(), dir.display());
     Ok(())
+}
+
+/// Records the clean conversations from real peers (our serve and
+/// qemu-storage-daemon) and writes every edited transcript.
+fn transcripts(root: &Path) -> Result<(), DynError> {
+    use qconform::vhost::{corpus, probe, serve};
+    use qconform_core::vhost_user::session::Profile;
+    use std::time::Duration;
+    let dir = root.join(corpus::DIR);
+    std::fs::create_dir_all(&dir)?;
+    let tmp = std::env::temp_dir().join(format!("qconform-xtask-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp)?;
+    // 1. Our probe against our reference back-end.
+    let sock = tmp.join("serve.sock");
+    let opts = serve::Options {
+        socket: sock.clone(),
+        once: true,
+        features: serve::DEFAULT_FEATURES,
+        protocol_features: serve::default_protocol_features(),
+        queues: 1,
+        max_mem_slots: 32,
+        config: serve::blk_config(1),
+        idle_timeout: Duration::from_secs(10),
+        profile: Profile::default(),
+        transcript: None,
+    };
+    let server = std::thread::spawn(move || serve::run(&opts, qconform::Output::Json));
+    // (No readiness connection here: serve --once would take it as its one front-end.)
+    for _ in 0..250 {
+        if sock.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let text = probe::record_conversation(
+        &sock,
+        Duration::from_secs(2),
+        "qconform probe against qconform serve (reference back-end, 1 queue)",
+    )?;
+    let _ = server.join();
+    std::fs::write(dir.join(format!("{}.jsonl", corpus::BASE)), &text)?;
+    // 2. Our probe against qemu-storage-daemon exporting vhost-user-blk.
+    let disk = tmp.join("disk.img");
+    let st = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "raw"])
+        .arg(&disk)
+        .arg("64M")
+        .status()?;
+    if !st.success() {
+        return Err("qemu-img create failed".into());
+    }
+    let qsock = tmp.join("qsd.sock");
+    let mut qsd = Command::new("qemu-storage-daemon")
+        .arg("--blockdev").arg(format!("driver=file,node-name=file0,filename={}", disk.display()))
+        .arg("--export").arg(format!("type=vhost-user-blk,id=exp0,node-name=file0,addr.type=unix,addr.path={},writable=on,num-queues=2", qsock.display()))
+        .stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null())
+        .spawn().map_err(|e| format!("cannot start qemu-storage-daemon: {e}"))?;
+    wait_for(&qsock)?;
+    let qtext = probe::record_conversation(
+        &qsock,
+        Duration::from_secs(2),
+        "qconform probe against qemu-storage-daemon 10.0.2 (vhost-user-blk, num-queues=2)",
+    );
+    let _ = qsd.kill();
+    let _ = qsd.wait();
+    std::fs::write(dir.join("probe-vs-qsd.jsonl"), qtext?)?;
+    // 3. Edited copies of the first, one broken rule each.
+    for case in corpus::cases() {
+        std::fs::write(
+            dir.join(format!("{}.jsonl", case.name)),
+            corpus::build(&text, &case)?,
+        )?;
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+    println!(
+        "{} transcripts under {}",
+        corpus::cases().len() + 2,
+        dir.display()
+    );
+    Ok(())
+}
+
+fn wait_for(sock: &Path) -> Result<(), DynError> {
+    for _ in 0..250 {
+        if std::os::unix::net::UnixStream::connect(sock).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Err(format!("nothing listens on {}", sock.display()).into())
 }
 
 fn golden() -> Result<(), DynError> {

@@ -62,10 +62,42 @@ pub struct Conn {
 }
 
 impl Conn {
+    /// Connects within 2 seconds.
     pub fn connect(path: &Path) -> std::io::Result<Conn> {
-        Ok(Conn {
-            stream: UnixStream::connect(path)?,
-        })
+        Self::connect_timeout(path, Duration::from_secs(2))
+    }
+
+    /// Connects, giving up at the deadline: a blocking connect to a back-end
+    /// whose listen backlog is full would wait forever.
+    pub fn connect_timeout(path: &Path, timeout: Duration) -> std::io::Result<Conn> {
+        use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+        let addr = SocketAddrUnix::new(path)?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let fd = rustix::net::socket_with(
+                AddressFamily::UNIX,
+                SocketType::STREAM,
+                SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
+                None,
+            )?;
+            match rustix::net::connect(&fd, &addr) {
+                Ok(()) => {
+                    let stream = UnixStream::from(fd);
+                    stream.set_nonblocking(false)?;
+                    return Ok(Conn { stream });
+                }
+                Err(e) if e == rustix::io::Errno::AGAIN && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) if e == rustix::io::Errno::AGAIN => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the back-end does not accept connections (listen backlog full)",
+                    ));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     pub fn from_stream(stream: UnixStream) -> Conn {

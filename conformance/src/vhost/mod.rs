@@ -4,6 +4,7 @@
 
 pub mod check;
 pub mod conn;
+pub mod corpus;
 pub mod probe;
 pub mod serve;
 pub mod tap;

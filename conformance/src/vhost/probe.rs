@@ -576,7 +576,7 @@ fn robustness(opts: &Options, probe: &Robustness) -> ProbeVerdict {
         verdict.outcome.push_str(&format!("; process {how}"));
     } else if opts.backend_cmd.is_none() {
         std::thread::sleep(Duration::from_millis(50));
-        if let Err(e) = Conn::connect(&opts.socket) {
+        if let Err(e) = Conn::connect_timeout(&opts.socket, Duration::from_millis(500)) {
             findings.add(
                 &rule::ROBUST_CRASH,
                 Some(before),
@@ -650,6 +650,9 @@ pub fn run(opts: &Options, output: Output) -> i32 {
     let proto = p.tap.session.offered_protocol_features();
     let queues = p.tap.session.queue_num();
     let messages = p.tap.session.messages();
+    // The main connection ends before the probes: single-client back-ends
+    // (qemu-storage-daemon) serve one connection at a time.
+    drop(p);
     let verdicts: Vec<ProbeVerdict> = if opts.robustness {
         PROBES.iter().map(|r| robustness(opts, r)).collect()
     } else {
@@ -700,4 +703,35 @@ pub fn run(opts: &Options, output: Output) -> i32 {
     } else {
         0
     }
+}
+
+/// Runs only the valid conversation against `socket` and returns its
+/// transcript (the corpus generator records real peers with it).
+pub fn record_conversation(
+    socket: &Path,
+    timeout: Duration,
+    description: &str,
+) -> Result<String, String> {
+    let opts = Options {
+        socket: socket.to_path_buf(),
+        timeout,
+        profile: Profile::default(),
+        transcript: None,
+        robustness: false,
+        backend_cmd: None,
+    };
+    let conn = Conn::connect(socket)
+        .map_err(|e| format!("cannot connect to {}: {e}", socket.display()))?;
+    let mut p = Prober {
+        opts: &opts,
+        tap: Tap::new(conn, description, opts.profile, Direction::FrontToBack),
+    };
+    if let Err(e) = p.conversation() {
+        return Err(format!(
+            "the conversation with {} stopped: {e:?}",
+            socket.display()
+        ));
+    }
+    p.tap.closed(Some(Direction::FrontToBack), false);
+    Ok(p.tap.transcript(description))
 }
