@@ -339,3 +339,128 @@ fn check_exit_codes() {
         Some(1)
     );
 }
+
+/// Where `cargo xtask peers` put the real peers.
+fn peers_dir() -> PathBuf {
+    std::env::var_os("QCONFORM_PEERS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
+                .join(".cache/qconform")
+        })
+}
+
+fn peer(rel: &str) -> PathBuf {
+    let p = peers_dir().join(rel);
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo xtask peers` (CI does) to fetch the real vhost-user peers",
+        p.display()
+    );
+    p
+}
+
+fn wait_path(p: &Path) {
+    for _ in 0..500 {
+        if p.exists() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("{} never appeared", p.display());
+}
+
+#[test]
+fn qemu_front_end_against_serve_is_judged_clean() {
+    let qemu_root = peers_dir().join("qemu-7.2");
+    let qemu = peer("qemu-7.2/usr/bin/qemu-system-x86_64");
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("qemu.sock");
+    let transcript = dir.path().join("qemu.jsonl");
+    let serve = qconform()
+        .args([
+            "vhost-user",
+            "serve",
+            "--once",
+            "--idle-timeout-ms",
+            "30000",
+            "--output",
+            "json",
+            "--socket",
+        ])
+        .arg(&sock)
+        .arg("--transcript")
+        .arg(&transcript)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_path(&sock);
+    // QEMU under TCG with shared memfd guest RAM and a vhost-user-blk device on our socket.
+    let mut q = Command::new(&qemu)
+        .arg("-L")
+        .arg(qemu_root.join("usr/share/qemu"))
+        .arg("-L")
+        .arg(qemu_root.join("usr/share/seabios"))
+        .args([
+            "-M",
+            "pc",
+            "-accel",
+            "tcg",
+            "-m",
+            "128",
+            "-object",
+            "memory-backend-memfd,id=mem,size=128M,share=on",
+            "-numa",
+            "node,memdev=mem",
+        ])
+        .arg("-chardev")
+        .arg(format!("socket,id=vu0,path={}", sock.display()))
+        .args([
+            "-device",
+            "vhost-user-blk-pci,chardev=vu0,num-queues=1",
+            "-display",
+            "none",
+            "-monitor",
+            "none",
+            "-nodefaults",
+            "-serial",
+            "none",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Let SeaBIOS start the device, then stop QEMU the polite way so it stops the rings.
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    let pid = rustix::process::Pid::from_raw(q.id() as i32).unwrap();
+    let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    let _ = q.wait();
+    let out = serve.wait_with_output().unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    assert_eq!(
+        v["violations"], 0,
+        "QEMU 7.2 broke a rule, or qconform misjudged it: {v:#}"
+    );
+    assert!(v["messages"].as_u64().unwrap() > 30, "{v:#}");
+    // The conversation went through memory, rings and the stop sequence.
+    let text = std::fs::read_to_string(&transcript).unwrap();
+    for name in [
+        "ADD_MEM_REG",
+        "SET_VRING_KICK",
+        "SET_VRING_ENABLE",
+        "GET_VRING_BASE",
+        "GET_CONFIG",
+    ] {
+        assert!(
+            text.contains(&format!("\"name\":\"{name}\"")),
+            "QEMU never sent {name}"
+        );
+    }
+    let (code, c) = json_of(
+        qconform()
+            .args(["vhost-user", "check", "--output", "json"])
+            .arg(&transcript),
+    );
+    assert_eq!(code, 0, "{c:#}");
+}

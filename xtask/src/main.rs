@@ -2,6 +2,8 @@
 //!
 //! corpus [--only NAME...]  rebuild corpus/images from the recipes and the fuzz seeds from them
 //! golden            rewrite golden/ from the current reports
+//! seeds             rewrite the vhost-user fuzz seeds from corpus/vhost-user
+//! peers             fetch QEMU 7.2 (front-end) and virtiofsd (back-end) into ~/.cache/qconform
 //! fuzz [--secs N] [--target T]   run fuzz targets (nightly + ASan when present, else -s none)
 //! bench             qconform check vs qemu-img check on a 1 TiB preallocated image
 //! ci                what .ci/run runs after installing tools
@@ -10,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 mod bench;
+mod peers;
 
 type DynError = Box<dyn std::error::Error>;
 
@@ -27,6 +30,8 @@ fn main() -> ExitCode {
     let result = match task {
         "corpus" => corpus(rest),
         "golden" => golden(),
+        "seeds" => vhost_seeds(&root()),
+        "peers" => peers::run_peers(),
         "fuzz" => fuzz(rest),
         "bench" => bench::run(rest),
         "ci" => ci(),
@@ -161,7 +166,60 @@ fn transcripts(root: &Path) -> Result<(), DynError> {
         corpus::cases().len() + 2,
         dir.display()
     );
+    vhost_seeds(root)
+}
+
+/// Fuzz seeds from the transcripts: each conversation as a session stream,
+/// and each distinct request payload for the decoder.
+fn vhost_seeds(root: &Path) -> Result<(), DynError> {
+    use qconform_core::vhost_user::transcript;
+    let session_dir = root.join("corpus/fuzz/vhost_user_session");
+    let decode_dir = root.join("corpus/fuzz/vhost_user_decode");
+    for d in [&session_dir, &decode_dir] {
+        if d.exists() {
+            std::fs::remove_dir_all(d)?;
+        }
+        std::fs::create_dir_all(d)?;
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (name, path) in list_files(&root.join(qconform::vhost::corpus::DIR), "jsonl")? {
+        let (_, entries) =
+            transcript::parse(&std::fs::read_to_string(&path)?).map_err(|e| e.to_string())?;
+        std::fs::write(
+            session_dir.join(&name),
+            qconform_fuzz::encode_stream(&entries),
+        )?;
+        for e in &entries {
+            let (Some(req), Some(hex)) = (e.request, e.payload_hex.as_deref()) else {
+                continue;
+            };
+            let Some(payload) = transcript::from_hex(hex) else {
+                continue;
+            };
+            let backend = e.channel == Some(qconform_core::vhost_user::request::Channel::Backend);
+            let mut seed =
+                vec![(req.saturating_sub(1) as u8 & 0x3f) | if backend { 0x80 } else { 0 }];
+            seed.extend_from_slice(&payload);
+            if seen.insert(seed.clone()) {
+                std::fs::write(decode_dir.join(format!("{:03}-{req}", seen.len())), seed)?;
+            }
+        }
+    }
     Ok(())
+}
+
+fn list_files(dir: &Path, ext: &str) -> Result<Vec<(String, PathBuf)>, DynError> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir)? {
+        let p = e?.path();
+        if p.extension().is_some_and(|x| x == ext) {
+            if let Some(stem) = p.file_stem().and_then(|s| s.to_str()) {
+                out.push((stem.to_owned(), p));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 fn wait_for(sock: &Path) -> Result<(), DynError> {
