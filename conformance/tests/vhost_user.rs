@@ -464,3 +464,50 @@ fn qemu_front_end_against_serve_is_judged_clean() {
     );
     assert_eq!(code, 0, "{c:#}");
 }
+
+#[test]
+fn probe_judges_virtiofsd_clean_and_robust() {
+    let virtiofsd = peer("virtiofsd/bin/virtiofsd");
+    let dir = tempfile::tempdir().unwrap();
+    let share = dir.path().join("share");
+    std::fs::create_dir(&share).unwrap();
+    let sock = dir.path().join("fs.sock");
+    // virtiofsd serves one front-end and exits: the probe restarts it for every connection.
+    let cmd = format!(
+        "{} --socket-path={} --shared-dir={} --sandbox=none",
+        virtiofsd.display(),
+        sock.display(),
+        share.display()
+    );
+    let (code, v) = json_of(
+        qconform()
+            .args([
+                "vhost-user",
+                "probe",
+                "--output",
+                "json",
+                "--timeout-ms",
+                "1500",
+                "--backend-cmd",
+                &cmd,
+                "--socket",
+            ])
+            .arg(&sock),
+    );
+    assert_eq!(
+        v["conversation"]["findings"],
+        serde_json::json!([]),
+        "{v:#}"
+    );
+    let proto: Vec<String> = serde_json::from_value(v["protocol_features"].clone()).unwrap();
+    assert!(proto.contains(&"DEVICE_STATE".to_string()), "{proto:?}");
+    // rust-vmm closes the connection on malformed input or sends a failure ack.
+    for p in v["robustness"].as_array().unwrap() {
+        let o = p["outcome"].as_str().unwrap();
+        assert!(
+            o.starts_with("failure ack") || o.starts_with("closed"),
+            "{p:#}"
+        );
+    }
+    assert_eq!(code, 0, "{v:#}");
+}

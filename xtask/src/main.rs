@@ -153,7 +153,99 @@ fn transcripts(root: &Path) -> Result<(), DynError> {
     let _ = qsd.kill();
     let _ = qsd.wait();
     std::fs::write(dir.join("probe-vs-qsd.jsonl"), qtext?)?;
-    // 3. Edited copies of the first, one broken rule each.
+    // 3. Our probe against virtiofsd (single-shot: one connection, then it exits).
+    let peers = peers::cache_dir();
+    let share = tmp.join("share");
+    std::fs::create_dir_all(&share)?;
+    let fsock = tmp.join("fs.sock");
+    let mut vfs = Command::new(peers.join("virtiofsd/bin/virtiofsd"))
+        .arg(format!("--socket-path={}", fsock.display()))
+        .arg(format!("--shared-dir={}", share.display()))
+        .arg("--sandbox=none")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start virtiofsd (run `cargo xtask peers`): {e}"))?;
+    for _ in 0..250 {
+        if fsock.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let ftext = probe::record_conversation(
+        &fsock,
+        Duration::from_secs(2),
+        "qconform probe against virtiofsd 1.14.0 (rust-vmm vhost 0.16)",
+    );
+    let _ = vfs.kill();
+    let _ = vfs.wait();
+    std::fs::write(dir.join("probe-vs-virtiofsd.jsonl"), ftext?)?;
+    // 4. QEMU 7.2 (vhost-user-blk-pci, TCG, SeaBIOS) against our serve.
+    let qemu_root = peers.join("qemu-7.2");
+    let ssock = tmp.join("qemu.sock");
+    let qemu_transcript = dir.join("qemu72-vs-serve.jsonl");
+    let sopts = serve::Options {
+        socket: ssock.clone(),
+        once: true,
+        features: serve::DEFAULT_FEATURES,
+        protocol_features: serve::default_protocol_features(),
+        queues: 1,
+        max_mem_slots: 32,
+        config: serve::blk_config(1),
+        idle_timeout: Duration::from_secs(30),
+        profile: Profile::default(),
+        transcript: Some(qemu_transcript.clone()),
+    };
+    let server = std::thread::spawn(move || serve::run(&sopts, qconform::Output::Json));
+    for _ in 0..250 {
+        if ssock.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let mut q = Command::new(qemu_root.join("usr/bin/qemu-system-x86_64"))
+        .arg("-L")
+        .arg(qemu_root.join("usr/share/qemu"))
+        .arg("-L")
+        .arg(qemu_root.join("usr/share/seabios"))
+        .args([
+            "-M",
+            "pc",
+            "-accel",
+            "tcg",
+            "-m",
+            "128",
+            "-object",
+            "memory-backend-memfd,id=mem,size=128M,share=on",
+            "-numa",
+            "node,memdev=mem",
+        ])
+        .arg("-chardev")
+        .arg(format!("socket,id=vu0,path={}", ssock.display()))
+        .args([
+            "-device",
+            "vhost-user-blk-pci,chardev=vu0,num-queues=1",
+            "-display",
+            "none",
+            "-monitor",
+            "none",
+            "-nodefaults",
+            "-serial",
+            "none",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start QEMU (run `cargo xtask peers`): {e}"))?;
+    std::thread::sleep(Duration::from_secs(5));
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(q.id().to_string())
+        .status();
+    let _ = q.wait();
+    let _ = server.join();
+    // Timestamps and QEMU's user addresses differ per run; the structure does not.
+    // 5. Edited copies of the first, one broken rule each.
     for case in corpus::cases() {
         std::fs::write(
             dir.join(format!("{}.jsonl", case.name)),
@@ -163,7 +255,7 @@ fn transcripts(root: &Path) -> Result<(), DynError> {
     let _ = std::fs::remove_dir_all(&tmp);
     println!(
         "{} transcripts under {}",
-        corpus::cases().len() + 2,
+        corpus::cases().len() + 5,
         dir.display()
     );
     vhost_seeds(root)

@@ -81,9 +81,11 @@ impl Backend {
             .spawn()
             .map_err(|e| format!("cannot start {prog}: {e}"))?;
         let deadline = Instant::now() + wait;
+        // Wait for the socket file, not for a test connection: single-shot
+        // back-ends (virtiofsd) serve exactly one front-end and would take
+        // the test connection as theirs.
         while Instant::now() < deadline {
-            if Conn::connect(socket).is_ok() {
-                // That connection was only a readiness test; a fresh one follows.
+            if socket.exists() {
                 return Ok(Backend { child: Some(child) });
             }
             std::thread::sleep(Duration::from_millis(20));
