@@ -255,7 +255,7 @@ fn transcripts(root: &Path) -> Result<(), DynError> {
     let _ = std::fs::remove_dir_all(&tmp);
     println!(
         "{} transcripts under {}",
-        corpus::cases().len() + 5,
+        corpus::cases().len() + 4,
         dir.display()
     );
     vhost_seeds(root)
