@@ -511,3 +511,129 @@ fn probe_judges_virtiofsd_clean_and_robust() {
     }
     assert_eq!(code, 0, "{v:#}");
 }
+
+/// A hostile back-end (not a conformance subject: it exists to prove our
+/// probe's own robustness): answers GET_FEATURES with `reply`, then stays
+/// silent until the client goes away.
+fn hostile_backend(sock: &Path, reply: Vec<u8>) -> std::thread::JoinHandle<()> {
+    use std::io::{Read, Write};
+    let listener = std::os::unix::net::UnixListener::bind(sock).unwrap();
+    std::thread::spawn(move || {
+        if let Ok((mut s, _)) = listener.accept() {
+            let mut head = [0u8; 12];
+            if s.read_exact(&mut head).is_ok() {
+                let _ = s.write_all(&reply);
+            }
+            // Hold the connection open and silent until the client gives up.
+            let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(10)));
+            let mut sink = [0u8; 4096];
+            while let Ok(n) = s.read(&mut sink) {
+                if n == 0 {
+                    break;
+                }
+            }
+        }
+    })
+}
+
+fn header(request: u32, flags: u32, size: u32) -> Vec<u8> {
+    let mut h = request.to_ne_bytes().to_vec();
+    h.extend_from_slice(&flags.to_ne_bytes());
+    h.extend_from_slice(&size.to_ne_bytes());
+    h
+}
+
+#[test]
+fn a_back_end_claiming_4_gib_is_a_finding_not_an_allocation() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("evil.sock");
+    let t = hostile_backend(&sock, header(1, 5, u32::MAX));
+    let started = std::time::Instant::now();
+    let (code, v) = json_of(
+        qconform()
+            .args([
+                "vhost-user",
+                "probe",
+                "--no-robustness",
+                "--output",
+                "json",
+                "--timeout-ms",
+                "500",
+                "--socket",
+            ])
+            .arg(&sock),
+    );
+    assert_eq!(code, 2, "{v:#}");
+    assert!(
+        rules_of(&v["conversation"]["findings"])
+            .contains(&"vhost-user.header.size-limit".to_string()),
+        "{v:#}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    drop(t);
+}
+
+#[test]
+fn a_silent_back_end_is_a_hang_finding_within_the_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("silent.sock");
+    // GET_FEATURES is answered, nothing after it.
+    let mut reply = header(1, 5, 8);
+    reply.extend_from_slice(&(1u64 << 32).to_ne_bytes());
+    let t = hostile_backend(&sock, reply);
+    let (code, v) = json_of(
+        qconform()
+            .args([
+                "vhost-user",
+                "probe",
+                "--no-robustness",
+                "--output",
+                "json",
+                "--timeout-ms",
+                "300",
+                "--socket",
+            ])
+            .arg(&sock),
+    );
+    assert_eq!(code, 2, "{v:#}");
+    assert!(
+        rules_of(&v["conversation"]["findings"])
+            .contains(&"vhost-user.robustness.no-hang".to_string()),
+        "{v:#}"
+    );
+    drop(t);
+}
+
+#[test]
+fn a_back_end_sending_garbage_is_judged_not_trusted() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("garbage.sock");
+    // A "reply" with version 3, no reply flag, unknown request and a short payload.
+    let mut reply = header(0xdead, 0x3, 4);
+    reply.extend_from_slice(&[1, 2, 3, 4]);
+    let t = hostile_backend(&sock, reply);
+    let (code, v) = json_of(
+        qconform()
+            .args([
+                "vhost-user",
+                "probe",
+                "--no-robustness",
+                "--output",
+                "json",
+                "--timeout-ms",
+                "300",
+                "--socket",
+            ])
+            .arg(&sock),
+    );
+    assert_eq!(code, 2, "{v:#}");
+    let rules = rules_of(&v["conversation"]["findings"]);
+    for r in ["vhost-user.header.version", "vhost-user.reply.request-echo"] {
+        assert!(rules.contains(&r.to_string()), "{r} missing: {v:#}");
+    }
+    drop(t);
+}

@@ -165,6 +165,12 @@ impl Prober<'_> {
 
     fn wait_reply(&mut self) -> Result<(Received, Option<ReplyOutcome>), Stop> {
         match self.tap.recv(Instant::now() + self.opts.timeout) {
+            // A claimed size past the protocol's maximum was recorded as a
+            // finding and never read: the stream cannot be framed any more.
+            Ok((r, _)) if r.oversize => Err(Stop::Io(format!(
+                "the back-end claimed a {}-byte payload",
+                r.header.size
+            ))),
             Ok(r) => Ok(r),
             Err(RecvError::Timeout) => {
                 self.tap.timed_out(self.opts.timeout.as_millis() as u64);
