@@ -35,6 +35,26 @@ enum Command {
         output: Output,
         image: PathBuf,
     },
+    /// Write the virtual disk (what the guest sees) to stdout or a sparse file.
+    Cat {
+        /// Read this internal snapshot (id or name) instead of the active state.
+        #[arg(long)]
+        snapshot: Option<String>,
+        #[arg(long, value_enum, default_value = "follow")]
+        backing: BackingArg,
+        /// Write to this file (sparse) instead of stdout.
+        #[arg(short = 'o', long = "output-file")]
+        out: Option<PathBuf>,
+        image: PathBuf,
+    },
+    /// The allocation map, in the JSON shape of `qemu-img map --output=json`.
+    Map {
+        #[arg(long, value_enum, default_value = "human")]
+        output: Output,
+        #[arg(long, value_enum, default_value = "follow")]
+        backing: BackingArg,
+        image: PathBuf,
+    },
     /// List every rule qconform checks.
     Rules {
         #[arg(long, value_enum, default_value = "human")]
@@ -147,6 +167,17 @@ fn main() -> ExitCode {
         } => check::run_check(format.as_deref(), output, strict, &images),
         Command::Info { output, image } => check::run_info(output, &image),
         Command::Rules { output } => rules_cmd::run(output),
+        Command::Cat {
+            snapshot,
+            backing,
+            out,
+            image,
+        } => qconform::read::run_cat(&image, backing.into(), snapshot.as_deref(), out.as_deref()),
+        Command::Map {
+            output,
+            backing,
+            image,
+        } => qconform::read::run_map(&image, backing.into(), output),
         Command::Golden { action } => match action {
             GoldenAction::Verify { root } => {
                 conform::run(&root.unwrap_or_else(|| ".".into()), Output::Human)
@@ -211,5 +242,21 @@ fn vhost_user(action: VhostAction) -> i32 {
             output,
             lenient,
         } => vcheck::run(&file, output, Profile { lenient }),
+    }
+}
+
+/// Whether backing files are opened.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum BackingArg {
+    Follow,
+    Ignore,
+}
+
+impl From<BackingArg> for qconform_core::qcow2::read::Backing {
+    fn from(b: BackingArg) -> Self {
+        match b {
+            BackingArg::Follow => Self::Follow,
+            BackingArg::Ignore => Self::Ignore,
+        }
     }
 }

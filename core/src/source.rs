@@ -28,6 +28,18 @@ pub trait ReadAt {
         Ok(())
     }
 
+    /// Whether `offset` lies in a hole of a sparse source, and how far that
+    /// hole (or data extent) goes; None when the source cannot tell. The
+    /// allocation map uses it as QEMU does: data over a hole reads as zero.
+    fn extent(&self, _offset: u64) -> Option<(bool, u64)> {
+        None
+    }
+
+    /// Bytes the source really occupies (st_blocks), for a sparse file.
+    fn allocated_size(&self) -> Option<u64> {
+        None
+    }
+
     /// True when `len` bytes at `offset` lie entirely inside the source.
     fn contains(&self, offset: u64, len: u64) -> bool {
         offset
@@ -79,6 +91,27 @@ impl<T: ReadAt + ?Sized> ReadAt for &T {
     }
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         (**self).read_exact_at(buf, offset)
+    }
+    fn extent(&self, offset: u64) -> Option<(bool, u64)> {
+        (**self).extent(offset)
+    }
+    fn allocated_size(&self) -> Option<u64> {
+        (**self).allocated_size()
+    }
+}
+
+impl<T: ReadAt + ?Sized> ReadAt for Box<T> {
+    fn size(&self) -> u64 {
+        (**self).size()
+    }
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        (**self).read_exact_at(buf, offset)
+    }
+    fn extent(&self, offset: u64) -> Option<(bool, u64)> {
+        (**self).extent(offset)
+    }
+    fn allocated_size(&self) -> Option<u64> {
+        (**self).allocated_size()
     }
 }
 

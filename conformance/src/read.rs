@@ -1,0 +1,196 @@
+//! `qconform cat` and `qconform map`: the virtual disk of a qcow2 image.
+
+use crate::Output;
+use qconform_core::qcow2::read::{
+    Backing, OpenOptions, ReadError, Resolved, Resolver, VirtualDisk,
+};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// A file that can tell its holes from its data (SEEK_HOLE/SEEK_DATA), so
+/// the allocation map reports what QEMU's file driver reports.
+pub struct SparseFile {
+    file: std::fs::File,
+    size: u64,
+}
+
+impl SparseFile {
+    pub fn open(path: &Path) -> std::io::Result<SparseFile> {
+        let file = std::fs::File::open(path)?;
+        let size = file.metadata()?.len();
+        Ok(SparseFile { file, size })
+    }
+}
+
+impl qconform_core::ReadAt for SparseFile {
+    fn size(&self) -> u64 {
+        self.size
+    }
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> qconform_core::Result<()> {
+        use std::os::unix::fs::FileExt;
+        if !self.contains(offset, buf.len() as u64) {
+            return Err(qconform_core::Error::OutOfBounds {
+                offset,
+                len: buf.len() as u64,
+                source_len: self.size,
+            });
+        }
+        self.file
+            .read_exact_at(buf, offset)
+            .map_err(|e| qconform_core::Error::Io {
+                offset,
+                message: e.to_string(),
+            })
+    }
+    fn allocated_size(&self) -> Option<u64> {
+        use std::os::unix::fs::MetadataExt;
+        self.file.metadata().ok().map(|m| m.blocks() * 512)
+    }
+    fn extent(&self, offset: u64) -> Option<(bool, u64)> {
+        use rustix::fs::{seek, SeekFrom};
+        if offset >= self.size {
+            return None;
+        }
+        match seek(&self.file, SeekFrom::Data(offset)) {
+            Ok(d) if d == offset => {
+                let h = seek(&self.file, SeekFrom::Hole(offset)).ok()?;
+                Some((false, h.saturating_sub(offset)))
+            }
+            Ok(d) => Some((true, d.saturating_sub(offset))),
+            Err(e) if e == rustix::io::Errno::NXIO => Some((true, self.size - offset)),
+            Err(_) => None,
+        }
+    }
+}
+
+/// Resolves backing and data file names relative to the directory of the
+/// image that names them (absolute names as they are), as QEMU does.
+pub struct DirResolver {
+    pub dir: PathBuf,
+}
+
+impl Resolver for DirResolver {
+    fn open(&self, name: &str) -> Result<Resolved, String> {
+        let path = if Path::new(name).is_absolute() {
+            PathBuf::from(name)
+        } else {
+            self.dir.join(name)
+        };
+        let key = std::fs::canonicalize(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let source = SparseFile::open(&key).map_err(|e| format!("{}: {e}", path.display()))?;
+        let dir = key.parent().map(Path::to_path_buf).unwrap_or_default();
+        Ok(Resolved {
+            source: Box::new(source),
+            key: key.display().to_string(),
+            resolver: Box::new(DirResolver { dir }),
+        })
+    }
+}
+
+/// Opens the virtual disk of `path`.
+pub fn open(path: &Path, backing: Backing, snapshot: Option<&str>) -> Result<VirtualDisk, String> {
+    let src = SparseFile::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let dir = path
+        .parent()
+        .map(Path::to_path_buf)
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or_else(|| PathBuf::from("."));
+    let opts = OpenOptions {
+        backing,
+        snapshot,
+        ..OpenOptions::default()
+    };
+    VirtualDisk::open(Box::new(src), &DirResolver { dir }, &opts)
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Bytes copied per read.
+const CHUNK: usize = 1 << 20;
+
+/// `qconform cat`: the virtual disk to stdout, or sparsely to a file.
+pub fn run_cat(path: &Path, backing: Backing, snapshot: Option<&str>, out: Option<&Path>) -> i32 {
+    let mut disk = match open(path, backing, snapshot) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("qconform: {e}");
+            return 1;
+        }
+    };
+    let r = match out {
+        Some(o) => cat_to_file(&mut disk, o),
+        None => cat_to(&mut disk, &mut std::io::stdout().lock()),
+    };
+    match r {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("qconform: {}: {e}", path.display());
+            1
+        }
+    }
+}
+
+fn cat_to(disk: &mut VirtualDisk, w: &mut dyn Write) -> Result<(), String> {
+    let size = disk.size();
+    let mut buf = vec![0u8; CHUNK];
+    let mut pos = 0u64;
+    while pos < size {
+        let n = ((size - pos) as usize).min(CHUNK);
+        disk.read_at(pos, &mut buf[..n])
+            .map_err(|e: ReadError| e.to_string())?;
+        w.write_all(&buf[..n]).map_err(|e| e.to_string())?;
+        pos += n as u64;
+    }
+    w.flush().map_err(|e| e.to_string())
+}
+
+/// Writes only the chunks that are not all zero; the file is sized first,
+/// so the rest stays a hole.
+fn cat_to_file(disk: &mut VirtualDisk, out: &Path) -> Result<(), String> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::create(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let size = disk.size();
+    f.set_len(size).map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; CHUNK];
+    let mut pos = 0u64;
+    while pos < size {
+        let n = ((size - pos) as usize).min(CHUNK);
+        disk.read_at(pos, &mut buf[..n])
+            .map_err(|e| e.to_string())?;
+        // Sparse at 4 KiB granularity.
+        for (i, block) in buf[..n].chunks(4096).enumerate() {
+            if block.iter().any(|&b| b != 0) {
+                f.write_all_at(block, pos + (i * 4096) as u64)
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        pos += n as u64;
+    }
+    Ok(())
+}
+
+/// `qconform map`: the allocation map, JSON like `qemu-img map --output=json`.
+pub fn run_map(path: &Path, backing: Backing, output: Output) -> i32 {
+    let map = match open(path, backing, None).and_then(|mut d| d.map().map_err(|e| e.to_string())) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("qconform: {e}");
+            return 1;
+        }
+    };
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&map).unwrap_or_default()),
+        Output::Human => {
+            println!("{:<18} {:<18} {:<18} File", "Offset", "Length", "Mapped to");
+            for e in map.iter().filter(|e| e.data) {
+                let to = e
+                    .offset
+                    .map_or("compressed".to_string(), |o| format!("{o:#x}"));
+                println!(
+                    "{:<#18x} {:<#18x} {:<18} depth {}",
+                    e.start, e.length, to, e.depth
+                );
+            }
+        }
+    }
+    0
+}
