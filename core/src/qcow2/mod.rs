@@ -15,6 +15,7 @@ pub mod mapping;
 pub mod read;
 pub mod refcount;
 pub mod snapshot;
+pub mod write;
 
 pub use check::check;
 pub use header::Header;

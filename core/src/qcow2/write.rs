@@ -1,0 +1,592 @@
+//! The writer: builds a spec-valid qcow2 image from a logical description
+//! (spec sections "Header", "Header extensions", "Host cluster management",
+//! "Cluster mapping", "Extended L2 Entries", "Snapshots", "Bitmaps").
+//!
+//! Layout: header cluster, active L1, then L2 tables and data in guest
+//! order, compressed clusters, snapshot L1 copies, the snapshot table, the
+//! bitmap directory, tables and data, and last the refcount table and blocks
+//! (sized to cover themselves). Refcounts are computed from the references,
+//! and COPIED is set exactly where the refcount is 1.
+
+use super::header::*;
+use super::mapping::{L2E_OFFSET_MASK, OFLAG_COMPRESSED, OFLAG_COPIED, OFLAG_ZERO};
+use std::collections::BTreeMap;
+
+/// What one guest cluster holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClusterData {
+    /// A standard data cluster (exactly one cluster of bytes).
+    Data(Vec<u8>),
+    /// Reads as zero (the zero flag, or all "reads as zero" subcluster bits).
+    Zero,
+    /// Stored compressed (exactly one cluster of bytes before compression).
+    Compressed(Vec<u8>),
+    /// Extended L2 only: per-subcluster allocation and zero bits, with the
+    /// cluster's bytes (only allocated subclusters are read from them).
+    Subclusters {
+        alloc: u32,
+        zero: u32,
+        data: Vec<u8>,
+    },
+}
+
+/// A persistent dirty bitmap: which guest bytes are dirty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BitmapDesc {
+    pub name: String,
+    pub granularity_bits: u8,
+    /// Dirty (start, length) byte ranges of the guest.
+    pub dirty: Vec<(u64, u64)>,
+}
+
+/// The logical description of an image.
+#[derive(Debug, Clone)]
+pub struct Description {
+    pub size: u64,
+    pub version: u32,
+    pub cluster_bits: u32,
+    pub refcount_order: u32,
+    pub extended_l2: bool,
+    /// 0 deflate, 1 zstd.
+    pub compression_type: u8,
+    /// Guest cluster index -> contents; absent clusters are unallocated.
+    pub clusters: BTreeMap<u64, ClusterData>,
+    /// Internal snapshots, each taken of the final state (all clusters shared).
+    pub snapshots: Vec<String>,
+    pub bitmaps: Vec<BitmapDesc>,
+    /// Backing file name and format.
+    pub backing: Option<(String, Option<String>)>,
+    /// External data file name and whether it is raw (data_file_raw).
+    pub data_file: Option<(String, bool)>,
+    pub lazy_refcounts: bool,
+}
+
+impl Description {
+    pub fn new(size: u64, cluster_bits: u32) -> Description {
+        Description {
+            size,
+            version: 3,
+            cluster_bits,
+            refcount_order: 4,
+            extended_l2: false,
+            compression_type: 0,
+            clusters: BTreeMap::new(),
+            snapshots: Vec::new(),
+            bitmaps: Vec::new(),
+            backing: None,
+            data_file: None,
+            lazy_refcounts: false,
+        }
+    }
+
+    pub fn cluster_size(&self) -> u64 {
+        1 << self.cluster_bits
+    }
+
+    /// The guest's bytes this description defines (unallocated and past the
+    /// data: zeros; no backing file is read).
+    pub fn guest_bytes(&self) -> Vec<u8> {
+        let cs = self.cluster_size() as usize;
+        let mut out = vec![0u8; self.size as usize];
+        for (&k, c) in &self.clusters {
+            let at = k as usize * cs;
+            let Some(dst) = out.get_mut(at..(at + cs).min(self.size as usize)) else {
+                continue;
+            };
+            let n = dst.len();
+            match c {
+                ClusterData::Data(d) | ClusterData::Compressed(d) => dst.copy_from_slice(&d[..n]),
+                ClusterData::Zero => dst.fill(0),
+                ClusterData::Subclusters { alloc, data, .. } => {
+                    let sc = cs / 32;
+                    for i in 0..32 {
+                        let r = i * sc..((i + 1) * sc).min(n);
+                        if r.start < n && alloc >> i & 1 == 1 {
+                            dst[r.clone()].copy_from_slice(&data[r]);
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The written image, and its data file when the description has one.
+pub struct Written {
+    pub image: Vec<u8>,
+    pub data_file: Option<Vec<u8>>,
+}
+
+/// Why a description cannot be written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteError(pub String);
+
+impl std::fmt::Display for WriteError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn err<T>(s: impl Into<String>) -> Result<T, WriteError> {
+    Err(WriteError(s.into()))
+}
+
+/// Deflate (raw, no zlib header) or zstd compression of one cluster.
+fn compress(kind: u8, data: &[u8]) -> Vec<u8> {
+    match kind {
+        1 => ruzstd::encoding::compress_to_vec(data, ruzstd::encoding::CompressionLevel::Fastest),
+        _ => {
+            use std::io::Write;
+            let mut e =
+                flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+            // Writing to a Vec cannot fail.
+            let _ = e.write_all(data);
+            e.finish().unwrap_or_default()
+        }
+    }
+}
+
+struct Layout {
+    cs: u64,
+    /// Cluster contents by host cluster index.
+    clusters: BTreeMap<u64, Vec<u8>>,
+    next: u64,
+    /// References per host cluster.
+    refs: BTreeMap<u64, u64>,
+}
+
+impl Layout {
+    fn alloc(&mut self, n: u64) -> u64 {
+        let first = self.next;
+        self.next += n;
+        first
+    }
+    fn put(&mut self, offset: u64, bytes: &[u8]) {
+        let cs = self.cs as usize;
+        let mut done = 0;
+        while done < bytes.len() {
+            let at = offset as usize + done;
+            let k = (at / cs) as u64;
+            let within = at % cs;
+            let n = (cs - within).min(bytes.len() - done);
+            let c = self.clusters.entry(k).or_insert_with(|| vec![0u8; cs]);
+            c[within..within + n].copy_from_slice(&bytes[done..done + n]);
+            done += n;
+        }
+    }
+    fn reference(&mut self, offset: u64, len: u64, times: u64) {
+        if len == 0 {
+            return;
+        }
+        for k in offset / self.cs..=(offset + len - 1) / self.cs {
+            *self.refs.entry(k).or_insert(0) += times;
+        }
+    }
+}
+
+/// Writes the image the description says.
+pub fn write(d: &Description) -> Result<Written, WriteError> {
+    if !(9..=21).contains(&d.cluster_bits) {
+        return err("cluster_bits must be 9..=21");
+    }
+    if d.refcount_order > 6 || (d.version == 2 && d.refcount_order != 4) {
+        return err("refcount_order must be 0..=6 (4 for version 2)");
+    }
+    if d.extended_l2 && (d.version < 3 || d.cluster_bits < 14) {
+        return err("extended L2 entries need version 3 and cluster_bits >= 14");
+    }
+    if d.compression_type == 1 && d.version < 3 {
+        return err("zstd needs version 3");
+    }
+    let has_compressed = d
+        .clusters
+        .values()
+        .any(|c| matches!(c, ClusterData::Compressed(_)));
+    if d.data_file.is_some() && (has_compressed || !d.snapshots.is_empty() || d.version < 3) {
+        return err(
+            "an external data file forbids compressed clusters and snapshots, and needs version 3",
+        );
+    }
+    if d.version < 3 && (!d.bitmaps.is_empty() || d.lazy_refcounts) {
+        return err("bitmaps and lazy refcounts need version 3");
+    }
+    let cs = d.cluster_size();
+    let l2_entry_bytes = if d.extended_l2 { 16 } else { 8 };
+    let l2_entries = cs / l2_entry_bytes;
+    let l1_size = d.size.div_ceil(l2_entries * cs);
+    if l1_size * 8 > super::MAX_L1_BYTES {
+        return err("virtual size needs an L1 table over 32 MiB");
+    }
+    if d.clusters.keys().any(|&k| k * cs >= d.size) {
+        return err("a cluster lies past the virtual size");
+    }
+    let mut lay = Layout {
+        cs,
+        clusters: BTreeMap::new(),
+        next: 0,
+        refs: BTreeMap::new(),
+    };
+    let header_cluster = lay.alloc(1);
+    let l1_offset = lay.alloc((l1_size * 8).div_ceil(cs).max(1)) * cs;
+    let shared = 1 + d.snapshots.len() as u64;
+    let mut data_file = d.data_file.as_ref().map(|_| vec![0u8; d.size as usize]);
+
+    // L2 tables and data, in guest order.
+    let mut l1 = vec![0u64; l1_size as usize];
+    let mut l2s: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
+    for (&k, c) in &d.clusters {
+        let l1i = k / l2_entries;
+        let l2i = (k % l2_entries) as usize;
+        if l1[l1i as usize] == 0 {
+            let off = lay.alloc(1) * cs;
+            l1[l1i as usize] = off;
+            l2s.insert(off, vec![0u8; cs as usize]);
+        }
+        let l2_off = l1[l1i as usize];
+        let guest = k * cs;
+        let (mut entry, bitmap): (u64, u64) = match c {
+            ClusterData::Data(bytes) | ClusterData::Subclusters { data: bytes, .. } => {
+                if bytes.len() as u64 != cs {
+                    return err(format!("cluster {k}: data must be exactly one cluster"));
+                }
+                let bitmap = match c {
+                    ClusterData::Subclusters { alloc, zero, .. } => {
+                        if !d.extended_l2 || alloc & zero != 0 {
+                            return err(format!(
+                                "cluster {k}: subclusters need extended L2 and alloc & zero == 0"
+                            ));
+                        }
+                        (*zero as u64) << 32 | *alloc as u64
+                    }
+                    _ if d.extended_l2 => 0xffff_ffff,
+                    _ => 0,
+                };
+                let needs_host = !matches!(c, ClusterData::Subclusters { alloc: 0, .. });
+                if !needs_host {
+                    (0, bitmap)
+                } else if let Some(df) = data_file.as_mut() {
+                    let end = ((guest + cs) as usize).min(df.len());
+                    df[guest as usize..end].copy_from_slice(&bytes[..end - guest as usize]);
+                    (guest, bitmap)
+                } else {
+                    let off = lay.alloc(1) * cs;
+                    lay.put(off, bytes);
+                    lay.reference(off, cs, shared);
+                    (off, bitmap)
+                }
+            }
+            ClusterData::Zero => {
+                if d.extended_l2 {
+                    (0, 0xffff_ffff_u64 << 32)
+                } else if d.version < 3 {
+                    // Version 2 has no zero flag: a cluster of zeros.
+                    let off = lay.alloc(1) * cs;
+                    lay.reference(off, cs, shared);
+                    (off, 0)
+                } else {
+                    (OFLAG_ZERO, 0)
+                }
+            }
+            ClusterData::Compressed(bytes) => {
+                if bytes.len() as u64 != cs {
+                    return err(format!("cluster {k}: data must be exactly one cluster"));
+                }
+                let z = compress(d.compression_type, bytes);
+                let sectors = (z.len() as u64).div_ceil(512).max(1);
+                let nclusters = (sectors * 512).div_ceil(cs);
+                let off = lay.alloc(nclusters) * cs;
+                lay.put(off, &z);
+                lay.reference(off, sectors * 512, shared);
+                let shift = 62 - (d.cluster_bits - 8);
+                if sectors - 1 > (1 << (d.cluster_bits - 8)) - 1 {
+                    return err(format!(
+                        "cluster {k}: compressed data larger than the descriptor can say"
+                    ));
+                }
+                (OFLAG_COMPRESSED | (sectors - 1) << shift | off, 0)
+            }
+        };
+        let has_data = match c {
+            ClusterData::Data(_) => true,
+            ClusterData::Subclusters { alloc, .. } => *alloc != 0,
+            _ => false,
+        };
+        // A host cluster is referenced: in the image (offset != 0), or in the
+        // data file, where offset 0 is legal and COPIED marks it allocated.
+        let host_counted = entry & L2E_OFFSET_MASK != 0 || (data_file.is_some() && has_data);
+        if host_counted && entry & OFLAG_COMPRESSED == 0 && (shared == 1 || data_file.is_some()) {
+            entry |= OFLAG_COPIED;
+        }
+        let t = l2s
+            .get_mut(&l2_off)
+            .ok_or_else(|| WriteError("internal: missing L2".into()))?;
+        let at = l2i * l2_entry_bytes as usize;
+        t[at..at + 8].copy_from_slice(&entry.to_be_bytes());
+        if d.extended_l2 {
+            t[at + 8..at + 16].copy_from_slice(&bitmap.to_be_bytes());
+        }
+    }
+    for (&off, t) in &l2s {
+        lay.put(off, t);
+        lay.reference(off, cs, shared);
+    }
+    let mut l1_bytes = Vec::with_capacity(l1.len() * 8);
+    for &e in &l1 {
+        let flag = if e != 0 && shared == 1 {
+            OFLAG_COPIED
+        } else {
+            0
+        };
+        l1_bytes.extend_from_slice(&(e | flag).to_be_bytes());
+    }
+    lay.put(l1_offset, &l1_bytes);
+    lay.reference(header_cluster * cs, cs, 1);
+    lay.reference(l1_offset, (l1_size * 8).max(1), 1);
+
+    // Snapshots: a copy of the L1 table each (without COPIED), and the table.
+    let mut snap_table = Vec::new();
+    for (i, name) in d.snapshots.iter().enumerate() {
+        let off = lay.alloc((l1_size * 8).div_ceil(cs).max(1)) * cs;
+        let plain: Vec<u8> = l1.iter().flat_map(|e| e.to_be_bytes()).collect();
+        lay.put(off, &plain);
+        lay.reference(off, (l1_size * 8).max(1), 1);
+        let id = (i + 1).to_string();
+        let mut e = Vec::new();
+        e.extend_from_slice(&off.to_be_bytes());
+        e.extend_from_slice(&(l1_size as u32).to_be_bytes());
+        e.extend_from_slice(&(id.len() as u16).to_be_bytes());
+        e.extend_from_slice(&(name.len() as u16).to_be_bytes());
+        e.extend_from_slice(&[0u8; 16]); // date and vm clock
+        e.extend_from_slice(&0u32.to_be_bytes()); // vm_state_size
+        e.extend_from_slice(&24u32.to_be_bytes()); // extra data: vm state size, disk size, icount
+        e.extend_from_slice(&0u64.to_be_bytes());
+        e.extend_from_slice(&d.size.to_be_bytes());
+        e.extend_from_slice(&u64::MAX.to_be_bytes());
+        e.extend_from_slice(id.as_bytes());
+        e.extend_from_slice(name.as_bytes());
+        e.resize(e.len().next_multiple_of(8), 0);
+        snap_table.extend_from_slice(&e);
+    }
+    let snapshots_offset = if snap_table.is_empty() {
+        0
+    } else {
+        let off = lay.alloc((snap_table.len() as u64).div_ceil(cs)) * cs;
+        lay.put(off, &snap_table);
+        lay.reference(off, snap_table.len() as u64, 1);
+        off
+    };
+
+    // Bitmaps: table entries 0 (clean), 1 (all dirty) or a data cluster.
+    let mut dir = Vec::new();
+    for b in &d.bitmaps {
+        if !(9..=31).contains(&b.granularity_bits) || b.name.is_empty() || b.name.len() > 1023 {
+            return err(format!(
+                "bitmap {:?}: granularity 9..=31 and a name of 1..=1023 bytes",
+                b.name
+            ));
+        }
+        let gran = 1u64 << b.granularity_bits;
+        let bits_per_cluster = cs * 8;
+        let table_size = d.size.div_ceil(gran * bits_per_cluster).max(1);
+        let mut table = Vec::new();
+        for t in 0..table_size {
+            let first_bit = t * bits_per_cluster;
+            let mut bits = vec![0u8; cs as usize];
+            let mut any = false;
+            let mut all = true;
+            for bit in 0..bits_per_cluster {
+                let g = (first_bit + bit) * gran;
+                let dirty = g < d.size
+                    && b.dirty
+                        .iter()
+                        .any(|&(s, l)| g < s.saturating_add(l) && s < g + gran);
+                if dirty {
+                    bits[(bit / 8) as usize] |= 1 << (bit % 8);
+                    any = true;
+                } else if g < d.size {
+                    all = false;
+                }
+            }
+            let entry = if !any {
+                0
+            } else if all {
+                1
+            } else {
+                let off = lay.alloc(1) * cs;
+                lay.put(off, &bits);
+                lay.reference(off, cs, 1);
+                off
+            };
+            table.extend_from_slice(&entry.to_be_bytes());
+        }
+        let t_off = lay.alloc((table.len() as u64).div_ceil(cs)) * cs;
+        lay.put(t_off, &table);
+        lay.reference(t_off, table.len() as u64, 1);
+        let mut e = Vec::new();
+        e.extend_from_slice(&t_off.to_be_bytes());
+        e.extend_from_slice(&(table_size as u32).to_be_bytes());
+        e.extend_from_slice(&super::bitmap::FLAG_AUTO.to_be_bytes());
+        e.push(super::bitmap::TYPE_DIRTY_TRACKING);
+        e.push(b.granularity_bits);
+        e.extend_from_slice(&(b.name.len() as u16).to_be_bytes());
+        e.extend_from_slice(&0u32.to_be_bytes());
+        e.extend_from_slice(b.name.as_bytes());
+        e.resize(e.len().next_multiple_of(8), 0);
+        dir.extend_from_slice(&e);
+    }
+    let bitmap_dir = if dir.is_empty() {
+        None
+    } else {
+        let off = lay.alloc((dir.len() as u64).div_ceil(cs)) * cs;
+        lay.put(off, &dir);
+        lay.reference(off, dir.len() as u64, 1);
+        Some((off, dir.len() as u64))
+    };
+
+    // Refcount structures, sized to cover everything including themselves.
+    let epb = (cs * 8) >> d.refcount_order;
+    let data_clusters = lay.next;
+    let (mut blocks, mut table_clusters) = (1u64, 1u64);
+    loop {
+        let total = data_clusters + blocks + table_clusters;
+        let b = total.div_ceil(epb);
+        let t = (b * 8).div_ceil(cs);
+        if b <= blocks && t <= table_clusters {
+            break;
+        }
+        blocks = blocks.max(b);
+        table_clusters = table_clusters.max(t);
+    }
+    let table_off = lay.alloc(table_clusters) * cs;
+    let blocks_first = lay.alloc(blocks);
+    lay.reference(table_off, table_clusters * cs, 1);
+    lay.reference(blocks_first * cs, blocks * cs, 1);
+    let max = if d.refcount_order == 6 {
+        u64::MAX
+    } else {
+        (1u64 << (1 << d.refcount_order)) - 1
+    };
+    let mut reftable = Vec::new();
+    for b in 0..blocks {
+        reftable.extend_from_slice(&((blocks_first + b) * cs).to_be_bytes());
+        let mut block = vec![0u8; cs as usize];
+        for i in 0..epb {
+            let k = b * epb + i;
+            let rc = lay.refs.get(&k).copied().unwrap_or(0);
+            if rc > max {
+                return err(format!(
+                    "cluster {k} has {rc} references; refcount_bits {} holds at most {max}",
+                    1 << d.refcount_order
+                ));
+            }
+            put_refcount(&mut block, i, d.refcount_order, rc);
+        }
+        lay.put((blocks_first + b) * cs, &block);
+    }
+    lay.put(table_off, &reftable);
+
+    // Header, extensions and backing file name in cluster 0.
+    let mut h = vec![0u8; if d.version >= 3 { 112 } else { 72 }];
+    let be32 = |b: &mut Vec<u8>, at: usize, v: u32| b[at..at + 4].copy_from_slice(&v.to_be_bytes());
+    let be64 = |b: &mut Vec<u8>, at: usize, v: u64| b[at..at + 8].copy_from_slice(&v.to_be_bytes());
+    h[0..4].copy_from_slice(&super::MAGIC);
+    be32(&mut h, 4, d.version);
+    be32(&mut h, 20, d.cluster_bits);
+    be64(&mut h, 24, d.size);
+    be32(&mut h, 36, l1_size as u32);
+    be64(&mut h, 40, l1_offset);
+    be64(&mut h, 48, table_off);
+    be32(&mut h, 56, table_clusters as u32);
+    be32(&mut h, 60, d.snapshots.len() as u32);
+    be64(&mut h, 64, snapshots_offset);
+    if d.version >= 3 {
+        let mut incompat = 0;
+        if d.data_file.is_some() {
+            incompat |= INCOMPAT_DATA_FILE;
+        }
+        if d.compression_type != 0 {
+            incompat |= INCOMPAT_COMPRESSION;
+        }
+        if d.extended_l2 {
+            incompat |= INCOMPAT_EXTL2;
+        }
+        be64(&mut h, 72, incompat);
+        be64(
+            &mut h,
+            80,
+            if d.lazy_refcounts {
+                COMPAT_LAZY_REFCOUNTS
+            } else {
+                0
+            },
+        );
+        let mut autoclear = 0;
+        if bitmap_dir.is_some() {
+            autoclear |= AUTOCLEAR_BITMAPS;
+        }
+        if d.data_file.as_ref().is_some_and(|(_, raw)| *raw) {
+            autoclear |= AUTOCLEAR_DATA_FILE_RAW;
+        }
+        be64(&mut h, 88, autoclear);
+        be32(&mut h, 96, d.refcount_order);
+        be32(&mut h, 100, 112);
+        h[104] = d.compression_type;
+    }
+    let ext = |h: &mut Vec<u8>, kind: u32, data: &[u8]| {
+        h.extend_from_slice(&kind.to_be_bytes());
+        h.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        h.extend_from_slice(data);
+        h.resize(h.len().next_multiple_of(8), 0);
+    };
+    if let Some((_, Some(fmt))) = &d.backing {
+        ext(&mut h, super::ext::EXT_BACKING_FORMAT, fmt.as_bytes());
+    }
+    if let Some((name, _)) = &d.data_file {
+        ext(&mut h, super::ext::EXT_DATA_FILE, name.as_bytes());
+    }
+    if let Some((off, len)) = bitmap_dir {
+        let mut b = Vec::new();
+        b.extend_from_slice(&(d.bitmaps.len() as u32).to_be_bytes());
+        b.extend_from_slice(&0u32.to_be_bytes());
+        b.extend_from_slice(&len.to_be_bytes());
+        b.extend_from_slice(&off.to_be_bytes());
+        ext(&mut h, super::ext::EXT_BITMAPS, &b);
+    }
+    h.extend_from_slice(&[0u8; 8]); // end of the extension area
+    if let Some((name, _)) = &d.backing {
+        if name.len() > 1023 {
+            return err("backing file name over 1023 bytes");
+        }
+        let at = h.len() as u64;
+        h.extend_from_slice(name.as_bytes());
+        be64(&mut h, 8, at);
+        be32(&mut h, 16, name.len() as u32);
+    }
+    if h.len() as u64 > cs {
+        return err("header, extensions and backing name do not fit in the first cluster");
+    }
+    lay.put(header_cluster * cs, &h);
+
+    let mut image = vec![0u8; (lay.next * cs) as usize];
+    for (k, c) in &lay.clusters {
+        let at = (*k * cs) as usize;
+        image[at..at + cs as usize].copy_from_slice(c);
+    }
+    Ok(Written { image, data_file })
+}
+
+fn put_refcount(block: &mut [u8], index: u64, order: u32, value: u64) {
+    let bits = 1u64 << order;
+    if bits >= 8 {
+        let bytes = (bits / 8) as usize;
+        let at = index as usize * bytes;
+        block[at..at + bytes].copy_from_slice(&value.to_be_bytes()[8 - bytes..]);
+    } else {
+        let bit = index * bits;
+        let at = (bit / 8) as usize;
+        let shift = bit % 8;
+        let mask = (((1u64 << bits) - 1) << shift) as u8;
+        block[at] = (block[at] & !mask) | (((value << shift) as u8) & mask);
+    }
+}
