@@ -184,3 +184,28 @@ fn a_rich_description_uses_every_structure() {
     disk.read_at(0, &mut got).unwrap();
     assert!(got == d.guest_bytes());
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    /// writer -> mutator -> checker: the mutation's rules are reported, and
+    /// neither the checker nor the reader panics on the result.
+    #[test]
+    fn every_mutation_is_caught(d in description(), kind in 0..qcow2::mutate::KINDS, a in any::<usize>(), b in any::<u8>()) {
+        let w = write(&d).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let mut img = w.image.clone();
+        let m = qcow2::mutate::Mutation::from_parts(kind, a, b);
+        let Some(expect) = qcow2::mutate::apply(m, &mut img) else { return Ok(()) };
+        let report = qcow2::check(&img.as_slice(), "mutated", &Limits::default());
+        let got: Vec<&str> = report.findings.iter().map(|f| f.rule.id).collect();
+        for rule in expect {
+            prop_assert!(got.contains(rule), "{:?}: {} not reported; got {:?}", m, rule, got);
+        }
+        prop_assert!(report.exit_code(false) != 0, "{:?} left the image clean", m);
+        if let Ok(mut disk) = VirtualDisk::open(Box::new(img), &Mem(w.data_file.clone()), &OpenOptions { backing: Backing::Ignore, ..OpenOptions::default() }) {
+            let mut buf = vec![0u8; d.size as usize];
+            let _ = disk.read_at(0, &mut buf);
+            let _ = disk.map();
+        }
+    }
+}

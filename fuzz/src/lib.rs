@@ -32,6 +32,7 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
     ("qcow2_check", qcow2_check),
     ("vhost_user_decode", vhost_user_decode),
     ("vhost_user_session", vhost_user_session),
+    ("structured_image", structured_image),
 ];
 
 /// `main` of a target built without libFuzzer: runs the body on every file
@@ -210,6 +211,81 @@ pub fn vhost_user_session(data: &[u8]) {
         s.on_close(None, false);
         for f in &s.report().findings {
             assert!(qconform_core::rules::by_id(f.rule.id).is_some());
+        }
+    }
+}
+
+/// structured_image: bytes describe an image (shape, clusters, snapshots,
+/// bitmaps) and one mutation; the writer builds it, the checker must find it
+/// clean, and after the mutation must report the mutation's rules. A failed
+/// assertion here is a checker or writer bug, not just a crash.
+pub fn structured_image(data: &[u8]) {
+    use qconform_core::qcow2::mutate::{self, Mutation};
+    use qconform_core::qcow2::write::{write, BitmapDesc, ClusterData, Description};
+    let mut it = data.iter().copied();
+    let mut next = || it.next().unwrap_or(0);
+    let shapes = [
+        (9u32, false),
+        (12, false),
+        (16, false),
+        (14, true),
+        (16, true),
+    ];
+    let (cb, ext) = shapes[next() as usize % shapes.len()];
+    let cs = 1u64 << cb;
+    let mut d = Description::new(cs * 32, cb);
+    d.extended_l2 = ext;
+    d.refcount_order = (next() % 7) as u32;
+    d.compression_type = next() % 2;
+    for _ in 0..next() % 12 {
+        let k = (next() % 32) as u64;
+        let seed = next();
+        let bytes: Vec<u8> = (0..cs as usize)
+            .map(|i| seed.wrapping_add((i / 32) as u8))
+            .collect();
+        let c = match next() % 4 {
+            0 => ClusterData::Data(bytes),
+            1 => ClusterData::Zero,
+            2 => ClusterData::Compressed(bytes),
+            _ if ext => {
+                let alloc = u32::from_le_bytes([next(), next(), next(), next()]);
+                ClusterData::Subclusters {
+                    alloc,
+                    zero: !alloc & 0xf0f0_f0f0,
+                    data: bytes,
+                }
+            }
+            _ => ClusterData::Data(bytes),
+        };
+        d.clusters.insert(k, c);
+    }
+    if d.refcount_order > 0 {
+        d.snapshots = (0..next() % 3).map(|i| format!("s{i}")).collect();
+    }
+    for i in 0..next() % 2 {
+        d.bitmaps.push(BitmapDesc {
+            name: format!("b{i}"),
+            granularity_bits: 9 + next() % 12,
+            dirty: vec![(next() as u64 * cs, cs * 2)],
+        });
+    }
+    let Ok(w) = write(&d) else { return };
+    let limits = fuzz_limits();
+    let clean = qcow2::check(&w.image.as_slice(), "structured", &limits);
+    assert!(
+        clean.findings.is_empty(),
+        "writer output is not clean: {:?}",
+        clean.findings
+    );
+    let mut img = w.image;
+    let m = Mutation::from_parts(next() as usize, next() as usize, next());
+    if let Some(expect) = mutate::apply(m, &mut img) {
+        let r = qcow2::check(&img.as_slice(), "mutated", &limits);
+        for rule in expect {
+            assert!(
+                r.findings.iter().any(|f| f.rule.id == *rule),
+                "{m:?}: {rule} not reported"
+            );
         }
     }
 }

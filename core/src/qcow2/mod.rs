@@ -12,6 +12,7 @@ pub mod check;
 pub mod ext;
 pub mod header;
 pub mod mapping;
+pub mod mutate;
 pub mod read;
 pub mod refcount;
 pub mod snapshot;

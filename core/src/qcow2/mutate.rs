@@ -1,0 +1,322 @@
+//! Mutators: one structured corruption of a valid image at a time, each
+//! naming the rules the checker must then report. They prove the checker
+//! catches each rule on images of every shape the writer makes, and give
+//! fuzzing a way deep into valid structure.
+
+use super::check::{info, Info};
+use super::header::Header;
+use super::mapping::*;
+use crate::limits::Limits;
+
+/// One corruption. `nth` picks among the candidates (modulo their count).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mutation {
+    /// A data cluster's refcount one higher: a leak (and COPIED now wrong).
+    RefcountUp { nth: usize },
+    /// A data cluster's refcount set to 0.
+    RefcountZero { nth: usize },
+    /// A second L2 entry points at a data cluster already mapped.
+    DuplicateDataPointer { nth: usize },
+    /// A data cluster's offset moved by 512 bytes.
+    MisalignDataOffset { nth: usize },
+    /// A data cluster's offset moved past the end of the file.
+    DataPastEof { nth: usize },
+    /// COPIED cleared on a data entry whose refcount is 1.
+    ClearCopied { nth: usize },
+    /// A reserved bit set in a standard L2 entry.
+    L2ReservedBit { nth: usize, bit: u8 },
+    /// A reserved bit set in an L1 entry.
+    L1ReservedBit { nth: usize, bit: u8 },
+    /// An incompatible feature bit no spec defines.
+    UnknownIncompatibleBit { bit: u8 },
+    /// The refcount table names an L2 table as a refcount block.
+    RefblockIsL2 { nth: usize },
+    /// A compressed cluster's data moved past the end of the file.
+    CompressedPastEof { nth: usize },
+    /// A subcluster both allocated and reads-as-zero.
+    SubclusterAllocAndZero { nth: usize },
+    /// A snapshot's L1 table offset moved off a cluster boundary.
+    SnapshotL1Unaligned { nth: usize },
+    /// A reserved bit in a bitmap table entry.
+    BitmapEntryReserved { nth: usize },
+    /// refcount_order 7.
+    RefcountOrderTooLarge,
+}
+
+/// All mutation shapes, for generators.
+pub const KINDS: usize = 15;
+
+impl Mutation {
+    /// Builds mutation `kind` (0..KINDS) with the selector values `a`, `b`.
+    pub fn from_parts(kind: usize, a: usize, b: u8) -> Mutation {
+        match kind % KINDS {
+            0 => Mutation::RefcountUp { nth: a },
+            1 => Mutation::RefcountZero { nth: a },
+            2 => Mutation::DuplicateDataPointer { nth: a },
+            3 => Mutation::MisalignDataOffset { nth: a },
+            4 => Mutation::DataPastEof { nth: a },
+            5 => Mutation::ClearCopied { nth: a },
+            6 => Mutation::L2ReservedBit { nth: a, bit: b },
+            7 => Mutation::L1ReservedBit { nth: a, bit: b },
+            8 => Mutation::UnknownIncompatibleBit { bit: 5 + b % 59 },
+            9 => Mutation::RefblockIsL2 { nth: a },
+            10 => Mutation::CompressedPastEof { nth: a },
+            11 => Mutation::SubclusterAllocAndZero { nth: a },
+            12 => Mutation::SnapshotL1Unaligned { nth: a },
+            13 => Mutation::BitmapEntryReserved { nth: a },
+            _ => Mutation::RefcountOrderTooLarge,
+        }
+    }
+}
+
+/// An active L2 entry: where it is and what it says.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    at: u64,
+    value: u64,
+    bitmap: u64,
+}
+
+fn get64(b: &[u8], at: u64) -> u64 {
+    b.get(at as usize..at as usize + 8)
+        .and_then(|s| s.try_into().ok())
+        .map_or(0, u64::from_be_bytes)
+}
+
+fn put64(b: &mut [u8], at: u64, v: u64) {
+    if let Some(s) = b.get_mut(at as usize..at as usize + 8) {
+        s.copy_from_slice(&v.to_be_bytes());
+    }
+}
+
+fn active_entries(img: &[u8], h: &Header) -> (Vec<u64>, Vec<Entry>) {
+    let mut l1_at = Vec::new();
+    let mut out = Vec::new();
+    for i in 0..h.l1_size as u64 {
+        let at = h.l1_table_offset + 8 * i;
+        let l2 = get64(img, at) & L1E_OFFSET_MASK;
+        if l2 == 0 {
+            continue;
+        }
+        l1_at.push(at);
+        for j in 0..h.l2_entries() {
+            let e = l2 + j * h.l2_entry_bytes();
+            let value = get64(img, e);
+            let bitmap = if h.extended_l2() {
+                get64(img, e + 8)
+            } else {
+                0
+            };
+            if value != 0 || bitmap != 0 {
+                out.push(Entry {
+                    at: e,
+                    value,
+                    bitmap,
+                });
+            }
+        }
+    }
+    (l1_at, out)
+}
+
+fn pick<T: Copy>(v: &[T], nth: usize) -> Option<T> {
+    (!v.is_empty()).then(|| v[nth % v.len()])
+}
+
+/// Sets the on-disk refcount of host cluster `k`.
+fn set_refcount(img: &mut [u8], h: &Header, k: u64, value: u64) {
+    let epb = (8 * h.cluster_size()) >> h.refcount_order;
+    let block =
+        get64(img, h.refcount_table_offset + 8 * (k / epb)) & super::refcount::REFT_OFFSET_MASK;
+    let bits = 1u64 << h.refcount_order;
+    let bit = (k % epb) * bits;
+    if bits >= 8 {
+        let n = (bits / 8) as usize;
+        let at = (block + bit / 8) as usize;
+        if let Some(s) = img.get_mut(at..at + n) {
+            s.copy_from_slice(&value.to_be_bytes()[8 - n..]);
+        }
+    } else if let Some(b) = img.get_mut((block + bit / 8) as usize) {
+        let shift = bit % 8;
+        let mask = (((1u64 << bits) - 1) << shift) as u8;
+        *b = (*b & !mask) | (((value << shift) as u8) & mask);
+    }
+}
+
+/// Applies `m` to a valid image. Returns the rules the checker must report,
+/// or None when the image has nothing to mutate that way (no compressed
+/// cluster to move, say); the image is then unchanged.
+pub fn apply(m: Mutation, img: &mut Vec<u8>) -> Option<&'static [&'static str]> {
+    let Info {
+        header: h,
+        snapshots,
+        bitmaps,
+        ..
+    } = info(&img.as_slice(), "mutate", &Limits::default()).ok()?;
+    let data_file = h.has_data_file();
+    let (l1_at, entries) = active_entries(img, &h);
+    let cs = h.cluster_size();
+    let is_data = |e: &Entry| {
+        matches!(classify(&h, e.value), ClusterKind::Normal)
+            && e.value & L2E_OFFSET_MASK != 0
+            && (!h.extended_l2() || e.bitmap & 0xffff_ffff != 0)
+    };
+    // Data clusters only the active state owns (refcount exactly 1).
+    let own: Vec<Entry> = entries
+        .iter()
+        .copied()
+        .filter(|e| is_data(e) && e.value & OFLAG_COPIED != 0 && !data_file)
+        .collect();
+    let far = (img.len() as u64 + (16 << 20)).next_multiple_of(cs);
+    Some(match m {
+        Mutation::RefcountUp { nth } => {
+            let e = pick(&own, nth)?;
+            if h.refcount_order == 0 {
+                return None; // a 1-bit refcount cannot go up
+            }
+            set_refcount(img, &h, (e.value & L2E_OFFSET_MASK) / cs, 2);
+            &["qcow2.refcount.no-leak", "qcow2.l2.copied"]
+        }
+        Mutation::RefcountZero { nth } => {
+            let e = pick(&own, nth)?;
+            set_refcount(img, &h, (e.value & L2E_OFFSET_MASK) / cs, 0);
+            &["qcow2.refcount.covers-references"]
+        }
+        Mutation::DuplicateDataPointer { nth } => {
+            let e = pick(&own, nth)?;
+            // Any other entry (or an empty slot of the same table) gets the same pointer.
+            let l2 = e.at - (e.at % cs);
+            let slot = (0..h.l2_entries())
+                .map(|j| l2 + j * h.l2_entry_bytes())
+                .find(|&a| a != e.at && get64(img, a) == 0)?;
+            put64(img, slot, e.value);
+            if h.extended_l2() {
+                put64(img, slot + 8, e.bitmap);
+            }
+            if h.refcount_order == 0 {
+                // The second reference overflows a 1-bit refcount (QEMU says so too).
+                &["qcow2.refcount.overflow"]
+            } else {
+                &["qcow2.refcount.covers-references"]
+            }
+        }
+        Mutation::MisalignDataOffset { nth } => {
+            let e = pick(&own, nth)?;
+            if cs == 512 {
+                return None;
+            }
+            put64(img, e.at, e.value + 512);
+            &["qcow2.l2.entry-aligned"]
+        }
+        Mutation::DataPastEof { nth } => {
+            let e = pick(&own, nth)?;
+            put64(img, e.at, (e.value & !L2E_OFFSET_MASK) | far);
+            &["qcow2.refcount.reference-inside-file"]
+        }
+        Mutation::ClearCopied { nth } => {
+            let e = pick(&own, nth)?;
+            put64(img, e.at, e.value & !OFLAG_COPIED);
+            &["qcow2.l2.copied"]
+        }
+        Mutation::L2ReservedBit { nth, bit } => {
+            let std: Vec<Entry> = entries
+                .iter()
+                .copied()
+                .filter(|e| e.value & OFLAG_COMPRESSED == 0)
+                .collect();
+            let e = pick(&std, nth)?;
+            let reserved: Vec<u8> = (1..=8).chain(56..=61).collect();
+            let b = reserved[bit as usize % reserved.len()];
+            put64(img, e.at, e.value | 1 << b);
+            &["qcow2.l2.entry-reserved"]
+        }
+        Mutation::L1ReservedBit { nth, bit } => {
+            let at = pick(&l1_at, nth)?;
+            let reserved: Vec<u8> = (0..=8).chain(56..=62).collect();
+            let b = reserved[bit as usize % reserved.len()];
+            let v = get64(img, at);
+            put64(img, at, v | 1 << b);
+            &["qcow2.l1.entry-reserved"]
+        }
+        Mutation::UnknownIncompatibleBit { bit } => {
+            if h.version < 3 {
+                return None;
+            }
+            let v = get64(img, 72);
+            put64(img, 72, v | 1 << (bit.clamp(5, 63)));
+            &["qcow2.header.incompatible-unknown"]
+        }
+        Mutation::RefblockIsL2 { nth } => {
+            let at = pick(&l1_at, nth)?;
+            let l2 = get64(img, at) & L1E_OFFSET_MASK;
+            // A refcount table entry that is unused: the second, if the table has room.
+            let slot = h.refcount_table_offset + 8;
+            if (h.refcount_table_clusters as u64 * cs) < 16 || get64(img, slot) != 0 {
+                return None;
+            }
+            put64(img, slot, l2);
+            if h.refcount_order == 0 {
+                // Two owners of one cluster overflow a 1-bit refcount first.
+                &["qcow2.refcount.overflow"]
+            } else {
+                &["qcow2.metadata.no-overlap"]
+            }
+        }
+        Mutation::CompressedPastEof { nth } => {
+            let comp: Vec<Entry> = entries
+                .iter()
+                .copied()
+                .filter(|e| e.value & OFLAG_COMPRESSED != 0)
+                .collect();
+            let e = pick(&comp, nth)?;
+            let shift = 62 - (h.cluster_bits - 8);
+            let offset_mask = (1u64 << shift) - 1;
+            if far > offset_mask {
+                return None;
+            }
+            put64(img, e.at, (e.value & !offset_mask) | far);
+            &["qcow2.refcount.reference-inside-file"]
+        }
+        Mutation::SubclusterAllocAndZero { nth } => {
+            if !h.extended_l2() {
+                return None;
+            }
+            let ext: Vec<Entry> = entries.iter().copied().filter(|e| is_data(e)).collect();
+            let e = pick(&ext, nth)?;
+            put64(img, e.at + 8, e.bitmap | (e.bitmap & 0xffff_ffff) << 32);
+            &["qcow2.subcluster.alloc-and-zero"]
+        }
+        Mutation::SnapshotL1Unaligned { nth } => {
+            let s = pick(
+                &snapshots
+                    .snapshots
+                    .iter()
+                    .map(|s| s.entry_offset)
+                    .collect::<Vec<_>>(),
+                nth,
+            )?;
+            let v = get64(img, s);
+            put64(img, s, v + 8);
+            &["qcow2.snapshot.l1-aligned"]
+        }
+        Mutation::BitmapEntryReserved { nth } => {
+            let b = pick(
+                &bitmaps
+                    .iter()
+                    .map(|b| b.bitmap_table_offset)
+                    .collect::<Vec<_>>(),
+                nth,
+            )?;
+            let v = get64(img, b);
+            put64(img, b, v | 0x10);
+            &["qcow2.bitmap.table-entry-valid"]
+        }
+        Mutation::RefcountOrderTooLarge => {
+            if h.version < 3 {
+                return None;
+            }
+            img[96..100].copy_from_slice(&7u32.to_be_bytes());
+            &["qcow2.header.refcount-order"]
+        }
+    })
+}
