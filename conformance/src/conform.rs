@@ -55,13 +55,38 @@ pub fn run(root: &Path, output: Output) -> i32 {
                 },
             ),
         };
-        let golden = match read_snap(&case_snap_path(root, c)) {
+        let mut golden = match read_snap(&case_snap_path(root, c)) {
             None => "NO GOLDEN",
             Some(body) => match serde_json::from_str::<serde_json::Value>(&body) {
                 Ok(g) if g == report => "match",
                 _ => "MISMATCH",
             },
         };
+        if c.kind == Kind::Image && golden == "match" {
+            // `info` and `map` of the image must match their golden files too.
+            for (dir, body) in [
+                (
+                    crate::golden::GOLDEN_INFO_DIR,
+                    crate::golden::info_json(&c.path),
+                ),
+                (
+                    crate::golden::GOLDEN_MAP_DIR,
+                    crate::golden::map_json(&c.path),
+                ),
+            ] {
+                let now: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                match read_snap(&root.join(dir).join(format!("{name}.snap")))
+                    .and_then(|g| serde_json::from_str::<serde_json::Value>(&g).ok())
+                {
+                    None => golden = "NO GOLDEN",
+                    Some(g) if g != now => {
+                        explain(&format!("{name} ({dir})"), &g, &now);
+                        golden = "MISMATCH";
+                    }
+                    _ => {}
+                }
+            }
+        }
         if golden != "match" {
             failures += 1;
             if let Some(body) = read_snap(&case_snap_path(root, c)) {

@@ -545,3 +545,66 @@ pub fn build_steps(
     }
     Ok(path)
 }
+
+/// Corpus images made by qconform's own writer (not qemu-img), one per
+/// shape the writer supports; `cargo xtask corpus` writes them.
+pub fn writer_cases() -> Vec<(&'static str, qconform_core::qcow2::write::Description)> {
+    use qconform_core::qcow2::write::{BitmapDesc, ClusterData, Description};
+    let data = |seed: u8, cs: u64| -> Vec<u8> {
+        (0..cs as usize)
+            .map(|i| seed.wrapping_add((i / 64) as u8))
+            .collect()
+    };
+    let mut out = Vec::new();
+    // Extended L2, zstd, subclusters, snapshots and a bitmap together.
+    let mut rich = Description::new(1 << 20, 16);
+    rich.extended_l2 = true;
+    rich.compression_type = 1;
+    rich.clusters.insert(0, ClusterData::Data(data(1, 1 << 16)));
+    rich.clusters
+        .insert(1, ClusterData::Compressed(data(2, 1 << 16)));
+    rich.clusters.insert(2, ClusterData::Zero);
+    rich.clusters.insert(
+        5,
+        ClusterData::Subclusters {
+            alloc: 0x0000_ffff,
+            zero: 0xff00_0000,
+            data: data(3, 1 << 16),
+        },
+    );
+    rich.snapshots = vec!["first".into(), "second".into()];
+    rich.bitmaps = vec![BitmapDesc {
+        name: "dirty".into(),
+        granularity_bits: 16,
+        dirty: vec![(0, 3 << 16)],
+    }];
+    out.push(("writer-rich", rich));
+    // Version 2, 512-byte clusters.
+    let mut v2 = Description::new(64 << 10, 9);
+    v2.version = 2;
+    v2.clusters.insert(0, ClusterData::Data(data(4, 512)));
+    v2.clusters.insert(7, ClusterData::Compressed(data(5, 512)));
+    v2.clusters.insert(9, ClusterData::Zero);
+    out.push(("writer-v2-512", v2));
+    // 1-bit and 64-bit refcounts.
+    for (name, order) in [("writer-refcount-1", 0u32), ("writer-refcount-64", 6)] {
+        let mut d = Description::new(256 << 10, 12);
+        d.refcount_order = order;
+        for k in [0u64, 3, 17, 40] {
+            d.clusters.insert(k, ClusterData::Data(data(k as u8, 4096)));
+        }
+        out.push((name, d));
+    }
+    // 2 MiB clusters with deflate.
+    let mut big = Description::new(8 << 20, 21);
+    big.clusters
+        .insert(1, ClusterData::Compressed(data(6, 2 << 20)));
+    out.push(("writer-cluster-2m", big));
+    // A raw external data file.
+    let mut df = Description::new(1 << 20, 12);
+    df.data_file = Some(("writer-data-file.data".into(), true));
+    df.clusters.insert(0, ClusterData::Data(data(7, 4096)));
+    df.clusters.insert(10, ClusterData::Zero);
+    out.push(("writer-data-file", df));
+    out
+}

@@ -15,6 +15,8 @@ pub const IMAGES_DIR: &str = "corpus/images";
 pub const TRANSCRIPTS_DIR: &str = "corpus/vhost-user";
 pub const GOLDEN_DIR: &str = "golden/check";
 pub const GOLDEN_VHOST_DIR: &str = "golden/vhost-user";
+pub const GOLDEN_INFO_DIR: &str = "golden/info";
+pub const GOLDEN_MAP_DIR: &str = "golden/map";
 
 /// What a corpus case is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,6 +107,36 @@ pub fn transcript_json(root: &Path, path: &Path) -> String {
     serde_json::to_string_pretty(&v).unwrap_or_default()
 }
 
+/// `qconform info --output json` of an image, or the error it gives.
+pub fn info_json(path: &Path) -> String {
+    let v = match qconform_core::source::FileSource::open(path) {
+        Err(e) => serde_json::json!({ "error": e.to_string() }),
+        Ok(src) => match qconform_core::qcow2::check::info(&src, "info", &Limits::default()) {
+            Ok(info) => serde_json::to_value(&info).unwrap_or_default(),
+            Err(r) => serde_json::json!({ "error": r.findings.first().map(|f| f.rule.id) }),
+        },
+    };
+    serde_json::to_string_pretty(&v).unwrap_or_default()
+}
+
+/// `qconform map --output json` of an image, or the error it gives.
+pub fn map_json(path: &Path) -> String {
+    // Holes ignored: a fresh checkout writes the corpus densely.
+    let v = match crate::read::open_with(
+        path,
+        qconform_core::qcow2::read::Backing::Follow,
+        None,
+        false,
+    )
+    .and_then(|mut d| d.map().map_err(|e| e.to_string()))
+    {
+        Ok(map) => serde_json::to_value(&map).unwrap_or_default(),
+        // The message names the file by the path it was given; keep only the reason.
+        Err(e) => serde_json::json!({ "error": e.split_once(": ").map_or(e.as_str(), |(_, r)| r) }),
+    };
+    serde_json::to_string_pretty(&v).unwrap_or_default()
+}
+
 /// The golden body of any case.
 pub fn case_json(root: &Path, c: &Case) -> String {
     match c.kind {
@@ -150,9 +182,22 @@ pub fn update(root: &Path) -> i32 {
         return 1;
     }
     for c in &cases {
-        if let Err(e) = write_snap(&case_snap_path(root, c), &case_json(root, c)) {
-            eprintln!("qconform: {}: {e}", c.name);
-            return 1;
+        let mut files = vec![(case_snap_path(root, c), case_json(root, c))];
+        if c.kind == Kind::Image {
+            files.push((
+                root.join(GOLDEN_INFO_DIR).join(format!("{}.snap", c.name)),
+                info_json(&c.path),
+            ));
+            files.push((
+                root.join(GOLDEN_MAP_DIR).join(format!("{}.snap", c.name)),
+                map_json(&c.path),
+            ));
+        }
+        for (path, body) in files {
+            if let Err(e) = write_snap(&path, &body) {
+                eprintln!("qconform: {}: {e}", c.name);
+                return 1;
+            }
         }
     }
     println!("updated {} golden files", cases.len());

@@ -12,13 +12,15 @@ use std::path::{Path, PathBuf};
 pub struct SparseFile {
     file: std::fs::File,
     size: u64,
+    /// Report holes (off for golden files: a checkout is not sparse).
+    holes: bool,
 }
 
 impl SparseFile {
-    pub fn open(path: &Path) -> std::io::Result<SparseFile> {
+    pub fn open(path: &Path, holes: bool) -> std::io::Result<SparseFile> {
         let file = std::fs::File::open(path)?;
         let size = file.metadata()?.len();
-        Ok(SparseFile { file, size })
+        Ok(SparseFile { file, size, holes })
     }
 }
 
@@ -44,11 +46,15 @@ impl qconform_core::ReadAt for SparseFile {
     }
     fn allocated_size(&self) -> Option<u64> {
         use std::os::unix::fs::MetadataExt;
-        self.file.metadata().ok().map(|m| m.blocks() * 512)
+        self.file
+            .metadata()
+            .ok()
+            .filter(|_| self.holes)
+            .map(|m| m.blocks() * 512)
     }
     fn extent(&self, offset: u64) -> Option<(bool, u64)> {
         use rustix::fs::{seek, SeekFrom};
-        if offset >= self.size {
+        if offset >= self.size || !self.holes {
             return None;
         }
         match seek(&self.file, SeekFrom::Data(offset)) {
@@ -67,6 +73,7 @@ impl qconform_core::ReadAt for SparseFile {
 /// image that names them (absolute names as they are), as QEMU does.
 pub struct DirResolver {
     pub dir: PathBuf,
+    pub holes: bool,
 }
 
 impl Resolver for DirResolver {
@@ -77,19 +84,34 @@ impl Resolver for DirResolver {
             self.dir.join(name)
         };
         let key = std::fs::canonicalize(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let source = SparseFile::open(&key).map_err(|e| format!("{}: {e}", path.display()))?;
+        let source =
+            SparseFile::open(&key, self.holes).map_err(|e| format!("{}: {e}", path.display()))?;
         let dir = key.parent().map(Path::to_path_buf).unwrap_or_default();
         Ok(Resolved {
             source: Box::new(source),
             key: key.display().to_string(),
-            resolver: Box::new(DirResolver { dir }),
+            resolver: Box::new(DirResolver {
+                dir,
+                holes: self.holes,
+            }),
         })
     }
 }
 
 /// Opens the virtual disk of `path`.
 pub fn open(path: &Path, backing: Backing, snapshot: Option<&str>) -> Result<VirtualDisk, String> {
-    let src = SparseFile::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    open_with(path, backing, snapshot, true)
+}
+
+/// Like [`open`]; `holes` says whether file holes count (as QEMU's file
+/// driver counts them) or every byte of the files is taken as written.
+pub fn open_with(
+    path: &Path,
+    backing: Backing,
+    snapshot: Option<&str>,
+    holes: bool,
+) -> Result<VirtualDisk, String> {
+    let src = SparseFile::open(path, holes).map_err(|e| format!("{}: {e}", path.display()))?;
     let dir = path
         .parent()
         .map(Path::to_path_buf)
@@ -100,7 +122,7 @@ pub fn open(path: &Path, backing: Backing, snapshot: Option<&str>) -> Result<Vir
         snapshot,
         ..OpenOptions::default()
     };
-    VirtualDisk::open(Box::new(src), &DirResolver { dir }, &opts)
+    VirtualDisk::open(Box::new(src), &DirResolver { dir, holes }, &opts)
         .map_err(|e| format!("{}: {e}", path.display()))
 }
 

@@ -2,7 +2,9 @@
 //! `INSTA_UPDATE=always cargo test` or `qconform golden update` rewrite them),
 //! and the proof that every rule of the registry is triggered by a corpus case.
 
-use qconform::golden::{corpus_cases, corpus_images, report_json, transcript_json, triggers, Kind};
+use qconform::golden::{
+    corpus_cases, corpus_images, info_json, map_json, report_json, transcript_json, triggers, Kind,
+};
 use std::path::{Path, PathBuf};
 
 fn root() -> PathBuf {
@@ -10,6 +12,25 @@ fn root() -> PathBuf {
         .parent()
         .unwrap()
         .to_path_buf()
+}
+
+#[test]
+fn info_and_map_match_golden_snapshots() {
+    let root = root();
+    for (dir, f) in [
+        ("golden/info", info_json as fn(&Path) -> String),
+        ("golden/map", map_json),
+    ] {
+        let mut settings = insta::Settings::clone_current();
+        settings.set_snapshot_path(root.join(dir));
+        settings.set_prepend_module_to_snapshot(false);
+        settings.set_omit_expression(true);
+        settings.bind(|| {
+            for (name, path) in corpus_images(&root) {
+                insta::assert_snapshot!(name.as_str(), f(&path));
+            }
+        });
+    }
 }
 
 #[test]
