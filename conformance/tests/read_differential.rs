@@ -436,3 +436,103 @@ fn encrypted_images_are_refused_and_broken_compression_is_an_error() {
         "{err}"
     );
 }
+
+#[test]
+fn sparse_output_file_equals_qemu_img_convert() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .join("corpus/images");
+    let dir = tempfile::tempdir().unwrap();
+    for name in [
+        "zero-and-discard",
+        "compressed-zstd",
+        "backing-overlay",
+        "writer-rich",
+        "extended-l2",
+    ] {
+        let out = dir.path().join(format!("{name}.raw"));
+        let st = qconform()
+            .args(["cat", "-o"])
+            .arg(&out)
+            .arg(root.join(format!("{name}.qcow2")))
+            .status()
+            .unwrap();
+        assert!(st.success(), "{name}");
+        let theirs = qemu_raw(&root, &format!("{name}.qcow2"), &[]);
+        assert!(
+            std::fs::read(&out).unwrap() == theirs,
+            "{name}: cat -o differs from qemu-img convert"
+        );
+    }
+}
+
+#[test]
+fn backing_cycles_and_missing_files_are_errors_not_hangs() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let run = |args: &[&str]| {
+        assert!(
+            Command::new(args[0])
+                .args(&args[1..])
+                .current_dir(d)
+                .output()
+                .unwrap()
+                .status
+                .success(),
+            "{args:?}"
+        )
+    };
+    run(&["qemu-img", "create", "-q", "-f", "qcow2", "a.qcow2", "1M"]);
+    run(&[
+        "qemu-img", "create", "-q", "-f", "qcow2", "-b", "a.qcow2", "-F", "qcow2", "b.qcow2", "1M",
+    ]);
+    // Unsafe rebase: a now names b, which names a.
+    run(&[
+        "qemu-img", "rebase", "-u", "-b", "b.qcow2", "-F", "qcow2", "a.qcow2",
+    ]);
+    let out = qconform()
+        .args(["cat", "b.qcow2"])
+        .current_dir(d)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("loops back"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // With --backing ignore the same image reads (its own clusters only).
+    let out = qconform()
+        .args(["cat", "--backing", "ignore", "b.qcow2"])
+        .current_dir(d)
+        .output()
+        .unwrap();
+    assert!(out.status.success() && out.stdout.len() == 1 << 20);
+    // A missing backing file names itself.
+    run(&[
+        "qemu-img",
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        "gone.qcow2",
+        "-F",
+        "qcow2",
+        "-u",
+        "c.qcow2",
+        "1M",
+    ]);
+    let out = qconform()
+        .args(["map", "c.qcow2"])
+        .current_dir(d)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("gone.qcow2"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
