@@ -396,40 +396,12 @@ fn qemu_front_end_against_serve_is_judged_clean() {
         .unwrap();
     wait_path(&sock);
     // QEMU under TCG with shared memfd guest RAM and a vhost-user-blk device on our socket.
-    let mut q = Command::new(&qemu)
-        .arg("-L")
-        .arg(qemu_root.join("usr/share/qemu"))
-        .arg("-L")
-        .arg(qemu_root.join("usr/share/seabios"))
-        .args([
-            "-M",
-            "pc",
-            "-accel",
-            "tcg",
-            "-m",
-            "128",
-            "-object",
-            "memory-backend-memfd,id=mem,size=128M,share=on",
-            "-numa",
-            "node,memdev=mem",
-        ])
-        .arg("-chardev")
-        .arg(format!("socket,id=vu0,path={}", sock.display()))
-        .args([
-            "-device",
-            "vhost-user-blk-pci,chardev=vu0,num-queues=1",
-            "-display",
-            "none",
-            "-monitor",
-            "none",
-            "-nodefaults",
-            "-serial",
-            "none",
-        ])
+    let mut q = qconform::vhost::qemu_blk_front_end(&qemu_root, &sock)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    assert!(qemu.exists());
     // Let SeaBIOS start the device, then stop QEMU the polite way so it stops the rings.
     std::thread::sleep(std::time::Duration::from_secs(5));
     let pid = rustix::process::Pid::from_raw(q.id() as i32).unwrap();

@@ -217,36 +217,7 @@ fn transcripts(root: &Path) -> Result<(), DynError> {
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    let mut q = Command::new(qemu_root.join("usr/bin/qemu-system-x86_64"))
-        .arg("-L")
-        .arg(qemu_root.join("usr/share/qemu"))
-        .arg("-L")
-        .arg(qemu_root.join("usr/share/seabios"))
-        .args([
-            "-M",
-            "pc",
-            "-accel",
-            "tcg",
-            "-m",
-            "128",
-            "-object",
-            "memory-backend-memfd,id=mem,size=128M,share=on",
-            "-numa",
-            "node,memdev=mem",
-        ])
-        .arg("-chardev")
-        .arg(format!("socket,id=vu0,path={}", ssock.display()))
-        .args([
-            "-device",
-            "vhost-user-blk-pci,chardev=vu0,num-queues=1",
-            "-display",
-            "none",
-            "-monitor",
-            "none",
-            "-nodefaults",
-            "-serial",
-            "none",
-        ])
+    let mut q = qconform::vhost::qemu_blk_front_end(&qemu_root, &ssock)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
