@@ -25,6 +25,7 @@ pub fn check_file(path: &Path, format: Option<&str>, limits: &Limits) -> Report 
     };
     match fmt {
         Some(Format::Qcow2) => qcow2::check(&src, &name, limits),
+        Some(Format::Parallels) => qconform_core::parallels::check(&src, &name, limits),
         other => {
             let mut r = Report::new(&name, other.map_or("unknown", |f| f.name()), limits);
             let what = match (format, other) {
@@ -168,8 +169,26 @@ pub fn run_info(output: Output, path: &Path) -> i32 {
             return 1;
         }
     };
+    if detect(&src) == Some(Format::Parallels) {
+        return match qconform_core::parallels::check::info(&src, &name, &limits) {
+            Err(report) => {
+                eprint!("{}", human(&report));
+                1
+            }
+            Ok(info) => {
+                match output {
+                    Output::Json => println!(
+                        "{}",
+                        serde_json::to_string_pretty(&info).unwrap_or_default()
+                    ),
+                    Output::Human => print!("{}", parallels_info_human(&name, &info)),
+                }
+                0
+            }
+        };
+    }
     if detect(&src) != Some(Format::Qcow2) {
-        eprintln!("qconform: {name}: not a qcow2 image (info supports qcow2 for now)");
+        eprintln!("qconform: {name}: not a qcow2 or Parallels image");
         return 1;
     }
     match qcow2::check::info(&src, &name, &limits) {
@@ -315,6 +334,53 @@ fn info_human(name: &str, i: &qcow2::check::Info) -> String {
             b.bitmap_table_size,
             b.bitmap_table_offset
         );
+    }
+    s
+}
+
+fn parallels_info_human(name: &str, i: &qconform_core::parallels::check::Info) -> String {
+    use std::fmt::Write;
+    let h = &i.header;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "image: {name}\nfile format: parallels ({})\nvirtual size: {} bytes",
+        if h.ext_magic {
+            "WithouFreSpacExt"
+        } else {
+            "WithoutFreeSpace"
+        },
+        h.disk_size()
+    );
+    let _ = writeln!(
+        s,
+        "cluster size: {} ({} sectors)\nBAT entries: {} ({} allocated)\ndata offset: {:#x}",
+        i.cluster_size, h.tracks, h.nb_bat_entries, i.allocated_clusters, i.data_offset
+    );
+    let _ = writeln!(s, "in_use: {:#x}\nflags: {:#x}", h.in_use, h.flags);
+    if let Some(x) = &i.extension {
+        let _ = writeln!(s, "format extension at sector {}", h.ext_off);
+        for b in &x.bitmaps {
+            let g = b.granularity as u64 * 512;
+            let _ = writeln!(
+                s,
+                "  dirty bitmap {}: {} sectors, granularity {} bytes",
+                b.id, b.size, g
+            );
+            for (start, len) in &b.dirty {
+                let _ = writeln!(
+                    s,
+                    "    dirty clusters {}-{} (bytes {:#x}..{:#x})",
+                    start / g,
+                    (start + len) / g - 1,
+                    start,
+                    start + len
+                );
+            }
+        }
+        for (m, f) in &x.unknown {
+            let _ = writeln!(s, "  unknown feature {m:#018x} flags {f:#x}");
+        }
     }
     s
 }

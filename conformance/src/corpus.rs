@@ -608,3 +608,239 @@ pub fn writer_cases() -> Vec<(&'static str, qconform_core::qcow2::write::Descrip
     out.push(("writer-data-file", df));
     out
 }
+
+/// A Parallels corpus case: one of QEMU's sample images, with an edit.
+pub struct ParallelsCase {
+    pub name: &'static str,
+    /// Sample image (in shared/samples/qemu-iotests/parallels, bzip2).
+    pub base: &'static str,
+    pub edit: Option<fn(&mut Vec<u8>)>,
+    pub expect: &'static [&'static str],
+    pub exit: i32,
+}
+
+fn le32(b: &mut [u8], at: usize, v: u32) {
+    b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+}
+fn le64(b: &mut [u8], at: usize, v: u64) {
+    b[at..at + 8].copy_from_slice(&v.to_le_bytes());
+}
+/// parallels-with-bitmap: the Format Extension cluster (1 MiB) at 2 MiB.
+const EXT_AT: usize = 2 << 20;
+/// Rewrites the extension's MD5 after an edit, so only the edited rule fires.
+fn fix_md5(b: &mut [u8]) {
+    use md5::{Digest, Md5};
+    let sum = Md5::digest(&b[EXT_AT + 24..EXT_AT + (1 << 20)]);
+    b[EXT_AT + 8..EXT_AT + 24].copy_from_slice(&sum);
+}
+
+/// Every Parallels case of the corpus (the four QEMU samples, then one edit
+/// per rule on the sample it fits).
+pub fn parallels_cases() -> Vec<ParallelsCase> {
+    const V1: &str = "parallels-v1";
+    const V2: &str = "parallels-v2";
+    const BM: &str = "parallels-with-bitmap";
+    vec![
+        ParallelsCase {
+            name: "parallels-v1",
+            base: V1,
+            edit: None,
+            expect: &[],
+            exit: 0,
+        },
+        ParallelsCase {
+            name: "parallels-v2",
+            base: V2,
+            edit: None,
+            expect: &[],
+            exit: 0,
+        },
+        // Clean per the spec; qemu-img 10.0.2 wrongly reports 2 leaked clusters (it ignores ext_off and the bitmap).
+        ParallelsCase {
+            name: "parallels-with-bitmap",
+            base: BM,
+            edit: None,
+            expect: &[],
+            exit: 0,
+        },
+        // The 2014 hand-made image: a BAT that does not cover nb_sectors, and clusters at
+        // 64 KiB multiples while the computed data offset is 512 (spec: "(cluster offset -
+        // data offset) must be aligned to cluster size"); qemu-img checks neither.
+        ParallelsCase {
+            name: "parallels-fake",
+            base: "fake.parallels",
+            edit: None,
+            expect: &[
+                "parallels.header.bat-covers-disk",
+                "parallels.bat.cluster-aligned",
+            ],
+            exit: 2,
+        },
+        ParallelsCase {
+            name: "parallels-bad-version",
+            base: V2,
+            edit: Some(|b| le32(b, 16, 3)),
+            expect: &["parallels.header.version"],
+            exit: 1,
+        },
+        ParallelsCase {
+            name: "parallels-tracks-zero",
+            base: V2,
+            edit: Some(|b| le32(b, 28, 0)),
+            expect: &["parallels.header.tracks"],
+            exit: 1,
+        },
+        ParallelsCase {
+            name: "parallels-bat-entries-huge",
+            base: V1,
+            edit: Some(|b| le32(b, 32, u32::MAX)),
+            expect: &["parallels.header.bat-entries-limit"],
+            exit: 1,
+        },
+        ParallelsCase {
+            name: "parallels-nb-sectors-high",
+            base: V1,
+            edit: Some(|b| le64(b, 36, 1 << 32 | 4096)),
+            expect: &["parallels.header.nb-sectors-high-zero"],
+            exit: 0,
+        },
+        ParallelsCase {
+            name: "parallels-in-use-open",
+            base: V2,
+            edit: Some(|b| le32(b, 44, 0x746F_6E59)),
+            expect: &["parallels.header.closed"],
+            exit: 2,
+        },
+        ParallelsCase {
+            name: "parallels-in-use-odd",
+            base: V2,
+            edit: Some(|b| le32(b, 44, 0x1234_5678)),
+            expect: &["parallels.header.in-use-value"],
+            exit: 0,
+        },
+        ParallelsCase {
+            name: "parallels-data-off-unaligned",
+            base: V2,
+            edit: Some(|b| le32(b, 48, 129)),
+            expect: &["parallels.header.data-off"],
+            exit: 2,
+        },
+        ParallelsCase {
+            name: "parallels-bat-below-data",
+            base: V1,
+            edit: Some(|b| le32(b, 64, 1)),
+            expect: &["parallels.bat.after-data-offset"],
+            exit: 2,
+        },
+        ParallelsCase {
+            name: "parallels-bat-past-eof",
+            base: V2,
+            edit: Some(|b| le32(b, 64, 100)),
+            expect: &["parallels.bat.inside-file"],
+            exit: 2,
+        },
+        ParallelsCase {
+            name: "parallels-bat-duplicate",
+            base: V2,
+            edit: Some(|b| {
+                let e = u32::from_le_bytes(b[64..68].try_into().unwrap_or_default());
+                let at = (68..64 + 4 * 32)
+                    .step_by(4)
+                    .find(|&a| b[a..a + 4] != [0, 0, 0, 0])
+                    .unwrap_or(68);
+                le32(b, at, e);
+            }),
+            expect: &["parallels.bat.unique"],
+            exit: 2,
+        },
+        ParallelsCase {
+            name: "parallels-bat-unaligned",
+            base: V1,
+            edit: Some(|b| {
+                let e = u32::from_le_bytes(b[64..68].try_into().unwrap_or_default());
+                le32(b, 64, e + 1);
+            }),
+            expect: &["parallels.bat.cluster-aligned"],
+            exit: 2,
+        },
+        ParallelsCase {
+            name: "parallels-leak",
+            base: V2,
+            edit: Some(|b| b.extend_from_slice(&vec![0u8; 64 << 10])),
+            expect: &["parallels.data.no-leak"],
+            exit: 3,
+        },
+        ParallelsCase {
+            name: "parallels-ext-past-eof",
+            base: BM,
+            edit: Some(|b| le64(b, 56, 100_000)),
+            expect: &["parallels.ext.inside-file"],
+            exit: 2,
+        },
+        ParallelsCase {
+            name: "parallels-ext-magic",
+            base: BM,
+            edit: Some(|b| b[EXT_AT] ^= 0xff),
+            expect: &["parallels.ext.magic"],
+            exit: 2,
+        },
+        ParallelsCase {
+            name: "parallels-ext-checksum",
+            base: BM,
+            edit: Some(|b| b[EXT_AT + 4000] ^= 1),
+            expect: &["parallels.ext.checksum"],
+            exit: 2,
+        },
+        ParallelsCase {
+            name: "parallels-ext-feature-overrun",
+            base: BM,
+            edit: Some(|b| {
+                le32(b, EXT_AT + 24 + 16, 0x00ff_fff0);
+                fix_md5(b);
+            }),
+            expect: &["parallels.ext.features"],
+            exit: 2,
+        },
+        ParallelsCase {
+            name: "parallels-ext-unknown-feature",
+            base: BM,
+            edit: Some(|b| {
+                le64(b, EXT_AT + 24, 0x1234);
+                le64(b, EXT_AT + 32, 1);
+                fix_md5(b);
+            }),
+            expect: &["parallels.ext.unknown-feature"],
+            exit: 0,
+        },
+        ParallelsCase {
+            name: "parallels-bitmap-size",
+            base: BM,
+            edit: Some(|b| {
+                le64(b, EXT_AT + 48, 1234);
+                fix_md5(b);
+            }),
+            expect: &["parallels.bitmap.size"],
+            exit: 0,
+        },
+        ParallelsCase {
+            name: "parallels-bitmap-granularity",
+            base: BM,
+            edit: Some(|b| {
+                le32(b, EXT_AT + 72, 3);
+                fix_md5(b);
+            }),
+            expect: &["parallels.bitmap.granularity"],
+            exit: 2,
+        },
+        ParallelsCase {
+            name: "parallels-bitmap-l1-past-eof",
+            base: BM,
+            edit: Some(|b| {
+                le64(b, EXT_AT + 80, 100_000);
+                fix_md5(b);
+            }),
+            expect: &["parallels.bitmap.l1-entry"],
+            exit: 2,
+        },
+    ]
+}

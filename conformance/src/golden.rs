@@ -51,7 +51,10 @@ fn list(root: &Path, dir: &str, ext: &str) -> Vec<(String, PathBuf)> {
 
 /// The corpus images under `root`, sorted, as (case name, path).
 pub fn corpus_images(root: &Path) -> Vec<(String, PathBuf)> {
-    list(root, IMAGES_DIR, "qcow2")
+    let mut v = list(root, IMAGES_DIR, "qcow2");
+    v.extend(list(root, IMAGES_DIR, "parallels"));
+    v.sort();
+    v
 }
 
 /// Every corpus case: images, then transcripts.

@@ -130,7 +130,57 @@ pub fn open_with(
 const CHUNK: usize = 4 << 20;
 
 /// `qconform cat`: the virtual disk to stdout, or sparsely to a file.
+/// Parallels images have no backing files or snapshots: cat and map read the BAT.
+fn parallels(path: &Path) -> Option<SparseFile> {
+    let src = SparseFile::open(path, false).ok()?;
+    (qconform_core::detect::detect(&src) == Some(qconform_core::detect::Format::Parallels))
+        .then_some(src)
+}
+
+fn cat_parallels(src: &SparseFile, out: Option<&Path>) -> Result<(), String> {
+    let disk = qconform_core::parallels::check::Disk::open(src)?;
+    let size = disk.size();
+    let mut buf = vec![0u8; CHUNK];
+    match out {
+        // A sparse file: only allocated clusters are read and written.
+        Some(o) => {
+            let f = std::fs::File::create(o).map_err(|e| format!("{}: {e}", o.display()))?;
+            f.set_len(size).map_err(|e| e.to_string())?;
+            for e in disk.map().iter().filter(|e| e.data) {
+                let mut pos = e.start;
+                while pos < e.start + e.length {
+                    let n = ((e.start + e.length - pos) as usize).min(CHUNK);
+                    disk.read_at(pos, &mut buf[..n])?;
+                    write_sparse(&f, pos, &buf[..n])?;
+                    pos += n as u64;
+                }
+            }
+            Ok(())
+        }
+        None => {
+            let mut w = std::io::stdout().lock();
+            let mut pos = 0;
+            while pos < size {
+                let n = ((size - pos) as usize).min(CHUNK);
+                disk.read_at(pos, &mut buf[..n])?;
+                w.write_all(&buf[..n]).map_err(|e| e.to_string())?;
+                pos += n as u64;
+            }
+            w.flush().map_err(|e| e.to_string())
+        }
+    }
+}
+
 pub fn run_cat(path: &Path, backing: Backing, snapshot: Option<&str>, out: Option<&Path>) -> i32 {
+    if let Some(src) = parallels(path) {
+        return match cat_parallels(&src, out) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("qconform: {}: {e}", path.display());
+                1
+            }
+        };
+    }
     let mut disk = match open(path, backing, snapshot) {
         Ok(d) => d,
         Err(e) => {
@@ -251,7 +301,12 @@ fn write_sparse(f: &std::fs::File, pos: u64, buf: &[u8]) -> Result<(), String> {
 
 /// `qconform map`: the allocation map, JSON like `qemu-img map --output=json`.
 pub fn run_map(path: &Path, backing: Backing, output: Output) -> i32 {
-    let map = match open(path, backing, None).and_then(|mut d| d.map().map_err(|e| e.to_string())) {
+    let map = if let Some(src) = parallels(path) {
+        qconform_core::parallels::check::Disk::open(&src).map(|d| d.map())
+    } else {
+        open(path, backing, None).and_then(|mut d| d.map().map_err(|e| e.to_string()))
+    };
+    let map = match map {
         Ok(m) => m,
         Err(e) => {
             eprintln!("qconform: {e}");

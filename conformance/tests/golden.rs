@@ -75,6 +75,10 @@ fn corpus_reports_match_golden_snapshots() {
 /// Rules no corpus image can trigger, and the test that triggers each.
 const TRIGGERED_BY_TESTS: &[(&str, &str)] = &[
     (
+        "parallels.header.magic",
+        "conformance/tests/parallels.rs: other_formats_are_not_ours",
+    ),
+    (
         "vhost-user.robustness.no-crash",
         "conformance/tests/vhost_user.rs: probe_finds_qsd_crash_on_ring_index_100000",
     ),

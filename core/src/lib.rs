@@ -10,6 +10,7 @@
 pub mod detect;
 pub mod error;
 pub mod limits;
+pub mod parallels;
 pub mod qcow2;
 pub mod report;
 pub mod rules;

@@ -305,12 +305,64 @@ pub mod vhost_user {
     }
 }
 
+/// Rules of docs/interop/parallels.rst.
+pub mod parallels {
+    use super::*;
+    rules! {
+        MAGIC = "parallels.header.magic", "parallels.rst", "Header", Error,
+            "The magic is \"WithoutFreeSpace\" or \"WithouFreSpacExt\".";
+        VERSION = "parallels.header.version", "parallels.rst", "Header", Error,
+            "version is 2.";
+        TRACKS = "parallels.header.tracks", "parallels.rst", "Header", Error,
+            "tracks (the cluster size in sectors) is not zero (and within QEMU's limit).";
+        BAT_SIZE = "parallels.header.bat-entries-limit", "parallels.rst", "Header", Error,
+            "nb_bat_entries is within QEMU's limit (INT32_MAX / 4).";
+        BAT_COVERS_DISK = "parallels.header.bat-covers-disk", "parallels.rst", "Header", Violation,
+            "nb_bat_entries clusters cover nb_sectors.";
+        NB_SECTORS_HIGH = "parallels.header.nb-sectors-high-zero", "parallels.rst", "Header", Violation,
+            "For WithoutFreeSpace images the high 4 bytes of nb_sectors are zero.";
+        IN_USE_OPEN = "parallels.header.closed", "parallels.rst", "Header", Corruption,
+            "in_use is not 0x746F6E59 (opened read-write): the image was closed correctly.";
+        IN_USE_VALUE = "parallels.header.in-use-value", "parallels.rst", "Header", Violation,
+            "in_use is 0, 0x746F6E59 or 0x312e3276; other values are not allowed.";
+        DATA_OFF = "parallels.header.data-off", "parallels.rst", "Header", Corruption,
+            "data_off is past the BAT and inside the file; for WithouFreSpacExt non-zero and cluster aligned.";
+        BAT_BELOW_DATA = "parallels.bat.after-data-offset", "parallels.rst", "BAT", Corruption,
+            "A BAT entry (or extension cluster) is not lower than the data offset.";
+        BAT_INSIDE_FILE = "parallels.bat.inside-file", "parallels.rst", "BAT", Corruption,
+            "A BAT entry's cluster lies inside the file.";
+        BAT_UNIQUE = "parallels.bat.unique", "parallels.rst", "BAT", Corruption,
+            "A BAT entry (or extension cluster) is unique among all of them.";
+        BAT_ALIGNED = "parallels.bat.cluster-aligned", "parallels.rst", "BAT", Corruption,
+            "(cluster offset - data offset) is aligned to the cluster size.";
+        LEAK = "parallels.data.no-leak", "parallels.rst", "Data Area", Leak,
+            "Every cluster of the data area is used by the BAT, ext_off or an extension.";
+        EXT_PLACEMENT = "parallels.ext.inside-file", "parallels.rst", "Format Extension", Corruption,
+            "The Format Extension cluster lies inside the file.";
+        EXT_MAGIC = "parallels.ext.magic", "parallels.rst", "Format Extension", Corruption,
+            "The Format Extension cluster starts with 0xAB234CEF23DCEA87.";
+        EXT_CHECKSUM = "parallels.ext.checksum", "parallels.rst", "Format Extension", Corruption,
+            "m_CheckSum is the MD5 of the extension cluster past its first 24 bytes.";
+        EXT_FEATURES = "parallels.ext.features", "parallels.rst", "Format Extension", Corruption,
+            "Features fit the cluster and the list ends with End of features.";
+        EXT_UNKNOWN_FEATURE = "parallels.ext.unknown-feature", "parallels.rst", "Format Extension", Note,
+            "A feature of unknown magic (NECESSARY ones forbid changing the image).";
+        BITMAP_SIZE = "parallels.bitmap.size", "parallels.rst", "Dirty bitmaps feature", Violation,
+            "A dirty bitmap's size equals the disk size in sectors.";
+        BITMAP_GRANULARITY = "parallels.bitmap.granularity", "parallels.rst", "Dirty bitmaps feature", Corruption,
+            "A dirty bitmap's granularity is a power of 2.";
+        BITMAP_L1_ENTRY = "parallels.bitmap.l1-entry", "parallels.rst", "Dirty bitmaps feature", Corruption,
+            "A dirty bitmap L1 entry is 0, 1 or the offset of a cluster that obeys the BAT rules.";
+    }
+}
+
 /// Every rule of the registry.
 pub fn all() -> impl Iterator<Item = &'static Rule> {
     general::ALL
         .iter()
         .chain(qcow2::ALL.iter())
         .chain(vhost_user::ALL.iter())
+        .chain(parallels::ALL.iter())
         .copied()
 }
 
@@ -346,6 +398,20 @@ mod tests {
             assert!(
                 spec.contains(&heading),
                 "{}: no section {:?} in vhost-user.rst",
+                r.id,
+                r.section
+            );
+        }
+    }
+
+    #[test]
+    fn every_parallels_section_is_a_heading_of_the_spec() {
+        let spec = include_str!("../../specs/upstream/parallels.rst");
+        for r in parallels::ALL {
+            let heading = format!("\n{}\n", r.section);
+            assert!(
+                spec.contains(&heading),
+                "{}: no section {:?} in parallels.rst",
                 r.id,
                 r.section
             );

@@ -76,6 +76,7 @@ fn corpus(args: &[String]) -> Result<(), DynError> {
         }
         println!("wrote {name}");
     }
+    parallels_corpus(&root, &dir, &only)?;
     let cases: Vec<_> = qconform::corpus::cases()
         .into_iter()
         .filter(|c| only.is_empty() || only.contains(&c.name))
@@ -403,4 +404,35 @@ fn ci() -> Result<(), DynError> {
     run(&["test", "--workspace", "--release"])?;
     run(&["run", "--release", "-q", "-p", "qconform", "--", "conform"])?;
     fuzz(&["--secs".into(), "20".into()])
+}
+
+/// The Parallels cases: QEMU's sample images (from shared/samples, bzip2)
+/// and one edit each.
+fn parallels_corpus(root: &Path, dir: &Path, only: &[&str]) -> Result<(), DynError> {
+    let samples = root.join("../shared/samples/qemu-iotests/parallels");
+    for case in qconform::corpus::parallels_cases() {
+        if !only.is_empty() && !only.contains(&case.name) && !only.contains(&"parallels") {
+            continue;
+        }
+        let out = Command::new("bunzip2")
+            .arg("-c")
+            .arg(samples.join(format!("{}.bz2", case.base)))
+            .output()
+            .map_err(|e| format!("bunzip2: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "cannot decompress sample {} from {}",
+                case.base,
+                samples.display()
+            )
+            .into());
+        }
+        let mut bytes = out.stdout;
+        if let Some(edit) = case.edit {
+            edit(&mut bytes);
+        }
+        std::fs::write(dir.join(format!("{}.parallels", case.name)), bytes)?;
+        println!("built {}", case.name);
+    }
+    Ok(())
 }

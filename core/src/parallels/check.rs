@@ -1,0 +1,251 @@
+//! The Parallels checker: QEMU's checks (in_use, data_off, clusters past the
+//! end of the file, duplicates, leaked space) plus the spec's that QEMU
+//! skips (BAT entries below the data offset, cluster alignment relative to
+//! it, the Format Extension and its bitmaps), with the extension's clusters
+//! counted as used, not leaked.
+
+use super::ext::{self, Extension};
+use super::header::{self, Header, HEADER_SIZE};
+use super::SECTOR;
+use crate::limits::Limits;
+use crate::report::Report;
+use crate::rules::parallels as rule;
+use crate::source::ReadAt;
+use std::collections::HashMap;
+
+/// Parsed metadata for `qconform info`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Info {
+    pub header: Header,
+    pub cluster_size: u64,
+    pub data_offset: u64,
+    pub allocated_clusters: u64,
+    pub extension: Option<Extension>,
+}
+
+pub fn info(src: &dyn ReadAt, filename: &str, limits: &Limits) -> Result<Info, Report> {
+    let mut report = Report::new(filename, "parallels", limits);
+    let Some(h) = header::parse(src, &mut report) else {
+        return Err(report);
+    };
+    let bat = header::read_bat(src, &h);
+    let extension = (h.ext_off != 0)
+        .then(|| ext::parse(src, &h, &mut report))
+        .flatten();
+    Ok(Info {
+        cluster_size: h.cluster_size(),
+        data_offset: h.data_offset(),
+        allocated_clusters: bat.iter().filter(|&&e| e != 0).count() as u64,
+        extension,
+        header: h,
+    })
+}
+
+pub fn check(src: &dyn ReadAt, filename: &str, limits: &Limits) -> Report {
+    let mut report = Report::new(filename, "parallels", limits);
+    let Some(h) = header::parse(src, &mut report) else {
+        return report;
+    };
+    let cs = h.cluster_size();
+    let file_len = src.size();
+    let bat = header::read_bat(src, &h);
+    let bat_end = HEADER_SIZE + 4 * h.nb_bat_entries as u64;
+    let data_off = h.data_offset();
+    // data_off: v2 non-zero and cluster aligned; never inside the BAT nor past the file.
+    let min_data = if h.ext_magic {
+        bat_end.next_multiple_of(cs)
+    } else {
+        bat_end.next_multiple_of(SECTOR)
+    };
+    if h.ext_magic && (h.data_off == 0 || data_off % cs != 0) {
+        report.add(
+            &rule::DATA_OFF,
+            Some(48),
+            format!(
+                "data_off {} sectors is not a non-zero multiple of the cluster size",
+                h.data_off
+            ),
+        );
+    } else if data_off < min_data || data_off > file_len {
+        report.add(&rule::DATA_OFF, Some(48), format!("data offset {data_off:#x} lies inside the BAT (ends {bat_end:#x}) or past the file ({file_len} bytes)"));
+    }
+    // Every used cluster, by byte offset: who uses it.
+    let mut used: HashMap<u64, String> = HashMap::new();
+    let mut image_end = data_off.min(file_len).max(bat_end.min(file_len));
+    let mut place =
+        |report: &mut Report, what: String, at: Option<u64>, off: u64, image_end: &mut u64| {
+            if off < data_off {
+                report.add(
+                    &rule::BAT_BELOW_DATA,
+                    at,
+                    format!("{what} at {off:#x} lies before the data area ({data_off:#x})"),
+                );
+                return;
+            }
+            if off.saturating_add(cs) > file_len {
+                report.add(
+                    &rule::BAT_INSIDE_FILE,
+                    at,
+                    format!("{what} at {off:#x} ends past the end of the file ({file_len} bytes)"),
+                );
+                return;
+            }
+            if (off - data_off) % cs != 0 {
+                report.add(
+                    &rule::BAT_ALIGNED,
+                    at,
+                    format!(
+                        "{what} at {off:#x} is not a whole number of clusters past the data offset"
+                    ),
+                );
+            }
+            if let Some(first) = used.get(&off) {
+                report.add(
+                    &rule::BAT_UNIQUE,
+                    at,
+                    format!("{what} at {off:#x} is also used by {first}"),
+                );
+                return;
+            }
+            used.insert(off, what);
+            *image_end = (*image_end).max(off + cs);
+        };
+    for (i, &e) in bat.iter().enumerate() {
+        if e != 0 {
+            place(
+                &mut report,
+                format!("BAT entry {i}"),
+                Some(HEADER_SIZE + 4 * i as u64),
+                h.bat_offset(e),
+                &mut image_end,
+            );
+        }
+    }
+    if h.ext_off != 0 {
+        let at = h.ext_off.saturating_mul(SECTOR);
+        if let Some(x) = ext::parse(src, &h, &mut report) {
+            for (k, &off) in x.clusters.iter().enumerate() {
+                let what = if k == 0 {
+                    "the Format Extension cluster".to_string()
+                } else {
+                    format!("dirty bitmap data cluster {k}")
+                };
+                place(
+                    &mut report,
+                    what,
+                    Some(if k == 0 { 56 } else { at }),
+                    off,
+                    &mut image_end,
+                );
+            }
+        }
+    }
+    // Space past the last used cluster is leaked (counted in clusters, as qemu-img does).
+    if file_len > image_end {
+        let clusters = (file_len - image_end).div_ceil(cs);
+        report.add_times(
+            &rule::LEAK,
+            Some(image_end),
+            clusters,
+            format!(
+                "{} bytes past the last used cluster ({image_end:#x}) are leaked",
+                file_len - image_end
+            ),
+        );
+    }
+    report.image_end_offset = Some(image_end);
+    report.total_clusters = Some(h.nb_bat_entries as u64);
+    report.allocated_clusters = Some(bat.iter().filter(|&&e| e != 0).count() as u64);
+    report.fragmented_clusters = Some(0);
+    report.compressed_clusters = Some(0);
+    report
+}
+
+/// A Parallels virtual disk: allocated clusters read from the file,
+/// unallocated ones as zeros.
+pub struct Disk<'a> {
+    src: &'a dyn ReadAt,
+    h: Header,
+    bat: Vec<u32>,
+}
+
+impl<'a> Disk<'a> {
+    pub fn open(src: &'a dyn ReadAt) -> Result<Disk<'a>, String> {
+        let mut r = Report::new("read", "parallels", &Limits::default());
+        let h = header::parse(src, &mut r).ok_or_else(|| {
+            r.findings.first().map_or("unreadable".into(), |f| {
+                format!("[{}] {}", f.rule.id, f.detail)
+            })
+        })?;
+        let bat = header::read_bat(src, &h);
+        Ok(Disk { src, h, bat })
+    }
+
+    pub fn size(&self) -> u64 {
+        self.h.disk_size()
+    }
+
+    /// Host offset of guest cluster `k`, if allocated.
+    fn host(&self, k: u64) -> Option<u64> {
+        let e = *self.bat.get(k as usize)?;
+        (e != 0).then(|| self.h.bat_offset(e))
+    }
+
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), String> {
+        let cs = self.h.cluster_size();
+        let mut done = 0usize;
+        while done < buf.len() {
+            let pos = offset + done as u64;
+            let in_cluster = pos % cs;
+            let n = ((cs - in_cluster) as usize).min(buf.len() - done);
+            let out = &mut buf[done..done + n];
+            match self.host(pos / cs).filter(|_| pos < self.size()) {
+                Some(host) => self
+                    .src
+                    .read_zero_padded(out, host + in_cluster)
+                    .map_err(|e| e.to_string())?,
+                None => out.fill(0),
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// The map as qemu-img prints it: allocated runs with their offsets,
+    /// unallocated runs as zero.
+    pub fn map(&self) -> Vec<crate::qcow2::read::MapEntry> {
+        let cs = self.h.cluster_size();
+        let size = self.size();
+        let mut out: Vec<crate::qcow2::read::MapEntry> = Vec::new();
+        let mut pos = 0;
+        while pos < size {
+            let len = cs.min(size - pos);
+            let host = self.host(pos / cs);
+            let e = crate::qcow2::read::MapEntry {
+                start: pos,
+                length: len,
+                depth: 0,
+                present: host.is_some(),
+                zero: host.is_none(),
+                data: host.is_some(),
+                compressed: false,
+                offset: host,
+            };
+            match out.last_mut() {
+                Some(p)
+                    if p.present == e.present
+                        && match (p.offset, e.offset) {
+                            (Some(a), Some(b)) => a + p.length == b,
+                            (None, None) => true,
+                            _ => false,
+                        } =>
+                {
+                    p.length += len
+                }
+                _ => out.push(e),
+            }
+            pos += len;
+        }
+        out
+    }
+}

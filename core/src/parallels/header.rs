@@ -1,0 +1,194 @@
+//! The header and the BAT (spec sections "Header" and "BAT").
+
+use crate::report::Report;
+use crate::rules::parallels as rule;
+use crate::source::ReadAt;
+use serde::Serialize;
+
+pub const MAGIC_V1: &[u8; 16] = b"WithoutFreeSpace";
+pub const MAGIC_V2: &[u8; 16] = b"WithouFreSpacExt";
+pub const HEADER_SIZE: u64 = 64;
+/// in_use values the spec allows: opened read-write, closed, or 0 (old software).
+pub const IN_USE_OPEN: u32 = 0x746F_6E59;
+pub const IN_USE_CLOSED: u32 = 0x312e_3276;
+/// QEMU's caps: tracks <= INT32_MAX / 513, BAT entries <= INT32_MAX / 4.
+pub const MAX_TRACKS: u32 = (i32::MAX / 513) as u32;
+pub const MAX_BAT_ENTRIES: u32 = (i32::MAX / 4) as u32;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Header {
+    /// true for "WithouFreSpacExt" (BAT in clusters), false for "WithoutFreeSpace" (BAT in sectors).
+    pub ext_magic: bool,
+    pub version: u32,
+    pub heads: u32,
+    pub cylinders: u32,
+    pub tracks: u32,
+    pub nb_bat_entries: u32,
+    pub nb_sectors: u64,
+    pub in_use: u32,
+    pub data_off: u32,
+    pub flags: u32,
+    pub ext_off: u64,
+}
+
+impl Header {
+    pub fn cluster_size(&self) -> u64 {
+        self.tracks as u64 * super::SECTOR
+    }
+    /// Virtual disk size in bytes (v1 uses only the low 32 bits of nb_sectors).
+    pub fn disk_size(&self) -> u64 {
+        let sectors = if self.ext_magic {
+            self.nb_sectors
+        } else {
+            self.nb_sectors & 0xffff_ffff
+        };
+        sectors.saturating_mul(super::SECTOR)
+    }
+    /// Byte offset of the data area: data_off, or for v1 images with data_off
+    /// 0 the end of the BAT rounded up to a sector.
+    pub fn data_offset(&self) -> u64 {
+        if self.data_off != 0 {
+            self.data_off as u64 * super::SECTOR
+        } else {
+            (HEADER_SIZE + 4 * self.nb_bat_entries as u64).next_multiple_of(super::SECTOR)
+        }
+    }
+    /// Byte offset a non-zero BAT entry names.
+    pub fn bat_offset(&self, entry: u32) -> u64 {
+        if self.ext_magic {
+            entry as u64 * self.cluster_size()
+        } else {
+            entry as u64 * super::SECTOR
+        }
+    }
+}
+
+fn le32(b: &[u8], at: usize) -> u32 {
+    b.get(at..at + 4)
+        .and_then(|s| s.try_into().ok())
+        .map_or(0, u32::from_le_bytes)
+}
+fn le64(b: &[u8], at: usize) -> u64 {
+    b.get(at..at + 8)
+        .and_then(|s| s.try_into().ok())
+        .map_or(0, u64::from_le_bytes)
+}
+
+/// Reads and validates the header; None (with an error finding) when the
+/// image cannot be read at all.
+pub fn parse(src: &dyn ReadAt, report: &mut Report) -> Option<Header> {
+    let mut b = [0u8; HEADER_SIZE as usize];
+    if src.read_exact_at(&mut b, 0).is_err() {
+        report.add(
+            &rule::MAGIC,
+            Some(0),
+            format!(
+                "the file is {} bytes, shorter than a Parallels header",
+                src.size()
+            ),
+        );
+        return None;
+    }
+    let ext_magic = match &b[..16] {
+        m if m == MAGIC_V2 => true,
+        m if m == MAGIC_V1 => false,
+        _ => {
+            report.add(
+                &rule::MAGIC,
+                Some(0),
+                "not a Parallels image: the magic is neither WithoutFreeSpace nor WithouFreSpacExt",
+            );
+            return None;
+        }
+    };
+    let h = Header {
+        ext_magic,
+        version: le32(&b, 16),
+        heads: le32(&b, 20),
+        cylinders: le32(&b, 24),
+        tracks: le32(&b, 28),
+        nb_bat_entries: le32(&b, 32),
+        nb_sectors: le64(&b, 36),
+        in_use: le32(&b, 44),
+        data_off: le32(&b, 48),
+        flags: le32(&b, 52),
+        ext_off: le64(&b, 56),
+    };
+    if h.version != 2 {
+        report.add(
+            &rule::VERSION,
+            Some(16),
+            format!("version {} (must be 2)", h.version),
+        );
+        return None;
+    }
+    if h.tracks == 0 || h.tracks > MAX_TRACKS {
+        report.add(
+            &rule::TRACKS,
+            Some(28),
+            format!("tracks (cluster size in sectors) is {}", h.tracks),
+        );
+        return None;
+    }
+    if h.nb_bat_entries > MAX_BAT_ENTRIES {
+        report.add(
+            &rule::BAT_SIZE,
+            Some(32),
+            format!(
+                "{} BAT entries (QEMU's limit is {MAX_BAT_ENTRIES})",
+                h.nb_bat_entries
+            ),
+        );
+        return None;
+    }
+    if !ext_magic && h.nb_sectors >> 32 != 0 {
+        report.add(
+            &rule::NB_SECTORS_HIGH,
+            Some(36),
+            format!(
+                "nb_sectors {:#x} uses its high 32 bits in a WithoutFreeSpace image",
+                h.nb_sectors
+            ),
+        );
+    }
+    if (h.nb_bat_entries as u64) * h.cluster_size() < h.disk_size() {
+        // QEMU opens such images and reads the uncovered tail as zeros; so do we.
+        report.add(
+            &rule::BAT_COVERS_DISK,
+            Some(32),
+            format!(
+                "{} BAT entries of {} bytes do not cover the {}-byte disk",
+                h.nb_bat_entries,
+                h.cluster_size(),
+                h.disk_size()
+            ),
+        );
+    }
+    match h.in_use {
+        0 | IN_USE_CLOSED => {}
+        IN_USE_OPEN => report.add(
+            &rule::IN_USE_OPEN,
+            Some(44),
+            "in_use says the image is open read-write: it was not closed correctly",
+        ),
+        v => report.add(
+            &rule::IN_USE_VALUE,
+            Some(44),
+            format!("in_use {v:#x} is none of 0, 0x746F6E59, 0x312e3276"),
+        ),
+    }
+    Some(h)
+}
+
+/// Reads the BAT (as far as it lies inside the file; entries past the end
+/// read as 0, unallocated).
+pub fn read_bat(src: &dyn ReadAt, h: &Header) -> Vec<u32> {
+    let n = crate::source::entries_in_file(src, HEADER_SIZE, h.nb_bat_entries as u64, 4);
+    let mut raw = vec![0u8; (n * 4) as usize];
+    if src.read_zero_padded(&mut raw, HEADER_SIZE).is_err() {
+        raw.fill(0);
+    }
+    raw.chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}

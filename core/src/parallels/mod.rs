@@ -1,0 +1,11 @@
+//! Parallels expandable images (docs/interop/parallels.rst): header, BAT,
+//! Format Extension with its dirty bitmaps, the checker and the reader.
+
+pub mod check;
+pub mod ext;
+pub mod header;
+
+pub use check::check;
+
+/// Sectors are 512 bytes.
+pub const SECTOR: u64 = 512;
