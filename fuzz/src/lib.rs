@@ -33,7 +33,23 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
     ("vhost_user_decode", vhost_user_decode),
     ("vhost_user_session", vhost_user_session),
     ("structured_image", structured_image),
+    ("parallels_check", parallels_check),
 ];
+
+/// parallels_check: raw bytes as a Parallels image through the checker,
+/// the metadata parser and the reader's map.
+pub fn parallels_check(data: &[u8]) {
+    let limits = fuzz_limits();
+    let report = qconform_core::parallels::check(&data, "fuzz", &limits);
+    assert!((0..=3).contains(&report.exit_code(false)));
+    let _ = qconform_core::parallels::check::info(&data, "fuzz", &limits);
+    if let Ok(disk) = qconform_core::parallels::check::Disk::open(&data) {
+        // Bounded: the map walks the BAT, whose size the file bounds... and a
+        // claimed disk size; read only the first clusters.
+        let mut buf = vec![0u8; 4096];
+        let _ = disk.read_at(0, &mut buf);
+    }
+}
 
 /// `main` of a target built without libFuzzer: runs the body on every file
 /// named on the command line (directories are walked one level deep).

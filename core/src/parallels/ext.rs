@@ -192,18 +192,18 @@ fn dirty_bitmap(
     let bits_per_cluster = cs * 8;
     let gran_bytes = granularity as u64 * SECTOR;
     let mut dirty: Vec<(u64, u64)> = Vec::new();
-    let mut mark = |first_bit: u64, bits: &dyn Fn(u64) -> bool, n: u64| {
-        for b in 0..n {
-            if bits(b) {
-                let start = (first_bit + b) * gran_bytes;
-                if start >= h.disk_size() {
-                    break;
-                }
-                match dirty.last_mut() {
-                    Some((s, l)) if *s + *l == start => *l += gran_bytes,
-                    _ => dirty.push((start, gran_bytes)),
-                }
-            }
+    // Dirty ranges are built from runs, never bit by bit over a claimed size:
+    // an all-ones entry is one range, a data cluster is scanned byte by byte
+    // (bounded by the cluster, which lies inside the file).
+    let disk = h.disk_size();
+    let mut push = |start: u64, len: u64| {
+        if start >= disk || len == 0 {
+            return;
+        }
+        let len = len.min(disk - start);
+        match dirty.last_mut() {
+            Some((s, l)) if *s + *l == start => *l += len,
+            _ => dirty.push((start, len)),
         }
     };
     let total_bits = size.div_ceil(granularity as u64);
@@ -212,7 +212,10 @@ fn dirty_bitmap(
         let n = bits_per_cluster.min(total_bits.saturating_sub(first));
         match e {
             0 => {}
-            1 => mark(first, &|_| true, n),
+            1 => push(
+                first.saturating_mul(gran_bytes),
+                n.saturating_mul(gran_bytes),
+            ),
             off => {
                 let byte = off.saturating_mul(SECTOR);
                 if !src.contains(byte, cs) {
@@ -228,14 +231,14 @@ fn dirty_bitmap(
                     continue;
                 }
                 owned.push(byte);
-                mark(
-                    first,
-                    &|b| {
-                        c.get((b / 8) as usize)
-                            .is_some_and(|x| x >> (b % 8) & 1 == 1)
-                    },
-                    n,
-                );
+                for (k, &x) in c.iter().enumerate().filter(|(_, &x)| x != 0) {
+                    for bit in 0..8u64 {
+                        let b = k as u64 * 8 + bit;
+                        if b < n && x >> bit & 1 == 1 {
+                            push((first + b).saturating_mul(gran_bytes), gran_bytes);
+                        }
+                    }
+                }
             }
         }
     }
