@@ -26,6 +26,7 @@ pub fn check_file(path: &Path, format: Option<&str>, limits: &Limits) -> Report 
     match fmt {
         Some(Format::Qcow2) => qcow2::check(&src, &name, limits),
         Some(Format::Parallels) => qconform_core::parallels::check(&src, &name, limits),
+        Some(Format::Qed) => qconform_core::qed::check(&src, &name, limits),
         other => {
             let mut r = Report::new(&name, other.map_or("unknown", |f| f.name()), limits);
             let what = match (format, other) {

@@ -844,3 +844,151 @@ pub fn parallels_cases() -> Vec<ParallelsCase> {
         },
     ]
 }
+
+/// A QED corpus case: a qemu-img-made image (4 KiB clusters, two-cluster
+/// tables) with an edit of its bytes.
+pub struct QedCase {
+    pub name: &'static str,
+    pub edit: Option<fn(&mut Vec<u8>)>,
+    pub expect: &'static [&'static str],
+    pub exit: i32,
+}
+
+fn qed_u64(b: &[u8], at: usize) -> u64 {
+    b.get(at..at + 8)
+        .and_then(|s| s.try_into().ok())
+        .map_or(0, u64::from_le_bytes)
+}
+/// File offsets of the first L2 table and of its first data entry.
+fn qed_l2(b: &[u8]) -> (u64, u64) {
+    let l1 = qed_u64(b, 40);
+    let l2 = qed_u64(b, l1 as usize);
+    (l2, qed_u64(b, l2 as usize))
+}
+
+/// The recipe every QED case starts from.
+pub const QED_STEPS: &[&[&str]] = &[
+    &[
+        "qemu-img",
+        "create",
+        "-q",
+        "-f",
+        "qed",
+        "-o",
+        "cluster_size=4096,table_size=2",
+        "{img}",
+        "1M",
+    ],
+    &[
+        "qemu-io",
+        "-f",
+        "qed",
+        "-c",
+        "write -P 0x11 0 12k",
+        "-c",
+        "write -z 64k 4k",
+        "-c",
+        "write -P 0x22 600k 4k",
+        "{img}",
+    ],
+];
+
+pub fn qed_cases() -> Vec<QedCase> {
+    vec![
+        QedCase {
+            name: "qed-data",
+            edit: None,
+            expect: &[],
+            exit: 0,
+        },
+        QedCase {
+            name: "qed-cluster-size",
+            edit: Some(|b| le32(b, 4, 3000)),
+            expect: &["qed.header.cluster-size"],
+            exit: 1,
+        },
+        QedCase {
+            name: "qed-table-size",
+            edit: Some(|b| le32(b, 8, 3)),
+            expect: &["qed.header.table-size"],
+            exit: 1,
+        },
+        QedCase {
+            name: "qed-header-size",
+            edit: Some(|b| le32(b, 12, 0)),
+            expect: &["qed.header.header-size"],
+            exit: 1,
+        },
+        QedCase {
+            name: "qed-unknown-feature",
+            edit: Some(|b| le64(b, 16, 0x10)),
+            expect: &["qed.header.unknown-features"],
+            exit: 1,
+        },
+        QedCase {
+            name: "qed-image-size",
+            edit: Some(|b| le64(b, 48, 1000)),
+            expect: &["qed.header.image-size"],
+            exit: 1,
+        },
+        QedCase {
+            name: "qed-l1-offset",
+            edit: Some(|b| {
+                let v = qed_u64(b, 40);
+                le64(b, 40, v + 8);
+            }),
+            expect: &["qed.header.l1-table-offset"],
+            exit: 1,
+        },
+        QedCase {
+            name: "qed-backing-name-outside",
+            edit: Some(|b| {
+                le64(b, 16, 1);
+                le32(b, 56, 4000);
+                le32(b, 60, 200);
+            }),
+            expect: &["qed.header.backing-filename"],
+            exit: 1,
+        },
+        QedCase {
+            name: "qed-need-check",
+            edit: Some(|b| le64(b, 16, 2)),
+            expect: &["qed.header.need-check"],
+            exit: 0,
+        },
+        QedCase {
+            name: "qed-l2-offset-invalid",
+            edit: Some(|b| {
+                let l1 = qed_u64(b, 40) as usize;
+                let v = qed_u64(b, l1);
+                le64(b, l1, v + 512);
+            }),
+            expect: &["qed.table.offset-valid"],
+            exit: 2,
+        },
+        QedCase {
+            name: "qed-data-past-eof",
+            edit: Some(|b| {
+                let (l2, _) = qed_l2(b);
+                le64(b, l2 as usize, 1 << 40);
+            }),
+            expect: &["qed.table.cluster-offset-valid"],
+            exit: 2,
+        },
+        QedCase {
+            name: "qed-duplicate",
+            edit: Some(|b| {
+                let (l2, d) = qed_l2(b);
+                le64(b, l2 as usize + 8, d);
+            }),
+            expect: &["qed.cluster.referenced-once"],
+            exit: 2,
+        },
+        QedCase {
+            name: "qed-leak",
+            edit: Some(|b| b.extend_from_slice(&[0u8; 4096])),
+            expect: &["qed.cluster.no-leak"],
+            exit: 3,
+        },
+    ]
+}

@@ -53,6 +53,7 @@ fn list(root: &Path, dir: &str, ext: &str) -> Vec<(String, PathBuf)> {
 pub fn corpus_images(root: &Path) -> Vec<(String, PathBuf)> {
     let mut v = list(root, IMAGES_DIR, "qcow2");
     v.extend(list(root, IMAGES_DIR, "parallels"));
+    v.extend(list(root, IMAGES_DIR, "qed"));
     v.sort();
     v
 }

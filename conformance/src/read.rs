@@ -171,7 +171,39 @@ fn cat_parallels(src: &SparseFile, out: Option<&Path>) -> Result<(), String> {
     }
 }
 
+/// QED images: read through their tables (a backing file is not followed).
+fn cat_qed(path: &Path) -> Option<Result<(), String>> {
+    let src = SparseFile::open(path, false).ok()?;
+    if qconform_core::detect::detect(&src) != Some(qconform_core::detect::Format::Qed) {
+        return None;
+    }
+    Some((|| {
+        let disk = qconform_core::qed::check::Disk::open(&src)?;
+        let mut w = std::io::stdout().lock();
+        let mut buf = vec![0u8; CHUNK];
+        let mut pos = 0;
+        while pos < disk.size() {
+            let n = ((disk.size() - pos) as usize).min(CHUNK);
+            disk.read_at(pos, &mut buf[..n])?;
+            w.write_all(&buf[..n]).map_err(|e| e.to_string())?;
+            pos += n as u64;
+        }
+        w.flush().map_err(|e| e.to_string())
+    })())
+}
+
 pub fn run_cat(path: &Path, backing: Backing, snapshot: Option<&str>, out: Option<&Path>) -> i32 {
+    if out.is_none() {
+        if let Some(r) = cat_qed(path) {
+            return match r {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("qconform: {}: {e}", path.display());
+                    1
+                }
+            };
+        }
+    }
     if let Some(src) = parallels(path) {
         return match cat_parallels(&src, out) {
             Ok(()) => 0,

@@ -75,6 +75,10 @@ fn corpus_reports_match_golden_snapshots() {
 /// Rules no corpus image can trigger, and the test that triggers each.
 const TRIGGERED_BY_TESTS: &[(&str, &str)] = &[
     (
+        "qed.header.magic",
+        "conformance/tests/qed.rs: forced_qed_on_other_bytes_names_the_magic_rule",
+    ),
+    (
         "parallels.header.magic",
         "conformance/tests/parallels.rs: other_formats_are_not_ours",
     ),

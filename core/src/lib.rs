@@ -12,6 +12,7 @@ pub mod error;
 pub mod limits;
 pub mod parallels;
 pub mod qcow2;
+pub mod qed;
 pub mod report;
 pub mod rules;
 pub mod source;

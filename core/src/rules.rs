@@ -356,6 +356,39 @@ pub mod parallels {
     }
 }
 
+/// Rules of docs/interop/qed_spec.rst.
+pub mod qed {
+    use super::*;
+    rules! {
+        MAGIC = "qed.header.magic", "qed_spec.rst", "Header", Error,
+            "The header starts with the magic \"QED\\0\".";
+        CLUSTER_SIZE = "qed.header.cluster-size", "qed_spec.rst", "Field descriptions:", Error,
+            "cluster_size is a power of 2 in [2^12, 2^26].";
+        TABLE_SIZE = "qed.header.table-size", "qed_spec.rst", "Field descriptions:", Error,
+            "table_size is a power of 2 in [1, 16].";
+        HEADER_SIZE = "qed.header.header-size", "qed_spec.rst", "Field descriptions:", Error,
+            "header_size is at least one cluster.";
+        FEATURES = "qed.header.unknown-features", "qed_spec.rst", "Field descriptions:", Error,
+            "No unknown features bit is set: such an image must not be opened.";
+        IMAGE_SIZE = "qed.header.image-size", "qed_spec.rst", "Field descriptions:", Error,
+            "image_size is a multiple of 512 and at most TABLE_NOFFSETS^2 * cluster_size.";
+        L1_OFFSET = "qed.header.l1-table-offset", "qed_spec.rst", "Field descriptions:", Error,
+            "l1_table_offset is a multiple of cluster_size past the header clusters.";
+        BACKING_NAME = "qed.header.backing-filename", "qed_spec.rst", "Field descriptions:", Error,
+            "The backing file name lies within the first header_size clusters.";
+        NEED_CHECK = "qed.header.need-check", "qed_spec.rst", "Feature bits:", Note,
+            "QED_F_NEED_CHECK is set: the image needs a consistency check before use.";
+        TABLE_OFFSET = "qed.table.offset-valid", "qed_spec.rst", "Tables", Corruption,
+            "An L1 or L2 table is cluster aligned, past the header, and fits before the end of the file.";
+        CLUSTER_OFFSET = "qed.table.cluster-offset-valid", "qed_spec.rst", "Tables", Corruption,
+            "A data cluster offset is aligned (low bits zero), past the header and inside the file.";
+        REFERENCED_ONCE = "qed.cluster.referenced-once", "qed_spec.rst", "Tables", Corruption,
+            "Each cluster is referenced by at most one table entry.";
+        LEAK = "qed.cluster.no-leak", "qed_spec.rst", "Tables", Leak,
+            "Every cluster past the header is referenced.";
+    }
+}
+
 /// Every rule of the registry.
 pub fn all() -> impl Iterator<Item = &'static Rule> {
     general::ALL
@@ -363,6 +396,7 @@ pub fn all() -> impl Iterator<Item = &'static Rule> {
         .chain(qcow2::ALL.iter())
         .chain(vhost_user::ALL.iter())
         .chain(parallels::ALL.iter())
+        .chain(qed::ALL.iter())
         .copied()
 }
 

@@ -77,6 +77,21 @@ fn corpus(args: &[String]) -> Result<(), DynError> {
         println!("wrote {name}");
     }
     parallels_corpus(&root, &dir, &only)?;
+    for case in qconform::corpus::qed_cases() {
+        if !only.is_empty() && !only.contains(&case.name) && !only.contains(&"qed") {
+            continue;
+        }
+        let tmp = format!("{}.tmp", case.name);
+        qconform::corpus::build_steps(&tmp, qconform::corpus::QED_STEPS, None, &dir)?;
+        let built = dir.join(format!("{tmp}.qcow2"));
+        let mut bytes = std::fs::read(&built)?;
+        std::fs::remove_file(&built)?;
+        if let Some(edit) = case.edit {
+            edit(&mut bytes);
+        }
+        std::fs::write(dir.join(format!("{}.qed", case.name)), bytes)?;
+        println!("built {}", case.name);
+    }
     let cases: Vec<_> = qconform::corpus::cases()
         .into_iter()
         .filter(|c| only.is_empty() || only.contains(&c.name))
