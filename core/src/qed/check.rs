@@ -88,6 +88,8 @@ pub fn check(src: &dyn ReadAt, filename: &str, limits: &Limits) -> Report {
             if d == 0 || d == ZERO_CLUSTER {
                 continue;
             }
+            // QEMU counts every entry with an offset as allocated, valid or not.
+            allocated += 1;
             let at = Some(l2 + 8 * j as u64);
             if d % cs != 0 || d < h.header_bytes() || d >= file_len {
                 report.add(
@@ -105,7 +107,6 @@ pub fn check(src: &dyn ReadAt, filename: &str, limits: &Limits) -> Report {
                 );
                 continue;
             }
-            allocated += 1;
         }
     }
     let leaked: Vec<u64> = (h.header_size as u64..nclusters)
