@@ -169,3 +169,49 @@ fn other_formats_are_not_ours() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("[parallels.header.magic]"));
 }
+
+#[test]
+fn foreign_samples_exit_1_and_never_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let foreign = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .join("corpus/foreign");
+    let mut n = 0;
+    for e in std::fs::read_dir(&foreign).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_none_or(|x| x != "bz2") {
+            continue;
+        }
+        // The first 8 MiB of each (some decompress to hundreds of MiB of zeros).
+        let out = Command::new("bunzip2")
+            .arg("-c")
+            .arg(&p)
+            .output()
+            .expect("bunzip2 must be installed (bzip2)");
+        let img = dir.path().join(p.file_stem().unwrap());
+        std::fs::write(&img, &out.stdout[..out.stdout.len().min(8 << 20)]).unwrap();
+        for args in [
+            &["check"][..],
+            &["check", "-f", "qcow2"],
+            &["check", "-f", "qed"],
+            &["check", "-f", "parallels"],
+            &["info"],
+            &["map"],
+        ] {
+            let r = qconform().args(args).arg(&img).output().unwrap();
+            assert_eq!(
+                r.status.code(),
+                Some(1),
+                "{} {args:?}: {}",
+                img.display(),
+                String::from_utf8_lossy(&r.stdout)
+            );
+        }
+        n += 1;
+    }
+    assert_eq!(
+        n, 13,
+        "corpus/foreign should hold QEMU's 13 foreign samples"
+    );
+}
