@@ -425,44 +425,30 @@ mod tests {
     }
 
     #[test]
-    fn every_vhost_user_section_is_a_heading_of_the_spec() {
-        let spec = include_str!("../../specs/upstream/vhost-user.rst");
-        for r in vhost_user::ALL {
-            let heading = format!("\n{}\n", r.section);
-            assert!(
-                spec.contains(&heading),
-                "{}: no section {:?} in vhost-user.rst",
-                r.id,
-                r.section
-            );
-        }
-    }
-
-    #[test]
-    fn every_parallels_section_is_a_heading_of_the_spec() {
-        let spec = include_str!("../../specs/upstream/parallels.rst");
-        for r in parallels::ALL {
-            let heading = format!("\n{}\n", r.section);
-            assert!(
-                spec.contains(&heading),
-                "{}: no section {:?} in parallels.rst",
-                r.id,
-                r.section
-            );
-        }
-    }
-
-    #[test]
-    fn every_qcow2_section_is_a_heading_of_the_spec() {
-        let spec = include_str!("../../specs/upstream/qcow2.rst");
-        for r in qcow2::ALL {
-            let heading = format!("\n{}\n", r.section);
-            assert!(
-                spec.contains(&heading),
-                "{}: no section {:?} in qcow2.rst",
-                r.id,
-                r.section
-            );
+    fn every_section_is_a_heading_of_its_spec() {
+        let specs: [(&str, &[&Rule]); 4] = [
+            (include_str!("../../specs/upstream/qcow2.rst"), qcow2::ALL),
+            (
+                include_str!("../../specs/upstream/vhost-user.rst"),
+                vhost_user::ALL,
+            ),
+            (
+                include_str!("../../specs/upstream/parallels.rst"),
+                parallels::ALL,
+            ),
+            (include_str!("../../specs/upstream/qed_spec.rst"), qed::ALL),
+        ];
+        for (spec, rules) in specs {
+            for r in rules {
+                let heading = format!("\n{}\n", r.section);
+                assert!(
+                    spec.contains(&heading),
+                    "{}: no section {:?} in {}",
+                    r.id,
+                    r.section,
+                    r.spec
+                );
+            }
         }
     }
 }

@@ -178,6 +178,17 @@ pub(crate) fn be_u32(b: &[u8], at: usize) -> u32 {
         .and_then(|s| s.try_into().ok())
         .map_or(0, u32::from_be_bytes)
 }
+/// Little-endian field access (QED, Parallels), with the same zero-for-short rule.
+pub(crate) fn le_u64(b: &[u8], at: usize) -> u64 {
+    b.get(at..at + 8)
+        .and_then(|s| s.try_into().ok())
+        .map_or(0, u64::from_le_bytes)
+}
+pub(crate) fn le_u32(b: &[u8], at: usize) -> u32 {
+    b.get(at..at + 4)
+        .and_then(|s| s.try_into().ok())
+        .map_or(0, u32::from_le_bytes)
+}
 pub(crate) fn be_u16(b: &[u8], at: usize) -> u16 {
     b.get(at..at + 2)
         .and_then(|s| s.try_into().ok())

@@ -5,7 +5,7 @@ use super::header::Header;
 use super::SECTOR;
 use crate::report::Report;
 use crate::rules::parallels as rule;
-use crate::source::ReadAt;
+use crate::source::{le_u32 as le32, le_u64 as le64, ReadAt};
 use md5::{Digest, Md5};
 use serde::Serialize;
 
@@ -39,17 +39,6 @@ pub struct Extension {
     /// bitmap data clusters): referenced, not leaked.
     #[serde(skip)]
     pub clusters: Vec<u64>,
-}
-
-fn le64(b: &[u8], at: usize) -> u64 {
-    b.get(at..at + 8)
-        .and_then(|s| s.try_into().ok())
-        .map_or(0, u64::from_le_bytes)
-}
-fn le32(b: &[u8], at: usize) -> u32 {
-    b.get(at..at + 4)
-        .and_then(|s| s.try_into().ok())
-        .map_or(0, u32::from_le_bytes)
 }
 
 /// Reads the extension cluster at ext_off. Cluster placement (inside the

@@ -2,7 +2,7 @@
 
 use crate::report::Report;
 use crate::rules::qed as rule;
-use crate::source::ReadAt;
+use crate::source::{le_u32 as le32, le_u64 as le64, ReadAt};
 use serde::Serialize;
 
 pub const MAGIC: [u8; 4] = *b"QED\0";
@@ -42,17 +42,6 @@ impl Header {
     pub fn header_bytes(&self) -> u64 {
         self.header_size as u64 * self.cs()
     }
-}
-
-fn le32(b: &[u8], at: usize) -> u32 {
-    b.get(at..at + 4)
-        .and_then(|s| s.try_into().ok())
-        .map_or(0, u32::from_le_bytes)
-}
-fn le64(b: &[u8], at: usize) -> u64 {
-    b.get(at..at + 8)
-        .and_then(|s| s.try_into().ok())
-        .map_or(0, u64::from_le_bytes)
 }
 
 /// Reads and validates the header: what stops QEMU from opening the image
