@@ -363,3 +363,29 @@ fn refcount_table_past_eof_reads_as_empty() {
     assert!(!rules(&r).contains(&"input.readable"), "{:?}", rules(&r));
     assert_eq!(r.exit_code(false), 2);
 }
+
+#[test]
+fn parallels_with_a_huge_claimed_disk_maps_in_bounded_time() {
+    // A 64-byte header and a 4-entry BAT claiming 2^62 sectors of 512-byte clusters:
+    // the map walks the BAT, not the claim.
+    let mut b = vec![0u8; 4096];
+    b[..16].copy_from_slice(b"WithouFreSpacExt");
+    b[16..20].copy_from_slice(&2u32.to_le_bytes());
+    b[28..32].copy_from_slice(&1u32.to_le_bytes()); // tracks: 1 sector clusters
+    b[32..36].copy_from_slice(&4u32.to_le_bytes());
+    b[36..44].copy_from_slice(&(1u64 << 62).to_le_bytes());
+    b[48..52].copy_from_slice(&1u32.to_le_bytes());
+    let src = b.as_slice();
+    let disk = qconform_core::parallels::check::Disk::open(&src).unwrap();
+    let map = disk.map();
+    assert!(map.len() <= 3, "{map:?}");
+    assert_eq!(map.iter().map(|e| e.length).sum::<u64>(), disk.size());
+    let r = qconform_core::parallels::check(&b.as_slice(), "huge", &Limits::default());
+    assert!(
+        r.findings
+            .iter()
+            .any(|f| f.rule.id == "parallels.header.bat-covers-disk"),
+        "{:?}",
+        r.findings
+    );
+}

@@ -214,14 +214,33 @@ impl<'a> Disk<'a> {
     /// The map as qemu-img prints it: allocated runs with their offsets,
     /// unallocated runs as zero.
     pub fn map(&self) -> Vec<crate::qcow2::read::MapEntry> {
+        use crate::qcow2::read::MapEntry;
         let cs = self.h.cluster_size();
         let size = self.size();
-        let mut out: Vec<crate::qcow2::read::MapEntry> = Vec::new();
+        let mut out: Vec<MapEntry> = Vec::new();
+        let mut push = |e: MapEntry| match out.last_mut() {
+            Some(p)
+                if p.present == e.present
+                    && match (p.offset, e.offset) {
+                        (Some(a), Some(b)) => a + p.length == b,
+                        (None, None) => true,
+                        _ => false,
+                    } =>
+            {
+                p.length += e.length
+            }
+            _ => out.push(e),
+        };
+        // Walk the BAT (bounded by the file), not the claimed disk size: past
+        // the BAT everything is one unallocated run.
         let mut pos = 0;
-        while pos < size {
+        for k in 0..self.bat.len() as u64 {
+            if pos >= size {
+                break;
+            }
             let len = cs.min(size - pos);
-            let host = self.host(pos / cs);
-            let e = crate::qcow2::read::MapEntry {
+            let host = self.host(k);
+            push(MapEntry {
                 start: pos,
                 length: len,
                 depth: 0,
@@ -230,21 +249,20 @@ impl<'a> Disk<'a> {
                 data: host.is_some(),
                 compressed: false,
                 offset: host,
-            };
-            match out.last_mut() {
-                Some(p)
-                    if p.present == e.present
-                        && match (p.offset, e.offset) {
-                            (Some(a), Some(b)) => a + p.length == b,
-                            (None, None) => true,
-                            _ => false,
-                        } =>
-                {
-                    p.length += len
-                }
-                _ => out.push(e),
-            }
+            });
             pos += len;
+        }
+        if pos < size {
+            push(MapEntry {
+                start: pos,
+                length: size - pos,
+                depth: 0,
+                present: false,
+                zero: true,
+                data: false,
+                compressed: false,
+                offset: None,
+            });
         }
         out
     }

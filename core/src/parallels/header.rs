@@ -56,7 +56,7 @@ impl Header {
     /// Byte offset a non-zero BAT entry names.
     pub fn bat_offset(&self, entry: u32) -> u64 {
         if self.ext_magic {
-            entry as u64 * self.cluster_size()
+            (entry as u64).saturating_mul(self.cluster_size())
         } else {
             entry as u64 * super::SECTOR
         }
