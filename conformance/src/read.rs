@@ -332,12 +332,27 @@ fn write_sparse(f: &std::fs::File, pos: u64, buf: &[u8]) -> Result<(), String> {
 }
 
 /// `qconform map`: the allocation map, JSON like `qemu-img map --output=json`.
+/// The allocation map of any image qconform reads (qcow2, QED, Parallels);
+/// `holes` as in [`open_with`].
+pub fn map_of(
+    path: &Path,
+    backing: Backing,
+    holes: bool,
+) -> Result<Vec<qconform_core::qcow2::read::MapEntry>, String> {
+    use qconform_core::detect::{detect, Format};
+    let src = SparseFile::open(path, holes).map_err(|e| format!("{}: {e}", path.display()))?;
+    match detect(&src) {
+        Some(Format::Parallels) => {
+            qconform_core::parallels::check::Disk::open(&src).map(|d| d.map())
+        }
+        Some(Format::Qed) => qconform_core::qed::check::Disk::open(&src).map(|d| d.map()),
+        _ => open_with(path, backing, None, holes)
+            .and_then(|mut d| d.map().map_err(|e| e.to_string())),
+    }
+}
+
 pub fn run_map(path: &Path, backing: Backing, output: Output) -> i32 {
-    let map = if let Some(src) = parallels(path) {
-        qconform_core::parallels::check::Disk::open(&src).map(|d| d.map())
-    } else {
-        open(path, backing, None).and_then(|mut d| d.map().map_err(|e| e.to_string()))
-    };
+    let map = map_of(path, backing, true);
     let map = match map {
         Ok(m) => m,
         Err(e) => {

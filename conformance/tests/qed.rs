@@ -116,6 +116,21 @@ fn qed_reads_like_qemu_img() {
             ours.stdout == std::fs::read(&raw).unwrap(),
             "{name}: cat differs from qemu-img convert"
         );
+        let m = qconform()
+            .args(["map", "--output", "json"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        let q = Command::new("qemu-img")
+            .args(["map", "-f", "qed", "--output=json"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        let (a, b): (serde_json::Value, serde_json::Value) = (
+            serde_json::from_slice(&m.stdout).unwrap(),
+            serde_json::from_slice(&q.stdout).unwrap(),
+        );
+        assert_eq!(a, b, "{name}: map differs from qemu-img map");
     }
 }
 

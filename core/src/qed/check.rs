@@ -168,6 +168,90 @@ impl<'a> Disk<'a> {
         u64::from_le_bytes(b)
     }
 
+    /// The map as qemu-img prints it: data clusters with offsets, zero
+    /// clusters present and zero, unallocated ones not present. Walks the L1
+    /// table (bounded by the file); past its last L2 table, one unallocated run.
+    pub fn map(&self) -> Vec<crate::qcow2::read::MapEntry> {
+        use crate::qcow2::read::MapEntry;
+        let cs = self.h.cs();
+        let size = self.size();
+        let mut out: Vec<MapEntry> = Vec::new();
+        let mut push = |e: MapEntry| match out.last_mut() {
+            Some(p)
+                if (p.present, p.zero, p.data) == (e.present, e.zero, e.data)
+                    && match (p.offset, e.offset) {
+                        (Some(a), Some(b)) => a + p.length == b,
+                        (None, None) => true,
+                        _ => false,
+                    } =>
+            {
+                p.length += e.length
+            }
+            _ => out.push(e),
+        };
+        let per_l2 = self.h.table_entries();
+        let mut pos = 0u64;
+        for (i, &l2) in self.l1.iter().enumerate() {
+            let table_start = i as u64 * per_l2 * cs;
+            if table_start >= size {
+                break;
+            }
+            if l2 == 0 {
+                continue; // filled in below as an unallocated gap
+            }
+            if pos < table_start {
+                push(MapEntry {
+                    start: pos,
+                    length: table_start - pos,
+                    depth: 0,
+                    present: false,
+                    zero: true,
+                    data: false,
+                    compressed: false,
+                    offset: None,
+                });
+                pos = table_start;
+            }
+            let table = read_table(self.src, &self.h, l2);
+            for k in 0..per_l2 {
+                if pos >= size {
+                    break;
+                }
+                let len = cs.min(size - pos);
+                let e = table.get(k as usize).copied().unwrap_or(0);
+                let (present, zero, data, offset) = match e {
+                    0 => (false, true, false, None),
+                    ZERO_CLUSTER => (true, true, false, None),
+                    off => (true, false, true, Some(off)),
+                };
+                push(MapEntry {
+                    start: pos,
+                    length: len,
+                    depth: 0,
+                    present,
+                    zero,
+                    data,
+                    compressed: false,
+                    offset,
+                });
+                pos += len;
+            }
+        }
+        if pos < size {
+            push(MapEntry {
+                start: pos,
+                length: size - pos,
+                depth: 0,
+                present: false,
+                zero: true,
+                data: false,
+                compressed: false,
+                offset: None,
+            });
+        }
+        out
+    }
+
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), String> {
         let cs = self.h.cs();
         let mut done = 0usize;
