@@ -508,6 +508,24 @@ fn hostile_backend(sock: &Path, reply: Vec<u8>) -> std::thread::JoinHandle<()> {
     })
 }
 
+/// The main conversation only (no robustness probes) against `sock`, as JSON.
+fn probe_only(sock: &Path, timeout_ms: u32) -> (i32, Value) {
+    json_of(
+        qconform()
+            .args([
+                "vhost-user",
+                "probe",
+                "--no-robustness",
+                "--output",
+                "json",
+                "--timeout-ms",
+                &timeout_ms.to_string(),
+                "--socket",
+            ])
+            .arg(sock),
+    )
+}
+
 fn header(request: u32, flags: u32, size: u32) -> Vec<u8> {
     let mut h = request.to_ne_bytes().to_vec();
     h.extend_from_slice(&flags.to_ne_bytes());
@@ -521,20 +539,7 @@ fn a_back_end_claiming_4_gib_is_a_finding_not_an_allocation() {
     let sock = dir.path().join("evil.sock");
     let t = hostile_backend(&sock, header(1, 5, u32::MAX));
     let started = std::time::Instant::now();
-    let (code, v) = json_of(
-        qconform()
-            .args([
-                "vhost-user",
-                "probe",
-                "--no-robustness",
-                "--output",
-                "json",
-                "--timeout-ms",
-                "500",
-                "--socket",
-            ])
-            .arg(&sock),
-    );
+    let (code, v) = probe_only(&sock, 500);
     assert_eq!(code, 2, "{v:#}");
     assert!(
         rules_of(&v["conversation"]["findings"])
@@ -557,20 +562,7 @@ fn a_silent_back_end_is_a_hang_finding_within_the_timeout() {
     let mut reply = header(1, 5, 8);
     reply.extend_from_slice(&(1u64 << 32).to_ne_bytes());
     let t = hostile_backend(&sock, reply);
-    let (code, v) = json_of(
-        qconform()
-            .args([
-                "vhost-user",
-                "probe",
-                "--no-robustness",
-                "--output",
-                "json",
-                "--timeout-ms",
-                "300",
-                "--socket",
-            ])
-            .arg(&sock),
-    );
+    let (code, v) = probe_only(&sock, 300);
     assert_eq!(code, 2, "{v:#}");
     assert!(
         rules_of(&v["conversation"]["findings"])
@@ -588,20 +580,7 @@ fn a_back_end_sending_garbage_is_judged_not_trusted() {
     let mut reply = header(0xdead, 0x3, 4);
     reply.extend_from_slice(&[1, 2, 3, 4]);
     let t = hostile_backend(&sock, reply);
-    let (code, v) = json_of(
-        qconform()
-            .args([
-                "vhost-user",
-                "probe",
-                "--no-robustness",
-                "--output",
-                "json",
-                "--timeout-ms",
-                "300",
-                "--socket",
-            ])
-            .arg(&sock),
-    );
+    let (code, v) = probe_only(&sock, 300);
     assert_eq!(code, 2, "{v:#}");
     let rules = rules_of(&v["conversation"]["findings"]);
     for r in ["vhost-user.header.version", "vhost-user.reply.request-echo"] {

@@ -144,13 +144,7 @@ fn transcripts(root: &Path) -> Result<(), DynError> {
         transcript: None,
     };
     let server = std::thread::spawn(move || serve::run(&opts, qconform::Output::Json));
-    // (No readiness connection here: serve --once would take it as its one front-end.)
-    for _ in 0..250 {
-        if sock.exists() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    wait_for_path(&sock)?;
     let text = probe::record_conversation(
         &sock,
         Duration::from_secs(2),
@@ -196,12 +190,7 @@ fn transcripts(root: &Path) -> Result<(), DynError> {
         .stderr(std::process::Stdio::null())
         .spawn()
         .map_err(|e| format!("cannot start virtiofsd (run `cargo xtask peers`): {e}"))?;
-    for _ in 0..250 {
-        if fsock.exists() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    wait_for_path(&fsock)?;
     let ftext = probe::record_conversation(
         &fsock,
         Duration::from_secs(2),
@@ -227,12 +216,7 @@ fn transcripts(root: &Path) -> Result<(), DynError> {
         transcript: Some(qemu_transcript.clone()),
     };
     let server = std::thread::spawn(move || serve::run(&sopts, qconform::Output::Json));
-    for _ in 0..250 {
-        if ssock.exists() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    wait_for_path(&ssock)?;
     let mut q = qconform::vhost::qemu_blk_front_end(&qemu_root, &ssock)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -313,6 +297,18 @@ fn list_files(dir: &Path, ext: &str) -> Result<Vec<(String, PathBuf)>, DynError>
     }
     out.sort();
     Ok(out)
+}
+
+/// Waits up to 5 s for a socket file to appear (without connecting: a
+/// single-shot peer would take a test connection as its one front-end).
+fn wait_for_path(sock: &Path) -> Result<(), DynError> {
+    for _ in 0..250 {
+        if sock.exists() {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Err(format!("{} never appeared", sock.display()).into())
 }
 
 fn wait_for(sock: &Path) -> Result<(), DynError> {

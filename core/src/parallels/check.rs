@@ -218,19 +218,7 @@ impl<'a> Disk<'a> {
         let cs = self.h.cluster_size();
         let size = self.size();
         let mut out: Vec<MapEntry> = Vec::new();
-        let mut push = |e: MapEntry| match out.last_mut() {
-            Some(p)
-                if p.present == e.present
-                    && match (p.offset, e.offset) {
-                        (Some(a), Some(b)) => a + p.length == b,
-                        (None, None) => true,
-                        _ => false,
-                    } =>
-            {
-                p.length += e.length
-            }
-            _ => out.push(e),
-        };
+        let mut push = |e: MapEntry| crate::qcow2::read::push_merged(&mut out, e);
         // Walk the BAT (bounded by the file), not the claimed disk size: past
         // the BAT everything is one unallocated run.
         let mut pos = 0;

@@ -120,6 +120,26 @@ pub struct MapEntry {
     pub offset: Option<u64>,
 }
 
+/// Appends `e` to a map, merging it into the previous entry when QEMU would:
+/// same depth and status, and contiguous host offsets (or neither has one).
+/// Every format's map (qcow2, QED, Parallels) merges through this.
+pub fn push_merged(out: &mut Vec<MapEntry>, e: MapEntry) {
+    match out.last_mut() {
+        Some(p)
+            if (p.depth, p.present, p.zero, p.data, p.compressed)
+                == (e.depth, e.present, e.zero, e.data, e.compressed)
+                && match (p.offset, e.offset) {
+                    (None, None) => true,
+                    (Some(a), Some(b)) => a + p.length == b,
+                    _ => false,
+                } =>
+        {
+            p.length += e.length
+        }
+        _ => out.push(e),
+    }
+}
+
 /// What one layer says about a range starting at a guest offset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Status {
@@ -690,23 +710,7 @@ impl VirtualDisk {
                 compressed,
                 offset,
             };
-            match out.last_mut() {
-                Some(prev)
-                    if prev.depth == e.depth
-                        && prev.present == e.present
-                        && prev.zero == e.zero
-                        && prev.data == e.data
-                        && prev.compressed == e.compressed
-                        && match (prev.offset, e.offset) {
-                            (None, None) => true,
-                            (Some(a), Some(b)) => a + prev.length == b,
-                            _ => false,
-                        } =>
-                {
-                    prev.length += e.length;
-                }
-                _ => out.push(e),
-            }
+            push_merged(&mut out, e);
             pos += len;
         }
         Ok(out)

@@ -176,19 +176,7 @@ impl<'a> Disk<'a> {
         let cs = self.h.cs();
         let size = self.size();
         let mut out: Vec<MapEntry> = Vec::new();
-        let mut push = |e: MapEntry| match out.last_mut() {
-            Some(p)
-                if (p.present, p.zero, p.data) == (e.present, e.zero, e.data)
-                    && match (p.offset, e.offset) {
-                        (Some(a), Some(b)) => a + p.length == b,
-                        (None, None) => true,
-                        _ => false,
-                    } =>
-            {
-                p.length += e.length
-            }
-            _ => out.push(e),
-        };
+        let mut push = |e: MapEntry| crate::qcow2::read::push_merged(&mut out, e);
         let per_l2 = self.h.table_entries();
         let mut pos = 0u64;
         for (i, &l2) in self.l1.iter().enumerate() {
