@@ -1,4 +1,5 @@
-//! `qconform cat` and `qconform map`: the virtual disk of a qcow2 image.
+//! `qconform cat` and `qconform map`: the virtual disk of a qcow2, QED or
+//! Parallels image.
 
 use crate::Output;
 use qconform_core::qcow2::read::{
@@ -129,90 +130,9 @@ pub fn open_with(
 /// Bytes copied per read.
 const CHUNK: usize = 4 << 20;
 
-/// `qconform cat`: the virtual disk to stdout, or sparsely to a file.
-/// Parallels images have no backing files or snapshots: cat and map read the BAT.
-fn parallels(path: &Path) -> Option<SparseFile> {
-    let src = SparseFile::open(path, false).ok()?;
-    (qconform_core::detect::detect(&src) == Some(qconform_core::detect::Format::Parallels))
-        .then_some(src)
-}
-
-fn cat_parallels(src: &SparseFile, out: Option<&Path>) -> Result<(), String> {
-    let disk = qconform_core::parallels::check::Disk::open(src)?;
-    let size = disk.size();
-    let mut buf = vec![0u8; CHUNK];
-    match out {
-        // A sparse file: only allocated clusters are read and written.
-        Some(o) => {
-            let f = std::fs::File::create(o).map_err(|e| format!("{}: {e}", o.display()))?;
-            f.set_len(size).map_err(|e| e.to_string())?;
-            for e in disk.map().iter().filter(|e| e.data) {
-                let mut pos = e.start;
-                while pos < e.start + e.length {
-                    let n = ((e.start + e.length - pos) as usize).min(CHUNK);
-                    disk.read_at(pos, &mut buf[..n])?;
-                    write_sparse(&f, pos, &buf[..n])?;
-                    pos += n as u64;
-                }
-            }
-            Ok(())
-        }
-        None => {
-            let mut w = std::io::stdout().lock();
-            let mut pos = 0;
-            while pos < size {
-                let n = ((size - pos) as usize).min(CHUNK);
-                disk.read_at(pos, &mut buf[..n])?;
-                w.write_all(&buf[..n]).map_err(|e| e.to_string())?;
-                pos += n as u64;
-            }
-            w.flush().map_err(|e| e.to_string())
-        }
-    }
-}
-
-/// QED images: read through their tables (a backing file is not followed).
-fn cat_qed(path: &Path) -> Option<Result<(), String>> {
-    let src = SparseFile::open(path, false).ok()?;
-    if qconform_core::detect::detect(&src) != Some(qconform_core::detect::Format::Qed) {
-        return None;
-    }
-    Some((|| {
-        let disk = qconform_core::qed::check::Disk::open(&src)?;
-        let mut w = std::io::stdout().lock();
-        let mut buf = vec![0u8; CHUNK];
-        let mut pos = 0;
-        while pos < disk.size() {
-            let n = ((disk.size() - pos) as usize).min(CHUNK);
-            disk.read_at(pos, &mut buf[..n])?;
-            w.write_all(&buf[..n]).map_err(|e| e.to_string())?;
-            pos += n as u64;
-        }
-        w.flush().map_err(|e| e.to_string())
-    })())
-}
-
+/// `qconform cat`: the virtual disk (qcow2, QED or Parallels, with its
+/// backing chain) to stdout, or sparsely to a file.
 pub fn run_cat(path: &Path, backing: Backing, snapshot: Option<&str>, out: Option<&Path>) -> i32 {
-    if out.is_none() {
-        if let Some(r) = cat_qed(path) {
-            return match r {
-                Ok(()) => 0,
-                Err(e) => {
-                    eprintln!("qconform: {}: {e}", path.display());
-                    1
-                }
-            };
-        }
-    }
-    if let Some(src) = parallels(path) {
-        return match cat_parallels(&src, out) {
-            Ok(()) => 0,
-            Err(e) => {
-                eprintln!("qconform: {}: {e}", path.display());
-                1
-            }
-        };
-    }
     let mut disk = match open(path, backing, snapshot) {
         Ok(d) => d,
         Err(e) => {
@@ -339,16 +259,7 @@ pub fn map_of(
     backing: Backing,
     holes: bool,
 ) -> Result<Vec<qconform_core::qcow2::read::MapEntry>, String> {
-    use qconform_core::detect::{detect, Format};
-    let src = SparseFile::open(path, holes).map_err(|e| format!("{}: {e}", path.display()))?;
-    match detect(&src) {
-        Some(Format::Parallels) => {
-            qconform_core::parallels::check::Disk::open(&src).map(|d| d.map())
-        }
-        Some(Format::Qed) => qconform_core::qed::check::Disk::open(&src).map(|d| d.map()),
-        _ => open_with(path, backing, None, holes)
-            .and_then(|mut d| d.map().map_err(|e| e.to_string())),
-    }
+    open_with(path, backing, None, holes).and_then(|mut d| d.map().map_err(|e| e.to_string()))
 }
 
 pub fn run_map(path: &Path, backing: Backing, output: Output) -> i32 {

@@ -325,6 +325,10 @@ pub mod parallels {
             "in_use is not 0x746F6E59 (opened read-write): the image was closed correctly.";
         IN_USE_VALUE = "parallels.header.in-use-value", "parallels.rst", "Header", Violation,
             "in_use is 0, 0x746F6E59 or 0x312e3276; other values are not allowed.";
+        FLAGS_UNUSED = "parallels.header.flags-unused", "parallels.rst", "Header", Violation,
+            "Bits 1-31 of flags are unused (zero).";
+        EMPTY_IMAGE = "parallels.header.empty-image", "parallels.rst", "Header", Violation,
+            "An image whose Empty Image flag (bit 0) says it is clear allocates no clusters.";
         DATA_OFF = "parallels.header.data-off", "parallels.rst", "Header", Corruption,
             "data_off is past the BAT and inside the file; for WithouFreSpacExt non-zero and cluster aligned.";
         BAT_BELOW_DATA = "parallels.bat.after-data-offset", "parallels.rst", "BAT", Corruption,

@@ -34,7 +34,18 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
     ("vhost_user_session", vhost_user_session),
     ("structured_image", structured_image),
     ("parallels_check", parallels_check),
+    ("qed_check", qed_check),
 ];
+
+/// qed_check: raw bytes as a QED image through the checker and the reader.
+pub fn qed_check(data: &[u8]) {
+    let report = qconform_core::qed::check(&data, "fuzz", &fuzz_limits());
+    assert!((0..=3).contains(&report.exit_code(false)));
+    for f in &report.findings {
+        assert!(qconform_core::rules::by_id(f.rule.id).is_some());
+    }
+    read_some(data);
+}
 
 /// parallels_check: raw bytes as a Parallels image through the checker,
 /// the metadata parser and the reader's map.
@@ -43,11 +54,23 @@ pub fn parallels_check(data: &[u8]) {
     let report = qconform_core::parallels::check(&data, "fuzz", &limits);
     assert!((0..=3).contains(&report.exit_code(false)));
     let _ = qconform_core::parallels::check::info(&data, "fuzz", &limits);
-    if let Ok(disk) = qconform_core::parallels::check::Disk::open(&data) {
-        // Bounded: the map walks the BAT, whose size the file bounds... and a
-        // claimed disk size; read only the first clusters.
+    read_some(data);
+}
+
+/// Opens `data` as a virtual disk (no other files) and reads its first
+/// clusters and its map: the map is bounded by the tables the file holds,
+/// whatever disk size it claims.
+fn read_some(data: &[u8]) {
+    use qconform_core::qcow2::read::{Backing, NoFiles, OpenOptions, VirtualDisk};
+    let opts = OpenOptions {
+        backing: Backing::Ignore,
+        limits: fuzz_limits(),
+        ..OpenOptions::default()
+    };
+    if let Ok(mut disk) = VirtualDisk::open(Box::new(data.to_vec()), &NoFiles, &opts) {
         let mut buf = vec![0u8; 4096];
         let _ = disk.read_at(0, &mut buf);
+        let _ = disk.map();
     }
 }
 

@@ -76,13 +76,25 @@ fn corpus(args: &[String]) -> Result<(), DynError> {
         }
         println!("wrote {name}");
     }
+    for (name, bytes) in qconform::corpus::writer_qed_parallels_cases() {
+        if !only.is_empty() && !only.contains(&name) {
+            continue;
+        }
+        let ext = if name.contains("qed") {
+            "qed"
+        } else {
+            "parallels"
+        };
+        std::fs::write(dir.join(format!("{name}.{ext}")), bytes)?;
+        println!("wrote {name}");
+    }
     parallels_corpus(&root, &dir, &only)?;
     for case in qconform::corpus::qed_cases() {
         if !only.is_empty() && !only.contains(&case.name) && !only.contains(&"qed") {
             continue;
         }
         let tmp = format!("{}.tmp", case.name);
-        qconform::corpus::build_steps(&tmp, qconform::corpus::QED_STEPS, None, &dir)?;
+        qconform::corpus::build_steps(&tmp, case.steps, None, &dir)?;
         let built = dir.join(format!("{tmp}.qcow2"));
         let mut bytes = std::fs::read(&built)?;
         std::fs::remove_file(&built)?;
@@ -103,16 +115,25 @@ fn corpus(args: &[String]) -> Result<(), DynError> {
     if only.is_empty() || only.contains(&"vhost-user") {
         transcripts(&root)?;
     }
-    // Fuzz seeds: every corpus image (small ones; the fuzzer mutates them).
-    let seeds = root.join("corpus/fuzz/qcow2_check");
-    if seeds.exists() {
-        std::fs::remove_dir_all(&seeds)?;
-    }
-    std::fs::create_dir_all(&seeds)?;
-    for (name, path) in qconform::golden::corpus_images(&root) {
-        // Large images make slow seeds; their structure is in the small ones.
-        if std::fs::metadata(&path)?.len() <= 1 << 20 {
-            std::fs::copy(&path, seeds.join(name))?;
+    // Fuzz seeds: every corpus image of the target's format (small ones;
+    // the fuzzer mutates them).
+    for (target, ext) in [
+        ("qcow2_check", "qcow2"),
+        ("parallels_check", "parallels"),
+        ("qed_check", "qed"),
+    ] {
+        let seeds = root.join("corpus/fuzz").join(target);
+        if seeds.exists() {
+            std::fs::remove_dir_all(&seeds)?;
+        }
+        std::fs::create_dir_all(&seeds)?;
+        for (name, path) in qconform::golden::corpus_images(&root) {
+            // Large images make slow seeds; their structure is in the small ones.
+            if path.extension().is_some_and(|x| x == ext)
+                && std::fs::metadata(&path)?.len() <= 1 << 20
+            {
+                std::fs::copy(&path, seeds.join(name))?;
+            }
         }
     }
     println!("{} cases under {}", cases.len(), dir.display());

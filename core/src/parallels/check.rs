@@ -69,6 +69,15 @@ pub fn check(src: &dyn ReadAt, filename: &str, limits: &Limits) -> Report {
     } else if data_off < min_data || data_off > file_len {
         report.add(&rule::DATA_OFF, Some(48), format!("data offset {data_off:#x} lies inside the BAT (ends {bat_end:#x}) or past the file ({file_len} bytes)"));
     }
+    let allocated = bat.iter().filter(|&&e| e != 0).count() as u64;
+    if h.flags & header::FLAG_EMPTY != 0 && allocated > 0 {
+        // QEMU ignores the flag and reads the BAT; so does our reader.
+        report.add(
+            &rule::EMPTY_IMAGE,
+            Some(52),
+            format!("the Empty Image flag is set, but the BAT allocates {allocated} clusters"),
+        );
+    }
     // Every used cluster, by byte offset: who uses it.
     let mut used: HashMap<u64, String> = HashMap::new();
     let mut image_end = data_off.min(file_len).max(bat_end.min(file_len));
@@ -155,103 +164,8 @@ pub fn check(src: &dyn ReadAt, filename: &str, limits: &Limits) -> Report {
     }
     report.image_end_offset = Some(image_end);
     report.total_clusters = Some(h.nb_bat_entries as u64);
-    report.allocated_clusters = Some(bat.iter().filter(|&&e| e != 0).count() as u64);
+    report.allocated_clusters = Some(allocated);
     report.fragmented_clusters = Some(0);
     report.compressed_clusters = Some(0);
     report
-}
-
-/// A Parallels virtual disk: allocated clusters read from the file,
-/// unallocated ones as zeros.
-pub struct Disk<'a> {
-    src: &'a dyn ReadAt,
-    h: Header,
-    bat: Vec<u32>,
-}
-
-impl<'a> Disk<'a> {
-    pub fn open(src: &'a dyn ReadAt) -> Result<Disk<'a>, String> {
-        let mut r = Report::new("read", "parallels", &Limits::default());
-        let h = header::parse(src, &mut r).ok_or_else(|| {
-            r.findings.first().map_or("unreadable".into(), |f| {
-                format!("[{}] {}", f.rule.id, f.detail)
-            })
-        })?;
-        let bat = header::read_bat(src, &h);
-        Ok(Disk { src, h, bat })
-    }
-
-    pub fn size(&self) -> u64 {
-        self.h.disk_size()
-    }
-
-    /// Host offset of guest cluster `k`, if allocated.
-    fn host(&self, k: u64) -> Option<u64> {
-        let e = *self.bat.get(k as usize)?;
-        (e != 0).then(|| self.h.bat_offset(e))
-    }
-
-    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), String> {
-        let cs = self.h.cluster_size();
-        let mut done = 0usize;
-        while done < buf.len() {
-            let pos = offset + done as u64;
-            let in_cluster = pos % cs;
-            let n = ((cs - in_cluster) as usize).min(buf.len() - done);
-            let out = &mut buf[done..done + n];
-            match self.host(pos / cs).filter(|_| pos < self.size()) {
-                Some(host) => self
-                    .src
-                    .read_zero_padded(out, host + in_cluster)
-                    .map_err(|e| e.to_string())?,
-                None => out.fill(0),
-            }
-            done += n;
-        }
-        Ok(())
-    }
-
-    /// The map as qemu-img prints it: allocated runs with their offsets,
-    /// unallocated runs as zero.
-    pub fn map(&self) -> Vec<crate::qcow2::read::MapEntry> {
-        use crate::qcow2::read::MapEntry;
-        let cs = self.h.cluster_size();
-        let size = self.size();
-        let mut out: Vec<MapEntry> = Vec::new();
-        let mut push = |e: MapEntry| crate::qcow2::read::push_merged(&mut out, e);
-        // Walk the BAT (bounded by the file), not the claimed disk size: past
-        // the BAT everything is one unallocated run.
-        let mut pos = 0;
-        for k in 0..self.bat.len() as u64 {
-            if pos >= size {
-                break;
-            }
-            let len = cs.min(size - pos);
-            let host = self.host(k);
-            push(MapEntry {
-                start: pos,
-                length: len,
-                depth: 0,
-                present: host.is_some(),
-                zero: host.is_none(),
-                data: host.is_some(),
-                compressed: false,
-                offset: host,
-            });
-            pos += len;
-        }
-        if pos < size {
-            push(MapEntry {
-                start: pos,
-                length: size - pos,
-                depth: 0,
-                present: false,
-                zero: true,
-                data: false,
-                compressed: false,
-                offset: None,
-            });
-        }
-        out
-    }
 }

@@ -14,6 +14,8 @@ pub const IN_USE_CLOSED: u32 = 0x312e_3276;
 /// QEMU's caps: tracks <= INT32_MAX / 513, BAT entries <= INT32_MAX / 4.
 pub const MAX_TRACKS: u32 = (i32::MAX / 513) as u32;
 pub const MAX_BAT_ENTRIES: u32 = (i32::MAX / 4) as u32;
+/// flags bit 0: the image should be considered clear.
+pub const FLAG_EMPTY: u32 = 1;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Header {
@@ -150,6 +152,16 @@ pub fn parse(src: &dyn ReadAt, report: &mut Report) -> Option<Header> {
                 h.nb_bat_entries,
                 h.cluster_size(),
                 h.disk_size()
+            ),
+        );
+    }
+    if h.flags & !FLAG_EMPTY != 0 {
+        report.add(
+            &rule::FLAGS_UNUSED,
+            Some(52),
+            format!(
+                "flags {:#x}: bits 1-31 are unused and must be zero",
+                h.flags
             ),
         );
     }

@@ -4,6 +4,9 @@
 pub mod check;
 pub mod ext;
 pub mod header;
+pub mod mutate;
+pub mod read;
+pub mod write;
 
 pub use check::check;
 

@@ -142,7 +142,7 @@ pub fn push_merged(out: &mut Vec<MapEntry>, e: MapEntry) {
 
 /// What one layer says about a range starting at a guest offset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Status {
+pub(crate) enum Status {
     /// Data at this host offset (in the image, or its data file).
     Data {
         host: u64,
@@ -180,6 +180,8 @@ struct Qcow2Layer {
 
 enum Layer {
     Qcow2(Box<Qcow2Layer>),
+    Qed(Box<crate::qed::read::QedLayer>),
+    Parallels(Box<crate::parallels::read::ParallelsLayer>),
     /// A raw backing file: all of it is data at its own offsets.
     Raw(Box<dyn ReadAt>),
 }
@@ -188,6 +190,8 @@ impl Layer {
     fn size(&self) -> u64 {
         match self {
             Layer::Qcow2(q) => q.size,
+            Layer::Qed(q) => q.size(),
+            Layer::Parallels(p) => p.size(),
             Layer::Raw(r) => r.size(),
         }
     }
@@ -510,6 +514,31 @@ fn detect_metadata_preallocation(src: &dyn ReadAt, h: &Header) -> bool {
     count >= threshold
 }
 
+/// Opens one layer of a chain: `format` None is a raw file.
+fn open_layer(
+    src: Box<dyn ReadAt>,
+    format: Option<crate::detect::Format>,
+    resolver: &dyn Resolver,
+    opts: &OpenOptions<'_>,
+) -> Result<(Layer, Option<(String, Option<String>)>), ReadError> {
+    use crate::detect::Format;
+    Ok(match format {
+        Some(Format::Qcow2) => {
+            let (l, b) = open_qcow2(src, resolver, opts.snapshot, &opts.limits)?;
+            (Layer::Qcow2(Box::new(l)), b)
+        }
+        Some(Format::Qed) => {
+            let (l, b) = crate::qed::read::QedLayer::open(src)?;
+            (Layer::Qed(Box::new(l)), b)
+        }
+        Some(Format::Parallels) => (
+            Layer::Parallels(Box::new(crate::parallels::read::ParallelsLayer::open(src)?)),
+            None,
+        ),
+        None => (Layer::Raw(src), None),
+    })
+}
+
 impl VirtualDisk {
     /// Opens the image in `src`, its backing chain (if followed) and data file.
     pub fn open(
@@ -517,8 +546,18 @@ impl VirtualDisk {
         resolver: &dyn Resolver,
         opts: &OpenOptions<'_>,
     ) -> Result<VirtualDisk, ReadError> {
-        let (top, mut backing) = open_qcow2(src, resolver, opts.snapshot, &opts.limits)?;
-        let mut layers = vec![Layer::Qcow2(Box::new(top))];
+        use crate::detect::{detect, Format};
+        // The top image must be one of ours; anything else is judged as qcow2
+        // so that the error names the qcow2 magic rule.
+        let format = detect(src.as_ref()).unwrap_or(Format::Qcow2);
+        if format != Format::Qcow2 && opts.snapshot.is_some() {
+            return Err(ReadError::Invalid(format!(
+                "{} images have no internal snapshots",
+                format.name()
+            )));
+        }
+        let (top, mut backing) = open_layer(src, Some(format), resolver, opts)?;
+        let mut layers = vec![top];
         let mut seen: Vec<String> = Vec::new();
         let mut current: Option<Box<dyn Resolver>> = None;
         while let (Some((name, format)), Backing::Follow) = (backing.take(), opts.backing) {
@@ -538,32 +577,32 @@ impl VirtualDisk {
                 )));
             }
             seen.push(resolved.key.clone());
-            let is_qcow2 = match format.as_deref() {
-                Some("qcow2") => true,
-                Some("raw") => false,
-                Some(other) => {
-                    return Err(ReadError::Open(format!(
-                        "backing file {name}: format {other} is not supported"
-                    )))
-                }
-                None => {
-                    crate::detect::detect(resolved.source.as_ref())
-                        == Some(crate::detect::Format::Qcow2)
-                }
+            // A named format is used as named; otherwise the file is probed,
+            // and what is none of ours is raw (as QEMU probes).
+            let format = match format.as_deref() {
+                Some("raw") => None,
+                Some(f) => Some(
+                    [Format::Qcow2, Format::Qed, Format::Parallels]
+                        .into_iter()
+                        .find(|k| k.name() == f)
+                        .ok_or_else(|| {
+                            ReadError::Open(format!(
+                                "backing file {name}: format {f} is not supported"
+                            ))
+                        })?,
+                ),
+                None => detect(resolved.source.as_ref()),
             };
-            if is_qcow2 {
-                let (layer, next) = open_qcow2(
-                    resolved.source,
-                    resolved.resolver.as_ref(),
-                    None,
-                    &opts.limits,
-                )?;
-                layers.push(Layer::Qcow2(Box::new(layer)));
-                backing = next;
-                current = Some(resolved.resolver);
-            } else {
-                layers.push(Layer::Raw(resolved.source));
-            }
+            let below = OpenOptions {
+                backing: opts.backing,
+                snapshot: None,
+                limits: opts.limits.clone(),
+            };
+            let (layer, next) =
+                open_layer(resolved.source, format, resolved.resolver.as_ref(), &below)?;
+            layers.push(layer);
+            backing = next;
+            current = Some(resolved.resolver);
         }
         Ok(VirtualDisk { layers })
     }
@@ -585,6 +624,8 @@ impl VirtualDisk {
         let left = layer.size() - guest;
         let (st, len) = match layer {
             Layer::Qcow2(q) => q.status(guest)?,
+            Layer::Qed(q) => q.status(guest)?,
+            Layer::Parallels(p) => p.status(guest),
             Layer::Raw(_) => (Status::Data { host: guest }, left),
         };
         Ok((st, len.min(max).min(left)))
@@ -622,6 +663,8 @@ impl VirtualDisk {
                 Status::Zero { .. } | Status::Unallocated { .. } => out.fill(0),
                 Status::Data { host } => match self.layers.get(layer) {
                     Some(Layer::Qcow2(q)) => q.read_data(host, out)?,
+                    Some(Layer::Qed(q)) => q.read_data(host, out)?,
+                    Some(Layer::Parallels(p)) => p.read_data(host, out)?,
                     Some(Layer::Raw(r)) => r.read_zero_padded(out, host)?,
                     None => out.fill(0),
                 },
@@ -647,6 +690,8 @@ impl VirtualDisk {
         match self.layers.get(i)? {
             Layer::Qcow2(q) => Some(q.data_file.as_deref().unwrap_or(q.src.as_ref())),
             Layer::Raw(r) => Some(r.as_ref()),
+            // QEMU's QED and Parallels drivers do not ask the file about holes.
+            Layer::Qed(_) | Layer::Parallels(_) => None,
         }
     }
 
@@ -681,7 +726,7 @@ impl VirtualDisk {
             let recurse = match self.layers.get(layer) {
                 Some(Layer::Qcow2(q)) => q.metadata_prealloc,
                 Some(Layer::Raw(_)) => true,
-                None => false,
+                _ => false,
             };
             if let (Status::Data { host }, true) = (st, recurse) {
                 if let Some((is_hole, ext_len)) =

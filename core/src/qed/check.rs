@@ -8,7 +8,9 @@ use crate::report::Report;
 use crate::rules::{general, qed as rule};
 use crate::source::{entries_in_file, ReadAt};
 
-fn read_table(src: &dyn ReadAt, h: &Header, offset: u64) -> Vec<u64> {
+/// A table's entries, as far as the file holds them (allocation bounded by
+/// the file, not by the table size the header claims).
+pub(crate) fn read_table(src: &dyn ReadAt, h: &Header, offset: u64) -> Vec<u64> {
     let n = entries_in_file(src, offset, h.table_entries(), 8);
     let mut raw = vec![0u8; (n * 8) as usize];
     if src.read_zero_padded(&mut raw, offset).is_err() {
@@ -128,134 +130,4 @@ pub fn check(src: &dyn ReadAt, filename: &str, limits: &Limits) -> Report {
     report.total_clusters = Some(h.image_size.div_ceil(cs));
     report.allocated_clusters = Some(allocated);
     report
-}
-
-/// A QED virtual disk (without its backing file: unallocated reads as zeros).
-pub struct Disk<'a> {
-    src: &'a dyn ReadAt,
-    h: Header,
-    l1: Vec<u64>,
-}
-
-impl<'a> Disk<'a> {
-    pub fn open(src: &'a dyn ReadAt) -> Result<Disk<'a>, String> {
-        let mut r = Report::new("read", "qed", &Limits::default());
-        let h = header::parse(src, &mut r).ok_or_else(|| {
-            r.findings.first().map_or("unreadable".into(), |f| {
-                format!("[{}] {}", f.rule.id, f.detail)
-            })
-        })?;
-        let l1 = read_table(src, &h, h.l1_table_offset);
-        Ok(Disk { src, h, l1 })
-    }
-
-    pub fn size(&self) -> u64 {
-        self.h.image_size
-    }
-
-    /// The data entry of guest cluster `k` (0 unallocated, 1 zero, else offset).
-    fn entry(&self, k: u64) -> u64 {
-        let n = self.h.table_entries();
-        let l2 = self.l1.get((k / n) as usize).copied().unwrap_or(0);
-        if l2 == 0 {
-            return 0;
-        }
-        let at = l2 + 8 * (k % n);
-        let mut b = [0u8; 8];
-        if self.src.read_zero_padded(&mut b, at).is_err() {
-            return 0;
-        }
-        u64::from_le_bytes(b)
-    }
-
-    /// The map as qemu-img prints it: data clusters with offsets, zero
-    /// clusters present and zero, unallocated ones not present. Walks the L1
-    /// table (bounded by the file); past its last L2 table, one unallocated run.
-    pub fn map(&self) -> Vec<crate::qcow2::read::MapEntry> {
-        use crate::qcow2::read::MapEntry;
-        let cs = self.h.cs();
-        let size = self.size();
-        let mut out: Vec<MapEntry> = Vec::new();
-        let mut push = |e: MapEntry| crate::qcow2::read::push_merged(&mut out, e);
-        let per_l2 = self.h.table_entries();
-        let mut pos = 0u64;
-        for (i, &l2) in self.l1.iter().enumerate() {
-            let table_start = i as u64 * per_l2 * cs;
-            if table_start >= size {
-                break;
-            }
-            if l2 == 0 {
-                continue; // filled in below as an unallocated gap
-            }
-            if pos < table_start {
-                push(MapEntry {
-                    start: pos,
-                    length: table_start - pos,
-                    depth: 0,
-                    present: false,
-                    zero: true,
-                    data: false,
-                    compressed: false,
-                    offset: None,
-                });
-                pos = table_start;
-            }
-            let table = read_table(self.src, &self.h, l2);
-            for k in 0..per_l2 {
-                if pos >= size {
-                    break;
-                }
-                let len = cs.min(size - pos);
-                let e = table.get(k as usize).copied().unwrap_or(0);
-                let (present, zero, data, offset) = match e {
-                    0 => (false, true, false, None),
-                    ZERO_CLUSTER => (true, true, false, None),
-                    off => (true, false, true, Some(off)),
-                };
-                push(MapEntry {
-                    start: pos,
-                    length: len,
-                    depth: 0,
-                    present,
-                    zero,
-                    data,
-                    compressed: false,
-                    offset,
-                });
-                pos += len;
-            }
-        }
-        if pos < size {
-            push(MapEntry {
-                start: pos,
-                length: size - pos,
-                depth: 0,
-                present: false,
-                zero: true,
-                data: false,
-                compressed: false,
-                offset: None,
-            });
-        }
-        out
-    }
-
-    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), String> {
-        let cs = self.h.cs();
-        let mut done = 0usize;
-        while done < buf.len() {
-            let pos = offset + done as u64;
-            let n = ((cs - pos % cs) as usize).min(buf.len() - done);
-            let out = &mut buf[done..done + n];
-            match self.entry(pos / cs) {
-                e if e > ZERO_CLUSTER && pos < self.size() => self
-                    .src
-                    .read_zero_padded(out, e + pos % cs)
-                    .map_err(|e| e.to_string())?,
-                _ => out.fill(0),
-            }
-            done += n;
-        }
-        Ok(())
-    }
 }

@@ -3,5 +3,8 @@
 
 pub mod check;
 pub mod header;
+pub mod mutate;
+pub mod read;
+pub mod write;
 
 pub use check::check;

@@ -7,6 +7,7 @@ use qconform_core::qcow2::write::{BitmapDesc, ClusterData, Description};
 use std::collections::BTreeMap;
 
 /// Cluster shapes: (cluster_bits, extended L2).
+#[allow(dead_code)]
 pub const SHAPES: &[(u32, bool)] = &[(9, false), (12, false), (16, false), (14, true), (16, true)];
 
 /// Compressible but not constant cluster contents.
@@ -22,6 +23,7 @@ pub fn bytes(seed: u8, n: usize) -> Vec<u8> {
 /// Descriptions of images `clusters` clusters large, of the given shapes:
 /// every cluster kind, refcount widths, both versions and compression types,
 /// snapshots, bitmaps, data files, lazy refcounts.
+#[allow(dead_code)]
 pub fn description(
     clusters: u64,
     shapes: &'static [(u32, bool)],
@@ -98,4 +100,81 @@ pub fn description(
                 d
             },
         )
+}
+
+/// QED descriptions: cluster sizes 4-64 KiB, table sizes 1-4, up to 16
+/// data or zero clusters of a disk of up to `clusters` clusters (its last
+/// one partial when `tail` sectors cut it), a backing name or not.
+#[allow(dead_code)]
+pub fn qed_description(
+    clusters: u64,
+) -> impl Strategy<Value = qconform_core::qed::write::Description> {
+    use qconform_core::qed::write::{Cluster, Description};
+    (
+        prop::sample::select(vec![4096u32, 8192, 65536]),
+        prop::sample::select(vec![1u32, 2, 4]),
+        1..=clusters,
+        0u64..8,
+        prop::collection::vec((0..clusters, any::<bool>(), any::<u8>()), 0..16),
+        prop::option::of(("[a-z]{1,12}\\.img", any::<bool>())),
+    )
+        .prop_map(move |(cs, ts, n, tail, cl, backing)| {
+            let size = n * cs as u64 - tail * 512;
+            let mut d = Description::new(size, cs, ts);
+            for (k, zero, seed) in cl {
+                if k < size.div_ceil(cs as u64) {
+                    d.clusters.insert(
+                        k,
+                        if zero {
+                            Cluster::Zero
+                        } else {
+                            Cluster::Data(bytes(seed, cs as usize))
+                        },
+                    );
+                }
+            }
+            d.backing = backing;
+            d
+        })
+}
+
+/// Parallels descriptions: both magics, cluster sizes 512 B-64 KiB, up to
+/// 16 allocated clusters of a disk of up to `clusters` clusters, and
+/// (for the extension magic) a dirty bitmap of any power-of-2 granularity.
+#[allow(dead_code)]
+pub fn parallels_description(
+    clusters: u64,
+) -> impl Strategy<Value = qconform_core::parallels::write::Description> {
+    use qconform_core::parallels::write::{BitmapDesc, Description};
+    (
+        prop::sample::select(vec![512u64, 1024, 4096, 65536]),
+        any::<bool>(),
+        1..=clusters,
+        0u64..4,
+        prop::collection::vec((0..clusters, any::<u8>()), 0..16),
+        prop::option::of((
+            0u32..8,
+            prop::collection::vec(any::<u64>(), 0..24),
+            any::<[u8; 16]>(),
+        )),
+    )
+        .prop_map(move |(cs, ext, n, tail, cl, bitmap)| {
+            let size = (n * cs).saturating_sub(tail * 512).max(512);
+            let mut d = Description::new(size, cs, ext);
+            for (k, seed) in cl {
+                if k < d.bat_entries() {
+                    d.clusters.insert(k, bytes(seed, cs as usize));
+                }
+            }
+            if let (true, Some((g, bits, id))) = (ext, bitmap) {
+                let granularity = 1u32 << g;
+                let total = (size / 512).div_ceil(granularity as u64);
+                d.bitmap = Some(BitmapDesc {
+                    id,
+                    granularity,
+                    dirty_bits: bits.iter().map(|b| b % total).collect(),
+                });
+            }
+            d
+        })
 }

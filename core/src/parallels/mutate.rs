@@ -1,0 +1,253 @@
+//! Parallels mutators: one structured corruption of a valid image at a
+//! time, each naming the rules the checker must then report.
+
+use super::ext::{EXT_MAGIC, FEATURE_DIRTY_BITMAP};
+use super::header::{self, HEADER_SIZE, IN_USE_OPEN};
+use super::SECTOR;
+use crate::limits::Limits;
+use crate::report::Report;
+use crate::source::{le_u32, le_u64};
+use md5::{Digest, Md5};
+
+/// One corruption. `nth` picks among the candidates (modulo their count).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mutation {
+    /// A BAT entry below the data offset.
+    BatBelowData { nth: usize },
+    /// A BAT entry past the end of the file.
+    BatPastEof { nth: usize },
+    /// A BAT entry equal to another one.
+    BatDuplicate { nth: usize },
+    /// A sector-based BAT entry moved back by one sector (WithoutFreeSpace, clusters > 512 bytes).
+    BatUnaligned { nth: usize },
+    /// One unused cluster appended.
+    Leak,
+    /// in_use says open read-write.
+    InUseOpen,
+    /// in_use a value the spec does not allow.
+    InUseBad,
+    /// tracks 0: a cluster of no bytes.
+    TracksZero,
+    /// version 3.
+    Version,
+    /// An unused flags bit.
+    FlagsUnused { bit: u8 },
+    /// The Empty Image flag on an image with allocated clusters.
+    EmptyWithData,
+    /// The Format Extension magic broken (the checksum still right).
+    ExtMagic,
+    /// A byte of the extension cluster changed, the checksum not updated.
+    ExtChecksum,
+    /// A dirty bitmap granularity that is not a power of 2.
+    BitmapGranularity,
+    /// A dirty bitmap L1 entry past the end of the file.
+    BitmapL1PastEof,
+    /// A dirty bitmap size other than the disk's.
+    BitmapSize,
+    /// nb_sectors with high bits in a WithoutFreeSpace image.
+    NbSectorsHigh,
+    /// data_off past the end of the file.
+    DataOffPastEof,
+    /// nb_sectors beyond what the BAT covers.
+    BatShort,
+}
+
+/// All mutation shapes, for generators.
+pub const KINDS: usize = 19;
+
+impl Mutation {
+    /// Builds mutation `kind` (0..KINDS) with the selector values `a`, `b`.
+    pub fn from_parts(kind: usize, a: usize, b: u8) -> Mutation {
+        match kind % KINDS {
+            0 => Mutation::BatBelowData { nth: a },
+            1 => Mutation::BatPastEof { nth: a },
+            2 => Mutation::BatDuplicate { nth: a },
+            3 => Mutation::BatUnaligned { nth: a },
+            4 => Mutation::Leak,
+            5 => Mutation::InUseOpen,
+            6 => Mutation::InUseBad,
+            7 => Mutation::TracksZero,
+            8 => Mutation::Version,
+            9 => Mutation::FlagsUnused { bit: 1 + b % 31 },
+            10 => Mutation::EmptyWithData,
+            11 => Mutation::ExtMagic,
+            12 => Mutation::ExtChecksum,
+            13 => Mutation::BitmapGranularity,
+            14 => Mutation::BitmapL1PastEof,
+            15 => Mutation::BitmapSize,
+            16 => Mutation::NbSectorsHigh,
+            17 => Mutation::DataOffPastEof,
+            _ => Mutation::BatShort,
+        }
+    }
+}
+
+fn put32(b: &mut [u8], at: u64, v: u32) {
+    if let Some(s) = b.get_mut(at as usize..at as usize + 4) {
+        s.copy_from_slice(&v.to_le_bytes());
+    }
+}
+fn put64(b: &mut [u8], at: u64, v: u64) {
+    if let Some(s) = b.get_mut(at as usize..at as usize + 8) {
+        s.copy_from_slice(&v.to_le_bytes());
+    }
+}
+
+fn pick<T: Copy>(v: &[T], nth: usize) -> Option<T> {
+    (!v.is_empty()).then(|| v[nth % v.len()])
+}
+
+/// Rewrites the extension cluster's MD5 after an edit of its body.
+fn fix_checksum(img: &mut [u8], ext_at: u64, cs: u64) {
+    let (a, b) = (ext_at as usize, (ext_at + cs) as usize);
+    if let Some(body) = img.get(a + 24..b) {
+        let sum = Md5::digest(body);
+        img[a + 8..a + 24].copy_from_slice(&sum);
+    }
+}
+
+/// Applies `m` to a valid image. Returns the rules the checker must report,
+/// or None when the image has nothing to mutate that way (the image is then
+/// unchanged).
+pub fn apply(m: Mutation, img: &mut Vec<u8>) -> Option<&'static [&'static str]> {
+    let mut scratch = Report::new("mutate", "parallels", &Limits::default());
+    let h = header::parse(&img.as_slice(), &mut scratch)?;
+    let cs = h.cluster_size();
+    let bat = header::read_bat(&img.as_slice(), &h);
+    let allocated: Vec<(u64, u32)> = bat
+        .iter()
+        .enumerate()
+        .filter(|(_, &e)| e != 0)
+        .map(|(i, &e)| (HEADER_SIZE + 4 * i as u64, e))
+        .collect();
+    // The first feature of the extension, when it is a dirty bitmap: its data offset.
+    let ext_at = h.ext_off.saturating_mul(SECTOR);
+    let bitmap = (h.ext_off != 0
+        && le_u64(img, ext_at as usize) == EXT_MAGIC
+        && le_u64(img, ext_at as usize + 24) == FEATURE_DIRTY_BITMAP)
+        .then_some(ext_at + 48);
+    // A BAT value naming `off` bytes into the file.
+    let entry = |off: u64| -> u32 {
+        if h.ext_magic {
+            (off / cs) as u32
+        } else {
+            (off / SECTOR) as u32
+        }
+    };
+    let past_eof = (img.len() as u64).next_multiple_of(cs) + 4 * cs;
+    Some(match m {
+        Mutation::BatBelowData { nth } => {
+            let (at, _) = pick(&allocated, nth)?;
+            // The lowest non-zero value: the first sector, or the first cluster.
+            let low = if h.ext_magic { cs } else { SECTOR };
+            if low >= h.data_offset() {
+                return None;
+            }
+            put32(img, at, entry(low));
+            &["parallels.bat.after-data-offset"]
+        }
+        Mutation::BatPastEof { nth } => {
+            let (at, _) = pick(&allocated, nth)?;
+            put32(img, at, entry(past_eof));
+            &["parallels.bat.inside-file"]
+        }
+        Mutation::BatDuplicate { nth } => {
+            let (_, e) = pick(&allocated, nth)?;
+            let others: Vec<u64> = (0..bat.len() as u64)
+                .map(|i| HEADER_SIZE + 4 * i)
+                .filter(|&at| le_u32(img, at as usize) != e)
+                .collect();
+            put32(img, pick(&others, nth / 2)?, e);
+            &["parallels.bat.unique"]
+        }
+        Mutation::BatUnaligned { nth } => {
+            if h.ext_magic || cs == SECTOR {
+                return None;
+            }
+            // One sector back (forward could cross EOF), staying past the data offset.
+            let movable: Vec<(u64, u32)> = allocated
+                .iter()
+                .copied()
+                .filter(|&(_, e)| (e as u64 - 1) * SECTOR >= h.data_offset())
+                .collect();
+            let (at, e) = pick(&movable, nth)?;
+            put32(img, at, e - 1);
+            &["parallels.bat.cluster-aligned"]
+        }
+        Mutation::Leak => {
+            img.resize(img.len() + cs as usize, 0xAA);
+            &["parallels.data.no-leak"]
+        }
+        Mutation::InUseOpen => {
+            put32(img, 44, IN_USE_OPEN);
+            &["parallels.header.closed"]
+        }
+        Mutation::InUseBad => {
+            put32(img, 44, 0x1234_5678);
+            &["parallels.header.in-use-value"]
+        }
+        Mutation::TracksZero => {
+            put32(img, 28, 0);
+            &["parallels.header.tracks"]
+        }
+        Mutation::Version => {
+            put32(img, 16, 3);
+            &["parallels.header.version"]
+        }
+        Mutation::FlagsUnused { bit } => {
+            put32(img, 52, h.flags | 1 << bit.clamp(1, 31));
+            &["parallels.header.flags-unused"]
+        }
+        Mutation::EmptyWithData => {
+            allocated.first()?;
+            put32(img, 52, h.flags | header::FLAG_EMPTY);
+            &["parallels.header.empty-image"]
+        }
+        Mutation::ExtMagic => {
+            bitmap?;
+            put64(img, ext_at, EXT_MAGIC ^ 1);
+            &["parallels.ext.magic"]
+        }
+        Mutation::ExtChecksum => {
+            bitmap?;
+            let last = (ext_at + cs - 1) as usize;
+            *img.get_mut(last)? ^= 0x5A;
+            &["parallels.ext.checksum"]
+        }
+        Mutation::BitmapGranularity => {
+            let data = bitmap?;
+            put32(img, data + 24, 3);
+            fix_checksum(img, ext_at, cs);
+            &["parallels.bitmap.granularity"]
+        }
+        Mutation::BitmapL1PastEof => {
+            let data = bitmap?;
+            put64(img, data + 32, past_eof / SECTOR);
+            fix_checksum(img, ext_at, cs);
+            &["parallels.bitmap.l1-entry"]
+        }
+        Mutation::BitmapSize => {
+            let data = bitmap?;
+            let size = le_u64(img, data as usize);
+            put64(img, data, size + 1);
+            fix_checksum(img, ext_at, cs);
+            &["parallels.bitmap.size"]
+        }
+        Mutation::NbSectorsHigh => {
+            if h.ext_magic {
+                return None;
+            }
+            put64(img, 36, h.nb_sectors | 1 << 40);
+            &["parallels.header.nb-sectors-high-zero"]
+        }
+        Mutation::DataOffPastEof => {
+            put32(img, 48, (past_eof / SECTOR) as u32);
+            &["parallels.header.data-off"]
+        }
+        Mutation::BatShort => {
+            // One sector more than the BAT's clusters cover.
+            put64(img, 36, h.nb_bat_entries as u64 * (cs / SECTOR) + 1);
+            &["parallels.header.bat-covers-disk"]
+        }
+    })
+}

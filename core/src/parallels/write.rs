@@ -1,0 +1,213 @@
+//! The Parallels writer: a spec-valid expandable image from a logical
+//! description (spec sections "Header", "BAT", "Data Area", "Format
+//! Extension", "Dirty bitmaps feature").
+//!
+//! Layout: header and BAT, padded to a cluster (the data offset, cluster
+//! aligned for both magics as the spec recommends); then the Format
+//! Extension cluster and its bitmap data clusters when there is a bitmap;
+//! then the data clusters in guest order. Every cluster past the data
+//! offset is used: nothing leaks.
+
+use super::ext::{EXT_MAGIC, FEATURE_DIRTY_BITMAP};
+use super::header::{HEADER_SIZE, IN_USE_CLOSED, MAGIC_V1, MAGIC_V2};
+use super::SECTOR;
+pub use crate::qcow2::write::WriteError;
+use md5::{Digest, Md5};
+use std::collections::BTreeMap;
+
+/// A dirty bitmap of the Format Extension.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BitmapDesc {
+    pub id: [u8; 16],
+    /// Sectors per bit (a power of two).
+    pub granularity: u32,
+    /// Dirty bits, by index (bit i covers granularity sectors from i * granularity).
+    pub dirty_bits: Vec<u64>,
+}
+
+/// The logical description of a Parallels image.
+#[derive(Debug, Clone)]
+pub struct Description {
+    /// Guest size in bytes (a multiple of 512).
+    pub size: u64,
+    /// Cluster size in bytes (a multiple of 512).
+    pub cluster_size: u64,
+    /// "WithouFreSpacExt" (BAT in clusters) rather than "WithoutFreeSpace" (BAT in sectors).
+    pub ext_magic: bool,
+    /// Guest cluster index -> its bytes (one cluster); absent: unallocated.
+    pub clusters: BTreeMap<u64, Vec<u8>>,
+    pub bitmap: Option<BitmapDesc>,
+}
+
+impl Description {
+    pub fn new(size: u64, cluster_size: u64, ext_magic: bool) -> Description {
+        Description {
+            size,
+            cluster_size,
+            ext_magic,
+            clusters: BTreeMap::new(),
+            bitmap: None,
+        }
+    }
+
+    pub fn bat_entries(&self) -> u64 {
+        self.size.div_ceil(self.cluster_size)
+    }
+
+    /// The guest's bytes (unallocated: zeros).
+    pub fn guest_bytes(&self) -> Vec<u8> {
+        let cs = self.cluster_size as usize;
+        let mut out = vec![0u8; self.size as usize];
+        for (&k, d) in &self.clusters {
+            let at = k as usize * cs;
+            if let Some(dst) = out.get_mut(at..(at + cs).min(self.size as usize)) {
+                let n = dst.len();
+                dst.copy_from_slice(&d[..n]);
+            }
+        }
+        out
+    }
+
+    /// Dirty guest byte ranges the bitmap describes, merged, clipped to the disk.
+    pub fn dirty_ranges(&self) -> Vec<(u64, u64)> {
+        let Some(b) = &self.bitmap else {
+            return Vec::new();
+        };
+        let g = b.granularity as u64 * SECTOR;
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        let mut bits = b.dirty_bits.clone();
+        bits.sort_unstable();
+        bits.dedup();
+        for i in bits {
+            let start = i * g;
+            if start >= self.size {
+                continue;
+            }
+            let len = g.min(self.size - start);
+            match out.last_mut() {
+                Some((s, l)) if *s + *l == start => *l += len,
+                _ => out.push((start, len)),
+            }
+        }
+        out
+    }
+}
+
+fn put32(b: &mut [u8], at: usize, v: u32) {
+    b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+}
+fn put64(b: &mut [u8], at: usize, v: u64) {
+    b[at..at + 8].copy_from_slice(&v.to_le_bytes());
+}
+
+pub fn write(d: &Description) -> Result<Vec<u8>, WriteError> {
+    let err = |s: String| Err(WriteError(s));
+    let cs = d.cluster_size;
+    if cs == 0 || cs % SECTOR != 0 || cs / SECTOR > super::header::MAX_TRACKS as u64 {
+        return err(format!(
+            "cluster size {cs} is not a positive multiple of 512"
+        ));
+    }
+    if d.size % SECTOR != 0 || (!d.ext_magic && d.size / SECTOR > u32::MAX as u64) {
+        return err(format!("size {} does not fit this magic", d.size));
+    }
+    let nb_bat = d.bat_entries();
+    if nb_bat > super::header::MAX_BAT_ENTRIES as u64 {
+        return err(format!("{nb_bat} BAT entries"));
+    }
+    if let Some((&k, _)) = d.clusters.range(nb_bat..).next() {
+        return err(format!("cluster {k} lies past the end of the disk"));
+    }
+    let data_off = (HEADER_SIZE + 4 * nb_bat).next_multiple_of(cs);
+    let mut img = vec![0u8; data_off as usize];
+    img[..16].copy_from_slice(if d.ext_magic { MAGIC_V2 } else { MAGIC_V1 });
+    put32(&mut img, 16, 2);
+    put32(&mut img, 20, 16); // heads and cylinders: geometry hints only
+    put32(
+        &mut img,
+        24,
+        (d.size / SECTOR / 16 / (cs / SECTOR)).max(1) as u32,
+    );
+    put32(&mut img, 28, (cs / SECTOR) as u32);
+    put32(&mut img, 32, nb_bat as u32);
+    put64(&mut img, 36, d.size / SECTOR);
+    put32(&mut img, 44, IN_USE_CLOSED);
+    put32(&mut img, 48, (data_off / SECTOR) as u32);
+    // A BAT entry names a cluster in clusters (ext magic) or sectors.
+    let entry = |off: u64| -> u32 {
+        if d.ext_magic {
+            (off / cs) as u32
+        } else {
+            (off / SECTOR) as u32
+        }
+    };
+    if let Some(b) = &d.bitmap {
+        if !b.granularity.is_power_of_two() {
+            return err(format!("granularity {} is not a power of 2", b.granularity));
+        }
+        let ext_at = img.len() as u64;
+        img.resize(img.len() + cs as usize, 0);
+        put64(&mut img, 56, ext_at / SECTOR);
+        let sectors = d.size / SECTOR;
+        let total_bits = sectors.div_ceil(b.granularity as u64);
+        let bits_per_cluster = cs * 8;
+        let l1_size = total_bits.div_ceil(bits_per_cluster);
+        let feature_size = 32 + 8 * l1_size;
+        if 24 + 24 + feature_size + 24 > cs {
+            return err("the bitmap's L1 table does not fit in the extension cluster".into());
+        }
+        // One L1 entry per cluster of bits: 0 clean, 1 all dirty, else a data cluster.
+        let mut l1 = vec![0u64; l1_size as usize];
+        let mut chunks: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
+        for &bit in &b.dirty_bits {
+            if bit >= total_bits {
+                return err(format!("dirty bit {bit} lies past the disk"));
+            }
+            let c = chunks
+                .entry(bit / bits_per_cluster)
+                .or_insert_with(|| vec![0u8; cs as usize]);
+            let i = bit % bits_per_cluster;
+            c[(i / 8) as usize] |= 1 << (i % 8);
+        }
+        for (i, bytes) in chunks {
+            let bits_here = bits_per_cluster.min(total_bits - i * bits_per_cluster);
+            let all = (0..bits_here).all(|k| bytes[(k / 8) as usize] >> (k % 8) & 1 == 1);
+            l1[i as usize] = if all {
+                1
+            } else {
+                let at = img.len() as u64;
+                img.extend_from_slice(&bytes);
+                at / SECTOR
+            };
+        }
+        let e = ext_at as usize;
+        put64(&mut img, e, EXT_MAGIC);
+        let f = e + 24;
+        put64(&mut img, f, FEATURE_DIRTY_BITMAP);
+        put32(&mut img, f + 16, feature_size as u32);
+        let data = f + 24;
+        put64(&mut img, data, sectors);
+        img[data + 8..data + 24].copy_from_slice(&b.id);
+        put32(&mut img, data + 24, b.granularity);
+        put32(&mut img, data + 28, l1_size as u32);
+        for (i, v) in l1.iter().enumerate() {
+            put64(&mut img, data + 32 + 8 * i, *v);
+        }
+        // The end-of-features entry is the zeros that follow; then the checksum.
+        let sum = Md5::digest(&img[e + 24..e + cs as usize]);
+        img[e + 8..e + 24].copy_from_slice(&sum);
+    }
+    for (&k, bytes) in &d.clusters {
+        if bytes.len() as u64 != cs {
+            return err(format!(
+                "cluster {k}: {} bytes, not one cluster",
+                bytes.len()
+            ));
+        }
+        let at = img.len() as u64;
+        let v = entry(at);
+        put32(&mut img, (HEADER_SIZE + 4 * k) as usize, v);
+        img.extend_from_slice(bytes);
+    }
+    Ok(img)
+}

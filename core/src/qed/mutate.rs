@@ -1,0 +1,175 @@
+//! QED mutators: one structured corruption of a valid image at a time, each
+//! naming the rules the checker must then report (as qcow2's mutators do).
+
+use super::header::{self, Header, F_BACKING_FILE, ZERO_CLUSTER};
+use crate::limits::Limits;
+use crate::report::Report;
+
+/// One corruption. `nth` picks among the candidates (modulo their count).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mutation {
+    /// An unallocated L2 entry (or another data entry) names a data cluster already in use.
+    DuplicateData { nth: usize },
+    /// A data cluster offset moved by 512 bytes (its low 12 bits are reserved).
+    MisalignData { nth: usize },
+    /// A data cluster offset past the end of the file.
+    DataPastEof { nth: usize },
+    /// An L2 table offset past the end of the file.
+    L2PastEof { nth: usize },
+    /// One unreferenced cluster appended.
+    Leak,
+    /// A `features` bit no spec defines.
+    UnknownFeature { bit: u8 },
+    /// NEED_CHECK set.
+    NeedCheck,
+    /// cluster_size not a power of 2.
+    BadClusterSize,
+    /// table_size 3.
+    BadTableSize,
+    /// image_size not a multiple of 512.
+    UnalignedImageSize,
+    /// l1_table_offset off a cluster boundary.
+    UnalignedL1,
+    /// A backing file name that ends past the header clusters.
+    BackingNamePastHeader,
+}
+
+/// All mutation shapes, for generators.
+pub const KINDS: usize = 12;
+
+impl Mutation {
+    /// Builds mutation `kind` (0..KINDS) with the selector values `a`, `b`.
+    pub fn from_parts(kind: usize, a: usize, b: u8) -> Mutation {
+        match kind % KINDS {
+            0 => Mutation::DuplicateData { nth: a },
+            1 => Mutation::MisalignData { nth: a },
+            2 => Mutation::DataPastEof { nth: a },
+            3 => Mutation::L2PastEof { nth: a },
+            4 => Mutation::Leak,
+            5 => Mutation::UnknownFeature { bit: 3 + b % 61 },
+            6 => Mutation::NeedCheck,
+            7 => Mutation::BadClusterSize,
+            8 => Mutation::BadTableSize,
+            9 => Mutation::UnalignedImageSize,
+            10 => Mutation::UnalignedL1,
+            _ => Mutation::BackingNamePastHeader,
+        }
+    }
+}
+
+fn get64(b: &[u8], at: u64) -> u64 {
+    crate::source::le_u64(b, at as usize)
+}
+fn put64(b: &mut [u8], at: u64, v: u64) {
+    if let Some(s) = b.get_mut(at as usize..at as usize + 8) {
+        s.copy_from_slice(&v.to_le_bytes());
+    }
+}
+fn put32(b: &mut [u8], at: u64, v: u32) {
+    if let Some(s) = b.get_mut(at as usize..at as usize + 4) {
+        s.copy_from_slice(&v.to_le_bytes());
+    }
+}
+
+/// Where the tables are: (L1 entry positions in use, L2 entries as (position, value)).
+fn entries(img: &[u8], h: &Header) -> (Vec<u64>, Vec<(u64, u64)>) {
+    let mut l1 = Vec::new();
+    let mut l2 = Vec::new();
+    // Bounded by the file: a table entry past its end is not there.
+    let n = h.table_entries().min(img.len() as u64 / 8);
+    for i in 0..n {
+        let at = h.l1_table_offset + 8 * i;
+        let t = get64(img, at);
+        if t == 0 {
+            continue;
+        }
+        l1.push(at);
+        for j in 0..n {
+            let e = t + 8 * j;
+            l2.push((e, get64(img, e)));
+        }
+    }
+    (l1, l2)
+}
+
+fn pick<T: Copy>(v: &[T], nth: usize) -> Option<T> {
+    (!v.is_empty()).then(|| v[nth % v.len()])
+}
+
+/// Applies `m` to a valid image. Returns the rules the checker must report,
+/// or None when the image has nothing to mutate that way (the image is then
+/// unchanged).
+pub fn apply(m: Mutation, img: &mut Vec<u8>) -> Option<&'static [&'static str]> {
+    let mut scratch = Report::new("mutate", "qed", &Limits::default());
+    let h = header::parse(&img.as_slice(), &mut scratch)?;
+    let cs = h.cs();
+    let (l1, l2) = entries(img, &h);
+    let data: Vec<(u64, u64)> = l2
+        .iter()
+        .copied()
+        .filter(|&(_, v)| v > ZERO_CLUSTER)
+        .collect();
+    let past_eof = (img.len() as u64).next_multiple_of(cs) + 4 * cs;
+    Some(match m {
+        Mutation::DuplicateData { nth } => {
+            let (_, target) = pick(&data, nth)?;
+            let free: Vec<(u64, u64)> = l2.iter().copied().filter(|&(_, v)| v != target).collect();
+            let (at, _) = pick(&free, nth / 2)?;
+            put64(img, at, target);
+            &["qed.cluster.referenced-once"]
+        }
+        Mutation::MisalignData { nth } => {
+            let (at, v) = pick(&data, nth)?;
+            put64(img, at, v + 512);
+            &["qed.table.cluster-offset-valid"]
+        }
+        Mutation::DataPastEof { nth } => {
+            let (at, _) = pick(&data, nth)?;
+            put64(img, at, past_eof);
+            &["qed.table.cluster-offset-valid"]
+        }
+        Mutation::L2PastEof { nth } => {
+            let at = pick(&l1, nth)?;
+            put64(img, at, past_eof);
+            &["qed.table.offset-valid"]
+        }
+        Mutation::Leak => {
+            img.resize(img.len().next_multiple_of(cs as usize) + cs as usize, 0xAA);
+            &["qed.cluster.no-leak"]
+        }
+        Mutation::UnknownFeature { bit } => {
+            put64(img, 16, h.features | 1 << (bit.clamp(3, 63)));
+            &["qed.header.unknown-features"]
+        }
+        Mutation::NeedCheck => {
+            put64(img, 16, h.features | header::F_NEED_CHECK);
+            &["qed.header.need-check"]
+        }
+        Mutation::BadClusterSize => {
+            put32(img, 4, h.cluster_size + 512);
+            &["qed.header.cluster-size"]
+        }
+        Mutation::BadTableSize => {
+            put32(img, 8, 3);
+            &["qed.header.table-size"]
+        }
+        Mutation::UnalignedImageSize => {
+            put64(
+                img,
+                48,
+                h.image_size.checked_sub(1).filter(|_| h.image_size > 0)?,
+            );
+            &["qed.header.image-size"]
+        }
+        Mutation::UnalignedL1 => {
+            put64(img, 40, h.l1_table_offset + 512);
+            &["qed.header.l1-table-offset"]
+        }
+        Mutation::BackingNamePastHeader => {
+            put64(img, 16, h.features | F_BACKING_FILE);
+            put32(img, 56, (h.header_bytes() - 8) as u32);
+            put32(img, 60, 64);
+            &["qed.header.backing-filename"]
+        }
+    })
+}
