@@ -1,5 +1,8 @@
-//! `qconform conform`: the main job. Checks every corpus image, compares the
-//! report with its golden file, prints a table and fails on any mismatch.
+//! `qconform conform`: the main job. Checks every corpus image and
+//! transcript, compares each report with its golden file (recorded
+//! conversations: their replay too), prints a table, then the vhost-user
+//! conformance matrix of the back-ends present; fails on any mismatch or a
+//! matrix cell that cannot run.
 
 use crate::golden::{case_json, case_snap_path, corpus_cases, read_snap, Kind};
 use crate::Output;
@@ -87,6 +90,21 @@ pub fn run(root: &Path, output: Output) -> i32 {
                 }
             }
         }
+        if golden == "match" && crate::golden::is_recording(root, c) {
+            let now: serde_json::Value =
+                serde_json::from_str(&crate::golden::replay_json(root, &c.path))
+                    .unwrap_or_default();
+            match read_snap(&crate::golden::replay_snap_path(root, c))
+                .and_then(|g| serde_json::from_str::<serde_json::Value>(&g).ok())
+            {
+                None => golden = "NO GOLDEN",
+                Some(g) if g != now => {
+                    explain(&format!("{name} (replay)"), &g, &now);
+                    golden = "MISMATCH";
+                }
+                _ => {}
+            }
+        }
         if golden != "match" {
             failures += 1;
             if let Some(body) = read_snap(&case_snap_path(root, c)) {
@@ -111,10 +129,36 @@ pub fn run(root: &Path, output: Output) -> i32 {
             golden,
         });
     }
+    // The conformance matrix: every recorded real conversation replayed
+    // against every back-end this machine can start.
+    let recorded = root.join(crate::golden::RECORDED_DIR);
+    let mut matrix = None;
+    if !crate::vhost::matrix::transcripts(&recorded).is_empty() {
+        let scratch = tempfile::tempdir();
+        let cells = scratch.map_err(|e| e.to_string()).and_then(|d| {
+            let specs = crate::vhost::matrix::available_backends(d.path());
+            crate::vhost::matrix::cells(&recorded, &specs, std::time::Duration::from_secs(2))
+        });
+        match cells {
+            Ok((cells, names)) => {
+                let errors = cells.iter().filter(|c| c.verdict == "error").count();
+                failures += errors;
+                matrix = Some((cells, names));
+            }
+            Err(e) => {
+                eprintln!("qconform conform: matrix: {e}");
+                failures += 1;
+            }
+        }
+    }
     match output {
         Output::Json => println!(
             "{}",
-            serde_json::to_string_pretty(&rows).unwrap_or_default()
+            serde_json::to_string_pretty(&serde_json::json!({
+                "cases": rows,
+                "matrix": matrix.as_ref().map(|(c, _)| c),
+            }))
+            .unwrap_or_default()
         ),
         Output::Human => {
             println!(
@@ -127,12 +171,25 @@ pub fn run(root: &Path, output: Output) -> i32 {
                     r.case, r.format, r.verdict, r.findings, r.golden
                 );
             }
+            let differ = rows.iter().filter(|r| r.golden != "match").count();
             println!(
                 "\n{} cases, {} match golden, {} differ",
                 rows.len(),
-                rows.len() - failures,
-                failures
+                rows.len() - differ,
+                differ
             );
+            if let Some((cells, names)) = &matrix {
+                println!("\nvhost-user conformance matrix (recorded conversations replayed against the back-ends on this machine):");
+                print!("{}", crate::vhost::matrix::table(cells, names));
+                for c in cells.iter().filter(|c| c.verdict == "error") {
+                    println!(
+                        "cannot run {} against {}: {}",
+                        c.transcript,
+                        c.backend,
+                        c.detail.as_deref().unwrap_or("")
+                    );
+                }
+            }
         }
     }
     if failures > 0 {

@@ -1,7 +1,9 @@
 //! Golden files: the expected report of every corpus case, kept as insta
 //! snapshots so `cargo test` and `qconform conform` read the same files:
 //! golden/check/<image>.snap (`check --output json`) and
-//! golden/vhost-user/<transcript>.snap (`vhost-user check --output json`).
+//! golden/vhost-user/<transcript>.snap (`vhost-user check --output json`),
+//! and for recorded real conversations golden/vhost-user-replay/<name>.snap
+//! (`vhost-user replay --output json` against qconform's reference back-end).
 //! `INSTA_UPDATE=always cargo test` and `qconform golden update` both
 //! rewrite them.
 
@@ -17,6 +19,10 @@ pub const GOLDEN_DIR: &str = "golden/check";
 pub const GOLDEN_VHOST_DIR: &str = "golden/vhost-user";
 pub const GOLDEN_INFO_DIR: &str = "golden/info";
 pub const GOLDEN_MAP_DIR: &str = "golden/map";
+/// Real conversations recorded through `vhost-user record`.
+pub const RECORDED_DIR: &str = "corpus/vhost-user/recorded";
+/// Their replays against qconform's reference back-end.
+pub const GOLDEN_REPLAY_DIR: &str = "golden/vhost-user-replay";
 
 /// What a corpus case is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +73,7 @@ pub fn corpus_cases(root: &Path) -> Vec<Case> {
     });
     let transcripts = list(root, TRANSCRIPTS_DIR, "jsonl")
         .into_iter()
+        .chain(list(root, RECORDED_DIR, "jsonl"))
         .map(|(name, path)| Case {
             name,
             path,
@@ -108,6 +115,44 @@ pub fn transcript_json(root: &Path, path: &Path) -> String {
             })
         }
     };
+    serde_json::to_string_pretty(&v).unwrap_or_default()
+}
+
+/// Whether a case is a recorded real conversation (it has a replay golden file).
+pub fn is_recording(root: &Path, c: &Case) -> bool {
+    c.kind == Kind::Transcript && c.path.starts_with(root.join(RECORDED_DIR))
+}
+
+pub fn replay_snap_path(root: &Path, c: &Case) -> PathBuf {
+    root.join(GOLDEN_REPLAY_DIR)
+        .join(format!("{}.snap", c.name))
+}
+
+/// The replay of a recorded conversation against qconform's reference
+/// back-end (`vhost-user replay --output json`, lenient as the matrix is).
+pub fn replay_json(root: &Path, path: &Path) -> String {
+    use crate::vhost::{replay, serve};
+    let rel = path
+        .strip_prefix(root)
+        .unwrap_or(path)
+        .display()
+        .to_string();
+    let v = (|| -> Result<serde_json::Value, String> {
+        let entries = replay::load(path)?;
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let sock = dir.path().join("serve.sock");
+        let server = serve::spawn_quiet(&sock, 2);
+        let r = replay::replay(
+            &rel,
+            &entries,
+            &sock,
+            std::time::Duration::from_secs(2),
+            Profile { lenient: true },
+        );
+        let _ = server.join();
+        serde_json::to_value(r?).map_err(|e| e.to_string())
+    })()
+    .unwrap_or_else(|e| serde_json::json!({ "transcript": rel, "error": e }));
     serde_json::to_string_pretty(&v).unwrap_or_default()
 }
 
@@ -180,6 +225,9 @@ pub fn update(root: &Path) -> i32 {
     }
     for c in &cases {
         let mut files = vec![(case_snap_path(root, c), case_json(root, c))];
+        if is_recording(root, c) {
+            files.push((replay_snap_path(root, c), replay_json(root, &c.path)));
+        }
         if c.kind == Kind::Image {
             files.push((
                 root.join(GOLDEN_INFO_DIR).join(format!("{}.snap", c.name)),

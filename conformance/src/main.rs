@@ -130,6 +130,64 @@ enum VhostAction {
         #[arg(long)]
         transcript: Option<PathBuf>,
     },
+    /// Record a conversation: a transparent proxy between a front-end (which
+    /// connects to --listen) and a back-end (at --connect), judged live.
+    Record {
+        #[arg(long)]
+        listen: PathBuf,
+        #[arg(long)]
+        connect: PathBuf,
+        /// The transcript (JSON Lines), written as the conversation goes.
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, value_enum, default_value = "human")]
+        output: Output,
+        /// Milliseconds to wait for the front-end, and either side may stay silent.
+        #[arg(long, default_value_t = 60000)]
+        idle_timeout_ms: u64,
+        /// Milliseconds a message may take once it has begun.
+        #[arg(long, default_value_t = 2000)]
+        message_timeout_ms: u64,
+        #[arg(long)]
+        lenient: bool,
+        /// A line saying how the recording was made (kept in the transcript).
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// Replay the front-end side of a transcript against a back-end and
+    /// compare every reply (exit 0 conforming, 1 could not run, 2 findings or divergences).
+    Replay {
+        file: PathBuf,
+        #[arg(long)]
+        socket: PathBuf,
+        #[arg(long, value_enum, default_value = "human")]
+        output: Output,
+        /// Deadline for every reply, in milliseconds.
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+        #[arg(long)]
+        lenient: bool,
+        /// Start the back-end with this command first ({socket} is replaced by --socket).
+        #[arg(long)]
+        backend_cmd: Option<String>,
+    },
+    /// Replay every transcript of a directory against every back-end and
+    /// print who conforms to what.
+    Matrix {
+        #[arg(long)]
+        transcripts: PathBuf,
+        /// NAME=COMMAND; {socket} in COMMAND is replaced by a fresh socket path.
+        /// "serve" as the command is qconform's own reference back-end.
+        #[arg(long = "backend", required = true)]
+        backends: Vec<String>,
+        #[arg(long, value_enum, default_value = "human")]
+        output: Output,
+        /// Also write the matrix as JUnit XML here.
+        #[arg(long)]
+        junit: Option<PathBuf>,
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+    },
     /// Run the rule engine over a transcript (exit 0 conforming, 1 unreadable, 2 findings).
     Check {
         file: PathBuf,
@@ -242,6 +300,55 @@ fn vhost_user(action: VhostAction) -> i32 {
             output,
             lenient,
         } => vcheck::run(&file, output, Profile { lenient }),
+        VhostAction::Record {
+            listen,
+            connect,
+            out,
+            output,
+            idle_timeout_ms,
+            message_timeout_ms,
+            lenient,
+            description,
+        } => qconform::vhost::record::run(
+            &qconform::vhost::record::Options {
+                listen,
+                connect,
+                out,
+                idle_timeout: Duration::from_millis(idle_timeout_ms),
+                message_timeout: Duration::from_millis(message_timeout_ms),
+                profile: Profile { lenient },
+                description,
+            },
+            output,
+        ),
+        VhostAction::Replay {
+            file,
+            socket,
+            output,
+            timeout_ms,
+            lenient,
+            backend_cmd,
+        } => qconform::vhost::replay::run_file(
+            &file,
+            &socket,
+            backend_cmd.as_deref(),
+            Duration::from_millis(timeout_ms),
+            Profile { lenient },
+            output,
+        ),
+        VhostAction::Matrix {
+            transcripts,
+            backends,
+            output,
+            junit,
+            timeout_ms,
+        } => qconform::vhost::matrix::run(
+            &transcripts,
+            &backends,
+            output,
+            junit.as_deref(),
+            Duration::from_millis(timeout_ms),
+        ),
     }
 }
 

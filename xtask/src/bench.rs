@@ -71,7 +71,10 @@ fn measure_with(
     Ok((wall, user, rss))
 }
 
-pub fn run(_args: &[String]) -> Result<(), super::DynError> {
+pub fn run(args: &[String]) -> Result<(), super::DynError> {
+    if args.first().map(String::as_str) == Some("proxy") {
+        return proxy_bench();
+    }
     let root = super::root();
     let st = Command::new("cargo")
         .args(["build", "--release", "-q", "-p", "qconform"])
@@ -129,7 +132,125 @@ pub fn run(_args: &[String]) -> Result<(), super::DynError> {
         }
     );
     let _ = Path::new(&img);
-    cat_bench(&bin, &dir)
+    cat_bench(&bin, &dir)?;
+    proxy_bench()
+}
+
+/// A back-end that answers every request with an 8-byte reply, as fast as it can.
+fn echo_backend(stream: std::os::unix::net::UnixStream) {
+    use qconform::vhost::conn::Conn;
+    use qconform_core::vhost_user::wire::Header;
+    let c = Conn::from_stream(stream);
+    let features = (1u64 << 30 | 1 << 32).to_le_bytes();
+    while let Ok(r) = c.recv(std::time::Instant::now() + std::time::Duration::from_secs(10)) {
+        if c.send(Header::reply(r.header.request, 8), &features, &[])
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// Forwards whole messages a -> b with nothing else: the baseline hop.
+fn forward(a: std::os::unix::net::UnixStream, b: std::os::unix::net::UnixStream) {
+    use qconform::vhost::conn::Conn;
+    let (a, b) = (Conn::from_stream(a), Conn::from_stream(b));
+    while let Ok(r) = a.recv(std::time::Instant::now() + std::time::Duration::from_secs(10)) {
+        if b.send(r.header, &r.payload, &[]).is_err() {
+            return;
+        }
+    }
+}
+
+/// `rounds` GET_FEATURES round trips over `front`; seconds taken.
+fn round_trips(
+    front: &std::os::unix::net::UnixStream,
+    rounds: usize,
+) -> Result<f64, super::DynError> {
+    use qconform::vhost::conn::Conn;
+    use qconform_core::vhost_user::wire::Header;
+    let c = Conn::from_stream(front.try_clone()?);
+    let t = std::time::Instant::now();
+    for _ in 0..rounds {
+        c.send(Header::request(1, 0, false), &[], &[])?;
+        c.recv(std::time::Instant::now() + std::time::Duration::from_secs(5))
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(t.elapsed().as_secs_f64())
+}
+
+/// The recording proxy's cost per forwarded message: GET_FEATURES round
+/// trips to an in-process back-end, directly and through `record` (judged
+/// and written to a transcript file), median of 5 runs of 20,000.
+fn proxy_bench() -> Result<(), super::DynError> {
+    use qconform::vhost::record::{proxy, Recorder};
+    use qconform_core::vhost_user::session::Profile;
+    use std::os::unix::net::UnixStream;
+    use std::time::Duration;
+    const ROUNDS: usize = 20_000;
+    let tmp = tempfile::tempdir()?;
+    let mut per_message = Vec::new();
+    for run in 0..7 {
+        let (front, back) = UnixStream::pair()?;
+        std::thread::spawn(move || echo_backend(back));
+        let direct = round_trips(&front, ROUNDS)?;
+        drop(front);
+        let (front, proxy_front) = UnixStream::pair()?;
+        let (proxy_back, back) = UnixStream::pair()?;
+        std::thread::spawn(move || echo_backend(back));
+        let file = std::fs::File::create(tmp.path().join(format!("bench-{run}.jsonl")))?;
+        let mut rec = Recorder::new(
+            "bench",
+            Profile::default(),
+            Box::new(std::io::BufWriter::with_capacity(1 << 18, file)),
+            "proxy bench",
+        );
+        let p = std::thread::spawn(move || {
+            proxy(
+                proxy_front,
+                proxy_back,
+                &mut rec,
+                Duration::from_secs(10),
+                Duration::from_secs(2),
+            )
+        });
+        let proxied = round_trips(&front, ROUNDS)?;
+        drop(front);
+        let _ = p.join();
+        // Each round trip is two messages, each forwarded once.
+        per_message.push((proxied - direct) / (2 * ROUNDS) as f64 * 1e6);
+        println!(
+            "proxy run {run}: direct {:.1} us/round trip, proxied {:.1} us/round trip",
+            direct / ROUNDS as f64 * 1e6,
+            proxied / ROUNDS as f64 * 1e6
+        );
+    }
+    // The same path through a bare forwarder (no judging, no transcript):
+    // what one more hop costs on this machine by itself.
+    let mut bare = Vec::new();
+    for _ in 0..5 {
+        let (front, back) = UnixStream::pair()?;
+        std::thread::spawn(move || echo_backend(back));
+        let direct = round_trips(&front, ROUNDS)?;
+        drop(front);
+        let (front, proxy_front) = UnixStream::pair()?;
+        let (proxy_back, back) = UnixStream::pair()?;
+        std::thread::spawn(move || echo_backend(back));
+        let (f2, b2) = (proxy_front.try_clone()?, proxy_back.try_clone()?);
+        std::thread::spawn(move || forward(proxy_front, proxy_back));
+        std::thread::spawn(move || forward(b2, f2));
+        let forwarded = round_trips(&front, ROUNDS)?;
+        bare.push((forwarded - direct) / (2 * ROUNDS) as f64 * 1e6);
+    }
+    let hop = median(bare);
+    println!("for scale: a bare forwarder (two threads, blocking reads, no judging, no transcript) adds {hop:.1} us per message");
+    let m = median(per_message);
+    println!("vhost-user record proxy overhead: {m:.1} us per message end to end (median of 7 x {ROUNDS} round trips: read, judge, record, forward)");
+    println!(
+        "target: <= 20 us per message: {}",
+        if m <= 20.0 { "MET" } else { "NOT MET" }
+    );
+    Ok(())
 }
 
 /// `qconform cat` vs `qemu-img convert -O raw` on a 2 GiB image with mixed

@@ -143,11 +143,28 @@ impl Conn {
 
     /// Reads one whole message, or fails at `deadline`.
     pub fn recv(&self, deadline: Instant) -> Result<Received, RecvError> {
+        self.recv_idle(deadline, None)
+    }
+
+    /// Waits until `idle` for a message to begin; once its first bytes are
+    /// in, the rest must come within `per_message` (a peer may be quiet for
+    /// long between messages, but not stop in the middle of one).
+    pub fn recv_idle(
+        &self,
+        idle: Instant,
+        per_message: Option<Duration>,
+    ) -> Result<Received, RecvError> {
         let mut head = [0u8; HEADER_SIZE];
         let mut fds = Vec::new();
         let mut got = 0;
+        let mut deadline = idle;
         while got < HEADER_SIZE {
             let n = self.recv_some(&mut head[got..], &mut fds, deadline, got > 0)?;
+            if got == 0 {
+                if let Some(d) = per_message {
+                    deadline = Instant::now() + d;
+                }
+            }
             got += n;
         }
         let header = Header::parse(&head);
@@ -163,6 +180,58 @@ impl Conn {
         let mut got = 0;
         while got < payload.len() {
             got += self.recv_some(&mut payload[got..], &mut fds, deadline, true)?;
+        }
+        Ok(Received {
+            header,
+            payload,
+            fds,
+            oversize: false,
+        })
+    }
+
+    /// Reads one message from a socket that poll() says is readable, in as
+    /// few system calls as possible: a peek at the header, then header and
+    /// payload (with their descriptors) in one read. Anything unusual (a
+    /// header not yet whole, an oversize claim, a short read) continues on
+    /// the ordinary path with `per_message` as its deadline.
+    pub fn recv_ready(&self, per_message: Duration) -> Result<Received, RecvError> {
+        let deadline = Instant::now() + per_message;
+        let mut head = [0u8; HEADER_SIZE];
+        let peeked = rustix::net::recv(
+            self.stream.as_fd(),
+            &mut head,
+            RecvFlags::PEEK | RecvFlags::DONTWAIT,
+        );
+        let header = match peeked {
+            Ok((n, _)) if n == HEADER_SIZE => Header::parse(&head),
+            _ => return self.recv_idle(deadline, Some(per_message)),
+        };
+        if header.size > MAX_PAYLOAD {
+            return self.recv_idle(deadline, Some(per_message));
+        }
+        let mut payload = vec![0u8; header.size as usize];
+        let mut fds = Vec::new();
+        let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(RECV_FDS))];
+        let mut control = RecvAncillaryBuffer::new(&mut space);
+        let mut iov = [IoSliceMut::new(&mut head), IoSliceMut::new(&mut payload)];
+        let got = match rustix::net::recvmsg(
+            self.stream.as_fd(),
+            &mut iov,
+            &mut control,
+            RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT,
+        ) {
+            Ok(m) => m.bytes,
+            Err(e) => return Err(RecvError::Io(e.into())),
+        };
+        for msg in control.drain() {
+            if let RecvAncillaryMessage::ScmRights(rights) = msg {
+                fds.extend(rights);
+            }
+        }
+        // The peek saw the whole header, so the read returned at least that.
+        let mut done = got.saturating_sub(HEADER_SIZE);
+        while done < payload.len() {
+            done += self.recv_some(&mut payload[done..], &mut fds, deadline, true)?;
         }
         Ok(Received {
             header,

@@ -2,10 +2,14 @@
 //! the probing front-end ([`probe`]), the reference back-end ([`serve`]),
 //! and the offline transcript check ([`check`]).
 
+pub mod backend;
 pub mod check;
 pub mod conn;
 pub mod corpus;
+pub mod matrix;
 pub mod probe;
+pub mod record;
+pub mod replay;
 pub mod serve;
 pub mod tap;
 
@@ -16,6 +20,19 @@ pub mod tap;
 pub fn qemu_blk_front_end(
     qemu_root: &std::path::Path,
     socket: &std::path::Path,
+) -> std::process::Command {
+    qemu_front_end(
+        qemu_root,
+        socket,
+        "vhost-user-blk-pci,chardev=vu0,num-queues=1",
+    )
+}
+
+/// QEMU as the front-end of `device` (which names chardev vu0) on `socket`.
+pub fn qemu_front_end(
+    qemu_root: &std::path::Path,
+    socket: &std::path::Path,
+    device: &str,
 ) -> std::process::Command {
     let mut c = std::process::Command::new(qemu_root.join("usr/bin/qemu-system-x86_64"));
     c.arg("-L")
@@ -38,7 +55,7 @@ pub fn qemu_blk_front_end(
         .arg(format!("socket,id=vu0,path={}", socket.display()))
         .args([
             "-device",
-            "vhost-user-blk-pci,chardev=vu0,num-queues=1",
+            device,
             "-display",
             "none",
             "-monitor",

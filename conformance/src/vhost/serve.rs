@@ -212,7 +212,7 @@ fn handle(
     opts: &Options,
     stream: std::os::unix::net::UnixStream,
     n: usize,
-    output: Output,
+    output: Option<Output>,
 ) -> bool {
     let (tap, end) = serve_connection(opts, Conn::from_stream(stream), n);
     if let Some(path) = &opts.transcript {
@@ -226,13 +226,15 @@ fn handle(
     }
     let report = tap.session.report();
     // Our own replies are judged too: a finding about them is a qconform bug, shown like the rest.
-    let _out = std::io::stdout().lock();
-    super::check::print_report(
-        &format!("front-end connection {n} ({end})"),
-        tap.session.messages(),
-        report,
-        output,
-    );
+    if let Some(output) = output {
+        let _out = std::io::stdout().lock();
+        super::check::print_report(
+            &format!("front-end connection {n} ({end})"),
+            tap.session.messages(),
+            report,
+            output,
+        );
+    }
     report.violations > 0
 }
 
@@ -240,6 +242,42 @@ fn handle(
 /// hold one connection while opening another); exit 0 conforming, 1 could
 /// not run, 2 findings.
 pub fn run(opts: &Options, output: Output) -> i32 {
+    run_with(opts, Some(output))
+}
+
+/// Serves one front-end on `socket` on a new thread, printing nothing: the
+/// reference back-end of replays, golden files and the matrix. The socket
+/// exists when this returns.
+pub fn spawn_quiet(socket: &std::path::Path, queues: u64) -> std::thread::JoinHandle<i32> {
+    let opts = Options {
+        socket: socket.to_path_buf(),
+        once: true,
+        features: DEFAULT_FEATURES,
+        protocol_features: default_protocol_features(),
+        queues,
+        max_mem_slots: 32,
+        config: blk_config(queues.min(u16::MAX as u64) as u16),
+        idle_timeout: Duration::from_secs(10),
+        profile: Profile::default(),
+        transcript: None,
+    };
+    let _ = std::fs::remove_file(socket);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let handle = std::thread::spawn(move || {
+        let code = run_with(&opts, None);
+        let _ = tx.send(());
+        code
+    });
+    // run_with binds before it waits: poll for the socket file.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !socket.exists() && Instant::now() < deadline && rx.try_recv().is_err() {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    handle
+}
+
+/// [`run`], printing each connection's report to `output` if given.
+pub fn run_with(opts: &Options, output: Option<Output>) -> i32 {
     let _ = std::fs::remove_file(&opts.socket);
     let listener = match UnixListener::bind(&opts.socket) {
         Ok(l) => l,

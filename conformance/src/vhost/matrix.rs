@@ -1,0 +1,296 @@
+//! `qconform vhost-user matrix`: every transcript replayed against every
+//! back-end, one fresh back-end process per cell. Rows are transcripts,
+//! columns back-ends; a cell is conforming, N findings / M divergences, or
+//! why it could not run. Also JSON and JUnit XML (one test suite per
+//! back-end, one test case per transcript) for CI gating.
+
+use super::backend::Backend;
+use super::replay::{self, ReplayReport};
+use crate::Output;
+use qconform_core::vhost_user::session::Profile;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Cell {
+    pub transcript: String,
+    pub backend: String,
+    /// "conforming", "findings", "divergences" or "error".
+    pub verdict: String,
+    pub findings: u64,
+    pub divergences: usize,
+    pub skipped: usize,
+    pub detail: Option<String>,
+}
+
+impl Cell {
+    fn text(&self) -> String {
+        let skipped = if self.skipped > 0 {
+            format!(" ({}S)", self.skipped)
+        } else {
+            String::new()
+        };
+        match self.verdict.as_str() {
+            "conforming" => format!("conforming{skipped}"),
+            "error" => "cannot run".into(),
+            _ => format!("{}F/{}D{skipped}", self.findings, self.divergences),
+        }
+    }
+}
+
+/// The command naming qconform's own reference back-end (run in-process, 2 queues).
+pub const SERVE: &str = "serve";
+
+/// A back-end column: its name and the command that starts it ({socket}
+/// replaced); [`SERVE`] is qconform's own reference back-end.
+pub fn parse_backend(spec: &str) -> Result<(String, String), String> {
+    let (name, cmd) = spec
+        .split_once('=')
+        .ok_or_else(|| format!("--backend {spec}: expected NAME=COMMAND"))?;
+    Ok((name.to_string(), cmd.trim().to_string()))
+}
+
+/// The transcripts of `dir` (*.jsonl), sorted.
+pub fn transcripts(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// One cell: a fresh back-end, one replay.
+pub fn cell(
+    transcript: &Path,
+    backend: &str,
+    cmd: &str,
+    timeout: Duration,
+) -> (Cell, Option<ReplayReport>) {
+    let name = transcript
+        .file_stem()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    let mut cell = Cell {
+        transcript: name.clone(),
+        backend: backend.into(),
+        verdict: "error".into(),
+        findings: 0,
+        divergences: 0,
+        skipped: 0,
+        detail: None,
+    };
+    let dir = match tempfile::tempdir() {
+        Ok(d) => d,
+        Err(e) => {
+            cell.detail = Some(e.to_string());
+            return (cell, None);
+        }
+    };
+    let socket = dir.path().join("vhost.sock");
+    let cmd = cmd.replace("{socket}", &socket.display().to_string());
+    let result = replay::load(transcript).and_then(|entries| {
+        if cmd == SERVE {
+            let server = super::serve::spawn_quiet(&socket, 2);
+            let r = replay::replay(&name, &entries, &socket, timeout, Profile { lenient: true });
+            let _ = server.join();
+            r
+        } else {
+            let _b = Backend::start(Some(&cmd), &socket, Duration::from_secs(10))?;
+            replay::replay(&name, &entries, &socket, timeout, Profile { lenient: true })
+        }
+    });
+    match result {
+        Ok(r) => {
+            cell.findings = r.findings.violations;
+            cell.divergences = r.divergences.len();
+            cell.skipped = r.skipped.len();
+            cell.detail = r.stopped.clone();
+            cell.verdict = if r.conforming() {
+                "conforming"
+            } else if cell.divergences > 0 {
+                "divergences"
+            } else {
+                "findings"
+            }
+            .into();
+            (cell, Some(r))
+        }
+        Err(e) => {
+            cell.detail = Some(e);
+            (cell, None)
+        }
+    }
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+pub fn junit(cells: &[Cell], backends: &[String]) -> String {
+    let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"qconform vhost-user matrix\">\n");
+    for b in backends {
+        let mine: Vec<&Cell> = cells.iter().filter(|c| &c.backend == b).collect();
+        let failures = mine
+            .iter()
+            .filter(|c| c.verdict != "conforming" && c.verdict != "error")
+            .count();
+        let errors = mine.iter().filter(|c| c.verdict == "error").count();
+        out.push_str(&format!(
+            "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{failures}\" errors=\"{errors}\">\n",
+            xml_escape(b),
+            mine.len()
+        ));
+        for c in mine {
+            out.push_str(&format!(
+                "    <testcase classname=\"{}\" name=\"{}\">",
+                xml_escape(b),
+                xml_escape(&c.transcript)
+            ));
+            let detail = xml_escape(c.detail.as_deref().unwrap_or(""));
+            match c.verdict.as_str() {
+                "conforming" => {}
+                "error" => out.push_str(&format!("<error message=\"cannot run\">{detail}</error>")),
+                _ => out.push_str(&format!(
+                    "<failure message=\"{} findings, {} divergences\">{detail}</failure>",
+                    c.findings, c.divergences
+                )),
+            }
+            out.push_str("</testcase>\n");
+        }
+        out.push_str("  </testsuite>\n");
+    }
+    out.push_str("</testsuites>\n");
+    out
+}
+
+pub fn table(cells: &[Cell], backends: &[String]) -> String {
+    let mut rows: Vec<&str> = cells.iter().map(|c| c.transcript.as_str()).collect();
+    rows.dedup();
+    let w = rows.iter().map(|r| r.len()).max().unwrap_or(10).max(10);
+    let mut out = format!("{:<w$}", "transcript");
+    for b in backends {
+        out.push_str(&format!("  {b:<14}"));
+    }
+    out.push('\n');
+    for r in rows {
+        out.push_str(&format!("{r:<w$}"));
+        for b in backends {
+            let t = cells
+                .iter()
+                .find(|c| c.transcript == r && &c.backend == b)
+                .map_or("-".into(), Cell::text);
+            out.push_str(&format!("  {t:<18}"));
+        }
+        out.push('\n');
+    }
+    out.push_str("(F = rule findings, D = reply divergences, S = requests skipped: gated by a feature the back-end does not offer, or a ring it does not have)\n");
+    out
+}
+
+/// Runs the matrix; exit 0 when every cell ran, 1 when one could not.
+pub fn run(
+    dir: &Path,
+    specs: &[String],
+    output: Output,
+    junit_out: Option<&Path>,
+    timeout: Duration,
+) -> i32 {
+    if transcripts(dir).is_empty() {
+        eprintln!("qconform: no transcripts (*.jsonl) in {}", dir.display());
+        return 1;
+    }
+    let (cells, names) = match cells(dir, specs, timeout) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("qconform: {e}");
+            return 1;
+        }
+    };
+    match output {
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&cells).unwrap_or_default()
+        ),
+        Output::Human => print!("{}", table(&cells, &names)),
+    }
+    if let Some(p) = junit_out {
+        if let Err(e) = std::fs::write(p, junit(&cells, &names)) {
+            eprintln!("qconform: {}: {e}", p.display());
+            return 1;
+        }
+    }
+    if cells.iter().any(|c| c.verdict == "error") {
+        1
+    } else {
+        0
+    }
+}
+
+/// Where `cargo xtask peers` puts the real vhost-user peers.
+pub fn peers_dir() -> PathBuf {
+    std::env::var_os("QCONFORM_PEERS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
+                .join(".cache/qconform")
+        })
+}
+
+/// The back-ends this machine can start, as NAME=COMMAND specs: qconform
+/// serve always; qemu-storage-daemon (a 64 MiB raw disk in `scratch`,
+/// one queue) when installed; virtiofsd (sharing `scratch`) when
+/// `cargo xtask peers` has built it.
+pub fn available_backends(scratch: &Path) -> Vec<String> {
+    let mut v = vec!["serve=serve".to_string()];
+    let qsd_ok = std::process::Command::new("qemu-storage-daemon")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let disk = scratch.join("disk.img");
+    if qsd_ok
+        && std::fs::File::create(&disk)
+            .and_then(|f| f.set_len(64 << 20))
+            .is_ok()
+    {
+        v.push(format!(
+            "qsd=qemu-storage-daemon --blockdev driver=file,node-name=file0,filename={} --export type=vhost-user-blk,id=exp0,node-name=file0,addr.type=unix,addr.path={{socket}},writable=on,num-queues=1",
+            disk.display()
+        ));
+    }
+    let virtiofsd = peers_dir().join("virtiofsd/bin/virtiofsd");
+    let share = scratch.join("share");
+    if virtiofsd.exists() && std::fs::create_dir_all(&share).is_ok() {
+        v.push(format!(
+            "virtiofsd={} --socket-path={{socket}} --shared-dir={} --sandbox=none",
+            virtiofsd.display(),
+            share.display()
+        ));
+    }
+    v
+}
+
+/// Runs the matrix and returns its cells (for `qconform conform`).
+pub fn cells(
+    dir: &Path,
+    specs: &[String],
+    timeout: Duration,
+) -> Result<(Vec<Cell>, Vec<String>), String> {
+    let backends: Vec<(String, String)> = specs
+        .iter()
+        .map(|s| parse_backend(s))
+        .collect::<Result<_, _>>()?;
+    let mut cells = Vec::new();
+    for f in &transcripts(dir) {
+        for (name, cmd) in &backends {
+            cells.push(cell(f, name, cmd, timeout).0);
+        }
+    }
+    Ok((cells, backends.into_iter().map(|(n, _)| n).collect()))
+}

@@ -1,0 +1,530 @@
+//! `qconform vhost-user replay`: plays the front-end side of a transcript
+//! against a back-end and compares every reply with the recorded one.
+//!
+//! File descriptors are recreated by kind (a memfd of the recorded size, an
+//! eventfd, a socket pair for the back-end channel). Recorded addresses are
+//! sent unchanged: they are the front-end's own numbers, used by the
+//! back-end only to translate ring addresses through the memory table, so
+//! they stay consistent with each other. Negotiation adapts to what this
+//! back-end offers: acked features are masked by its offer, and a request
+//! gated by a feature it does not offer (or a ring it does not have) is
+//! skipped and said so. Replies are compared under a policy: exact where
+//! the spec fixes the value, tolerant where implementations may differ.
+
+use super::backend::Backend;
+use super::conn::{eventfd, memfd, Conn, RecvError};
+use super::tap::Tap;
+use crate::Output;
+use qconform_core::vhost_user::features::{ProtocolFeature as PF, F_PROTOCOL_FEATURES};
+use qconform_core::vhost_user::request::{self, Channel, Gate, Reply};
+use qconform_core::vhost_user::session::{Direction, Profile};
+use qconform_core::vhost_user::transcript::{self, from_hex, Entry, FdInfo};
+use qconform_core::vhost_user::wire::{Header, FLAG_NEED_REPLY, FLAG_REPLY, VRING_INDEX_MASK};
+use qconform_core::Report;
+use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
+use serde::Serialize;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Replies whose contents describe the implementation, not the protocol:
+/// compared by size and flags only.
+const TOLERANT: &[&str] = &[
+    "GET_FEATURES",
+    "GET_PROTOCOL_FEATURES",
+    "GET_QUEUE_NUM",
+    "GET_MAX_MEM_SLOTS",
+    "GET_CONFIG",
+    // The ring position depends on what the guest did.
+    "GET_VRING_BASE",
+    "GET_INFLIGHT_FD",
+    "GET_SHARED_OBJECT",
+];
+
+/// The largest memfd a replay creates (sparse; a transcript may claim more).
+const MAX_MEMFD: u64 = 64 << 30;
+
+/// Requests whose payload starts with a ring index.
+const RING_REQUESTS: &[&str] = &[
+    "SET_VRING_NUM",
+    "SET_VRING_ADDR",
+    "SET_VRING_BASE",
+    "GET_VRING_BASE",
+    "SET_VRING_KICK",
+    "SET_VRING_CALL",
+    "SET_VRING_ERR",
+    "SET_VRING_ENABLE",
+];
+
+/// A reply that differs from the recorded one where the policy says it must not.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Divergence {
+    pub seq: u64,
+    pub request: String,
+    pub field: String,
+    pub recorded: String,
+    pub got: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Skipped {
+    pub seq: u64,
+    pub request: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReplayReport {
+    pub transcript: String,
+    /// Requests sent.
+    pub sent: usize,
+    pub skipped: Vec<Skipped>,
+    pub divergences: Vec<Divergence>,
+    /// What the rule engine found in the replayed conversation.
+    pub findings: Report,
+    /// Why the replay stopped early, if it did.
+    pub stopped: Option<String>,
+}
+
+impl ReplayReport {
+    pub fn conforming(&self) -> bool {
+        self.divergences.is_empty() && self.findings.violations == 0 && self.stopped.is_none()
+    }
+}
+
+/// What this back-end offered, as learned during the replay.
+#[derive(Default)]
+struct Offer {
+    features: Option<u64>,
+    protocol: Option<u64>,
+    acked_protocol: u64,
+    queues: Option<u64>,
+}
+
+impl Offer {
+    fn has_pf(&self, f: PF) -> bool {
+        self.protocol.is_some_and(|p| p & f.bit() != 0) && self.acked_protocol & f.bit() != 0
+    }
+    fn protocol_features_offered(&self) -> bool {
+        self.features
+            .is_some_and(|f| f >> F_PROTOCOL_FEATURES & 1 == 1)
+    }
+    /// Why `info` may not be sent to this back-end, if it may not.
+    fn gate(&self, gate: Gate) -> Option<String> {
+        match gate {
+            Gate::None => None,
+            Gate::ProtocolFeaturesOffered | Gate::ProtocolFeaturesNegotiated
+                if !self.protocol_features_offered() =>
+            {
+                Some("the back-end does not offer VHOST_USER_F_PROTOCOL_FEATURES".into())
+            }
+            Gate::ProtocolFeaturesOffered | Gate::ProtocolFeaturesNegotiated => None,
+            Gate::Feature(f) if !self.has_pf(f) => Some(format!(
+                "protocol feature {} not offered or not acked",
+                f.name()
+            )),
+            Gate::Feature(_) => None,
+            Gate::VirtioFeature(b) if !self.features.is_some_and(|f| f >> b & 1 == 1) => {
+                Some(format!("virtio feature bit {b} not offered"))
+            }
+            Gate::VirtioFeature(_) => None,
+        }
+    }
+}
+
+fn u64_of(p: &[u8]) -> Option<u64> {
+    p.get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_le_bytes)
+}
+
+/// The recorded request and the reply that followed it (before the next request).
+struct Step<'a> {
+    request: &'a Entry,
+    reply: Option<&'a Entry>,
+}
+
+fn steps(entries: &[Entry]) -> Vec<Step<'_>> {
+    let main = |e: &&Entry| e.event.is_none() && e.channel == Some(Channel::Main);
+    let msgs: Vec<&Entry> = entries.iter().filter(main).collect();
+    let mut out = Vec::new();
+    for (i, e) in msgs.iter().enumerate() {
+        if e.dir != Some(Direction::FrontToBack) || e.flags.unwrap_or(0) & FLAG_REPLY != 0 {
+            continue;
+        }
+        let reply = msgs[i + 1..]
+            .iter()
+            .take_while(|n| n.dir == Some(Direction::BackToFront))
+            .find(|n| n.request == e.request && n.flags.unwrap_or(0) & FLAG_REPLY != 0)
+            .copied();
+        out.push(Step { request: e, reply });
+    }
+    out
+}
+
+/// Descriptors like the recorded ones; a socket is the front-end end of a
+/// new pair, whose other end is returned to keep (the back-end channel).
+fn make_fds(
+    infos: &[FdInfo],
+    payload: &[u8],
+) -> std::io::Result<(Vec<OwnedFd>, Option<std::os::unix::net::UnixStream>)> {
+    let mut fds = Vec::new();
+    let mut channel = None;
+    if infos.len() > super::conn::MAX_SEND_FDS {
+        return Err(std::io::Error::other(format!(
+            "{} descriptors on one message",
+            infos.len()
+        )));
+    }
+    for (i, info) in infos.iter().enumerate() {
+        match info.kind.as_str() {
+            "memfd" | "file" => {
+                // The recorded size, or what the region in the payload needs.
+                let size = info
+                    .size
+                    .unwrap_or_else(|| region_end(payload, i).unwrap_or(4096));
+                fds.push(memfd("qconform-replay", size.min(MAX_MEMFD))?);
+            }
+            "socket" => {
+                let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+                channel = Some(ours);
+                fds.push(OwnedFd::from(theirs));
+            }
+            _ => fds.push(eventfd()?),
+        }
+    }
+    Ok((fds, channel))
+}
+
+/// mmap_offset + size of region `i` of a memory table or a single region.
+fn region_end(payload: &[u8], i: usize) -> Option<u64> {
+    let field = |at: usize| {
+        payload
+            .get(at..at + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes)
+    };
+    // Memory table: num_regions u32, padding u32, then 32-byte regions
+    // (guest address, size, user address, mmap offset); a single region: padding u64 then one.
+    let base = 8 + 32 * i;
+    Some(field(base + 8)? + field(base + 24)?)
+}
+
+/// Answers back-end channel requests that want an answer with success, so
+/// that a back-end waiting on its channel does not stall the replay.
+fn serve_backend_channel(stream: std::os::unix::net::UnixStream) {
+    std::thread::spawn(move || {
+        let conn = Conn::from_stream(stream);
+        while let Ok(r) = conn.recv(Instant::now() + Duration::from_secs(30)) {
+            if r.header.need_reply() {
+                let h = Header::reply(r.header.request, 8);
+                let _ = conn.send(h, &0u64.to_le_bytes(), &[]);
+            }
+        }
+    });
+}
+
+/// Replays `entries` against the back-end at `socket`.
+pub fn replay(
+    name: &str,
+    entries: &[Entry],
+    socket: &Path,
+    timeout: Duration,
+    profile: Profile,
+) -> Result<ReplayReport, String> {
+    let conn = Conn::connect(socket)
+        .map_err(|e| format!("cannot connect to {}: {e}", socket.display()))?;
+    let mut tap = Tap::new(conn, name, profile, Direction::FrontToBack);
+    let mut offer = Offer::default();
+    let mut report = ReplayReport {
+        transcript: name.to_string(),
+        sent: 0,
+        skipped: Vec::new(),
+        divergences: Vec::new(),
+        findings: Report::new(name, "vhost-user", &qconform_core::Limits::default()),
+        stopped: None,
+    };
+    // Guest memory stays open for the whole conversation (the back-end maps it).
+    let mut keep: Vec<OwnedFd> = Vec::new();
+    for step in steps(entries) {
+        let e = step.request;
+        let (Some(id), Some(flags)) = (e.request, e.flags) else {
+            continue;
+        };
+        let info = request::lookup(Channel::Main, id);
+        let rname = info.map_or_else(|| format!("request {id}"), |i| i.name.to_string());
+        let mut payload = e
+            .payload_hex
+            .as_deref()
+            .and_then(from_hex)
+            .unwrap_or_default();
+        let skip = |report: &mut ReplayReport, reason: String| {
+            report.skipped.push(Skipped {
+                seq: e.seq,
+                request: rname.clone(),
+                reason,
+            })
+        };
+        if let Some(reason) = info.and_then(|i| offer.gate(i.gate)) {
+            skip(&mut report, reason);
+            continue;
+        }
+        if RING_REQUESTS.contains(&rname.as_str()) {
+            let index = u64_of(&payload).map(|v| {
+                if payload.len() == 8 {
+                    v & VRING_INDEX_MASK
+                } else {
+                    v & 0xffff_ffff
+                }
+            });
+            if let (Some(i), Some(q)) = (index, offer.queues) {
+                if i >= q {
+                    skip(
+                        &mut report,
+                        format!("ring {i}: the back-end has {q} queues"),
+                    );
+                    continue;
+                }
+            }
+        }
+        // Adapt negotiation to this back-end's offer.
+        match rname.as_str() {
+            "SET_FEATURES" => {
+                if let (Some(v), Some(o)) = (u64_of(&payload), offer.features) {
+                    payload[..8].copy_from_slice(&(v & o).to_le_bytes());
+                }
+            }
+            "SET_PROTOCOL_FEATURES" => {
+                if let Some(v) = u64_of(&payload) {
+                    let v = v & offer.protocol.unwrap_or(v);
+                    payload[..8].copy_from_slice(&v.to_le_bytes());
+                    offer.acked_protocol = v;
+                }
+            }
+            _ => {}
+        }
+        let mut header = Header {
+            request: id,
+            flags,
+            size: payload.len() as u32,
+        };
+        if !offer.has_pf(PF::ReplyAck) {
+            header.flags &= !FLAG_NEED_REPLY;
+        }
+        let (fds, channel) = make_fds(&e.fds, &payload)
+            .map_err(|err| format!("cannot create descriptors: {err}"))?;
+        if let Some(c) = channel {
+            serve_backend_channel(c);
+        }
+        let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
+        if let Err(err) = tap.send(header, &payload, &borrowed) {
+            tap.closed(Some(Direction::BackToFront), false);
+            report.stopped = Some(format!("seq {} {rname}: send failed: {err}", e.seq));
+            break;
+        }
+        report.sent += 1;
+        drop(borrowed);
+        keep.extend(fds);
+        let expect = match info.map(|i| i.reply) {
+            Some(Reply::Always(_)) => true,
+            Some(Reply::IfFeature(f, _)) => offer.has_pf(f),
+            _ => false,
+        } || header.need_reply();
+        if !expect {
+            if step.reply.is_some() {
+                skip(
+                    &mut report,
+                    "a reply was recorded, but with this back-end's features none is due".into(),
+                );
+            }
+            continue;
+        }
+        match tap.recv(Instant::now() + timeout) {
+            Ok((r, _)) => {
+                match rname.as_str() {
+                    "GET_FEATURES" => offer.features = u64_of(&r.payload),
+                    "GET_PROTOCOL_FEATURES" => offer.protocol = u64_of(&r.payload),
+                    "GET_QUEUE_NUM" => offer.queues = u64_of(&r.payload),
+                    _ => {}
+                }
+                if let Some(rec) = step.reply {
+                    compare(
+                        &mut report,
+                        e.seq,
+                        &rname,
+                        rec,
+                        &r.header,
+                        &r.payload,
+                        header.need_reply()
+                            && matches!(info.map(|i| i.reply), Some(Reply::None) | None),
+                    );
+                }
+            }
+            Err(RecvError::Timeout) => {
+                tap.timed_out(timeout.as_millis() as u64);
+                report.stopped = Some(format!(
+                    "seq {} {rname}: no reply within {} ms",
+                    e.seq,
+                    timeout.as_millis()
+                ));
+                break;
+            }
+            Err(err) => {
+                tap.closed(Some(Direction::BackToFront), false);
+                report.stopped = Some(format!("seq {} {rname}: {err}", e.seq));
+                break;
+            }
+        }
+    }
+    if report.stopped.is_none() {
+        tap.closed(Some(Direction::FrontToBack), false);
+    }
+    report.findings = tap.session.into_report();
+    Ok(report)
+}
+
+/// Compares a reply with the recorded one: flags, request and size always;
+/// the payload exactly unless the request is tolerant, and for REPLY_ACK
+/// acks by their meaning (success or failure), not their value.
+fn compare(
+    report: &mut ReplayReport,
+    seq: u64,
+    name: &str,
+    rec: &Entry,
+    got: &Header,
+    payload: &[u8],
+    is_ack: bool,
+) {
+    let mut diverge = |field: &str, recorded: String, g: String| {
+        if recorded != g {
+            report.divergences.push(Divergence {
+                seq,
+                request: name.into(),
+                field: field.into(),
+                recorded,
+                got: g,
+            });
+        }
+    };
+    diverge(
+        "flags",
+        format!("{:#x}", rec.flags.unwrap_or(0)),
+        format!("{:#x}", got.flags),
+    );
+    diverge(
+        "request",
+        rec.request.unwrap_or(0).to_string(),
+        got.request.to_string(),
+    );
+    diverge(
+        "size",
+        rec.size.unwrap_or(0).to_string(),
+        got.size.to_string(),
+    );
+    let recorded = rec.payload_hex.clone().unwrap_or_default();
+    if is_ack {
+        let ok = |p: Option<u64>| if p == Some(0) { "success" } else { "failure" };
+        diverge(
+            "ack",
+            ok(from_hex(&recorded).as_deref().and_then(u64_of)).into(),
+            ok(u64_of(payload)).into(),
+        );
+    } else if !TOLERANT.contains(&name) {
+        diverge("payload", recorded, transcript::to_hex(payload));
+    }
+}
+
+pub fn print(report: &ReplayReport, output: Output) {
+    match output {
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(report).unwrap_or_default()
+        ),
+        Output::Human => {
+            println!(
+                "replay {}: {} requests sent, {} skipped",
+                report.transcript,
+                report.sent,
+                report.skipped.len()
+            );
+            for s in &report.skipped {
+                println!("  skipped seq {} {}: {}", s.seq, s.request, s.reason);
+            }
+            for d in &report.divergences {
+                println!(
+                    "  divergence seq {} {} {}: recorded {}, got {}",
+                    d.seq, d.request, d.field, d.recorded, d.got
+                );
+            }
+            for f in &report.findings.findings {
+                println!("  {:?} [{}] {}", f.severity, f.rule.id, f.detail);
+            }
+            if let Some(s) = &report.stopped {
+                println!("  stopped: {s}");
+            }
+            println!(
+                "{}",
+                if report.conforming() {
+                    "conforming".to_string()
+                } else {
+                    format!(
+                        "{} divergences, {} violations",
+                        report.divergences.len(),
+                        report.findings.violations
+                    )
+                }
+            );
+        }
+    }
+}
+
+/// Reads a transcript file and its entries.
+pub fn load(file: &Path) -> Result<Vec<Entry>, String> {
+    let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    transcript::parse(&text)
+        .map(|(_, e)| e)
+        .map_err(|e| format!("{}: {e}", file.display()))
+}
+
+/// `qconform vhost-user replay`: exit 0 conforming, 1 could not run, 2 findings or divergences.
+pub fn run_file(
+    file: &Path,
+    socket: &Path,
+    backend_cmd: Option<&str>,
+    timeout: Duration,
+    profile: Profile,
+    output: Output,
+) -> i32 {
+    let entries = match load(file) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("qconform: {e}");
+            return 1;
+        }
+    };
+    let cmd = backend_cmd.map(|c| c.replace("{socket}", &socket.display().to_string()));
+    let _backend = match Backend::start(cmd.as_deref(), socket, Duration::from_secs(10)) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("qconform: {e}");
+            return 1;
+        }
+    };
+    let name = file.file_name().map_or_else(
+        || file.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    match replay(&name, &entries, socket, timeout, profile) {
+        Ok(r) => {
+            print(&r, output);
+            if r.conforming() {
+                0
+            } else {
+                2
+            }
+        }
+        Err(e) => {
+            eprintln!("qconform: {e}");
+            1
+        }
+    }
+}
