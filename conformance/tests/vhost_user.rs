@@ -3,6 +3,7 @@
 //! back-end, plus the transcript corpus.
 
 use qconform::vhost::corpus;
+use qconform::vhost::matrix::peers_dir;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -338,16 +339,6 @@ fn check_exit_codes() {
             .code(),
         Some(1)
     );
-}
-
-/// Where `cargo xtask peers` put the real peers.
-fn peers_dir() -> PathBuf {
-    std::env::var_os("QCONFORM_PEERS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
-                .join(".cache/qconform")
-        })
 }
 
 fn peer(rel: &str) -> PathBuf {

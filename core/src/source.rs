@@ -189,6 +189,18 @@ pub(crate) fn le_u32(b: &[u8], at: usize) -> u32 {
         .and_then(|s| s.try_into().ok())
         .map_or(0, u32::from_le_bytes)
 }
+/// Little-endian field stores for the writers and mutators: a field that
+/// does not fit the buffer is not written.
+pub(crate) fn put_le32(b: &mut [u8], at: usize, v: u32) {
+    if let Some(s) = b.get_mut(at..at + 4) {
+        s.copy_from_slice(&v.to_le_bytes());
+    }
+}
+pub(crate) fn put_le64(b: &mut [u8], at: usize, v: u64) {
+    if let Some(s) = b.get_mut(at..at + 8) {
+        s.copy_from_slice(&v.to_le_bytes());
+    }
+}
 pub(crate) fn be_u16(b: &[u8], at: usize) -> u16 {
     b.get(at..at + 2)
         .and_then(|s| s.try_into().ok())

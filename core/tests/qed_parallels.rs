@@ -5,7 +5,7 @@
 //! is reported with the rule it names.
 
 use proptest::prelude::*;
-use qconform_core::qcow2::read::{Backing, OpenOptions, Resolved, Resolver, VirtualDisk};
+use qconform_core::qcow2::read::{Backing, OpenOptions, VirtualDisk};
 use qconform_core::{parallels, qed, Limits};
 use std::collections::BTreeSet;
 
@@ -19,18 +19,9 @@ fn le64(b: &[u8], at: u64) -> u64 {
     u64::from_le_bytes(b[at as usize..at as usize + 8].try_into().unwrap())
 }
 
-/// Serves one backing file from memory, under any name.
-struct Mem(Option<Vec<u8>>);
-impl Resolver for Mem {
-    fn open(&self, name: &str) -> Result<Resolved, String> {
-        let d = self.0.clone().ok_or(format!("{name}: no such file"))?;
-        Ok(Resolved {
-            source: Box::new(d),
-            key: name.into(),
-            resolver: Box::new(Mem(None)),
-        })
-    }
-}
+#[path = "common/mem.rs"]
+mod mem;
+use mem::Mem;
 
 fn read_all(img: Vec<u8>, backing: Option<Vec<u8>>) -> Result<(Vec<u8>, VirtualDisk), String> {
     let follow = if backing.is_some() {

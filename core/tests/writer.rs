@@ -3,22 +3,13 @@
 //! reads back as the description says.
 
 use proptest::prelude::*;
-use qconform_core::qcow2::read::{Backing, OpenOptions, Resolved, Resolver, VirtualDisk};
+use qconform_core::qcow2::read::{Backing, OpenOptions, VirtualDisk};
 use qconform_core::qcow2::write::{write, BitmapDesc, ClusterData, Description};
 use qconform_core::{qcow2, Limits};
 
-/// Serves the data file from memory.
-struct Mem(Option<Vec<u8>>);
-impl Resolver for Mem {
-    fn open(&self, name: &str) -> Result<Resolved, String> {
-        let d = self.0.clone().ok_or(format!("{name}: no such file"))?;
-        Ok(Resolved {
-            source: Box::new(d),
-            key: name.into(),
-            resolver: Box::new(Mem(None)),
-        })
-    }
-}
+#[path = "common/mem.rs"]
+mod mem;
+use mem::Mem;
 
 #[path = "common/descriptions.rs"]
 mod descriptions;

@@ -145,8 +145,6 @@ fn corpus(args: &[String]) -> Result<(), DynError> {
 /// vhost-user record` (corpus/vhost-user/recorded/): QEMU 7.2 against
 /// qemu-storage-daemon 10.0.2 and against virtiofsd. Needs `cargo xtask peers`.
 fn recordings(root: &Path) -> Result<(), DynError> {
-    use qconform::vhost::record;
-    use qconform_core::vhost_user::session::Profile;
     use std::time::Duration;
     let dir = root.join("corpus/vhost-user/recorded");
     std::fs::create_dir_all(&dir)?;
@@ -159,7 +157,7 @@ fn recordings(root: &Path) -> Result<(), DynError> {
     std::fs::create_dir_all(&share)?;
     let back = tmp.path().join("back.sock");
     let front = tmp.path().join("front.sock");
-    let qsd2 = |queues: u32| {
+    let qsd = |queues: u32| {
         vec![
             "qemu-storage-daemon".to_string(),
             "--blockdev".into(),
@@ -174,107 +172,94 @@ fn recordings(root: &Path) -> Result<(), DynError> {
         format!("--shared-dir={}", share.display()),
         "--sandbox=none".into(),
     ];
+    // QEMU as front-end: `device` names chardev vu0; stopped with SIGTERM after 5 s.
+    let qemu = |device: &'static str| {
+        let qemu_root = qemu_root.clone();
+        move |front: &Path| -> Result<(), DynError> {
+            let mut q = qconform::vhost::qemu_front_end(&qemu_root, front, device)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .map_err(|e| format!("cannot start QEMU (run `cargo xtask peers`): {e}"))?;
+            std::thread::sleep(Duration::from_secs(5));
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(q.id().to_string())
+                .status();
+            let _ = q.wait();
+            Ok(())
+        }
+    };
     // The probe as front-end: a longer conversation (config, status, memory
     // slots, REPLY_ACK, every ring) than a BIOS-era guest makes QEMU have.
-    let probes: [(&str, Vec<String>, &str); 2] = [
-        ("proxied-probe-vs-qsd", qsd2(2), "qconform vhost-user probe --no-robustness -> qconform vhost-user record -> qemu-storage-daemon 10.0.2 (vhost-user-blk, 64 MiB raw, num-queues=2)"),
-        ("proxied-probe-vs-virtiofsd", virtiofsd.clone(), "qconform vhost-user probe --no-robustness -> qconform vhost-user record -> virtiofsd 1.14.0 (--sandbox=none)"),
+    let probe = |front: &Path| -> Result<(), DynError> {
+        qconform::vhost::probe::record_conversation(front, Duration::from_secs(2), "probe")?;
+        Ok(())
+    };
+    type FrontEnd<'a> = Box<dyn Fn(&Path) -> Result<(), DynError> + 'a>;
+    let runs: Vec<(&str, Vec<String>, FrontEnd<'_>, &str)> = vec![
+        ("proxied-probe-vs-qsd", qsd(2), Box::new(probe), "qconform vhost-user probe --no-robustness -> qconform vhost-user record -> qemu-storage-daemon 10.0.2 (vhost-user-blk, 64 MiB raw, num-queues=2)"),
+        ("proxied-probe-vs-virtiofsd", virtiofsd.clone(), Box::new(probe), "qconform vhost-user probe --no-robustness -> qconform vhost-user record -> virtiofsd 1.14.0 (--sandbox=none)"),
+        ("qemu72-vs-qsd", qsd(1), Box::new(qemu("vhost-user-blk-pci,chardev=vu0,num-queues=1")), "QEMU 7.2.22 (-device vhost-user-blk-pci, TCG, SeaBIOS, memfd guest RAM, SIGTERM after 5 s) -> qconform vhost-user record -> qemu-storage-daemon 10.0.2 (vhost-user-blk, 64 MiB raw, num-queues=1)"),
+        ("qemu72-vs-virtiofsd", virtiofsd, Box::new(qemu("vhost-user-fs-pci,chardev=vu0,tag=qconform")), "QEMU 7.2.22 (-device vhost-user-fs-pci, TCG, SeaBIOS, memfd guest RAM, SIGTERM after 5 s) -> qconform vhost-user record -> virtiofsd 1.14.0 (--sandbox=none)"),
     ];
-    for (name, backend, description) in probes {
-        let _ = std::fs::remove_file(&back);
-        let mut b = Command::new(&backend[0])
-            .args(&backend[1..])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .map_err(|e| format!("cannot start {} (run `cargo xtask peers`): {e}", backend[0]))?;
-        wait_for_path(&back)?;
-        let opts = record::Options {
-            listen: front.clone(),
-            connect: back.clone(),
-            out: dir.join(format!("{name}.jsonl")),
-            idle_timeout: Duration::from_secs(20),
-            message_timeout: Duration::from_secs(2),
-            profile: Profile { lenient: true },
-            description: description.into(),
-        };
-        let recorder = std::thread::spawn(move || record::record_once(&opts));
-        wait_for_path(&front)?;
-        qconform::vhost::probe::record_conversation(&front, Duration::from_secs(2), description)?;
-        let session = recorder.join().map_err(|_| "the recorder panicked")??;
-        let _ = b.kill();
-        let _ = b.wait();
-        println!(
-            "recorded {name}: {} messages, {} violations",
-            session.messages(),
-            session.report().violations
-        );
+    for (name, backend, front_end, description) in runs {
+        record_one(
+            &dir.join(format!("{name}.jsonl")),
+            &backend,
+            &back,
+            &front,
+            &*front_end,
+            description,
+        )?;
+        println!("recorded {name}");
     }
-    let runs: [(&str, Vec<String>, &str, &str); 2] = [
-        (
-            "qemu72-vs-qsd",
-            vec![
-                "qemu-storage-daemon".into(),
-                "--blockdev".into(),
-                format!("driver=file,node-name=file0,filename={}", disk.display()),
-                "--export".into(),
-                format!("type=vhost-user-blk,id=exp0,node-name=file0,addr.type=unix,addr.path={},writable=on,num-queues=1", back.display()),
-            ],
-            "vhost-user-blk-pci,chardev=vu0,num-queues=1",
-            "QEMU 7.2.22 (-device vhost-user-blk-pci, TCG, SeaBIOS, memfd guest RAM, SIGTERM after 5 s) -> qconform vhost-user record -> qemu-storage-daemon 10.0.2 (vhost-user-blk, 64 MiB raw, num-queues=1)",
-        ),
-        (
-            "qemu72-vs-virtiofsd",
-            vec![
-                peers.join("virtiofsd/bin/virtiofsd").display().to_string(),
-                format!("--socket-path={}", back.display()),
-                format!("--shared-dir={}", share.display()),
-                "--sandbox=none".into(),
-            ],
-            "vhost-user-fs-pci,chardev=vu0,tag=qconform",
-            "QEMU 7.2.22 (-device vhost-user-fs-pci, TCG, SeaBIOS, memfd guest RAM, SIGTERM after 5 s) -> qconform vhost-user record -> virtiofsd 1.14.0 (--sandbox=none)",
-        ),
-    ];
-    for (name, backend, device, description) in runs {
-        let _ = std::fs::remove_file(&back);
-        let mut b = Command::new(&backend[0])
-            .args(&backend[1..])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .map_err(|e| format!("cannot start {} (run `cargo xtask peers`): {e}", backend[0]))?;
-        wait_for_path(&back)?;
-        let opts = record::Options {
-            listen: front.clone(),
-            connect: back.clone(),
-            out: dir.join(format!("{name}.jsonl")),
-            idle_timeout: Duration::from_secs(20),
-            message_timeout: Duration::from_secs(2),
-            profile: Profile { lenient: true },
-            description: description.into(),
-        };
-        let recorder = std::thread::spawn(move || record::record_once(&opts));
-        wait_for_path(&front)?;
-        let mut q = qconform::vhost::qemu_front_end(&qemu_root, &front, device)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .map_err(|e| format!("cannot start QEMU (run `cargo xtask peers`): {e}"))?;
-        std::thread::sleep(Duration::from_secs(5));
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(q.id().to_string())
-            .status();
-        let _ = q.wait();
-        let session = recorder.join().map_err(|_| "the recorder panicked")??;
-        let _ = b.kill();
-        let _ = b.wait();
-        println!(
-            "recorded {name}: {} messages, {} violations",
-            session.messages(),
-            session.report().violations
-        );
-    }
+    Ok(())
+}
+
+/// Starts `backend` (which listens on `back`), records through the proxy
+/// on `front` while `front_end` talks to it, and stops the back-end.
+fn record_one(
+    out: &Path,
+    backend: &[String],
+    back: &Path,
+    front: &Path,
+    front_end: &dyn Fn(&Path) -> Result<(), DynError>,
+    description: &str,
+) -> Result<(), DynError> {
+    use qconform::vhost::record;
+    use qconform_core::vhost_user::session::Profile;
+    use std::time::Duration;
+    let _ = std::fs::remove_file(back);
+    let mut b = Command::new(&backend[0])
+        .args(&backend[1..])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start {} (run `cargo xtask peers`): {e}", backend[0]))?;
+    wait_for_path(back)?;
+    let opts = record::Options {
+        listen: front.to_path_buf(),
+        connect: back.to_path_buf(),
+        out: out.to_path_buf(),
+        idle_timeout: Duration::from_secs(20),
+        message_timeout: Duration::from_secs(2),
+        profile: Profile { lenient: true },
+        description: description.into(),
+    };
+    let recorder = std::thread::spawn(move || record::record_once(&opts));
+    wait_for_path(front)?;
+    let talked = front_end(front);
+    let session = recorder.join().map_err(|_| "the recorder panicked")?;
+    let _ = b.kill();
+    let _ = b.wait();
+    talked?;
+    let session = session?;
+    println!(
+        "  {} messages, {} violations",
+        session.messages(),
+        session.report().violations
+    );
     Ok(())
 }
 

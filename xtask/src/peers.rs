@@ -13,12 +13,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 pub fn cache_dir() -> PathBuf {
-    std::env::var_os("QCONFORM_PEERS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
-                .join(".cache/qconform")
-        })
+    qconform::vhost::matrix::peers_dir()
 }
 
 fn run(cmd: &mut Command) -> Result<(), super::DynError> {

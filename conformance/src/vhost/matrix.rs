@@ -176,7 +176,7 @@ pub fn table(cells: &[Cell], backends: &[String]) -> String {
     let w = rows.iter().map(|r| r.len()).max().unwrap_or(10).max(10);
     let mut out = format!("{:<w$}", "transcript");
     for b in backends {
-        out.push_str(&format!("  {b:<14}"));
+        out.push_str(&format!("  {b:<18}"));
     }
     out.push('\n');
     for r in rows {

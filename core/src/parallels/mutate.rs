@@ -83,14 +83,10 @@ impl Mutation {
 }
 
 fn put32(b: &mut [u8], at: u64, v: u32) {
-    if let Some(s) = b.get_mut(at as usize..at as usize + 4) {
-        s.copy_from_slice(&v.to_le_bytes());
-    }
+    crate::source::put_le32(b, at as usize, v)
 }
 fn put64(b: &mut [u8], at: u64, v: u64) {
-    if let Some(s) = b.get_mut(at as usize..at as usize + 8) {
-        s.copy_from_slice(&v.to_le_bytes());
-    }
+    crate::source::put_le64(b, at as usize, v)
 }
 
 fn pick<T: Copy>(v: &[T], nth: usize) -> Option<T> {

@@ -12,6 +12,7 @@ use super::ext::{EXT_MAGIC, FEATURE_DIRTY_BITMAP};
 use super::header::{HEADER_SIZE, IN_USE_CLOSED, MAGIC_V1, MAGIC_V2};
 use super::SECTOR;
 pub use crate::qcow2::write::WriteError;
+use crate::source::{put_le32 as put32, put_le64 as put64};
 use md5::{Digest, Md5};
 use std::collections::BTreeMap;
 
@@ -91,13 +92,6 @@ impl Description {
         }
         out
     }
-}
-
-fn put32(b: &mut [u8], at: usize, v: u32) {
-    b[at..at + 4].copy_from_slice(&v.to_le_bytes());
-}
-fn put64(b: &mut [u8], at: usize, v: u64) {
-    b[at..at + 8].copy_from_slice(&v.to_le_bytes());
 }
 
 pub fn write(d: &Description) -> Result<Vec<u8>, WriteError> {

@@ -61,14 +61,10 @@ fn get64(b: &[u8], at: u64) -> u64 {
     crate::source::le_u64(b, at as usize)
 }
 fn put64(b: &mut [u8], at: u64, v: u64) {
-    if let Some(s) = b.get_mut(at as usize..at as usize + 8) {
-        s.copy_from_slice(&v.to_le_bytes());
-    }
+    crate::source::put_le64(b, at as usize, v)
 }
 fn put32(b: &mut [u8], at: u64, v: u32) {
-    if let Some(s) = b.get_mut(at as usize..at as usize + 4) {
-        s.copy_from_slice(&v.to_le_bytes());
-    }
+    crate::source::put_le32(b, at as usize, v)
 }
 
 /// Where the tables are: (L1 entry positions in use, L2 entries as (position, value)).

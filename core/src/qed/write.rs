@@ -10,6 +10,7 @@ use super::header::{
     F_BACKING_FILE, F_BACKING_FORMAT_NO_PROBE, F_NEED_CHECK, HEADER_FIELDS, MAGIC, ZERO_CLUSTER,
 };
 pub use crate::qcow2::write::WriteError;
+use crate::source::{put_le32 as put32, put_le64 as put64};
 use std::collections::BTreeMap;
 
 /// What one guest cluster holds.
@@ -62,13 +63,6 @@ impl Description {
         }
         out
     }
-}
-
-fn put32(b: &mut [u8], at: usize, v: u32) {
-    b[at..at + 4].copy_from_slice(&v.to_le_bytes());
-}
-fn put64(b: &mut [u8], at: usize, v: u64) {
-    b[at..at + 8].copy_from_slice(&v.to_le_bytes());
 }
 
 pub fn write(d: &Description) -> Result<Vec<u8>, WriteError> {

@@ -1,0 +1,17 @@
+//! A resolver serving one file from memory, under any name (the data or
+//! backing file of a written image), shared by the core property tests.
+
+use qconform_core::qcow2::read::{Resolved, Resolver};
+
+pub struct Mem(pub Option<Vec<u8>>);
+
+impl Resolver for Mem {
+    fn open(&self, name: &str) -> Result<Resolved, String> {
+        let d = self.0.clone().ok_or(format!("{name}: no such file"))?;
+        Ok(Resolved {
+            source: Box::new(d),
+            key: name.into(),
+            resolver: Box::new(Mem(None)),
+        })
+    }
+}
