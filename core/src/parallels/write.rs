@@ -62,8 +62,10 @@ impl Description {
         for (&k, d) in &self.clusters {
             let at = k as usize * cs;
             if let Some(dst) = out.get_mut(at..(at + cs).min(self.size as usize)) {
-                let n = dst.len();
-                dst.copy_from_slice(&d[..n]);
+                // A description's clusters are whole (write() refuses others);
+                // a short one reads as zeros past its end here.
+                let n = dst.len().min(d.len());
+                dst[..n].copy_from_slice(&d[..n]);
             }
         }
         out

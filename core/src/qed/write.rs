@@ -57,8 +57,10 @@ impl Description {
             if let (Some(dst), Cluster::Data(d)) =
                 (out.get_mut(at..(at + cs).min(self.size as usize)), c)
             {
-                let n = dst.len();
-                dst.copy_from_slice(&d[..n]);
+                // A description's clusters are whole (write() refuses others);
+                // a short one reads as zeros past its end here.
+                let n = dst.len().min(d.len());
+                dst[..n].copy_from_slice(&d[..n]);
             }
         }
         out
