@@ -514,3 +514,61 @@ fn the_matrix_replays_every_recording_against_every_real_back_end() {
     assert_eq!(xml.matches("<testsuite ").count(), specs.len());
     assert_eq!(xml.matches("<testcase ").count(), cells.len());
 }
+
+#[test]
+fn the_back_end_channel_is_interposed_forwarded_and_recorded() {
+    use qconform::vhost::conn::Conn;
+    use qconform_core::vhost_user::request::Channel;
+    use qconform_core::vhost_user::session::Direction;
+    use qconform_core::vhost_user::wire::Header;
+    use rustix::fd::{AsFd, OwnedFd};
+    fn deadline() -> Instant {
+        Instant::now() + Duration::from_secs(5)
+    }
+    let t = fake_pair(
+        move |f| {
+            // The front-end hands over its end of a back-end channel, then
+            // answers the back-end's request on it.
+            let (ours, theirs) = UnixStream::pair().unwrap();
+            let main = Conn::from_stream(f);
+            let theirs = OwnedFd::from(theirs);
+            main.send(Header::request(21, 0, false), &[], &[theirs.as_fd()])
+                .unwrap();
+            let channel = Conn::from_stream(ours);
+            let req = channel.recv(deadline()).unwrap();
+            assert_eq!((req.header.request, req.header.need_reply()), (2, true));
+            channel
+                .send(Header::reply(2, 8), &0u64.to_le_bytes(), &[])
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(500));
+        },
+        move |b| {
+            let main = Conn::from_stream(b);
+            let mut m = main.recv(deadline()).unwrap();
+            assert_eq!((m.header.request, m.fds.len()), (21, 1));
+            let channel = Conn::from_stream(UnixStream::from(m.fds.pop().unwrap()));
+            // BACKEND_CONFIG_CHANGE_MSG, wanting an ack.
+            channel.send(Header::request(2, 0, true), &[], &[]).unwrap();
+            let ack = channel.recv(deadline()).unwrap();
+            assert!(ack.header.is_reply() && ack.payload == 0u64.to_le_bytes());
+        },
+    );
+    let on = |ch: Channel, dir: Direction| {
+        t.iter()
+            .filter(|e| e.channel == Some(ch) && e.dir == Some(dir))
+            .count()
+    };
+    assert_eq!(t[0].name.as_deref(), Some("SET_BACKEND_REQ_FD"));
+    assert_eq!(t[0].fds[0].kind, "socket");
+    assert_eq!(on(Channel::Backend, Direction::BackToFront), 1, "{t:?}");
+    assert_eq!(on(Channel::Backend, Direction::FrontToBack), 1, "{t:?}");
+    let request = t
+        .iter()
+        .find(|e| e.channel == Some(Channel::Backend))
+        .unwrap();
+    assert_eq!(request.name.as_deref(), Some("BACKEND_CONFIG_CHANGE_MSG"));
+    assert!(
+        matches!(t.last().unwrap().event, Some(Event::Closed { .. })),
+        "{t:?}"
+    );
+}

@@ -393,3 +393,108 @@ fn parallels_with_a_huge_claimed_disk_maps_in_bounded_time() {
         r.findings
     );
 }
+
+/// A QED header in a small file: 4 KiB clusters, table_size 1, L1 at 4 KiB.
+fn qed_base() -> Vec<u8> {
+    let mut b = vec![0u8; 8192];
+    b[..4].copy_from_slice(b"QED\0");
+    b[4..8].copy_from_slice(&4096u32.to_le_bytes());
+    b[8..12].copy_from_slice(&1u32.to_le_bytes());
+    b[12..16].copy_from_slice(&1u32.to_le_bytes());
+    b[40..48].copy_from_slice(&4096u64.to_le_bytes());
+    b[48..56].copy_from_slice(&(1u64 << 20).to_le_bytes());
+    b
+}
+
+fn qed_open(b: &[u8]) -> Result<qconform_core::qcow2::read::VirtualDisk, String> {
+    use qconform_core::qcow2::read::{Backing, NoFiles, OpenOptions, VirtualDisk};
+    let opts = OpenOptions {
+        backing: Backing::Ignore,
+        ..OpenOptions::default()
+    };
+    VirtualDisk::open(Box::new(b.to_vec()), &NoFiles, &opts).map_err(|e| e.to_string())
+}
+
+#[test]
+fn qed_the_base_is_clean() {
+    let r = qconform_core::qed::check(&qed_base().as_slice(), "qed", &Limits::default());
+    assert!(r.findings.is_empty(), "{:?}", r.findings);
+}
+
+#[test]
+fn qed_one_gib_tables_claimed_in_an_eight_kib_file() {
+    // 64 MiB clusters, table_size 16: each table claims 1 GiB. The check
+    // reads what the file holds and reports the L1 table that does not fit.
+    let mut b = qed_base();
+    b[4..8].copy_from_slice(&(64u32 << 20).to_le_bytes());
+    b[8..12].copy_from_slice(&16u32.to_le_bytes());
+    b[40..48].copy_from_slice(&(64u64 << 20).to_le_bytes());
+    b[48..56].copy_from_slice(&(u64::MAX & !511).to_le_bytes());
+    let r = qconform_core::qed::check(&b.as_slice(), "qed", &Limits::default());
+    assert!(
+        r.findings
+            .iter()
+            .any(|f| f.rule.id == "qed.table.offset-valid" || f.rule.id == "qed.header.image-size"),
+        "{:?}",
+        r.findings
+    );
+}
+
+#[test]
+fn qed_huge_image_with_an_empty_l1_maps_in_one_entry() {
+    // The largest image_size 4 KiB clusters and a 1-cluster table address.
+    let mut b = qed_base();
+    let max = (512u64 * 512) * 4096;
+    b[48..56].copy_from_slice(&max.to_le_bytes());
+    let mut disk = qed_open(&b).unwrap();
+    let map = disk.map().unwrap();
+    assert_eq!(map.len(), 1, "{map:?}");
+    assert_eq!(map[0].length, max);
+}
+
+#[test]
+fn qed_backing_name_of_four_gib_is_refused_without_allocating_it() {
+    // header_size 2^20 - 1 clusters makes a 4 GiB name "fit in the header".
+    let mut b = qed_base();
+    let clusters = (1u32 << 20) - 1;
+    b[12..16].copy_from_slice(&clusters.to_le_bytes());
+    b[16..24].copy_from_slice(&1u64.to_le_bytes());
+    b[40..48].copy_from_slice(&(clusters as u64 * 4096).to_le_bytes());
+    b[56..60].copy_from_slice(&64u32.to_le_bytes());
+    b[60..64].copy_from_slice(&(clusters * 4096 - 64).to_le_bytes());
+    let e = qed_open(&b).err().unwrap_or_default();
+    assert!(e.contains("backing file name"), "{e}");
+}
+
+#[test]
+fn qed_tables_pointing_at_themselves_and_at_the_header() {
+    let mut b = qed_base();
+    // L1 entry 0 names the L1 table itself; its entry 0 then names the L1 again.
+    b[4096..4104].copy_from_slice(&4096u64.to_le_bytes());
+    let r = qconform_core::qed::check(&b.as_slice(), "qed", &Limits::default());
+    assert!(
+        r.findings
+            .iter()
+            .any(|f| f.rule.id == "qed.cluster.referenced-once"),
+        "{:?}",
+        r.findings
+    );
+    // A data entry naming the header cluster.
+    let mut b = qed_base();
+    b.resize(12288, 0);
+    b[4096..4104].copy_from_slice(&8192u64.to_le_bytes());
+    b[8192..8200].copy_from_slice(&0u64.to_le_bytes());
+    b[8200..8208].copy_from_slice(&0u64.to_le_bytes());
+    b[8192 + 16..8192 + 24].copy_from_slice(&0u64.to_le_bytes());
+    b[8192 + 24..8192 + 32].copy_from_slice(&4096u64.to_le_bytes());
+    let r = qconform_core::qed::check(&b.as_slice(), "qed", &Limits::default());
+    assert!(
+        r.findings
+            .iter()
+            .any(|f| f.rule.id == "qed.cluster.referenced-once"),
+        "{:?}",
+        r.findings
+    );
+    // Reading either never loops or panics.
+    let _ = qed_open(&b).map(|mut d| d.map());
+}

@@ -35,7 +35,122 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
     ("structured_image", structured_image),
     ("parallels_check", parallels_check),
     ("qed_check", qed_check),
+    ("structured_qed_parallels", structured_qed_parallels),
 ];
+
+/// structured_qed_parallels: the fuzzer's bytes describe a QED or Parallels
+/// image (cluster size, table size or magic, clusters, a backing name or a
+/// dirty bitmap) and one mutation. The written image must check clean and
+/// read back as described; the mutated one must be reported with the
+/// mutation's rules, and read without a panic.
+pub fn structured_qed_parallels(data: &[u8]) {
+    use qconform_core::{parallels, qed};
+    let mut it = data.iter().copied();
+    let mut next = || it.next().unwrap_or(0);
+    let limits = fuzz_limits();
+    let seeded = |seed: u8, n: u64| -> Vec<u8> {
+        (0..n as usize)
+            .map(|i| seed.wrapping_add((i / 32) as u8))
+            .collect()
+    };
+    let (img, guest, expect) = if next() % 2 == 0 {
+        let cs = [4096u32, 8192, 65536][next() as usize % 3];
+        let ts = [1u32, 2, 4, 16][next() as usize % 4];
+        let n = 1 + (next() % 64) as u64;
+        let mut d = qed::write::Description::new(n * cs as u64 - (next() % 8) as u64 * 512, cs, ts);
+        for _ in 0..next() % 12 {
+            let k = (next() as u64) % n;
+            let c = if next() % 3 == 0 {
+                qed::write::Cluster::Zero
+            } else {
+                qed::write::Cluster::Data(seeded(next(), cs as u64))
+            };
+            d.clusters.insert(k, c);
+        }
+        if next() % 4 == 0 {
+            d.backing = Some(("base.img".into(), next() % 2 == 0));
+        }
+        let Ok(img) = qed::write::write(&d) else {
+            return;
+        };
+        let clean = qed::check(&img.as_slice(), "structured", &limits);
+        assert!(
+            clean.findings.is_empty(),
+            "QED writer output is not clean: {:?}",
+            clean.findings
+        );
+        let mut mutated = img.clone();
+        let m = qed::mutate::Mutation::from_parts(next() as usize, next() as usize, next());
+        let expect = qed::mutate::apply(m, &mut mutated).map(|r| {
+            (
+                r,
+                qed::check(&mutated.as_slice(), "mutated", &limits),
+                mutated,
+            )
+        });
+        (img, d.guest_bytes(), expect)
+    } else {
+        let cs = [512u64, 1024, 4096, 65536][next() as usize % 4];
+        let ext = next() % 2 == 0;
+        let n = 1 + (next() % 64) as u64;
+        let mut d = parallels::write::Description::new(n * cs, cs, ext);
+        for _ in 0..next() % 12 {
+            let k = (next() as u64) % n;
+            d.clusters.insert(k, seeded(next(), cs));
+        }
+        if ext && next() % 2 == 0 {
+            let granularity = 1u32 << (next() % 8);
+            let total = (n * cs / 512).div_ceil(granularity as u64);
+            d.bitmap = Some(parallels::write::BitmapDesc {
+                id: [next(); 16],
+                granularity,
+                dirty_bits: (0..next() % 16).map(|_| next() as u64 % total).collect(),
+            });
+        }
+        let Ok(img) = parallels::write::write(&d) else {
+            return;
+        };
+        let clean = parallels::check(&img.as_slice(), "structured", &limits);
+        assert!(
+            clean.findings.is_empty(),
+            "Parallels writer output is not clean: {:?}",
+            clean.findings
+        );
+        let mut mutated = img.clone();
+        let m = parallels::mutate::Mutation::from_parts(next() as usize, next() as usize, next());
+        let expect = parallels::mutate::apply(m, &mut mutated).map(|r| {
+            (
+                r,
+                parallels::check(&mutated.as_slice(), "mutated", &limits),
+                mutated,
+            )
+        });
+        (img, d.guest_bytes(), expect)
+    };
+    {
+        use qconform_core::qcow2::read::{Backing, NoFiles, OpenOptions, VirtualDisk};
+        let opts = OpenOptions {
+            backing: Backing::Ignore,
+            limits: fuzz_limits(),
+            ..OpenOptions::default()
+        };
+        let mut disk =
+            VirtualDisk::open(Box::new(img), &NoFiles, &opts).expect("written image opens");
+        let mut got = vec![0u8; guest.len()];
+        disk.read_at(0, &mut got).expect("written image reads");
+        assert!(got == guest, "read-back differs from the description");
+    }
+    if let Some((rules, report, mutated)) = expect {
+        for rule in rules {
+            assert!(
+                report.findings.iter().any(|f| f.rule.id == *rule),
+                "{rule} not reported: {:?}",
+                report.findings
+            );
+        }
+        read_some(&mutated);
+    }
+}
 
 /// qed_check: raw bytes as a QED image through the checker and the reader.
 pub fn qed_check(data: &[u8]) {
