@@ -54,6 +54,14 @@ fn rules(r: &Report) -> Vec<&'static str> {
     r.findings.iter().map(|f| f.rule.id).collect()
 }
 
+fn assert_reports(r: &Report, rule: &str) {
+    assert!(
+        r.findings.iter().any(|f| f.rule.id == rule),
+        "{rule} not reported: {:?}",
+        r.findings
+    );
+}
+
 fn assert_rule(b: &[u8], rule: &str) -> Report {
     let r = check(b);
     assert!(
@@ -385,13 +393,7 @@ fn parallels_with_a_huge_claimed_disk_maps_in_bounded_time() {
     assert!(map.len() <= 3, "{map:?}");
     assert_eq!(map.iter().map(|e| e.length).sum::<u64>(), disk.size());
     let r = qconform_core::parallels::check(&b.as_slice(), "huge", &Limits::default());
-    assert!(
-        r.findings
-            .iter()
-            .any(|f| f.rule.id == "parallels.header.bat-covers-disk"),
-        "{:?}",
-        r.findings
-    );
+    assert_reports(&r, "parallels.header.bat-covers-disk");
 }
 
 /// A QED header in a small file: 4 KiB clusters, table_size 1, L1 at 4 KiB.
@@ -472,13 +474,7 @@ fn qed_tables_pointing_at_themselves_and_at_the_header() {
     // L1 entry 0 names the L1 table itself; its entry 0 then names the L1 again.
     b[4096..4104].copy_from_slice(&4096u64.to_le_bytes());
     let r = qconform_core::qed::check(&b.as_slice(), "qed", &Limits::default());
-    assert!(
-        r.findings
-            .iter()
-            .any(|f| f.rule.id == "qed.cluster.referenced-once"),
-        "{:?}",
-        r.findings
-    );
+    assert_reports(&r, "qed.cluster.referenced-once");
     // A data entry naming the header cluster.
     let mut b = qed_base();
     b.resize(12288, 0);
@@ -488,13 +484,7 @@ fn qed_tables_pointing_at_themselves_and_at_the_header() {
     b[8192 + 16..8192 + 24].copy_from_slice(&0u64.to_le_bytes());
     b[8192 + 24..8192 + 32].copy_from_slice(&4096u64.to_le_bytes());
     let r = qconform_core::qed::check(&b.as_slice(), "qed", &Limits::default());
-    assert!(
-        r.findings
-            .iter()
-            .any(|f| f.rule.id == "qed.cluster.referenced-once"),
-        "{:?}",
-        r.findings
-    );
+    assert_reports(&r, "qed.cluster.referenced-once");
     // Reading either never loops or panics.
     let _ = qed_open(&b).map(|mut d| d.map());
 }

@@ -176,18 +176,7 @@ fn recordings(root: &Path) -> Result<(), DynError> {
     let qemu = |device: &'static str| {
         let qemu_root = qemu_root.clone();
         move |front: &Path| -> Result<(), DynError> {
-            let mut q = qconform::vhost::qemu_front_end(&qemu_root, front, device)
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .map_err(|e| format!("cannot start QEMU (run `cargo xtask peers`): {e}"))?;
-            std::thread::sleep(Duration::from_secs(5));
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(q.id().to_string())
-                .status();
-            let _ = q.wait();
-            Ok(())
+            run_qemu_briefly(qconform::vhost::qemu_front_end(&qemu_root, front, device))
         }
     };
     // The probe as front-end: a longer conversation (config, status, memory
@@ -214,6 +203,23 @@ fn recordings(root: &Path) -> Result<(), DynError> {
         )?;
         println!("recorded {name}");
     }
+    Ok(())
+}
+
+/// Runs QEMU (a front-end command) for 5 seconds, then stops it with
+/// SIGTERM, which makes it stop its rings first.
+fn run_qemu_briefly(mut cmd: Command) -> Result<(), DynError> {
+    let mut q = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start QEMU (run `cargo xtask peers`): {e}"))?;
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(q.id().to_string())
+        .status();
+    let _ = q.wait();
     Ok(())
 }
 
@@ -361,17 +367,7 @@ fn transcripts(root: &Path) -> Result<(), DynError> {
     };
     let server = std::thread::spawn(move || serve::run(&sopts, qconform::Output::Json));
     wait_for_path(&ssock)?;
-    let mut q = qconform::vhost::qemu_blk_front_end(&qemu_root, &ssock)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .map_err(|e| format!("cannot start QEMU (run `cargo xtask peers`): {e}"))?;
-    std::thread::sleep(Duration::from_secs(5));
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(q.id().to_string())
-        .status();
-    let _ = q.wait();
+    run_qemu_briefly(qconform::vhost::qemu_blk_front_end(&qemu_root, &ssock))?;
     let _ = server.join();
     // Timestamps and QEMU's user addresses differ per run; the structure does not.
     // 5. Edited copies of the first, one broken rule each.
