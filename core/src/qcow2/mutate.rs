@@ -89,17 +89,30 @@ fn put64(b: &mut [u8], at: u64, v: u64) {
     }
 }
 
+/// Most L2 entries a mutator looks at: mutators take any bytes, and a
+/// claimed L1 size or overlapping tables must not make the walk unbounded.
+const MAX_ENTRIES: usize = 1 << 22;
+
 fn active_entries(img: &[u8], h: &Header) -> (Vec<u64>, Vec<Entry>) {
     let mut l1_at = Vec::new();
     let mut out = Vec::new();
-    for i in 0..h.l1_size as u64 {
+    let mut seen = std::collections::BTreeSet::new();
+    let l1_in_file =
+        (h.l1_size as u64).min((img.len() as u64).saturating_sub(h.l1_table_offset) / 8);
+    for i in 0..l1_in_file {
         let at = h.l1_table_offset + 8 * i;
         let l2 = get64(img, at) & L1E_OFFSET_MASK;
         if l2 == 0 {
             continue;
         }
         l1_at.push(at);
+        if !seen.insert(l2) || l2 >= img.len() as u64 {
+            continue;
+        }
         for j in 0..h.l2_entries() {
+            if out.len() >= MAX_ENTRIES {
+                return (l1_at, out);
+            }
             let e = l2 + j * h.l2_entry_bytes();
             let value = get64(img, e);
             let bitmap = if h.extended_l2() {

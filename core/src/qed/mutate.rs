@@ -67,20 +67,34 @@ fn put32(b: &mut [u8], at: u64, v: u32) {
     crate::source::put_le32(b, at as usize, v)
 }
 
-/// Where the tables are: (L1 entry positions in use, L2 entries as (position, value)).
+/// Most table entries a mutator looks at: mutators take any bytes, and
+/// overlapping tables must not make the walk quadratic in the file size.
+const MAX_ENTRIES: usize = 1 << 22;
+
+/// Where the tables are: (L1 entry positions in use, L2 entries as
+/// (position, value)); only entries inside the file, each L2 table once.
 fn entries(img: &[u8], h: &Header) -> (Vec<u64>, Vec<(u64, u64)>) {
     let mut l1 = Vec::new();
     let mut l2 = Vec::new();
-    // Bounded by the file: a table entry past its end is not there.
-    let n = h.table_entries().min(img.len() as u64 / 8);
-    for i in 0..n {
+    let mut seen = std::collections::BTreeSet::new();
+    let in_file = |at: u64| {
+        h.table_entries()
+            .min((img.len() as u64).saturating_sub(at) / 8)
+    };
+    for i in 0..in_file(h.l1_table_offset) {
         let at = h.l1_table_offset + 8 * i;
         let t = get64(img, at);
         if t == 0 {
             continue;
         }
         l1.push(at);
-        for j in 0..n {
+        if !seen.insert(t) {
+            continue;
+        }
+        for j in 0..in_file(t) {
+            if l2.len() >= MAX_ENTRIES {
+                return (l1, l2);
+            }
             let e = t + 8 * j;
             l2.push((e, get64(img, e)));
         }
