@@ -142,7 +142,8 @@ enum VhostAction {
         out: PathBuf,
         #[arg(long, value_enum, default_value = "human")]
         output: Output,
-        /// Milliseconds to wait for the front-end, and either side may stay silent.
+        /// Milliseconds to wait for the front-end to connect, and for a reply that is due
+        /// (silence between messages is not limited: a running guest may say nothing for hours).
         #[arg(long, default_value_t = 60000)]
         idle_timeout_ms: u64,
         /// Milliseconds a message may take once it has begun.

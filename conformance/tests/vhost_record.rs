@@ -364,6 +364,15 @@ fn fake_pair(
     front: impl FnOnce(UnixStream) + Send + 'static,
     back: impl FnOnce(UnixStream) + Send + 'static,
 ) -> Vec<Entry> {
+    fake_pair_idle(front, back, Duration::from_secs(3))
+}
+
+/// [`fake_pair`] with the proxy's idle timeout (how long a due reply may take).
+fn fake_pair_idle(
+    front: impl FnOnce(UnixStream) + Send + 'static,
+    back: impl FnOnce(UnixStream) + Send + 'static,
+    idle: Duration,
+) -> Vec<Entry> {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("t.jsonl");
     let (front_peer, proxy_front) = UnixStream::pair().unwrap();
@@ -381,7 +390,7 @@ fn fake_pair(
             proxy_front,
             proxy_back,
             &mut rec,
-            Duration::from_secs(3),
+            idle,
             Duration::from_millis(300),
         );
         let _ = tx.send(());
@@ -569,6 +578,62 @@ fn the_back_end_channel_is_interposed_forwarded_and_recorded() {
     assert_eq!(request.name.as_deref(), Some("BACKEND_CONFIG_CHANGE_MSG"));
     assert!(
         matches!(t.last().unwrap().event, Some(Event::Closed { .. })),
+        "{t:?}"
+    );
+}
+
+#[test]
+fn silence_ends_the_recording_only_when_a_reply_is_due() {
+    let idle = Duration::from_millis(300);
+    // GET_FEATURES needs a reply; the back-end reads it and says nothing.
+    let t = fake_pair_idle(
+        |mut f| {
+            f.write_all(&GET_FEATURES).unwrap();
+            std::thread::sleep(Duration::from_secs(3));
+        },
+        |mut b| {
+            read_request(&mut b);
+            std::thread::sleep(Duration::from_secs(3));
+        },
+        idle,
+    );
+    assert!(
+        matches!(t.last().unwrap().event, Some(Event::Timeout { .. })),
+        "{t:?}"
+    );
+    // SET_OWNER needs none: a second of silence (three idle timeouts) is
+    // normal, and the recording goes on until the front-end closes.
+    let t = fake_pair_idle(
+        |mut f| {
+            f.write_all(&[3, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0]).unwrap();
+            std::thread::sleep(Duration::from_secs(1));
+            f.write_all(&GET_FEATURES).unwrap();
+            let mut reply = [0u8; 20];
+            f.read_exact(&mut reply).unwrap();
+        },
+        |mut b| {
+            read_request(&mut b);
+            read_request(&mut b);
+            b.write_all(&[1, 0, 0, 0, 5, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])
+                .unwrap();
+            std::thread::sleep(Duration::from_secs(2));
+        },
+        idle,
+    );
+    let names: Vec<_> = t.iter().filter_map(|e| e.name.clone()).collect();
+    assert_eq!(
+        names,
+        ["SET_OWNER", "GET_FEATURES", "GET_FEATURES"],
+        "{t:?}"
+    );
+    assert!(
+        matches!(
+            t.last().unwrap().event,
+            Some(Event::Closed {
+                by: Some(qconform_core::vhost_user::session::Direction::FrontToBack),
+                ..
+            })
+        ),
         "{t:?}"
     );
 }

@@ -25,8 +25,7 @@ pub struct Options {
     pub listen: PathBuf,
     pub connect: PathBuf,
     pub out: PathBuf,
-    /// How long to wait for the front-end, and how long either side may be
-    /// silent between messages.
+    /// How long to wait for the front-end, and for a reply that is due.
     pub idle_timeout: Duration,
     /// How long a message may take once it has begun.
     pub message_timeout: Duration,
@@ -207,8 +206,9 @@ fn wait(links: &[Link], idle: Duration, rec: &mut Recorder) -> Vec<usize> {
 }
 
 /// Proxies one conversation between `front` (accepted) and `back`
-/// (connected) on this thread, until it ends: a closed side, a side silent
-/// for `idle`, or a message unfinished after `per_message`.
+/// (connected) on this thread, until it ends: a closed side, no reply
+/// within `idle` of a request that needs one, or a message unfinished after
+/// `per_message`.
 pub fn proxy(
     front: UnixStream,
     back: UnixStream,
@@ -236,10 +236,15 @@ pub fn proxy(
     loop {
         let ready = wait(&links, idle, rec);
         if ready.is_empty() {
-            rec.end(Event::Timeout {
-                waited_ms: idle.as_millis() as u64,
-            });
-            return;
+            // Silence between messages is normal (a running guest sends
+            // nothing for hours); silence while a reply is due is a hang.
+            if rec.session.awaiting_reply() {
+                rec.end(Event::Timeout {
+                    waited_ms: idle.as_millis() as u64,
+                });
+                return;
+            }
+            continue;
         }
         let mut drop_backend = false;
         let mut added = Vec::new();
