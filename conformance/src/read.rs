@@ -8,67 +8,7 @@ use qconform_core::qcow2::read::{
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-/// A file that can tell its holes from its data (SEEK_HOLE/SEEK_DATA), so
-/// the allocation map reports what QEMU's file driver reports.
-pub struct SparseFile {
-    file: std::fs::File,
-    size: u64,
-    /// Report holes (off for golden files: a checkout is not sparse).
-    holes: bool,
-}
-
-impl SparseFile {
-    pub fn open(path: &Path, holes: bool) -> std::io::Result<SparseFile> {
-        let file = std::fs::File::open(path)?;
-        let size = file.metadata()?.len();
-        Ok(SparseFile { file, size, holes })
-    }
-}
-
-impl qconform_core::ReadAt for SparseFile {
-    fn size(&self) -> u64 {
-        self.size
-    }
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> qconform_core::Result<()> {
-        use std::os::unix::fs::FileExt;
-        if !self.contains(offset, buf.len() as u64) {
-            return Err(qconform_core::Error::OutOfBounds {
-                offset,
-                len: buf.len() as u64,
-                source_len: self.size,
-            });
-        }
-        self.file
-            .read_exact_at(buf, offset)
-            .map_err(|e| qconform_core::Error::Io {
-                offset,
-                message: e.to_string(),
-            })
-    }
-    fn allocated_size(&self) -> Option<u64> {
-        use std::os::unix::fs::MetadataExt;
-        self.file
-            .metadata()
-            .ok()
-            .filter(|_| self.holes)
-            .map(|m| m.blocks() * 512)
-    }
-    fn extent(&self, offset: u64) -> Option<(bool, u64)> {
-        use rustix::fs::{seek, SeekFrom};
-        if offset >= self.size || !self.holes {
-            return None;
-        }
-        match seek(&self.file, SeekFrom::Data(offset)) {
-            Ok(d) if d == offset => {
-                let h = seek(&self.file, SeekFrom::Hole(offset)).ok()?;
-                Some((false, h.saturating_sub(offset)))
-            }
-            Ok(d) => Some((true, d.saturating_sub(offset))),
-            Err(e) if e == rustix::io::Errno::NXIO => Some((true, self.size - offset)),
-            Err(_) => None,
-        }
-    }
-}
+pub use qconform_core::source::FileSource as SparseFile;
 
 /// Resolves backing and data file names relative to the directory of the
 /// image that names them (absolute names as they are), as QEMU does.
@@ -85,8 +25,8 @@ impl Resolver for DirResolver {
             self.dir.join(name)
         };
         let key = std::fs::canonicalize(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let source =
-            SparseFile::open(&key, self.holes).map_err(|e| format!("{}: {e}", path.display()))?;
+        let source = SparseFile::open_with(&key, self.holes)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
         let dir = key.parent().map(Path::to_path_buf).unwrap_or_default();
         Ok(Resolved {
             source: Box::new(source),
@@ -112,7 +52,7 @@ pub fn open_with(
     snapshot: Option<&str>,
     holes: bool,
 ) -> Result<VirtualDisk, String> {
-    let src = SparseFile::open(path, holes).map_err(|e| format!("{}: {e}", path.display()))?;
+    let src = SparseFile::open_with(path, holes).map_err(|e| format!("{}: {e}", path.display()))?;
     let dir = path
         .parent()
         .map(Path::to_path_buf)

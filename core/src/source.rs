@@ -115,17 +115,80 @@ impl<T: ReadAt + ?Sized> ReadAt for Box<T> {
     }
 }
 
-/// A file opened read-only; its length is taken once, at open.
+/// What kind of file a path names, for refusing everything but regular
+/// files before any read (a FIFO blocks a reader forever, a device can be
+/// endless, a directory is no image).
+pub fn file_kind(meta: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    if t.is_file() {
+        "regular file"
+    } else if t.is_dir() {
+        "directory"
+    } else if t.is_fifo() {
+        "FIFO"
+    } else if t.is_socket() {
+        "socket"
+    } else if t.is_block_device() {
+        "block device"
+    } else if t.is_char_device() {
+        "character device"
+    } else {
+        "special file"
+    }
+}
+
+/// Opens `path` read-only if, and only if, it is a regular file (after
+/// symlinks). The type is checked with stat before the open (stat never
+/// blocks, opening a FIFO does) and again on the open descriptor, which is
+/// opened non-blocking so that a file swapped for a FIFO in between cannot
+/// block either.
+pub fn open_regular(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let not_regular = |m: &std::fs::Metadata| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("is a {}, not a regular file", file_kind(m)),
+        )
+    };
+    let meta = std::fs::metadata(path)?;
+    if !meta.is_file() {
+        return Err(not_regular(&meta));
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(not_regular(&meta));
+    }
+    Ok(file)
+}
+
+/// A regular file opened read-only; its length is taken once, at open.
+/// It can tell its holes from its data (SEEK_HOLE/SEEK_DATA), so tables
+/// that lie in a hole are never read byte by byte and the allocation map
+/// reports what QEMU's file driver reports.
 pub struct FileSource {
     file: std::fs::File,
     size: u64,
+    /// Whether holes are reported (off for golden files: a checkout is not sparse).
+    holes: bool,
 }
 
 impl FileSource {
+    /// Opens a regular file (anything else is refused before any read).
     pub fn open(path: &std::path::Path) -> std::io::Result<Self> {
-        let file = std::fs::File::open(path)?;
+        Self::open_with(path, true)
+    }
+
+    /// Like [`FileSource::open`]; `holes` says whether file holes count (as
+    /// QEMU's file driver counts them) or every byte is taken as written.
+    pub fn open_with(path: &std::path::Path, holes: bool) -> std::io::Result<Self> {
+        let file = open_regular(path)?;
         let size = file.metadata()?.len();
-        Ok(FileSource { file, size })
+        Ok(FileSource { file, size, holes })
     }
 }
 
@@ -140,6 +203,29 @@ impl ReadAt for FileSource {
             offset,
             message: e.to_string(),
         })
+    }
+    fn allocated_size(&self) -> Option<u64> {
+        use std::os::unix::fs::MetadataExt;
+        self.file
+            .metadata()
+            .ok()
+            .filter(|_| self.holes)
+            .map(|m| m.blocks() * 512)
+    }
+    fn extent(&self, offset: u64) -> Option<(bool, u64)> {
+        use rustix::fs::{seek, SeekFrom};
+        if offset >= self.size || !self.holes {
+            return None;
+        }
+        match seek(&self.file, SeekFrom::Data(offset)) {
+            Ok(d) if d == offset => {
+                let h = seek(&self.file, SeekFrom::Hole(offset)).ok()?;
+                Some((false, h.saturating_sub(offset)))
+            }
+            Ok(d) => Some((true, d.saturating_sub(offset))),
+            Err(e) if e == rustix::io::Errno::NXIO => Some((true, self.size - offset)),
+            Err(_) => None,
+        }
     }
 }
 
