@@ -171,7 +171,7 @@ pub fn info_json(path: &Path) -> String {
 /// `qconform map --output json` of an image, or the error it gives.
 pub fn map_json(path: &Path) -> String {
     // Holes ignored: a fresh checkout writes the corpus densely.
-    let v = match crate::read::map_of(path, qconform_core::qcow2::read::Backing::Follow, false) {
+    let v = match crate::read::map_of(path, &crate::read::ReadOptions::golden(path)) {
         Ok(map) => serde_json::to_value(&map).unwrap_or_default(),
         // The message names the file by the path it was given; keep only the reason.
         Err(e) => serde_json::json!({ "error": e.split_once(": ").map_or(e.as_str(), |(_, r)| r) }),

@@ -40,8 +40,11 @@ enum Command {
         /// Read this internal snapshot (id or name) instead of the active state.
         #[arg(long)]
         snapshot: Option<String>,
-        #[arg(long, value_enum, default_value = "follow")]
+        #[arg(long, value_enum, default_value = "confined")]
         backing: BackingArg,
+        /// Read an image the checker calls corrupt anyway (best effort).
+        #[arg(long)]
+        force: bool,
         /// Write to this file (sparse) instead of stdout.
         #[arg(short = 'o', long = "output-file")]
         out: Option<PathBuf>,
@@ -51,8 +54,11 @@ enum Command {
     Map {
         #[arg(long, value_enum, default_value = "human")]
         output: Output,
-        #[arg(long, value_enum, default_value = "follow")]
+        #[arg(long, value_enum, default_value = "confined")]
         backing: BackingArg,
+        /// Map an image the checker calls corrupt anyway (best effort).
+        #[arg(long)]
+        force: bool,
         image: PathBuf,
     },
     /// List every rule qconform checks.
@@ -229,14 +235,29 @@ fn main() -> ExitCode {
         Command::Cat {
             snapshot,
             backing,
+            force,
             out,
             image,
-        } => qconform::read::run_cat(&image, backing.into(), snapshot.as_deref(), out.as_deref()),
+        } => {
+            let o = qconform::read::ReadOptions {
+                snapshot,
+                force,
+                ..qconform::read::ReadOptions::new(backing.into())
+            };
+            qconform::read::run_cat(&image, &o, out.as_deref())
+        }
         Command::Map {
             output,
             backing,
+            force,
             image,
-        } => qconform::read::run_map(&image, backing.into(), output),
+        } => {
+            let o = qconform::read::ReadOptions {
+                force,
+                ..qconform::read::ReadOptions::new(backing.into())
+            };
+            qconform::read::run_map(&image, &o, output)
+        }
         Command::Golden { action } => match action {
             GoldenAction::Verify { root } => {
                 conform::run(&root.unwrap_or_else(|| ".".into()), Output::Human)
@@ -353,16 +374,21 @@ fn vhost_user(action: VhostAction) -> i32 {
     }
 }
 
-/// Whether backing files are opened.
+/// Which files the backing and data file names inside an image may reach.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum BackingArg {
+    /// Relative names that resolve, after symlinks, to regular files inside the image's directory.
+    Confined,
+    /// Also absolute names (still only regular files, never protocols such as json: or nbd:).
     Follow,
+    /// Open no backing file and no data file.
     Ignore,
 }
 
-impl From<BackingArg> for qconform_core::qcow2::read::Backing {
+impl From<BackingArg> for qconform_core::disk::Backing {
     fn from(b: BackingArg) -> Self {
         match b {
+            BackingArg::Confined => Self::Confined,
             BackingArg::Follow => Self::Follow,
             BackingArg::Ignore => Self::Ignore,
         }

@@ -1,82 +1,86 @@
 //! `qconform cat` and `qconform map`: the virtual disk of a qcow2, QED or
-//! Parallels image.
+//! Parallels image, through the path policy of `qconform_core::disk`.
 
 use crate::Output;
-use qconform_core::qcow2::read::{
-    Backing, OpenOptions, ReadError, Resolved, Resolver, VirtualDisk,
+use qconform_core::disk::{
+    policy, Backing, FsResolver, MapEntry, OpenOptions, ReadError, VirtualDisk,
 };
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 pub use qconform_core::source::FileSource as SparseFile;
 
-/// Resolves backing and data file names relative to the directory of the
-/// image that names them (absolute names as they are), as QEMU does.
-pub struct DirResolver {
-    pub dir: PathBuf,
+/// How `cat` and `map` open an image.
+#[derive(Debug, Clone, Default)]
+pub struct ReadOptions {
+    /// Which files the names inside the image may reach.
+    pub backing: Backing,
+    /// Read this internal snapshot (id or name) instead of the active state.
+    pub snapshot: Option<String>,
+    /// Best effort: read images the checker calls corrupt.
+    pub force: bool,
+    /// Whether file holes count (as QEMU's file driver counts them).
     pub holes: bool,
+    /// Where data file names are resolved; None: the working directory, as QEMU.
+    pub data_dir: Option<PathBuf>,
 }
 
-impl Resolver for DirResolver {
-    fn open(&self, name: &str) -> Result<Resolved, String> {
-        let path = if Path::new(name).is_absolute() {
-            PathBuf::from(name)
-        } else {
-            self.dir.join(name)
-        };
-        let key = std::fs::canonicalize(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let source = SparseFile::open_with(&key, self.holes)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        let dir = key.parent().map(Path::to_path_buf).unwrap_or_default();
-        Ok(Resolved {
-            source: Box::new(source),
-            key: key.display().to_string(),
-            resolver: Box::new(DirResolver {
-                dir,
-                holes: self.holes,
-            }),
-        })
+impl ReadOptions {
+    /// What `cat` and `map` use by default: the confined policy, holes counted.
+    pub fn new(backing: Backing) -> ReadOptions {
+        ReadOptions {
+            backing,
+            holes: true,
+            ..ReadOptions::default()
+        }
+    }
+
+    /// Golden maps: a checkout is dense (holes ignored), corrupt images are
+    /// mapped best effort so the golden file shows what the metadata says,
+    /// names stay confined, and data files are found beside the image, as
+    /// when the corpus recipe ran qemu-img in the image's directory.
+    pub fn golden(image: &Path) -> ReadOptions {
+        ReadOptions {
+            backing: Backing::Confined,
+            snapshot: None,
+            force: true,
+            holes: false,
+            data_dir: image.parent().map(Path::to_path_buf),
+        }
     }
 }
 
-/// Opens the virtual disk of `path`.
-pub fn open(path: &Path, backing: Backing, snapshot: Option<&str>) -> Result<VirtualDisk, String> {
-    open_with(path, backing, snapshot, true)
-}
-
-/// Like [`open`]; `holes` says whether file holes count (as QEMU's file
-/// driver counts them) or every byte of the files is taken as written.
-pub fn open_with(
-    path: &Path,
-    backing: Backing,
-    snapshot: Option<&str>,
-    holes: bool,
-) -> Result<VirtualDisk, String> {
-    let src = SparseFile::open_with(path, holes).map_err(|e| format!("{}: {e}", path.display()))?;
-    let dir = path
-        .parent()
-        .map(Path::to_path_buf)
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or_else(|| PathBuf::from("."));
+/// Opens the virtual disk of `path`: the image must be a regular file, and
+/// every file it names goes through the path policy.
+pub fn open(path: &Path, o: &ReadOptions) -> Result<VirtualDisk, ReadError> {
+    let src = policy::open_image(path, o.holes)?;
+    let resolver = FsResolver::for_image(path, o.backing, o.data_dir.as_deref(), o.holes)
+        .map_err(|e| ReadError::Open(format!("{}: {e}", path.display())))?;
     let opts = OpenOptions {
-        backing,
-        snapshot,
+        backing: o.backing,
+        snapshot: o.snapshot.as_deref(),
+        verify: !o.force,
         ..OpenOptions::default()
     };
-    VirtualDisk::open(Box::new(src), &DirResolver { dir, holes }, &opts)
-        .map_err(|e| format!("{}: {e}", path.display()))
+    VirtualDisk::open(Box::new(src), &resolver, &opts)
 }
 
 /// Bytes copied per read.
 const CHUNK: usize = 4 << 20;
 
+/// Whether an I/O error is stdout closed by its reader (`| head`): the
+/// program ends quietly, having written what it could.
+fn closed_pipe(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::BrokenPipe
+}
+
 /// `qconform cat`: the virtual disk (qcow2, QED or Parallels, with its
 /// backing chain) to stdout, or sparsely to a file.
-pub fn run_cat(path: &Path, backing: Backing, snapshot: Option<&str>, out: Option<&Path>) -> i32 {
-    let mut disk = match open(path, backing, snapshot) {
+pub fn run_cat(path: &Path, o: &ReadOptions, out: Option<&Path>) -> i32 {
+    let mut disk = match open(path, o) {
         Ok(d) => d,
         Err(e) => {
-            eprintln!("qconform: {e}");
+            eprintln!("qconform: {}: {e}", path.display());
             return 1;
         }
     };
@@ -86,33 +90,70 @@ pub fn run_cat(path: &Path, backing: Backing, snapshot: Option<&str>, out: Optio
     };
     match r {
         Ok(()) => 0,
-        Err(e) => {
+        Err(CatError::ClosedPipe) => 0,
+        Err(CatError::Other(e)) => {
             eprintln!("qconform: {}: {e}", path.display());
             1
         }
     }
 }
 
-fn cat_to(disk: &mut VirtualDisk, w: &mut dyn Write) -> Result<(), String> {
+enum CatError {
+    ClosedPipe,
+    Other(String),
+}
+
+impl From<ReadError> for CatError {
+    fn from(e: ReadError) -> Self {
+        CatError::Other(e.to_string())
+    }
+}
+
+impl From<std::io::Error> for CatError {
+    fn from(e: std::io::Error) -> Self {
+        if closed_pipe(&e) {
+            CatError::ClosedPipe
+        } else {
+            CatError::Other(e.to_string())
+        }
+    }
+}
+
+fn cat_to(disk: &mut VirtualDisk, w: &mut dyn Write) -> Result<(), CatError> {
     let size = disk.size();
     let mut buf = vec![0u8; CHUNK];
     let mut pos = 0u64;
     while pos < size {
         let n = ((size - pos) as usize).min(CHUNK);
-        disk.read_at(pos, &mut buf[..n])
-            .map_err(|e: ReadError| e.to_string())?;
-        w.write_all(&buf[..n]).map_err(|e| e.to_string())?;
+        let chunk = &mut buf[..n];
+        disk.read_at(pos, chunk)?;
+        w.write_all(chunk)?;
         pos += n as u64;
     }
-    w.flush().map_err(|e| e.to_string())
+    Ok(w.flush()?)
 }
 
 /// Writes only the chunks that are not all zero; the file is sized first,
 /// so the rest stays a hole.
-fn cat_to_file(disk: &mut VirtualDisk, out: &Path) -> Result<(), String> {
-    let f = std::fs::File::create(out).map_err(|e| format!("{}: {e}", out.display()))?;
+fn cat_to_file(disk: &mut VirtualDisk, out: &Path) -> Result<(), CatError> {
+    let f = std::fs::File::create(out)
+        .map_err(|e| CatError::Other(format!("{}: {e}", out.display())))?;
     let size = disk.size();
-    f.set_len(size).map_err(|e| e.to_string())?;
+    f.set_len(size)?;
+    // Only ranges the map says are not zero are read at all; the file was
+    // sized first, so everything else stays a hole. The map is taken as a
+    // list of ranges (merged: one per run of data), bounded by the map's
+    // own step limit.
+    let mut ranges: Vec<(u64, u64)> = Vec::new();
+    disk.map_each(|e| {
+        if !e.zero {
+            match ranges.last_mut() {
+                Some(last) if last.1 == e.start => last.1 = e.start + e.length,
+                _ => ranges.push((e.start, e.start + e.length)),
+            }
+        }
+        Ok(())
+    })?;
     // Two stages on two cores: this thread reads (and decompresses) the
     // virtual disk, a writer thread writes the non-zero runs. Two buffers
     // circulate between them.
@@ -129,16 +170,6 @@ fn cat_to_file(disk: &mut VirtualDisk, out: &Path) -> Result<(), String> {
             }
             Ok(())
         });
-        // Only ranges the map says are not zero are read at all; the file
-        // was sized first, so everything else stays a hole.
-        let ranges: Vec<(u64, u64)> = match disk.map() {
-            Ok(m) => m
-                .iter()
-                .filter(|e| !e.zero)
-                .map(|e| (e.start, e.start + e.length))
-                .collect(),
-            Err(_) => vec![(0, size)],
-        };
         let mut result = Ok(());
         'ranges: for (start, end) in ranges {
             let mut pos = start;
@@ -148,7 +179,7 @@ fn cat_to_file(disk: &mut VirtualDisk, out: &Path) -> Result<(), String> {
                 };
                 let n = ((end - pos) as usize).min(CHUNK);
                 if let Err(e) = disk.read_at(pos, &mut buf[..n]) {
-                    result = Err(e.to_string());
+                    result = Err(CatError::from(e));
                     break 'ranges;
                 }
                 if full_tx.send((pos, n, buf)).is_err() {
@@ -160,7 +191,8 @@ fn cat_to_file(disk: &mut VirtualDisk, out: &Path) -> Result<(), String> {
         drop(full_tx);
         let written = writer
             .join()
-            .unwrap_or_else(|_| Err("the writer thread failed".into()));
+            .unwrap_or_else(|_| Err("the writer thread failed".into()))
+            .map_err(CatError::Other);
         result.and(written)
     })
 }
@@ -191,40 +223,84 @@ fn write_sparse(f: &std::fs::File, pos: u64, buf: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
-/// `qconform map`: the allocation map, JSON like `qemu-img map --output=json`.
-/// The allocation map of any image qconform reads (qcow2, QED, Parallels);
-/// `holes` as in [`open_with`].
-pub fn map_of(
-    path: &Path,
-    backing: Backing,
-    holes: bool,
-) -> Result<Vec<qconform_core::qcow2::read::MapEntry>, String> {
-    open_with(path, backing, None, holes).and_then(|mut d| d.map().map_err(|e| e.to_string()))
+/// The whole allocation map of an image (golden files, tests).
+pub fn map_of(path: &Path, o: &ReadOptions) -> Result<Vec<MapEntry>, String> {
+    open(path, o)
+        .and_then(|mut d| d.map())
+        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
-pub fn run_map(path: &Path, backing: Backing, output: Output) -> i32 {
-    let map = map_of(path, backing, true);
-    let map = match map {
-        Ok(m) => m,
+/// `qconform map`: the allocation map, JSON like `qemu-img map --output=json`,
+/// written entry by entry as it is found (a map never waits for, or holds,
+/// the whole disk).
+pub fn run_map(path: &Path, o: &ReadOptions, output: Output) -> i32 {
+    let mut disk = match open(path, o) {
+        Ok(d) => d,
         Err(e) => {
-            eprintln!("qconform: {e}");
+            eprintln!("qconform: {}: {e}", path.display());
             return 1;
         }
     };
-    match output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&map).unwrap_or_default()),
-        Output::Human => {
-            println!("{:<18} {:<18} {:<18} File", "Offset", "Length", "Mapped to");
-            for e in map.iter().filter(|e| e.data) {
-                let to = e
-                    .offset
-                    .map_or("compressed".to_string(), |o| format!("{o:#x}"));
-                println!(
-                    "{:<#18x} {:<#18x} {:<18} depth {}",
-                    e.start, e.length, to, e.depth
-                );
-            }
+    let stdout = std::io::stdout();
+    let mut w = std::io::BufWriter::new(stdout.lock());
+    let io = |e: std::io::Error| ReadError::Io(e.to_string());
+    let mut first = true;
+    let r = (|| -> Result<(), std::io::Error> {
+        if output == Output::Human {
+            writeln!(
+                w,
+                "{:<18} {:<18} {:<18} File",
+                "Offset", "Length", "Mapped to"
+            )?;
+        } else {
+            write!(w, "[")?;
+        }
+        let mut failed: Option<std::io::Error> = None;
+        let mapped = disk.map_each(|e| {
+            let r = match output {
+                Output::Json => {
+                    let sep = if first { "" } else { ",\n" };
+                    first = false;
+                    let json = serde_json::to_string(e).unwrap_or_default();
+                    write!(w, "{sep}{json}")
+                }
+                Output::Human if e.data => {
+                    let to = e
+                        .offset
+                        .map_or("compressed".to_string(), |o| format!("{o:#x}"));
+                    writeln!(
+                        w,
+                        "{:<#18x} {:<#18x} {:<18} depth {}",
+                        e.start, e.length, to, e.depth
+                    )
+                }
+                Output::Human => Ok(()),
+            };
+            r.map_err(|err| {
+                let e = io(std::io::Error::new(err.kind(), err.to_string()));
+                failed = Some(err);
+                e
+            })
+        });
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        if let Err(e) = mapped {
+            w.flush()?;
+            return Err(std::io::Error::other(e.to_string()));
+        }
+        if output == Output::Json {
+            writeln!(w, "]")?;
+        }
+        w.flush()
+    })();
+    match r {
+        Ok(()) => 0,
+        Err(e) if closed_pipe(&e) => 0,
+        Err(e) => {
+            let _ = w.flush();
+            eprintln!("qconform: {}: {e}", path.display());
+            1
         }
     }
-    0
 }

@@ -8,6 +8,7 @@
 //! explicit caps of [`limits::Limits`].
 
 pub mod detect;
+pub mod disk;
 pub mod error;
 pub mod limits;
 pub mod parallels;

@@ -21,6 +21,10 @@ pub struct Limits {
     /// Header extensions parsed (each is at least 8 bytes of cluster 0, so
     /// a 2 MiB cluster holds at most 262144 of them).
     pub max_header_extensions: usize,
+    /// Images below the top one in a backing chain. QEMU has no fixed
+    /// limit and real chains of 50-200 snapshots exist; each layer holds one
+    /// open file, so the cap stays well inside the usual 1024 descriptors.
+    pub max_backing_depth: usize,
 }
 
 impl Default for Limits {
@@ -30,6 +34,7 @@ impl Default for Limits {
             max_entries_visited: 1 << 30,
             max_findings_per_rule: 32,
             max_header_extensions: 4096,
+            max_backing_depth: 512,
         }
     }
 }

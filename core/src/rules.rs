@@ -393,6 +393,35 @@ pub mod qed {
     }
 }
 
+/// qconform's path policy for the names an image carries (backing file,
+/// external data file) and for the image itself: untrusted input, never
+/// followed outside the image's directory unless the user asked.
+pub mod policy {
+    use super::*;
+    rules! {
+        REGULAR_FILE = "input.regular-file", "qconform", "Path policy", Error,
+            "An image, and every file it names, is a regular file (never a FIFO, device, directory or socket).";
+        NAME_PROTOCOL = "policy.name.protocol", "qconform", "Path policy", Violation,
+            "A backing or data file name is a file name, not a protocol (json:, file:, nbd:, any proto:).";
+        NAME_ABSOLUTE = "policy.name.absolute", "qconform", "Path policy", Violation,
+            "A backing or data file name is relative (absolute names are followed only with --backing follow).";
+        NAME_ESCAPES = "policy.name.escapes", "qconform", "Path policy", Violation,
+            "A backing or data file name resolves, after .. and symlinks, inside the image's directory.";
+        NAME_SPECIAL = "policy.name.special-file", "qconform", "Path policy", Violation,
+            "A backing or data file name names a regular file.";
+        NAME_MALFORMED = "policy.name.malformed", "qconform", "Path policy", Violation,
+            "A backing or data file name is non-empty UTF-8 without NUL bytes.";
+        NOT_OPENED = "policy.file-not-opened", "qconform", "Path policy", Error,
+            "A read that needs the external data file is refused when --backing ignore opens no other file.";
+        BACKING_DEPTH = "limits.backing-depth", "qconform", "Limits", Error,
+            "A backing chain is at most Limits::max_backing_depth images deep.";
+        BACKING_CYCLE = "input.backing-chain-acyclic", "qconform", "Path policy", Error,
+            "A backing chain never names a file already in the chain.";
+        VIRTUAL_SIZE = "input.virtual-size", "qconform", "Input", Error,
+            "The virtual size is at most QEMU's BDRV_MAX_LENGTH (2^63 - 2^30 bytes).";
+    }
+}
+
 /// Every rule of the registry.
 pub fn all() -> impl Iterator<Item = &'static Rule> {
     general::ALL
@@ -401,6 +430,7 @@ pub fn all() -> impl Iterator<Item = &'static Rule> {
         .chain(vhost_user::ALL.iter())
         .chain(parallels::ALL.iter())
         .chain(qed::ALL.iter())
+        .chain(policy::ALL.iter())
         .copied()
 }
 

@@ -5,7 +5,7 @@
 //! is reported with the rule it names.
 
 use proptest::prelude::*;
-use qconform_core::qcow2::read::{Backing, OpenOptions, VirtualDisk};
+use qconform_core::disk::{Backing, OpenOptions, VirtualDisk};
 use qconform_core::{parallels, qed, Limits};
 use std::collections::BTreeSet;
 

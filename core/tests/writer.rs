@@ -3,7 +3,7 @@
 //! reads back as the description says.
 
 use proptest::prelude::*;
-use qconform_core::qcow2::read::{Backing, OpenOptions, VirtualDisk};
+use qconform_core::disk::{Backing, OpenOptions, VirtualDisk};
 use qconform_core::qcow2::write::{write, BitmapDesc, ClusterData, Description};
 use qconform_core::{qcow2, Limits};
 
@@ -31,14 +31,14 @@ proptest! {
         // Every host cluster of the file is owned (no leak), and unique refcounts
         // follow from the census agreeing with the on-disk refcounts.
         prop_assert_eq!(report.image_end_offset, Some(w.image.len() as u64));
-        let mut disk = VirtualDisk::open(Box::new(w.image.clone()), &Mem(w.data_file.clone()), &OpenOptions { backing: Backing::Ignore, ..OpenOptions::default() })
+        let mut disk = VirtualDisk::open(Box::new(w.image.clone()), &Mem(w.data_file.clone()), &OpenOptions { backing: Backing::Confined, ..OpenOptions::default() })
             .map_err(|e| TestCaseError::fail(e.to_string()))?;
         let mut got = vec![0u8; d.size as usize];
         disk.read_at(0, &mut got).map_err(|e| TestCaseError::fail(e.to_string()))?;
         prop_assert!(got == d.guest_bytes(), "read-back differs from the description");
         // Every snapshot sees the same data (each was taken of the final state).
         for s in &d.snapshots {
-            let mut snap = VirtualDisk::open(Box::new(w.image.clone()), &Mem(None), &OpenOptions { backing: Backing::Ignore, snapshot: Some(s), ..OpenOptions::default() })
+            let mut snap = VirtualDisk::open(Box::new(w.image.clone()), &Mem(None), &OpenOptions { backing: Backing::Confined, snapshot: Some(s), ..OpenOptions::default() })
                 .map_err(|e| TestCaseError::fail(e.to_string()))?;
             let mut got = vec![0u8; d.size as usize];
             snap.read_at(0, &mut got).map_err(|e| TestCaseError::fail(e.to_string()))?;
@@ -111,7 +111,7 @@ proptest! {
             prop_assert!(got.contains(rule), "{:?}: {} not reported; got {:?}", m, rule, got);
         }
         prop_assert!(report.exit_code(false) != 0, "{:?} left the image clean", m);
-        if let Ok(mut disk) = VirtualDisk::open(Box::new(img), &Mem(w.data_file.clone()), &OpenOptions { backing: Backing::Ignore, ..OpenOptions::default() }) {
+        if let Ok(mut disk) = VirtualDisk::open(Box::new(img), &Mem(w.data_file.clone()), &OpenOptions { backing: Backing::Confined, verify: false, ..OpenOptions::default() }) {
             let mut buf = vec![0u8; d.size as usize];
             let _ = disk.read_at(0, &mut buf);
             let _ = disk.map();

@@ -1,55 +1,74 @@
-//! The Parallels reader: one layer of a
-//! [`VirtualDisk`](crate::qcow2::read::VirtualDisk). Allocated clusters are
-//! read where the BAT says; unallocated ones read as zeros (Parallels images
-//! have no backing files).
+//! The Parallels layer of a [`VirtualDisk`](crate::disk::VirtualDisk).
+//! Allocated clusters are read where the BAT says; unallocated ones read as
+//! zeros (Parallels images have no backing files). The BAT is read a page at
+//! a time, never as a whole; a status answers a run of unallocated entries,
+//! or of contiguous clusters, in one step.
 
-use super::header::{self, Header};
+use super::header::{self, Header, HEADER_SIZE};
+use crate::disk::table::{Endian, Table};
+use crate::disk::{Layer, Opened, ReadError, Status};
 use crate::limits::Limits;
-use crate::qcow2::read::{ReadError, Status};
 use crate::report::Report;
 use crate::source::ReadAt;
 
-pub struct ParallelsLayer {
+struct ParallelsLayer {
     src: Box<dyn ReadAt>,
     h: Header,
-    /// The BAT entries the file holds (never more than the file's bytes / 4).
-    bat: Vec<u32>,
+    bat: Table,
 }
 
-impl ParallelsLayer {
-    pub fn open(src: Box<dyn ReadAt>) -> Result<ParallelsLayer, ReadError> {
-        let mut r = Report::new("read", "parallels", &Limits::default());
-        let h = header::parse(src.as_ref(), &mut r).ok_or_else(|| {
-            ReadError::Invalid(r.findings.first().map_or("unreadable".into(), |f| {
-                format!("[{}] {}", f.rule.id, f.detail)
-            }))
-        })?;
-        let bat = header::read_bat(src.as_ref(), &h);
-        Ok(ParallelsLayer { src, h, bat })
-    }
+/// Opens a Parallels image as a layer.
+pub(crate) fn open_layer(src: Box<dyn ReadAt>) -> Result<Opened, ReadError> {
+    let mut r = Report::new("read", "parallels", &Limits::default());
+    let h = header::parse(src.as_ref(), &mut r).ok_or_else(|| match r.findings.first() {
+        Some(f) => ReadError::rule(f.rule, f.offset, f.detail.clone()),
+        None => ReadError::Io("unreadable Parallels header".into()),
+    })?;
+    let bat = Table::new(HEADER_SIZE, h.nb_bat_entries as u64, 4, Endian::Little);
+    Ok((Box::new(ParallelsLayer { src, h, bat }), None))
+}
 
-    pub fn size(&self) -> u64 {
+impl Layer for ParallelsLayer {
+    fn size(&self) -> u64 {
         self.h.disk_size()
     }
 
-    /// Status at `guest`: one cluster, or past the BAT the rest of the disk.
-    pub(crate) fn status(&self, guest: u64) -> (Status, u64) {
+    fn status(&mut self, guest: u64) -> Result<(Status, u64), ReadError> {
         let cs = self.h.cluster_size();
-        let cluster_left = cs - guest % cs;
-        match self.bat.get((guest / cs) as usize) {
-            None => (Status::Unallocated { host: None }, u64::MAX),
-            Some(0) => (Status::Unallocated { host: None }, cluster_left),
-            Some(&e) => (
-                Status::Data {
-                    host: self.h.bat_offset(e).saturating_add(guest % cs),
-                },
-                cluster_left,
-            ),
+        let k = guest / cs;
+        let in_cluster = guest % cs;
+        if k >= self.bat.len() {
+            return Ok((Status::Unallocated { host: None }, u64::MAX));
         }
+        let src = self.src.as_ref();
+        let e = self.bat.get(src, k)?;
+        if e == 0 {
+            let next = self.bat.next_nonzero(src, k + 1, u64::MAX)?;
+            let end = next.saturating_mul(cs);
+            return Ok((
+                Status::Unallocated { host: None },
+                end.saturating_sub(guest),
+            ));
+        }
+        let host = |e: u64| self.h.bat_offset(e as u32);
+        let first = host(e);
+        let mut n = 1u64;
+        while k + n < self.bat.len() {
+            let next = self.bat.get(src, k + n)?;
+            if next == 0 || first.checked_add(n * cs) != Some(host(next)) {
+                break;
+            }
+            n += 1;
+        }
+        Ok((
+            Status::Data {
+                host: first.saturating_add(in_cluster),
+            },
+            n * cs - in_cluster,
+        ))
     }
 
-    /// Data bytes at `host`; past the end of the file they read as zeros.
-    pub(crate) fn read_data(&self, host: u64, buf: &mut [u8]) -> Result<(), ReadError> {
+    fn read_data(&mut self, host: u64, buf: &mut [u8]) -> Result<(), ReadError> {
         Ok(self.src.read_zero_padded(buf, host)?)
     }
 }
