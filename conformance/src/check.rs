@@ -15,18 +15,34 @@ pub fn check_file(path: &Path, format: Option<&str>, limits: &Limits) -> Report 
         Ok(s) => s,
         Err(e) => {
             let mut r = Report::new(&name, format.unwrap_or("unknown"), limits);
-            r.add(&general::IO_ERROR, None, format!("cannot open {name}: {e}"));
+            // open_regular refuses FIFOs, devices, directories and sockets.
+            let rule = if e.kind() == std::io::ErrorKind::InvalidInput {
+                &qconform_core::rules::policy::REGULAR_FILE
+            } else {
+                &general::IO_ERROR
+            };
+            r.add(rule, None, format!("cannot open {name}: {e}"));
             return r;
         }
     };
+    let mut report = check_source(&src, &name, format, limits);
+    // Names inside the image that the default path policy would refuse,
+    // judged without opening them.
+    let names = qconform_core::disk::named_files(&src);
+    qconform_core::disk::policy::audit(&mut report, path, &names);
+    report
+}
+
+fn check_source(src: &FileSource, name: &str, format: Option<&str>, limits: &Limits) -> Report {
+    let (src, name) = (src, name.to_owned());
     let fmt = match format {
         Some(f) => Format::from_name(f),
-        None => detect(&src),
+        None => detect(src),
     };
     match fmt {
-        Some(Format::Qcow2) => qcow2::check(&src, &name, limits),
-        Some(Format::Parallels) => qconform_core::parallels::check(&src, &name, limits),
-        Some(Format::Qed) => qconform_core::qed::check(&src, &name, limits),
+        Some(Format::Qcow2) => qcow2::check(src, &name, limits),
+        Some(Format::Parallels) => qconform_core::parallels::check(src, &name, limits),
+        Some(Format::Qed) => qconform_core::qed::check(src, &name, limits),
         other => {
             let mut r = Report::new(&name, other.map_or("unknown", |f| f.name()), limits);
             let what = match (format, other) {
