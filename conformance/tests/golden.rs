@@ -106,6 +106,36 @@ const TRIGGERED_BY_TESTS: &[(&str, &str)] = &[
         "qcow2.snapshot.table-readable",
         "core/tests/hostile.rs: snapshot_table_over_64_mib_is_refused",
     ),
+    // The path policy's file-system rules: a checkout cannot hold a FIFO,
+    // and reads (not check) raise the rest.
+    (
+        "input.regular-file",
+        "conformance/tests/paths.rs: fifos_are_never_opened_as_backing_file_data_file_or_image",
+    ),
+    (
+        "policy.name.special-file",
+        "conformance/tests/paths.rs: fifos_are_never_opened_as_backing_file_data_file_or_image",
+    ),
+    (
+        "policy.file-not-opened",
+        "conformance/tests/paths.rs: fifos_are_never_opened_as_backing_file_data_file_or_image",
+    ),
+    (
+        "policy.name.malformed",
+        "core/src/disk/policy.rs: names_are_judged_as_qemu_would_open_them",
+    ),
+    (
+        "input.backing-chain-acyclic",
+        "conformance/tests/paths.rs: deep_chains_are_read_and_cycles_are_refused_at_once",
+    ),
+    (
+        "limits.backing-depth",
+        "core/tests/hostile.rs: backing_chains_deeper_than_the_cap_are_refused",
+    ),
+    (
+        "input.virtual-size",
+        "core/tests/hostile.rs: parallels_with_a_huge_claimed_disk_maps_in_bounded_time",
+    ),
 ];
 
 #[test]

@@ -496,3 +496,69 @@ fn qed_tables_pointing_at_themselves_and_at_the_header() {
     // Reading either never loops or panics.
     let _ = qed_open(&b).map(|mut d| d.map());
 }
+
+/// A resolver that serves the same overlay under every name: an endless chain.
+struct Endless(Vec<u8>);
+impl qconform_core::disk::Resolver for Endless {
+    fn open(
+        &self,
+        name: &str,
+        _: qconform_core::disk::Role,
+    ) -> Result<qconform_core::disk::Resolved, qconform_core::disk::ReadError> {
+        Ok(qconform_core::disk::Resolved {
+            source: Box::new(self.0.clone()),
+            key: format!("{name}-{}", self.0.len()),
+            resolver: Box::new(Endless(self.0.clone())),
+        })
+    }
+}
+
+#[test]
+fn backing_chains_deeper_than_the_cap_are_refused() {
+    use qconform_core::disk::{OpenOptions, VirtualDisk};
+    // An image naming a backing file; every "file" below is a new copy of
+    // it, so only the depth cap ends the chain (keys differ per layer here
+    // because each copy grows by one byte).
+    let mut b = base();
+    put64(&mut b, 8, 0x200); // backing_file_offset
+    put32(&mut b, 16, 4); // backing_file_size
+    put(&mut b, 0x200, b"next");
+    put(&mut b, 0x204, b"\0");
+    struct Growing(std::cell::Cell<usize>, Vec<u8>);
+    impl qconform_core::disk::Resolver for Growing {
+        fn open(
+            &self,
+            _: &str,
+            _: qconform_core::disk::Role,
+        ) -> Result<qconform_core::disk::Resolved, qconform_core::disk::ReadError> {
+            let n = self.0.get() + 1;
+            self.0.set(n);
+            Ok(qconform_core::disk::Resolved {
+                source: Box::new(self.1.clone()),
+                key: format!("layer-{n}"),
+                resolver: Box::new(Growing(std::cell::Cell::new(n), self.1.clone())),
+            })
+        }
+    }
+    let limits = Limits {
+        max_backing_depth: 40,
+        ..Limits::default()
+    };
+    let opts = OpenOptions {
+        limits,
+        ..OpenOptions::default()
+    };
+    let e = VirtualDisk::open(
+        Box::new(b.clone()),
+        &Growing(Default::default(), b.clone()),
+        &opts,
+    )
+    .err();
+    assert_eq!(e.and_then(|e| e.rule_id()), Some("limits.backing-depth"));
+    // The same file under the same key is a cycle, found at the first repeat.
+    let e = VirtualDisk::open(Box::new(b.clone()), &Endless(b), &OpenOptions::default()).err();
+    assert_eq!(
+        e.and_then(|e| e.rule_id()),
+        Some("input.backing-chain-acyclic")
+    );
+}
