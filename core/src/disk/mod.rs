@@ -555,6 +555,10 @@ impl VirtualDisk {
             if let Some((is_hole, ext_len)) = src.extent(host) {
                 hole = is_hole;
                 len = len.min(ext_len.max(1));
+            } else if host >= src.size() {
+                // Past the end of the file (a raw file's last partial
+                // sector): QEMU's file driver answers "zero", like a hole.
+                hole = true;
             }
         }
         let raw = l.is_some_and(|l| l.is_raw());

@@ -4,7 +4,9 @@
 use super::{Layer, ReadError, Status};
 use crate::source::ReadAt;
 
-/// A raw file.
+/// A raw file. Its size is rounded up to whole 512-byte sectors, as
+/// QEMU's raw driver rounds it; the tail past the end of the file reads as
+/// zeros and maps as a hole.
 pub struct RawLayer {
     src: Box<dyn ReadAt>,
 }
@@ -17,13 +19,12 @@ impl RawLayer {
 
 impl Layer for RawLayer {
     fn size(&self) -> u64 {
-        self.src.size()
+        self.src.size().saturating_add(511) & !511
     }
     fn status(&mut self, guest: u64) -> Result<(Status, u64), ReadError> {
-        Ok((
-            Status::Data { host: guest },
-            self.src.size().saturating_sub(guest),
-        ))
+        let file = self.src.size();
+        let end = if guest < file { file } else { self.size() };
+        Ok((Status::Data { host: guest }, end.saturating_sub(guest)))
     }
     fn read_data(&mut self, host: u64, buf: &mut [u8]) -> Result<(), ReadError> {
         Ok(self.src.read_zero_padded(buf, host)?)
