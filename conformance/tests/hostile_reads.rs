@@ -234,3 +234,39 @@ fn claimed_disks_are_mapped_in_steps_of_what_the_file_holds() {
     assert_eq!(map, theirs);
     assert_eq!(map.as_array().map(Vec::len), Some(1));
 }
+
+#[test]
+fn a_map_streams_entry_by_entry_and_l2_tables_shared_by_every_l1_entry_are_refused() {
+    // 4M L1 entries (a 32 MiB L1 of a 2 PiB disk, 64 KiB clusters), every
+    // one naming the same L2 table: the map has millions of entries. Once
+    // it grew past 2.9 GB before printing; now it refuses by default (the
+    // L2 table's refcount says 1, it is referenced 4M times) and with
+    // --force writes its first entries at once.
+    let dir = tempfile::tempdir().unwrap();
+    sh(dir.path(), "qemu-img", &["create", "-q", "-f", "qcow2", "img.qcow2", "2P"]);
+    sh(dir.path(), "qemu-io", &["-c", "write -P 0x33 0 64k", "img.qcow2"]);
+    let img = dir.path().join("img.qcow2");
+    let mut b = std::fs::read(&img).unwrap();
+    let l1 = be64(&b, 40) as usize;
+    let l1_size = u32::from_be_bytes(b[36..40].try_into().unwrap()) as usize;
+    let first: [u8; 8] = b[l1..l1 + 8].try_into().unwrap();
+    for i in 1..l1_size {
+        b[l1 + 8 * i..l1 + 8 * i + 8].copy_from_slice(&first);
+    }
+    std::fs::write(&img, b).unwrap();
+    let (code, _, err) = run(qconform().args(["map", "--output", "json"]).arg(&img));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("qcow2."), "{err}");
+    let mut child = qconform()
+        .args(["map", "--force", "--output", "json"])
+        .arg(&img)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first_line = String::new();
+    let stdout = child.stdout.take().unwrap();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut first_line).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(first_line.starts_with("[{\"start\":0,"), "{first_line}");
+}

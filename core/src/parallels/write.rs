@@ -11,7 +11,7 @@
 use super::ext::{EXT_MAGIC, FEATURE_DIRTY_BITMAP};
 use super::header::{HEADER_SIZE, IN_USE_CLOSED, MAGIC_V1, MAGIC_V2};
 use super::SECTOR;
-pub use crate::qcow2::write::WriteError;
+pub use crate::error::WriteError;
 use crate::source::{put_le32 as put32, put_le64 as put64};
 use md5::{Digest, Md5};
 use std::collections::BTreeMap;

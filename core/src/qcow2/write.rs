@@ -118,15 +118,7 @@ pub struct Written {
     pub data_file: Option<Vec<u8>>,
 }
 
-/// Why a description cannot be written.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WriteError(pub String);
-
-impl std::fmt::Display for WriteError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+pub use crate::error::WriteError;
 
 fn err<T>(s: impl Into<String>) -> Result<T, WriteError> {
     Err(WriteError(s.into()))

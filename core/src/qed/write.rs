@@ -9,7 +9,7 @@
 use super::header::{
     F_BACKING_FILE, F_BACKING_FORMAT_NO_PROBE, F_NEED_CHECK, HEADER_FIELDS, MAGIC, ZERO_CLUSTER,
 };
-pub use crate::qcow2::write::WriteError;
+pub use crate::error::WriteError;
 use crate::source::{put_le32 as put32, put_le64 as put64};
 use std::collections::BTreeMap;
 
