@@ -7,6 +7,8 @@
 use qconform_core::qcow2::check::Info;
 use qconform_core::qcow2::mapping::{L1E_OFFSET_MASK, L2E_OFFSET_MASK};
 use qconform_core::qcow2::refcount::REFT_OFFSET_MASK;
+use qconform_core::rule_set;
+use qconform_core::rules::{general, parallels, policy, qcow2 as q2, qed, Rule};
 use qconform_core::{qcow2, Limits};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -32,7 +34,7 @@ pub struct Case {
     pub steps: &'static [&'static [&'static str]],
     pub edit: Option<Edit>,
     /// Rules the check must report.
-    pub expect: &'static [&'static str],
+    pub expect: &'static [&'static Rule],
     /// Exit code `qconform check` must give.
     pub exit: i32,
     pub oracle: Oracle,
@@ -253,73 +255,73 @@ pub fn cases() -> Vec<Case> {
             let fde = i.info.extensions.fde.as_ref().map_or(0, |f| f.offset);
             let k = fde / i.cluster_size();
             i.set_refcount(k, 0);
-        }), expect: &["qcow2.refcount.covers-references"], exit: 2, oracle: Agrees },
+        }), expect: rule_set![q2::REFCOUNT_TOO_LOW], exit: 2, oracle: Agrees },
         Case { name: "backing-base", steps: &[create!("cluster_size=4096", "1M"), &[QIO, "-c", "write -P 0x11 0 16k", "{img}"]], edit: None, expect: &[], exit: 0, oracle: Agrees },
         Case { name: "backing-overlay", steps: &[&["qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", "-b", "backing-base.qcow2", "-F", "qcow2", "{img}", "1M"], &[QIO, "-c", "write -P 0x22 4k 4k", "{img}"]], edit: None, expect: &[], exit: 0, oracle: Agrees },
         // ---- names inside the image (judged by the path policy, never opened) ----
         Case { name: "backing-name-absolute", steps: &[&["qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", "-u", "-b", "/etc/passwd", "-F", "raw", "{img}", "1M"]], edit: None,
-            expect: &["policy.name.absolute"], exit: 0, oracle: Agrees },
+            expect: rule_set![policy::NAME_ABSOLUTE], exit: 0, oracle: Agrees },
         Case { name: "backing-name-dotdot", steps: &[&["qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", "-u", "-b", "../../../../../../etc/passwd", "-F", "raw", "{img}", "1M"]], edit: None,
-            expect: &["policy.name.escapes"], exit: 0, oracle: Agrees },
+            expect: rule_set![policy::NAME_ESCAPES], exit: 0, oracle: Agrees },
         Case { name: "backing-name-protocol", steps: &[&["qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", "-u", "-b", "json:{\"driver\":\"null-co\"}", "-F", "raw", "{img}", "1M"]], edit: None,
-            expect: &["policy.name.protocol"], exit: 0,
+            expect: rule_set![policy::NAME_PROTOCOL], exit: 0,
             oracle: Differs("qemu-img check opens the backing file and fails on the protocol name (exit 1); a scanner must judge the name without opening it") },
         Case { name: "prealloc-metadata", steps: &[create!("cluster_size=4096,preallocation=metadata", "256k")], edit: None, expect: &[], exit: 0, oracle: Agrees },
         Case { name: "zero-and-discard", steps: &[create!("cluster_size=4096", "1M"), &[QIO, "-c", "write -P 0x11 0 32k", "-c", "write -z 8k 8k", "-c", "discard 16k 8k", "-c", "write -z -u 24k 4k", "{img}"]], edit: None, expect: &[], exit: 0, oracle: Agrees },
         Case { name: "lazy-refcounts-dirty", steps: &[create!("cluster_size=4096,lazy_refcounts=on", "1M"), &[QIO, "-c", "write -P 0x11 0 16k", "-c", "sigraise 9", "{img}"]], edit: None,
-            expect: &["qcow2.header.dirty", "qcow2.refcount.covers-references"], exit: 2, oracle: Agrees },
+            expect: rule_set![q2::DIRTY, q2::REFCOUNT_TOO_LOW], exit: 2, oracle: Agrees },
 
         // ---- refcounts ----
-        Case { name: "refcount-up", steps: DATA_V3, edit: Some(|i| bump_refcount(i, 1)), expect: &["qcow2.refcount.no-leak", "qcow2.l2.copied"], exit: 2, oracle: Agrees },
-        Case { name: "refcount-down", steps: DATA_V3, edit: Some(|i| bump_refcount(i, -1)), expect: &["qcow2.refcount.covers-references", "qcow2.l2.copied"], exit: 2, oracle: Agrees },
+        Case { name: "refcount-up", steps: DATA_V3, edit: Some(|i| bump_refcount(i, 1)), expect: rule_set![q2::REFCOUNT_LEAK, q2::L2_COPIED], exit: 2, oracle: Agrees },
+        Case { name: "refcount-down", steps: DATA_V3, edit: Some(|i| bump_refcount(i, -1)), expect: rule_set![q2::REFCOUNT_TOO_LOW, q2::L2_COPIED], exit: 2, oracle: Agrees },
         Case { name: "leaked-cluster", steps: DATA_V3, edit: Some(|i| {
             // A cluster past every structure, refcounted but unowned.
             let end = i.bytes.len() as u64;
             let cs = i.cluster_size();
             i.put(end, &vec![0u8; cs as usize]);
             i.set_refcount(end / cs, 1);
-        }), expect: &["qcow2.refcount.no-leak"], exit: 3, oracle: Agrees },
+        }), expect: rule_set![q2::REFCOUNT_LEAK], exit: 3, oracle: Agrees },
         Case { name: "refcount-overflow", steps: &[create!("cluster_size=4096,refcount_bits=1", "1M"), &[QIO, "-c", "write -P 1 0 4k", "{img}"]], edit: Some(|i| {
             // Guest cluster 1 shares guest cluster 0's host cluster: two references, refcount_bits 1.
             let e = i.get64(i.l2_entry(0));
             let at = i.l2_entry(1);
             i.put64(at, e);
-        }), expect: &["qcow2.refcount.overflow"], exit: 2, oracle: Agrees },
+        }), expect: rule_set![q2::REFCOUNT_OVERFLOW], exit: 2, oracle: Agrees },
         Case { name: "reftable-reserved", steps: DATA_V3, edit: Some(|i| {
             let at = i.info.header.refcount_table_offset;
             let e = i.get64(at);
             i.put64(at, e | 0x10);
-        }), expect: &["qcow2.refcount.table-entry-reserved"], exit: 2, oracle: Agrees },
+        }), expect: rule_set![q2::REFTABLE_RESERVED], exit: 2, oracle: Agrees },
         Case { name: "refblock-unaligned", steps: DATA_V3, edit: Some(|i| {
             let at = i.info.header.refcount_table_offset;
             let e = i.get64(at);
             i.put64(at, e + 512);
-        }), expect: &["qcow2.refcount.block-aligned", "qcow2.refcount.block-readable"], exit: 1, oracle: Agrees },
+        }), expect: rule_set![q2::REFBLOCK_ALIGNED, q2::REFBLOCK_UNREADABLE], exit: 1, oracle: Agrees },
         Case { name: "refblock-past-eof", steps: DATA_V3, edit: Some(|i| {
             let at = i.info.header.refcount_table_offset;
             i.put64(at, 0x100_0000);
-        }), expect: &["qcow2.refcount.block-inside-file", "qcow2.refcount.covers-references"], exit: 2, oracle: Agrees },
+        }), expect: rule_set![q2::REFBLOCK_IN_FILE, q2::REFCOUNT_TOO_LOW], exit: 2, oracle: Agrees },
         Case { name: "refblock-shared-with-l2", steps: DATA_V3, edit: Some(|i| {
             // The refcount table names the active L2 table as a refcount block.
             let l2 = i.l2_table(0);
             let at = i.info.header.refcount_table_offset + 8;
             i.put64(at, l2);
-        }), expect: &["qcow2.metadata.no-overlap"], exit: 2, oracle: Agrees },
-        Case { name: "no-refcount-table", steps: DATA_V3, edit: Some(|i| i.put32(56, 0)), expect: &["qcow2.refcount.covers-references"], exit: 2, oracle: Agrees },
+        }), expect: rule_set![q2::METADATA_OVERLAP], exit: 2, oracle: Agrees },
+        Case { name: "no-refcount-table", steps: DATA_V3, edit: Some(|i| i.put32(56, 0)), expect: rule_set![q2::REFCOUNT_TOO_LOW], exit: 2, oracle: Agrees },
 
         // ---- L1 / L2 ----
-        Case { name: "l1-reserved", steps: DATA_V3, edit: Some(|i| { let at = i.l1_entry(0); let e = i.get64(at); i.put64(at, e | 1 << 60); }), expect: &["qcow2.l1.entry-reserved"], exit: 2, oracle: Agrees },
-        Case { name: "l1-copied-cleared", steps: DATA_V3, edit: Some(|i| { let at = i.l1_entry(0); let e = i.get64(at); i.put64(at, e & !(1 << 63)); }), expect: &["qcow2.l1.copied"], exit: 2, oracle: Agrees },
-        Case { name: "l1-l2-unaligned", steps: DATA_V3, edit: Some(|i| { let at = i.l1_entry(0); let e = i.get64(at); i.put64(at, e + 512); }), expect: &["qcow2.l1.l2-aligned"], exit: 2, oracle: SameExit("qemu-img also reads the unaligned table; both count the resulting refcount mismatches") },
-        Case { name: "l2-reserved", steps: DATA_V3, edit: Some(|i| { let at = i.l2_entry(0); let e = i.get64(at); i.put64(at, e | 1 << 58); }), expect: &["qcow2.l2.entry-reserved"], exit: 2, oracle: Agrees },
-        Case { name: "l2-misaligned", steps: DATA_V3, edit: Some(|i| { let at = i.l2_entry(0); let e = i.get64(at); i.put64(at, e + 512); }), expect: &["qcow2.l2.entry-aligned"], exit: 2, oracle: Agrees },
-        Case { name: "l2-past-eof", steps: DATA_V3, edit: Some(|i| { let at = i.l2_entry(0); i.put64(at, (1 << 63) | 0x40_0000_0000); }), expect: &["qcow2.refcount.reference-inside-file"], exit: 2, oracle: Agrees },
-        Case { name: "l2-duplicate", steps: DATA_V3, edit: Some(|i| { let e = i.get64(i.l2_entry(0)); let at = i.l2_entry(1); i.put64(at, e); }), expect: &["qcow2.refcount.covers-references"], exit: 2, oracle: Agrees },
-        Case { name: "l2-copied-cleared", steps: DATA_V3, edit: Some(|i| { let at = i.l2_entry(0); let e = i.get64(at); i.put64(at, e & !(1 << 63)); }), expect: &["qcow2.l2.copied"], exit: 2, oracle: Agrees },
-        Case { name: "l2-compressed-copied", steps: COMPRESSED, edit: Some(|i| { let at = i.l2_entry(0); let e = i.get64(at); i.put64(at, e | 1 << 63); }), expect: &["qcow2.l2.compressed-not-copied"], exit: 2, oracle: Agrees },
-        Case { name: "l2-offset-zero-copied", steps: DATA_V3, edit: Some(|i| { let at = i.l2_entry(100); i.put64(at, 1 << 63); }), expect: &["qcow2.l2.offset-zero-copied"], exit: 0,
+        Case { name: "l1-reserved", steps: DATA_V3, edit: Some(|i| { let at = i.l1_entry(0); let e = i.get64(at); i.put64(at, e | 1 << 60); }), expect: rule_set![q2::L1_RESERVED], exit: 2, oracle: Agrees },
+        Case { name: "l1-copied-cleared", steps: DATA_V3, edit: Some(|i| { let at = i.l1_entry(0); let e = i.get64(at); i.put64(at, e & !(1 << 63)); }), expect: rule_set![q2::L1_COPIED], exit: 2, oracle: Agrees },
+        Case { name: "l1-l2-unaligned", steps: DATA_V3, edit: Some(|i| { let at = i.l1_entry(0); let e = i.get64(at); i.put64(at, e + 512); }), expect: rule_set![q2::L1_L2_ALIGNED], exit: 2, oracle: SameExit("qemu-img also reads the unaligned table; both count the resulting refcount mismatches") },
+        Case { name: "l2-reserved", steps: DATA_V3, edit: Some(|i| { let at = i.l2_entry(0); let e = i.get64(at); i.put64(at, e | 1 << 58); }), expect: rule_set![q2::L2_RESERVED], exit: 2, oracle: Agrees },
+        Case { name: "l2-misaligned", steps: DATA_V3, edit: Some(|i| { let at = i.l2_entry(0); let e = i.get64(at); i.put64(at, e + 512); }), expect: rule_set![q2::L2_ALIGNED], exit: 2, oracle: Agrees },
+        Case { name: "l2-past-eof", steps: DATA_V3, edit: Some(|i| { let at = i.l2_entry(0); i.put64(at, (1 << 63) | 0x40_0000_0000); }), expect: rule_set![q2::REFERENCE_PAST_EOF], exit: 2, oracle: Agrees },
+        Case { name: "l2-duplicate", steps: DATA_V3, edit: Some(|i| { let e = i.get64(i.l2_entry(0)); let at = i.l2_entry(1); i.put64(at, e); }), expect: rule_set![q2::REFCOUNT_TOO_LOW], exit: 2, oracle: Agrees },
+        Case { name: "l2-copied-cleared", steps: DATA_V3, edit: Some(|i| { let at = i.l2_entry(0); let e = i.get64(at); i.put64(at, e & !(1 << 63)); }), expect: rule_set![q2::L2_COPIED], exit: 2, oracle: Agrees },
+        Case { name: "l2-compressed-copied", steps: COMPRESSED, edit: Some(|i| { let at = i.l2_entry(0); let e = i.get64(at); i.put64(at, e | 1 << 63); }), expect: rule_set![q2::L2_COMPRESSED_COPIED], exit: 2, oracle: Agrees },
+        Case { name: "l2-offset-zero-copied", steps: DATA_V3, edit: Some(|i| { let at = i.l2_entry(100); i.put64(at, 1 << 63); }), expect: rule_set![q2::L2_OFFSET_ZERO_COPIED], exit: 0,
             oracle: SameExit("spec: 'The offset may only be 0 with bit 63 set ... when an external data file is used'; qemu-img reads it as unallocated and counts nothing") },
-        Case { name: "l2-zero-flag-v2", steps: DATA_V2, edit: Some(|i| { let at = i.l2_entry(100); i.put64(at, 1); }), expect: &["qcow2.l2.zero-flag-v3-only"], exit: 0,
+        Case { name: "l2-zero-flag-v2", steps: DATA_V2, edit: Some(|i| { let at = i.l2_entry(100); i.put64(at, 1); }), expect: rule_set![q2::L2_ZERO_V2], exit: 0,
             oracle: SameExit("spec: bit 0 'With version 2 ... this is always 0'; qemu-img does not look") },
         Case { name: "l2-beyond-virtual-size", steps: &[create!("cluster_size=4096", "64k"), &[QIO, "-c", "write -P 0x11 0 4k", "{img}"]], edit: Some(|i| {
             // A new, correctly refcounted cluster mapped at guest cluster 300 of a 16-cluster disk.
@@ -330,55 +332,55 @@ pub fn cases() -> Vec<Case> {
             let at = i.l2_entry(300);
             i.put64(at, (1 << 63) | end);
         }),
-            expect: &["qcow2.l2.beyond-virtual-size"], exit: 0, oracle: SameExit("qemu-img does not check L2 entries past the virtual size") },
+            expect: rule_set![q2::L2_BEYOND_DISK], exit: 0, oracle: SameExit("qemu-img does not check L2 entries past the virtual size") },
 
         // ---- subclusters (extended L2) ----
-        Case { name: "subcluster-alloc-and-zero", steps: EXTL2, edit: Some(|i| { let at = i.l2_entry(0) + 8; let b = i.get64(at); i.put64(at, b | (b << 32)); }), expect: &["qcow2.subcluster.alloc-and-zero"], exit: 2, oracle: Agrees },
-        Case { name: "subcluster-compressed-bitmap", steps: EXTL2, edit: Some(|i| { let at = i.l2_entry(2) + 8; i.put64(at, 1); }), expect: &["qcow2.subcluster.compressed-bitmap-zero"], exit: 2, oracle: Agrees },
-        Case { name: "subcluster-unallocated-alloc", steps: EXTL2, edit: Some(|i| { let at = i.l2_entry(40) + 8; i.put64(at, 3); }), expect: &["qcow2.subcluster.unallocated-no-alloc-bits"], exit: 2, oracle: Agrees },
+        Case { name: "subcluster-alloc-and-zero", steps: EXTL2, edit: Some(|i| { let at = i.l2_entry(0) + 8; let b = i.get64(at); i.put64(at, b | (b << 32)); }), expect: rule_set![q2::SUBCLUSTER_ALLOC_ZERO], exit: 2, oracle: Agrees },
+        Case { name: "subcluster-compressed-bitmap", steps: EXTL2, edit: Some(|i| { let at = i.l2_entry(2) + 8; i.put64(at, 1); }), expect: rule_set![q2::SUBCLUSTER_COMPRESSED], exit: 2, oracle: Agrees },
+        Case { name: "subcluster-unallocated-alloc", steps: EXTL2, edit: Some(|i| { let at = i.l2_entry(40) + 8; i.put64(at, 3); }), expect: rule_set![q2::SUBCLUSTER_UNALLOCATED], exit: 2, oracle: Agrees },
 
         // ---- external data file ----
-        Case { name: "data-file-offset-mismatch", steps: DATA_FILE, edit: Some(|i| { let at = i.l2_entry(0); i.put64(at, (1 << 63) | 0x2000); }), expect: &["qcow2.data-file.offset-is-guest-offset"], exit: 2,
+        Case { name: "data-file-offset-mismatch", steps: DATA_FILE, edit: Some(|i| { let at = i.l2_entry(0); i.put64(at, (1 << 63) | 0x2000); }), expect: rule_set![q2::DATA_FILE_OFFSET], exit: 2,
             oracle: Differs("spec: 'The offset field in the Standard Cluster Descriptor must match the guest offset'; qemu-img does not check it") },
-        Case { name: "data-file-compressed", steps: DATA_FILE, edit: Some(|i| { let at = i.l2_entry(0); i.put64(at, (1 << 62) | 0x2000); }), expect: &["qcow2.data-file.no-compressed"], exit: 2, oracle: Agrees },
+        Case { name: "data-file-compressed", steps: DATA_FILE, edit: Some(|i| { let at = i.l2_entry(0); i.put64(at, (1 << 62) | 0x2000); }), expect: rule_set![q2::DATA_FILE_COMPRESSED], exit: 2, oracle: Agrees },
 
         // ---- header ----
-        Case { name: "unknown-incompatible-bit", steps: DATA_V3, edit: Some(|i| i.put64(72, 1 << 20)), expect: &["qcow2.header.incompatible-unknown"], exit: 1, oracle: Agrees },
-        Case { name: "bad-magic", steps: DATA_V3, edit: Some(|i| i.put(0, b"QFI\0")), expect: &["input.format-known"], exit: 1, oracle: Agrees },
-        Case { name: "bad-version", steps: DATA_V3, edit: Some(|i| i.put32(4, 4)), expect: &["qcow2.header.version"], exit: 1, oracle: Agrees },
-        Case { name: "cluster-bits-30", steps: DATA_V3, edit: Some(|i| i.put32(20, 30)), expect: &["qcow2.header.cluster-bits"], exit: 1, oracle: Agrees },
-        Case { name: "header-length-short", steps: DATA_V3, edit: Some(|i| i.put32(100, 96)), expect: &["qcow2.header.header-length"], exit: 1, oracle: Agrees },
-        Case { name: "header-length-unaligned", steps: DATA_V3, edit: Some(|i| i.put32(100, 108)), expect: &["qcow2.header.header-length-multiple-of-8"], exit: 0,
+        Case { name: "unknown-incompatible-bit", steps: DATA_V3, edit: Some(|i| i.put64(72, 1 << 20)), expect: rule_set![q2::INCOMPATIBLE_UNKNOWN], exit: 1, oracle: Agrees },
+        Case { name: "bad-magic", steps: DATA_V3, edit: Some(|i| i.put(0, b"QFI\0")), expect: rule_set![general::UNKNOWN_FORMAT], exit: 1, oracle: Agrees },
+        Case { name: "bad-version", steps: DATA_V3, edit: Some(|i| i.put32(4, 4)), expect: rule_set![q2::VERSION], exit: 1, oracle: Agrees },
+        Case { name: "cluster-bits-30", steps: DATA_V3, edit: Some(|i| i.put32(20, 30)), expect: rule_set![q2::CLUSTER_BITS], exit: 1, oracle: Agrees },
+        Case { name: "header-length-short", steps: DATA_V3, edit: Some(|i| i.put32(100, 96)), expect: rule_set![q2::HEADER_LENGTH], exit: 1, oracle: Agrees },
+        Case { name: "header-length-unaligned", steps: DATA_V3, edit: Some(|i| i.put32(100, 108)), expect: rule_set![q2::HEADER_LENGTH_ALIGNED], exit: 0,
             oracle: SameExit("spec: header_length 'must be a multiple of 8'; qemu-img does not enforce it") },
-        Case { name: "header-padding-nonzero", steps: DATA_V3, edit: Some(|i| i.put(106, &[0xaa])), expect: &["qcow2.header.padding-zero"], exit: 0,
+        Case { name: "header-padding-nonzero", steps: DATA_V3, edit: Some(|i| i.put(106, &[0xaa])), expect: rule_set![q2::HEADER_PADDING], exit: 0,
             oracle: SameExit("spec: 'This padding must be zeroed'; qemu-img ignores it") },
-        Case { name: "refcount-order-7", steps: DATA_V3, edit: Some(|i| i.put32(96, 7)), expect: &["qcow2.header.refcount-order"], exit: 1, oracle: Agrees },
-        Case { name: "l1-offset-unaligned", steps: DATA_V3, edit: Some(|i| { let o = i.info.header.l1_table_offset; i.put64(40, o + 8); }), expect: &["qcow2.header.l1-table-aligned"], exit: 1, oracle: Agrees },
-        Case { name: "l1-size-huge", steps: DATA_V3, edit: Some(|i| i.put32(36, 0x7fff_ffff)), expect: &["qcow2.header.l1-size-limit"], exit: 1, oracle: Agrees },
-        Case { name: "l1-too-small", steps: DATA_V3, edit: Some(|i| i.put64(24, 1 << 40)), expect: &["qcow2.header.l1-covers-virtual-size"], exit: 1, oracle: Agrees },
-        Case { name: "reftable-unaligned", steps: DATA_V3, edit: Some(|i| { let o = i.info.header.refcount_table_offset; i.put64(48, o + 512); }), expect: &["qcow2.header.refcount-table-aligned"], exit: 1, oracle: Agrees },
-        Case { name: "reftable-huge", steps: DATA_V3, edit: Some(|i| i.put32(56, 0x00ff_ffff)), expect: &["qcow2.header.refcount-table-size"], exit: 1, oracle: Agrees },
-        Case { name: "backing-name-too-long", steps: DATA_V3, edit: Some(|i| { i.put64(8, 512); i.put32(16, 2000); }), expect: &["qcow2.header.backing-file-size"], exit: 1, oracle: Agrees },
-        Case { name: "backing-offset-past-cluster", steps: DATA_V3, edit: Some(|i| { i.put64(8, 0x10_0000); i.put32(16, 4); }), expect: &["qcow2.header.backing-file-offset"], exit: 1, oracle: Agrees },
-        Case { name: "crypt-method-3", steps: DATA_V3, edit: Some(|i| i.put32(32, 3)), expect: &["qcow2.header.crypt-method"], exit: 1, oracle: Agrees },
-        Case { name: "compression-bit-without-type", steps: DATA_V3, edit: Some(|i| i.put64(72, 1 << 3)), expect: &["qcow2.header.compression-type"], exit: 1, oracle: Agrees },
-        Case { name: "extended-l2-small-clusters", steps: DATA_V3, edit: Some(|i| i.put64(72, 1 << 4)), expect: &["qcow2.header.cluster-bits-extended-l2"], exit: 1, oracle: Agrees },
-        Case { name: "corrupt-bit", steps: DATA_V3, edit: Some(|i| i.put64(72, 1 << 1)), expect: &["qcow2.header.corrupt"], exit: 0, oracle: Agrees },
-        Case { name: "reserved-compatible-bit", steps: DATA_V3, edit: Some(|i| i.put64(80, 1 << 5)), expect: &["qcow2.header.compatible-reserved"], exit: 0, oracle: Agrees },
-        Case { name: "reserved-autoclear-bit", steps: DATA_V3, edit: Some(|i| i.put64(88, 1 << 7)), expect: &["qcow2.header.autoclear-reserved"], exit: 0,
+        Case { name: "refcount-order-7", steps: DATA_V3, edit: Some(|i| i.put32(96, 7)), expect: rule_set![q2::REFCOUNT_ORDER], exit: 1, oracle: Agrees },
+        Case { name: "l1-offset-unaligned", steps: DATA_V3, edit: Some(|i| { let o = i.info.header.l1_table_offset; i.put64(40, o + 8); }), expect: rule_set![q2::L1_ALIGNED], exit: 1, oracle: Agrees },
+        Case { name: "l1-size-huge", steps: DATA_V3, edit: Some(|i| i.put32(36, 0x7fff_ffff)), expect: rule_set![q2::L1_SIZE_LIMIT], exit: 1, oracle: Agrees },
+        Case { name: "l1-too-small", steps: DATA_V3, edit: Some(|i| i.put64(24, 1 << 40)), expect: rule_set![q2::L1_COVERS_DISK], exit: 1, oracle: Agrees },
+        Case { name: "reftable-unaligned", steps: DATA_V3, edit: Some(|i| { let o = i.info.header.refcount_table_offset; i.put64(48, o + 512); }), expect: rule_set![q2::REFTABLE_ALIGNED], exit: 1, oracle: Agrees },
+        Case { name: "reftable-huge", steps: DATA_V3, edit: Some(|i| i.put32(56, 0x00ff_ffff)), expect: rule_set![q2::REFTABLE_SIZE], exit: 1, oracle: Agrees },
+        Case { name: "backing-name-too-long", steps: DATA_V3, edit: Some(|i| { i.put64(8, 512); i.put32(16, 2000); }), expect: rule_set![q2::BACKING_FILE_SIZE], exit: 1, oracle: Agrees },
+        Case { name: "backing-offset-past-cluster", steps: DATA_V3, edit: Some(|i| { i.put64(8, 0x10_0000); i.put32(16, 4); }), expect: rule_set![q2::BACKING_FILE_OFFSET], exit: 1, oracle: Agrees },
+        Case { name: "crypt-method-3", steps: DATA_V3, edit: Some(|i| i.put32(32, 3)), expect: rule_set![q2::CRYPT_METHOD], exit: 1, oracle: Agrees },
+        Case { name: "compression-bit-without-type", steps: DATA_V3, edit: Some(|i| i.put64(72, 1 << 3)), expect: rule_set![q2::COMPRESSION_TYPE], exit: 1, oracle: Agrees },
+        Case { name: "extended-l2-small-clusters", steps: DATA_V3, edit: Some(|i| i.put64(72, 1 << 4)), expect: rule_set![q2::CLUSTER_BITS_EXTENDED_L2], exit: 1, oracle: Agrees },
+        Case { name: "corrupt-bit", steps: DATA_V3, edit: Some(|i| i.put64(72, 1 << 1)), expect: rule_set![q2::CORRUPT], exit: 0, oracle: Agrees },
+        Case { name: "reserved-compatible-bit", steps: DATA_V3, edit: Some(|i| i.put64(80, 1 << 5)), expect: rule_set![q2::COMPATIBLE_RESERVED], exit: 0, oracle: Agrees },
+        Case { name: "reserved-autoclear-bit", steps: DATA_V3, edit: Some(|i| i.put64(88, 1 << 7)), expect: rule_set![q2::AUTOCLEAR_RESERVED], exit: 0,
             oracle: SameExit("spec: autoclear bits 2-63 are reserved (set to 0); qemu-img opens read-only and ignores them") },
-        Case { name: "data-file-raw-without-data-file", steps: DATA_V3, edit: Some(|i| i.put64(88, 1 << 1)), expect: &["qcow2.header.data-file-raw-requires-data-file"], exit: 1, oracle: Agrees },
-        Case { name: "truncated-header", steps: DATA_V3, edit: Some(|i| i.bytes.truncate(90)), expect: &["qcow2.header.truncated"], exit: 1, oracle: Agrees },
+        Case { name: "data-file-raw-without-data-file", steps: DATA_V3, edit: Some(|i| i.put64(88, 1 << 1)), expect: rule_set![q2::DATA_FILE_RAW], exit: 1, oracle: Agrees },
+        Case { name: "truncated-header", steps: DATA_V3, edit: Some(|i| i.bytes.truncate(90)), expect: rule_set![q2::TRUNCATED], exit: 1, oracle: Agrees },
 
         // ---- header extensions ----
-        Case { name: "ext-too-long", steps: DATA_V3, edit: Some(|i| { let at = i.info.header.header_length as u64; i.put32(at, 0x1234_5678); i.put32(at + 4, 0x10_0000); }), expect: &["qcow2.ext.within-header-area"], exit: 1, oracle: Agrees },
+        Case { name: "ext-too-long", steps: DATA_V3, edit: Some(|i| { let at = i.info.header.header_length as u64; i.put32(at, 0x1234_5678); i.put32(at + 4, 0x10_0000); }), expect: rule_set![q2::EXT_BOUNDS], exit: 1, oracle: Agrees },
         Case { name: "ext-unknown-and-duplicate", steps: DATA_V3, edit: Some(|i| {
             let at = i.info.header.header_length as u64;
             // Two unknown extensions of the same type, then the end marker.
             i.put32(at, 0x1234_5678); i.put32(at + 4, 4); i.put32(at + 8, 0xdead_beef);
             i.put32(at + 16, 0x1234_5678); i.put32(at + 20, 0);
             i.put64(at + 24, 0);
-        }), expect: &["qcow2.ext.unknown", "qcow2.ext.at-most-once"], exit: 0, oracle: Agrees },
+        }), expect: rule_set![q2::EXT_UNKNOWN, q2::EXT_UNIQUE], exit: 0, oracle: Agrees },
         Case { name: "ext-no-end-marker", steps: DATA_V3, edit: Some(|i| {
             // Unknown extensions fill the extension area of the first cluster exactly.
             let start = i.info.header.header_length as u64;
@@ -386,11 +388,11 @@ pub fn cases() -> Vec<Case> {
             i.put32(start, 0x1234_5678);
             i.put32(start + 4, (cs - start - 8) as u32);
             i.put(start + 8, &vec![0x5a; (cs - start - 8) as usize]);
-        }), expect: &["qcow2.ext.end-marker"], exit: 0, oracle: Agrees },
+        }), expect: rule_set![q2::EXT_NO_END], exit: 0, oracle: Agrees },
         Case { name: "ext-backing-format-alone", steps: DATA_V3, edit: Some(|i| {
             let at = i.info.header.header_length as u64;
             i.put32(at, 0xe279_2aca); i.put32(at + 4, 5); i.put(at + 8, b"qcow2\0\0\0"); i.put64(at + 16, 0);
-        }), expect: &["qcow2.ext.backing-format"], exit: 0, oracle: SameExit("a backing format without a backing file is harmless to qemu-img") },
+        }), expect: rule_set![q2::EXT_BACKING_FORMAT], exit: 0, oracle: SameExit("a backing format without a backing file is harmless to qemu-img") },
         Case { name: "ext-feature-table-bad", steps: DATA_V3, edit: Some(|i| {
             // A feature name table whose one entry has type 7 (only 0-2 exist).
             let at = i.info.header.header_length as u64;
@@ -400,30 +402,30 @@ pub fn cases() -> Vec<Case> {
             entry[2..9].copy_from_slice(b"mystery");
             i.put(at + 8, &entry);
             i.put64(at + 56, 0);
-        }), expect: &["qcow2.ext.feature-name-table"], exit: 0, oracle: SameExit("the feature name table is informative; qemu-img does not validate it") },
+        }), expect: rule_set![q2::EXT_FEATURE_TABLE], exit: 0, oracle: SameExit("the feature name table is informative; qemu-img does not validate it") },
         Case { name: "ext-fde-without-luks", steps: DATA_V3, edit: Some(|i| {
             let at = i.info.header.header_length as u64;
             i.put32(at, 0x0537_be77); i.put32(at + 4, 16); i.put64(at + 8, 0x10000); i.put64(at + 16, 4096); i.put64(at + 24, 0);
-        }), expect: &["qcow2.ext.fde-presence"], exit: 1, oracle: Agrees },
+        }), expect: rule_set![q2::EXT_FDE_PRESENCE], exit: 1, oracle: Agrees },
         Case { name: "ext-data-file-name-alone", steps: DATA_V3, edit: Some(|i| {
             let at = i.info.header.header_length as u64;
             i.put32(at, 0x4441_5441); i.put32(at + 4, 4); i.put(at + 8, b"x.raw\0\0\0"); i.put64(at + 16, 0);
-        }), expect: &["qcow2.ext.data-file-name"], exit: 0, oracle: SameExit("spec: the data file name 'may be present if this bit is set'; qemu-img ignores it otherwise") },
-        Case { name: "bitmaps-autoclear-without-ext", steps: DATA_V3, edit: Some(|i| i.put64(88, 1)), expect: &["qcow2.ext.bitmaps-autoclear"], exit: 0,
+        }), expect: rule_set![q2::EXT_DATA_FILE_NAME], exit: 0, oracle: SameExit("spec: the data file name 'may be present if this bit is set'; qemu-img ignores it otherwise") },
+        Case { name: "bitmaps-autoclear-without-ext", steps: DATA_V3, edit: Some(|i| i.put64(88, 1)), expect: rule_set![q2::EXT_BITMAPS_AUTOCLEAR], exit: 0,
             oracle: SameExit("spec: 'It is an error if this bit is set without the bitmaps extension present'; qemu-img does not count it") },
-        Case { name: "bitmaps-autoclear-cleared", steps: BITMAPS, edit: Some(|i| i.put64(88, 0)), expect: &["qcow2.ext.bitmaps-inconsistent", "qcow2.refcount.no-leak"], exit: 3, oracle: Agrees },
+        Case { name: "bitmaps-autoclear-cleared", steps: BITMAPS, edit: Some(|i| i.put64(88, 0)), expect: rule_set![q2::EXT_BITMAPS_INCONSISTENT, q2::REFCOUNT_LEAK], exit: 3, oracle: Agrees },
         Case { name: "bitmaps-ext-reserved", steps: BITMAPS, edit: Some(|i| {
             let mut at = i.info.header.header_length as u64;
             while i.get64(at) >> 32 != 0x2385_2875 && at < 4096 { let len = (i.get64(at) & 0xffff_ffff).next_multiple_of(8); at += 8 + len; }
             i.put32(at + 12, 1);
-        }), expect: &["qcow2.ext.bitmaps-layout"], exit: 1, oracle: Agrees },
+        }), expect: rule_set![q2::EXT_BITMAPS_LAYOUT], exit: 1, oracle: Agrees },
 
         Case { name: "ext-fde-wrong-length", steps: DATA_V3, edit: Some(|i| {
             // LUKS claimed, with an 8-byte encryption header pointer.
             i.put32(32, 2);
             let at = i.info.header.header_length as u64;
             i.put32(at, 0x0537_be77); i.put32(at + 4, 8); i.put64(at + 8, 0x10000); i.put64(at + 16, 0);
-        }), expect: &["qcow2.ext.fde-layout"], exit: 1, oracle: Agrees },
+        }), expect: rule_set![q2::EXT_FDE_LAYOUT], exit: 1, oracle: Agrees },
         Case { name: "ext-too-many", steps: &[create!("cluster_size=65536", "1M")], edit: Some(|i| {
             // 5000 empty unknown extensions (40 KiB of the 64 KiB first cluster), then the end marker.
             let start = i.info.header.header_length as u64;
@@ -432,19 +434,19 @@ pub fn cases() -> Vec<Case> {
                 i.put32(start + 8 * k + 4, 0);
             }
             i.put64(start + 8 * 5000, 0);
-        }), expect: &["limits.table-bytes"], exit: 1, oracle: Differs("qemu-img accepts any number of header extensions; qconform caps them at Limits::max_header_extensions (4096) so a first cluster of tiny extensions cannot make it slow") },
+        }), expect: rule_set![general::TABLE_LIMIT], exit: 1, oracle: Differs("qemu-img accepts any number of header extensions; qconform caps them at Limits::max_header_extensions (4096) so a first cluster of tiny extensions cannot make it slow") },
         Case { name: "data-file-raw-with-backing", steps: &[&["qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=4096,data_file={name}.data,data_file_raw=on", "{img}", "1M"]], edit: Some(|i| {
             // Names the corpus's backing-base image (built earlier), so qemu-img can open the chain.
             i.put(3000, b"backing-base.qcow2"); i.put64(8, 3000); i.put32(16, 18);
-        }), expect: &["qcow2.header.data-file-raw-no-backing"], exit: 0, oracle: SameExit("spec: raw external data 'conflicts with backing files'; qemu-img check does not look") },
+        }), expect: rule_set![q2::DATA_FILE_RAW_BACKING], exit: 0, oracle: SameExit("spec: raw external data 'conflicts with backing files'; qemu-img check does not look") },
         Case { name: "compressed-offset-high-bits", steps: COMPRESSED, edit: Some(|i| {
             // 4 KiB clusters: the compressed offset field is 58 bits; bit 56 must be 0.
             let at = i.l2_entry(0); let e = i.get64(at); i.put64(at, e | 1 << 56); }),
-            expect: &["qcow2.l2.compressed-offset-bits", "qcow2.refcount.reference-inside-file"], exit: 2, oracle: Agrees },
+            expect: rule_set![q2::L2_COMPRESSED_OFFSET, q2::REFERENCE_PAST_EOF], exit: 2, oracle: Agrees },
 
         // ---- snapshots ----
-        Case { name: "snapshot-l1-unaligned", steps: SNAPSHOTS, edit: Some(|i| { let e = i.info.snapshots.snapshots[0].entry_offset; let o = i.get64(e); i.put64(e, o + 8); }), expect: &["qcow2.snapshot.l1-aligned"], exit: 2, oracle: Agrees },
-        Case { name: "snapshot-l1-huge", steps: SNAPSHOTS, edit: Some(|i| { let e = i.info.snapshots.snapshots[0].entry_offset; i.put32(e + 8, 0x100_0000); }), expect: &["qcow2.snapshot.l1-size-limit"], exit: 2, oracle: Agrees },
+        Case { name: "snapshot-l1-unaligned", steps: SNAPSHOTS, edit: Some(|i| { let e = i.info.snapshots.snapshots[0].entry_offset; let o = i.get64(e); i.put64(e, o + 8); }), expect: rule_set![q2::SNAPSHOT_L1_ALIGNED], exit: 2, oracle: Agrees },
+        Case { name: "snapshot-l1-huge", steps: SNAPSHOTS, edit: Some(|i| { let e = i.info.snapshots.snapshots[0].entry_offset; i.put32(e + 8, 0x100_0000); }), expect: rule_set![q2::SNAPSHOT_L1_SIZE], exit: 2, oracle: Agrees },
         Case { name: "snapshot-extra-short", steps: SNAPSHOTS, edit: Some(|i| {
             // Entry 1 (the last) shrinks its extra data to 8 bytes; id and name move up.
             let s = &i.info.snapshots.snapshots[1];
@@ -454,16 +456,16 @@ pub fn cases() -> Vec<Case> {
             let tail: Vec<u8> = i.bytes[tail_at..tail_at + tail_len].to_vec();
             i.put32(e + 36, 8);
             i.put(e + 48, &tail);
-        }), expect: &["qcow2.snapshot.extra-data-v3"], exit: 2, oracle: SameExit("qemu-img also counts the snapshot table refcount mismatch the shorter table leaves") },
-        Case { name: "snapshot-extra-huge", steps: SNAPSHOTS, edit: Some(|i| { let e = i.info.snapshots.snapshots[0].entry_offset; i.put32(e + 36, 0x10000); }), expect: &["qcow2.snapshot.extra-data-size"], exit: 1, oracle: Agrees },
+        }), expect: rule_set![q2::SNAPSHOT_EXTRA_V3], exit: 2, oracle: SameExit("qemu-img also counts the snapshot table refcount mismatch the shorter table leaves") },
+        Case { name: "snapshot-extra-huge", steps: SNAPSHOTS, edit: Some(|i| { let e = i.info.snapshots.snapshots[0].entry_offset; i.put32(e + 36, 0x10000); }), expect: rule_set![q2::SNAPSHOT_EXTRA_SIZE], exit: 1, oracle: Agrees },
         Case { name: "snapshot-duplicate-id", steps: SNAPSHOTS, edit: Some(|i| {
             let s = &i.info.snapshots.snapshots[1];
             let at = s.entry_offset + 40 + s.extra_data_size as u64;
             let first = i.info.snapshots.snapshots[0].id.clone();
             if first.len() == s.id.len() { i.put(at, first.as_bytes()); }
-        }), expect: &["qcow2.snapshot.id-unique"], exit: 0, oracle: SameExit("spec: the ID is 'Unique ID string for the snapshot'; qemu-img does not check") },
-        Case { name: "snapshots-too-many", steps: SNAPSHOTS, edit: Some(|i| i.put32(60, 70000)), expect: &["qcow2.header.nb-snapshots-limit"], exit: 1, oracle: Agrees },
-        Case { name: "snapshots-offset-unaligned", steps: SNAPSHOTS, edit: Some(|i| { let o = i.info.header.snapshots_offset; i.put64(64, o + 8); }), expect: &["qcow2.header.snapshots-aligned"], exit: 1, oracle: Agrees },
+        }), expect: rule_set![q2::SNAPSHOT_ID_UNIQUE], exit: 0, oracle: SameExit("spec: the ID is 'Unique ID string for the snapshot'; qemu-img does not check") },
+        Case { name: "snapshots-too-many", steps: SNAPSHOTS, edit: Some(|i| i.put32(60, 70000)), expect: rule_set![q2::SNAPSHOTS_LIMIT], exit: 1, oracle: Agrees },
+        Case { name: "snapshots-offset-unaligned", steps: SNAPSHOTS, edit: Some(|i| { let o = i.info.header.snapshots_offset; i.put64(64, o + 8); }), expect: rule_set![q2::SNAPSHOTS_ALIGNED], exit: 1, oracle: Agrees },
         Case { name: "snapshot-in-data-file-image", steps: DATA_FILE, edit: Some(|i| {
             // A one-entry snapshot table pointing at the active L1 table.
             let end = (i.bytes.len() as u64).next_multiple_of(4096);
@@ -476,26 +478,26 @@ pub fn cases() -> Vec<Case> {
             e.extend_from_slice(&[0u8; 16]); e.extend_from_slice(b"1s");
             i.put(end, &e); i.put(end + e.len() as u64, &vec![0u8; 4096 - e.len()]);
             i.put32(60, 1); i.put64(64, end);
-        }), expect: &["qcow2.data-file.no-snapshots"], exit: 2, oracle: SameExit("the snapshot table cluster is also unrefcounted, which both count") },
+        }), expect: rule_set![q2::DATA_FILE_SNAPSHOTS], exit: 2, oracle: SameExit("the snapshot table cluster is also unrefcounted, which both count") },
 
         // ---- bitmaps ----
-        Case { name: "bitmap-table-entry-reserved", steps: BITMAPS, edit: Some(|i| { let b = i.info.bitmaps[0].bitmap_table_offset; i.put64(b, 0x10); }), expect: &["qcow2.bitmap.table-entry-valid"], exit: 2,
+        Case { name: "bitmap-table-entry-reserved", steps: BITMAPS, edit: Some(|i| { let b = i.info.bitmaps[0].bitmap_table_offset; i.put64(b, 0x10); }), expect: rule_set![q2::BITMAP_TABLE_ENTRY], exit: 2,
             oracle: Differs("qemu-img cannot open an image whose consistent bitmap has a bad table entry; spec (Bitmap table) makes it one bad entry, which we count as a corruption and finish the check") },
-        Case { name: "bitmap-bad-type", steps: BITMAPS, edit: Some(|i| { let e = i.info.bitmaps[0].entry_offset; i.put(e + 16, &[2]); }), expect: &["qcow2.bitmap.entry-valid"], exit: 1, oracle: Agrees },
+        Case { name: "bitmap-bad-type", steps: BITMAPS, edit: Some(|i| { let e = i.info.bitmaps[0].entry_offset; i.put(e + 16, &[2]); }), expect: rule_set![q2::BITMAP_ENTRY], exit: 1, oracle: Agrees },
         Case { name: "bitmap-table-too-small", steps: &[create!("cluster_size=4096", "64M"), &[QI, "bitmap", "--add", "-g", "512", "{img}", "fine"]],
             // 64 MiB at 512-byte granularity needs 4 table entries of 4 KiB clusters; claim 1.
-            edit: Some(|i| { let e = i.info.bitmaps[0].entry_offset; i.put32(e + 8, 1); }), expect: &["qcow2.bitmap.table-size"], exit: 1, oracle: Agrees },
+            edit: Some(|i| { let e = i.info.bitmaps[0].entry_offset; i.put32(e + 8, 1); }), expect: rule_set![q2::BITMAP_TABLE_SIZE], exit: 1, oracle: Agrees },
         Case { name: "bitmap-count-mismatch", steps: BITMAPS, edit: Some(|i| {
             let mut at = i.info.header.header_length as u64;
             while i.get64(at) >> 32 != 0x2385_2875 && at < 4096 { let len = (i.get64(at) & 0xffff_ffff).next_multiple_of(8); at += 8 + len; }
             i.put32(at + 8, 3);
-        }), expect: &["qcow2.bitmap.directory-valid"], exit: 1, oracle: Agrees },
+        }), expect: rule_set![q2::BITMAP_DIRECTORY], exit: 1, oracle: Agrees },
         Case { name: "bitmap-duplicate-name", steps: BITMAPS, edit: Some(|i| {
             let b = &i.info.bitmaps[1];
             let at = b.entry_offset + 24 + b.extra_data_size as u64;
             i.put(at, b"b0");
-        }), expect: &["qcow2.bitmap.name-unique"], exit: 1, oracle: Agrees },
-        Case { name: "bitmap-in-use", steps: BITMAPS, edit: Some(|i| { let e = i.info.bitmaps[0].entry_offset; i.put32(e + 12, 1); }), expect: &["qcow2.bitmap.in-use"], exit: 0, oracle: Agrees },
+        }), expect: rule_set![q2::BITMAP_NAME_UNIQUE], exit: 1, oracle: Agrees },
+        Case { name: "bitmap-in-use", steps: BITMAPS, edit: Some(|i| { let e = i.info.bitmaps[0].entry_offset; i.put32(e + 12, 1); }), expect: rule_set![q2::BITMAP_IN_USE], exit: 0, oracle: Agrees },
     ]
 }
 
@@ -623,7 +625,7 @@ pub struct ParallelsCase {
     /// Sample image (in shared/samples/qemu-iotests/parallels, bzip2).
     pub base: &'static str,
     pub edit: Option<fn(&mut Vec<u8>)>,
-    pub expect: &'static [&'static str],
+    pub expect: &'static [&'static Rule],
     pub exit: i32,
 }
 
@@ -667,14 +669,14 @@ pub fn parallels_cases() -> Vec<ParallelsCase> {
             name: "parallels-flags-unused",
             base: V2,
             edit: Some(|b| le32(b, 52, 0x8000_0000)),
-            expect: &["parallels.header.flags-unused"],
+            expect: rule_set![parallels::FLAGS_UNUSED],
             exit: 0,
         },
         ParallelsCase {
             name: "parallels-empty-with-data",
             base: V2,
             edit: Some(|b| le32(b, 52, 1)),
-            expect: &["parallels.header.empty-image"],
+            expect: rule_set![parallels::EMPTY_IMAGE],
             exit: 0,
         },
         // Clean per the spec; qemu-img 10.0.2 wrongly reports 2 leaked clusters (it ignores ext_off and the bitmap).
@@ -692,73 +694,70 @@ pub fn parallels_cases() -> Vec<ParallelsCase> {
             name: "parallels-fake",
             base: "fake.parallels",
             edit: None,
-            expect: &[
-                "parallels.header.bat-covers-disk",
-                "parallels.bat.cluster-aligned",
-            ],
+            expect: rule_set![parallels::BAT_COVERS_DISK, parallels::BAT_ALIGNED],
             exit: 2,
         },
         ParallelsCase {
             name: "parallels-bad-version",
             base: V2,
             edit: Some(|b| le32(b, 16, 3)),
-            expect: &["parallels.header.version"],
+            expect: rule_set![parallels::VERSION],
             exit: 1,
         },
         ParallelsCase {
             name: "parallels-tracks-zero",
             base: V2,
             edit: Some(|b| le32(b, 28, 0)),
-            expect: &["parallels.header.tracks"],
+            expect: rule_set![parallels::TRACKS],
             exit: 1,
         },
         ParallelsCase {
             name: "parallels-bat-entries-huge",
             base: V1,
             edit: Some(|b| le32(b, 32, u32::MAX)),
-            expect: &["parallels.header.bat-entries-limit"],
+            expect: rule_set![parallels::BAT_SIZE],
             exit: 1,
         },
         ParallelsCase {
             name: "parallels-nb-sectors-high",
             base: V1,
             edit: Some(|b| le64(b, 36, 1 << 32 | 4096)),
-            expect: &["parallels.header.nb-sectors-high-zero"],
+            expect: rule_set![parallels::NB_SECTORS_HIGH],
             exit: 0,
         },
         ParallelsCase {
             name: "parallels-in-use-open",
             base: V2,
             edit: Some(|b| le32(b, 44, 0x746F_6E59)),
-            expect: &["parallels.header.closed"],
+            expect: rule_set![parallels::IN_USE_OPEN],
             exit: 2,
         },
         ParallelsCase {
             name: "parallels-in-use-odd",
             base: V2,
             edit: Some(|b| le32(b, 44, 0x1234_5678)),
-            expect: &["parallels.header.in-use-value"],
+            expect: rule_set![parallels::IN_USE_VALUE],
             exit: 0,
         },
         ParallelsCase {
             name: "parallels-data-off-unaligned",
             base: V2,
             edit: Some(|b| le32(b, 48, 129)),
-            expect: &["parallels.header.data-off"],
+            expect: rule_set![parallels::DATA_OFF],
             exit: 2,
         },
         ParallelsCase {
             name: "parallels-bat-below-data",
             base: V1,
             edit: Some(|b| le32(b, 64, 1)),
-            expect: &["parallels.bat.after-data-offset"],
+            expect: rule_set![parallels::BAT_BELOW_DATA],
             exit: 2,
         },
         ParallelsCase {
             name: "parallels-bat-past-eof",
             base: V2,
             edit: Some(|b| le32(b, 64, 100)),
-            expect: &["parallels.bat.inside-file"],
+            expect: rule_set![parallels::BAT_INSIDE_FILE],
             exit: 2,
         },
         ParallelsCase {
@@ -772,7 +771,7 @@ pub fn parallels_cases() -> Vec<ParallelsCase> {
                     .unwrap_or(68);
                 le32(b, at, e);
             }),
-            expect: &["parallels.bat.unique"],
+            expect: rule_set![parallels::BAT_UNIQUE],
             exit: 2,
         },
         ParallelsCase {
@@ -782,35 +781,35 @@ pub fn parallels_cases() -> Vec<ParallelsCase> {
                 let e = u32::from_le_bytes(b[64..68].try_into().unwrap_or_default());
                 le32(b, 64, e + 1);
             }),
-            expect: &["parallels.bat.cluster-aligned"],
+            expect: rule_set![parallels::BAT_ALIGNED],
             exit: 2,
         },
         ParallelsCase {
             name: "parallels-leak",
             base: V2,
             edit: Some(|b| b.extend_from_slice(&vec![0u8; 64 << 10])),
-            expect: &["parallels.data.no-leak"],
+            expect: rule_set![parallels::LEAK],
             exit: 3,
         },
         ParallelsCase {
             name: "parallels-ext-past-eof",
             base: BM,
             edit: Some(|b| le64(b, 56, 100_000)),
-            expect: &["parallels.ext.inside-file"],
+            expect: rule_set![parallels::EXT_PLACEMENT],
             exit: 2,
         },
         ParallelsCase {
             name: "parallels-ext-magic",
             base: BM,
             edit: Some(|b| b[EXT_AT] ^= 0xff),
-            expect: &["parallels.ext.magic"],
+            expect: rule_set![parallels::EXT_MAGIC],
             exit: 2,
         },
         ParallelsCase {
             name: "parallels-ext-checksum",
             base: BM,
             edit: Some(|b| b[EXT_AT + 4000] ^= 1),
-            expect: &["parallels.ext.checksum"],
+            expect: rule_set![parallels::EXT_CHECKSUM],
             exit: 2,
         },
         ParallelsCase {
@@ -820,7 +819,7 @@ pub fn parallels_cases() -> Vec<ParallelsCase> {
                 le32(b, EXT_AT + 24 + 16, 0x00ff_fff0);
                 fix_md5(b);
             }),
-            expect: &["parallels.ext.features"],
+            expect: rule_set![parallels::EXT_FEATURES],
             exit: 2,
         },
         ParallelsCase {
@@ -831,7 +830,7 @@ pub fn parallels_cases() -> Vec<ParallelsCase> {
                 le64(b, EXT_AT + 32, 1);
                 fix_md5(b);
             }),
-            expect: &["parallels.ext.unknown-feature"],
+            expect: rule_set![parallels::EXT_UNKNOWN_FEATURE],
             exit: 0,
         },
         ParallelsCase {
@@ -841,7 +840,7 @@ pub fn parallels_cases() -> Vec<ParallelsCase> {
                 le64(b, EXT_AT + 48, 1234);
                 fix_md5(b);
             }),
-            expect: &["parallels.bitmap.size"],
+            expect: rule_set![parallels::BITMAP_SIZE],
             exit: 0,
         },
         ParallelsCase {
@@ -851,7 +850,7 @@ pub fn parallels_cases() -> Vec<ParallelsCase> {
                 le32(b, EXT_AT + 72, 3);
                 fix_md5(b);
             }),
-            expect: &["parallels.bitmap.granularity"],
+            expect: rule_set![parallels::BITMAP_GRANULARITY],
             exit: 2,
         },
         ParallelsCase {
@@ -861,7 +860,7 @@ pub fn parallels_cases() -> Vec<ParallelsCase> {
                 le64(b, EXT_AT + 80, 100_000);
                 fix_md5(b);
             }),
-            expect: &["parallels.bitmap.l1-entry"],
+            expect: rule_set![parallels::BITMAP_L1_ENTRY],
             exit: 2,
         },
     ]
@@ -874,7 +873,7 @@ pub struct QedCase {
     /// How qemu-img and qemu-io make the image before the edit.
     pub steps: &'static [&'static [&'static str]],
     pub edit: Option<fn(&mut Vec<u8>)>,
-    pub expect: &'static [&'static str],
+    pub expect: &'static [&'static Rule],
     pub exit: i32,
 }
 
@@ -994,35 +993,35 @@ pub fn qed_cases() -> Vec<QedCase> {
             steps: QED_STEPS,
             name: "qed-cluster-size",
             edit: Some(|b| le32(b, 4, 3000)),
-            expect: &["qed.header.cluster-size"],
+            expect: rule_set![qed::CLUSTER_SIZE],
             exit: 1,
         },
         QedCase {
             steps: QED_STEPS,
             name: "qed-table-size",
             edit: Some(|b| le32(b, 8, 3)),
-            expect: &["qed.header.table-size"],
+            expect: rule_set![qed::TABLE_SIZE],
             exit: 1,
         },
         QedCase {
             steps: QED_STEPS,
             name: "qed-header-size",
             edit: Some(|b| le32(b, 12, 0)),
-            expect: &["qed.header.header-size"],
+            expect: rule_set![qed::HEADER_SIZE],
             exit: 1,
         },
         QedCase {
             steps: QED_STEPS,
             name: "qed-unknown-feature",
             edit: Some(|b| le64(b, 16, 0x10)),
-            expect: &["qed.header.unknown-features"],
+            expect: rule_set![qed::FEATURES],
             exit: 1,
         },
         QedCase {
             steps: QED_STEPS,
             name: "qed-image-size",
             edit: Some(|b| le64(b, 48, 1000)),
-            expect: &["qed.header.image-size"],
+            expect: rule_set![qed::IMAGE_SIZE],
             exit: 1,
         },
         QedCase {
@@ -1032,7 +1031,7 @@ pub fn qed_cases() -> Vec<QedCase> {
                 let v = qed_u64(b, 40);
                 le64(b, 40, v + 8);
             }),
-            expect: &["qed.header.l1-table-offset"],
+            expect: rule_set![qed::L1_OFFSET],
             exit: 1,
         },
         QedCase {
@@ -1043,14 +1042,14 @@ pub fn qed_cases() -> Vec<QedCase> {
                 le32(b, 56, 4000);
                 le32(b, 60, 200);
             }),
-            expect: &["qed.header.backing-filename"],
+            expect: rule_set![qed::BACKING_NAME],
             exit: 1,
         },
         QedCase {
             steps: QED_STEPS,
             name: "qed-need-check",
             edit: Some(|b| le64(b, 16, 2)),
-            expect: &["qed.header.need-check"],
+            expect: rule_set![qed::NEED_CHECK],
             exit: 0,
         },
         QedCase {
@@ -1061,7 +1060,7 @@ pub fn qed_cases() -> Vec<QedCase> {
                 let v = qed_u64(b, l1);
                 le64(b, l1, v + 512);
             }),
-            expect: &["qed.table.offset-valid"],
+            expect: rule_set![qed::TABLE_OFFSET],
             exit: 2,
         },
         QedCase {
@@ -1071,7 +1070,7 @@ pub fn qed_cases() -> Vec<QedCase> {
                 let (l2, _) = qed_l2(b);
                 le64(b, l2 as usize, 1 << 40);
             }),
-            expect: &["qed.table.cluster-offset-valid"],
+            expect: rule_set![qed::CLUSTER_OFFSET],
             exit: 2,
         },
         QedCase {
@@ -1081,14 +1080,14 @@ pub fn qed_cases() -> Vec<QedCase> {
                 let (l2, d) = qed_l2(b);
                 le64(b, l2 as usize + 8, d);
             }),
-            expect: &["qed.cluster.referenced-once"],
+            expect: rule_set![qed::REFERENCED_ONCE],
             exit: 2,
         },
         QedCase {
             steps: QED_STEPS,
             name: "qed-leak",
             edit: Some(|b| b.extend_from_slice(&[0u8; 4096])),
-            expect: &["qed.cluster.no-leak"],
+            expect: rule_set![qed::LEAK],
             exit: 3,
         },
     ]

@@ -150,7 +150,7 @@ fn corpus_recipes_agree_with_qemu_img() {
             ));
         }
         for rule in case.expect {
-            if !report.findings.iter().any(|f| f.rule.id == *rule) {
+            if !report.findings.iter().any(|f| f.rule.id == rule.id) {
                 failures.push(format!("{}: rule {rule} not reported", case.name));
             }
         }

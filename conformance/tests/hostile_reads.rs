@@ -243,8 +243,16 @@ fn a_map_streams_entry_by_entry_and_l2_tables_shared_by_every_l1_entry_are_refus
     // L2 table's refcount says 1, it is referenced 4M times) and with
     // --force writes its first entries at once.
     let dir = tempfile::tempdir().unwrap();
-    sh(dir.path(), "qemu-img", &["create", "-q", "-f", "qcow2", "img.qcow2", "2P"]);
-    sh(dir.path(), "qemu-io", &["-c", "write -P 0x33 0 64k", "img.qcow2"]);
+    sh(
+        dir.path(),
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", "img.qcow2", "2P"],
+    );
+    sh(
+        dir.path(),
+        "qemu-io",
+        &["-c", "write -P 0x33 0 64k", "img.qcow2"],
+    );
     let img = dir.path().join("img.qcow2");
     let mut b = std::fs::read(&img).unwrap();
     let l1 = be64(&b, 40) as usize;

@@ -231,7 +231,7 @@ fn mutated_qemu_made_images_agree_with_qemu_img_except_its_named_faults() {
                     .map(|a| a.iter().filter_map(|f| f["rule"].as_str()).collect())
                     .unwrap_or_default();
                 for r in rules {
-                    if !found.contains(r) {
+                    if !found.contains(&r.id) {
                         bad.push(format!("{what}: {r} not reported"));
                     }
                 }

@@ -23,6 +23,12 @@ pub struct Rule {
     pub summary: &'static str,
 }
 
+impl std::fmt::Display for Rule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.id)
+    }
+}
+
 macro_rules! rules {
     ($( $name:ident = $id:literal, $spec:literal, $section:literal, $sev:ident, $summary:literal; )*) => {
         $( pub static $name: Rule = Rule {
@@ -31,6 +37,16 @@ macro_rules! rules {
         /// Every rule of this module, in registry order.
         pub static ALL: &[&Rule] = &[ $( &$name ),* ];
     };
+}
+
+/// A `&'static [&'static Rule]` of the rules named, for what a mutator or
+/// a corpus case must trip: `rule_set![qcow2::L2_COPIED, qcow2::LEAK]`.
+#[macro_export]
+macro_rules! rule_set {
+    ($($r:path),* $(,)?) => {{
+        const SET: &[&$crate::rules::Rule] = &[$(&$r),*];
+        SET
+    }};
 }
 
 /// Rules about the checker itself: limits it refuses to exceed, input it cannot read.

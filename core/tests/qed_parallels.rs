@@ -153,7 +153,7 @@ proptest! {
         if let Some(rules) = qed::mutate::apply(m, &mut img) {
             let r = qed::check(&img.as_slice(), "mutated", &Limits::default());
             for rule in rules {
-                prop_assert!(r.findings.iter().any(|f| f.rule.id == *rule), "{:?}: {} not reported: {:#?}", m, rule, r.findings);
+                prop_assert!(r.findings.iter().any(|f| f.rule.id == rule.id), "{:?}: {} not reported: {:#?}", m, rule, r.findings);
             }
             // The reader never panics on it either.
             let _ = read_all(img, None);
@@ -186,7 +186,7 @@ proptest! {
         if let Some(rules) = parallels::mutate::apply(m, &mut img) {
             let r = parallels::check(&img.as_slice(), "mutated", &Limits::default());
             for rule in rules {
-                prop_assert!(r.findings.iter().any(|f| f.rule.id == *rule), "{:?}: {} not reported: {:#?}", m, rule, r.findings);
+                prop_assert!(r.findings.iter().any(|f| f.rule.id == rule.id), "{:?}: {} not reported: {:#?}", m, rule, r.findings);
             }
             let _ = read_all(img, None);
         }

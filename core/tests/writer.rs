@@ -108,7 +108,7 @@ proptest! {
         let report = qcow2::check(&img.as_slice(), "mutated", &Limits::default());
         let got: Vec<&str> = report.findings.iter().map(|f| f.rule.id).collect();
         for rule in expect {
-            prop_assert!(got.contains(rule), "{:?}: {} not reported; got {:?}", m, rule, got);
+            prop_assert!(got.contains(&rule.id), "{:?}: {} not reported; got {:?}", m, rule, got);
         }
         prop_assert!(report.exit_code(false) != 0, "{:?} left the image clean", m);
         if let Ok(mut disk) = VirtualDisk::open(Box::new(img), &Mem(w.data_file.clone()), &OpenOptions { backing: Backing::Confined, verify: false, ..OpenOptions::default() }) {

@@ -143,7 +143,7 @@ pub fn structured_qed_parallels(data: &[u8]) {
     if let Some((rules, report, mutated)) = expect {
         for rule in rules {
             assert!(
-                report.findings.iter().any(|f| f.rule.id == *rule),
+                report.findings.iter().any(|f| f.rule.id == rule.id),
                 "{rule} not reported: {:?}",
                 report.findings
             );
@@ -440,7 +440,7 @@ pub fn structured_image(data: &[u8]) {
         let r = qcow2::check(&img.as_slice(), "mutated", &limits);
         for rule in expect {
             assert!(
-                r.findings.iter().any(|f| f.rule.id == *rule),
+                r.findings.iter().any(|f| f.rule.id == rule.id),
                 "{m:?}: {rule} not reported"
             );
         }

@@ -37,9 +37,15 @@ impl Reads {
 }
 
 pub fn reads(qconform: &Path, fmt: &str, file: &Path) -> Reads {
+    reads_with(qconform, fmt, file, &[])
+}
+
+/// Like [`reads`], with extra `cat`/`map` arguments (`--force`, say).
+pub fn reads_with(qconform: &Path, fmt: &str, file: &Path, extra: &[&str]) -> Reads {
     let dir = tempfile::tempdir().unwrap();
     let cat = Command::new(qconform)
         .arg("cat")
+        .args(extra)
         .arg(file)
         .output()
         .unwrap();
@@ -55,7 +61,7 @@ pub fn reads(qconform: &Path, fmt: &str, file: &Path) -> Reads {
         serde_json::from_slice(&c.output().unwrap().stdout).unwrap_or_default()
     };
     let mut ours = Command::new(qconform);
-    ours.args(["map", "--output", "json"]).arg(file);
+    ours.args(["map", "--output", "json"]).args(extra).arg(file);
     let mut theirs = Command::new("qemu-img");
     theirs.args(["map", "-f", fmt, "--output=json"]).arg(file);
     Reads {

@@ -6,6 +6,7 @@ use super::header::{self, HEADER_SIZE, IN_USE_OPEN};
 use super::SECTOR;
 use crate::limits::Limits;
 use crate::report::Report;
+use crate::rules::{parallels, Rule};
 use crate::source::{le_u32, le_u64};
 use md5::{Digest, Md5};
 
@@ -105,7 +106,7 @@ fn fix_checksum(img: &mut [u8], ext_at: u64, cs: u64) {
 /// Applies `m` to a valid image. Returns the rules the checker must report,
 /// or None when the image has nothing to mutate that way (the image is then
 /// unchanged).
-pub fn apply(m: Mutation, img: &mut Vec<u8>) -> Option<&'static [&'static str]> {
+pub fn apply(m: Mutation, img: &mut Vec<u8>) -> Option<&'static [&'static Rule]> {
     let mut scratch = Report::new("mutate", "parallels", &Limits::default());
     let h = header::parse(&img.as_slice(), &mut scratch)?;
     let cs = h.cluster_size();
@@ -140,12 +141,12 @@ pub fn apply(m: Mutation, img: &mut Vec<u8>) -> Option<&'static [&'static str]> 
                 return None;
             }
             put32(img, at, entry(low));
-            &["parallels.bat.after-data-offset"]
+            crate::rule_set![parallels::BAT_BELOW_DATA]
         }
         Mutation::BatPastEof { nth } => {
             let (at, _) = pick(&allocated, nth)?;
             put32(img, at, entry(past_eof));
-            &["parallels.bat.inside-file"]
+            crate::rule_set![parallels::BAT_INSIDE_FILE]
         }
         Mutation::BatDuplicate { nth } => {
             let (_, e) = pick(&allocated, nth)?;
@@ -154,7 +155,7 @@ pub fn apply(m: Mutation, img: &mut Vec<u8>) -> Option<&'static [&'static str]> 
                 .filter(|&at| le_u32(img, at as usize) != e)
                 .collect();
             put32(img, pick(&others, nth / 2)?, e);
-            &["parallels.bat.unique"]
+            crate::rule_set![parallels::BAT_UNIQUE]
         }
         Mutation::BatUnaligned { nth } => {
             if h.ext_magic || cs == SECTOR {
@@ -168,82 +169,82 @@ pub fn apply(m: Mutation, img: &mut Vec<u8>) -> Option<&'static [&'static str]> 
                 .collect();
             let (at, e) = pick(&movable, nth)?;
             put32(img, at, e - 1);
-            &["parallels.bat.cluster-aligned"]
+            crate::rule_set![parallels::BAT_ALIGNED]
         }
         Mutation::Leak => {
             img.resize(img.len() + cs as usize, 0xAA);
-            &["parallels.data.no-leak"]
+            crate::rule_set![parallels::LEAK]
         }
         Mutation::InUseOpen => {
             put32(img, 44, IN_USE_OPEN);
-            &["parallels.header.closed"]
+            crate::rule_set![parallels::IN_USE_OPEN]
         }
         Mutation::InUseBad => {
             put32(img, 44, 0x1234_5678);
-            &["parallels.header.in-use-value"]
+            crate::rule_set![parallels::IN_USE_VALUE]
         }
         Mutation::TracksZero => {
             put32(img, 28, 0);
-            &["parallels.header.tracks"]
+            crate::rule_set![parallels::TRACKS]
         }
         Mutation::Version => {
             put32(img, 16, 3);
-            &["parallels.header.version"]
+            crate::rule_set![parallels::VERSION]
         }
         Mutation::FlagsUnused { bit } => {
             put32(img, 52, h.flags | 1 << bit.clamp(1, 31));
-            &["parallels.header.flags-unused"]
+            crate::rule_set![parallels::FLAGS_UNUSED]
         }
         Mutation::EmptyWithData => {
             allocated.first()?;
             put32(img, 52, h.flags | header::FLAG_EMPTY);
-            &["parallels.header.empty-image"]
+            crate::rule_set![parallels::EMPTY_IMAGE]
         }
         Mutation::ExtMagic => {
             bitmap?;
             put64(img, ext_at, EXT_MAGIC ^ 1);
-            &["parallels.ext.magic"]
+            crate::rule_set![parallels::EXT_MAGIC]
         }
         Mutation::ExtChecksum => {
             bitmap?;
             let last = (ext_at + cs - 1) as usize;
             *img.get_mut(last)? ^= 0x5A;
-            &["parallels.ext.checksum"]
+            crate::rule_set![parallels::EXT_CHECKSUM]
         }
         Mutation::BitmapGranularity => {
             let data = bitmap?;
             put32(img, data + 24, 3);
             fix_checksum(img, ext_at, cs);
-            &["parallels.bitmap.granularity"]
+            crate::rule_set![parallels::BITMAP_GRANULARITY]
         }
         Mutation::BitmapL1PastEof => {
             let data = bitmap?;
             put64(img, data + 32, past_eof / SECTOR);
             fix_checksum(img, ext_at, cs);
-            &["parallels.bitmap.l1-entry"]
+            crate::rule_set![parallels::BITMAP_L1_ENTRY]
         }
         Mutation::BitmapSize => {
             let data = bitmap?;
             let size = le_u64(img, data as usize);
             put64(img, data, size + 1);
             fix_checksum(img, ext_at, cs);
-            &["parallels.bitmap.size"]
+            crate::rule_set![parallels::BITMAP_SIZE]
         }
         Mutation::NbSectorsHigh => {
             if h.ext_magic {
                 return None;
             }
             put64(img, 36, h.nb_sectors | 1 << 40);
-            &["parallels.header.nb-sectors-high-zero"]
+            crate::rule_set![parallels::NB_SECTORS_HIGH]
         }
         Mutation::DataOffPastEof => {
             put32(img, 48, (past_eof / SECTOR) as u32);
-            &["parallels.header.data-off"]
+            crate::rule_set![parallels::DATA_OFF]
         }
         Mutation::BatShort => {
             // One sector more than the BAT's clusters cover.
             put64(img, 36, h.nb_bat_entries as u64 * (cs / SECTOR) + 1);
-            &["parallels.header.bat-covers-disk"]
+            crate::rule_set![parallels::BAT_COVERS_DISK]
         }
     })
 }

@@ -7,6 +7,7 @@ use super::check::{info, Info};
 use super::header::Header;
 use super::mapping::*;
 use crate::limits::Limits;
+use crate::rules::{qcow2, Rule};
 
 /// One corruption. `nth` picks among the candidates (modulo their count).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,7 +160,7 @@ fn set_refcount(img: &mut [u8], h: &Header, k: u64, value: u64) {
 /// Applies `m` to a valid image. Returns the rules the checker must report,
 /// or None when the image has nothing to mutate that way (no compressed
 /// cluster to move, say); the image is then unchanged.
-pub fn apply(m: Mutation, img: &mut Vec<u8>) -> Option<&'static [&'static str]> {
+pub fn apply(m: Mutation, img: &mut Vec<u8>) -> Option<&'static [&'static Rule]> {
     let Info {
         header: h,
         snapshots,
@@ -188,12 +189,12 @@ pub fn apply(m: Mutation, img: &mut Vec<u8>) -> Option<&'static [&'static str]> 
                 return None; // a 1-bit refcount cannot go up
             }
             set_refcount(img, &h, (e.value & L2E_OFFSET_MASK) / cs, 2);
-            &["qcow2.refcount.no-leak", "qcow2.l2.copied"]
+            crate::rule_set![qcow2::REFCOUNT_LEAK, qcow2::L2_COPIED]
         }
         Mutation::RefcountZero { nth } => {
             let e = pick(&own, nth)?;
             set_refcount(img, &h, (e.value & L2E_OFFSET_MASK) / cs, 0);
-            &["qcow2.refcount.covers-references"]
+            crate::rule_set![qcow2::REFCOUNT_TOO_LOW]
         }
         Mutation::DuplicateDataPointer { nth } => {
             let e = pick(&own, nth)?;
@@ -208,9 +209,9 @@ pub fn apply(m: Mutation, img: &mut Vec<u8>) -> Option<&'static [&'static str]> 
             }
             if h.refcount_order == 0 {
                 // The second reference overflows a 1-bit refcount (QEMU says so too).
-                &["qcow2.refcount.overflow"]
+                crate::rule_set![qcow2::REFCOUNT_OVERFLOW]
             } else {
-                &["qcow2.refcount.covers-references"]
+                crate::rule_set![qcow2::REFCOUNT_TOO_LOW]
             }
         }
         Mutation::MisalignDataOffset { nth } => {
@@ -219,17 +220,17 @@ pub fn apply(m: Mutation, img: &mut Vec<u8>) -> Option<&'static [&'static str]> 
                 return None;
             }
             put64(img, e.at, e.value + 512);
-            &["qcow2.l2.entry-aligned"]
+            crate::rule_set![qcow2::L2_ALIGNED]
         }
         Mutation::DataPastEof { nth } => {
             let e = pick(&own, nth)?;
             put64(img, e.at, (e.value & !L2E_OFFSET_MASK) | far);
-            &["qcow2.refcount.reference-inside-file"]
+            crate::rule_set![qcow2::REFERENCE_PAST_EOF]
         }
         Mutation::ClearCopied { nth } => {
             let e = pick(&own, nth)?;
             put64(img, e.at, e.value & !OFLAG_COPIED);
-            &["qcow2.l2.copied"]
+            crate::rule_set![qcow2::L2_COPIED]
         }
         Mutation::L2ReservedBit { nth, bit } => {
             let std: Vec<Entry> = entries
@@ -241,7 +242,7 @@ pub fn apply(m: Mutation, img: &mut Vec<u8>) -> Option<&'static [&'static str]> 
             let reserved: Vec<u8> = (1..=8).chain(56..=61).collect();
             let b = reserved[bit as usize % reserved.len()];
             put64(img, e.at, e.value | 1 << b);
-            &["qcow2.l2.entry-reserved"]
+            crate::rule_set![qcow2::L2_RESERVED]
         }
         Mutation::L1ReservedBit { nth, bit } => {
             let at = pick(&l1_at, nth)?;
@@ -249,7 +250,7 @@ pub fn apply(m: Mutation, img: &mut Vec<u8>) -> Option<&'static [&'static str]> 
             let b = reserved[bit as usize % reserved.len()];
             let v = get64(img, at);
             put64(img, at, v | 1 << b);
-            &["qcow2.l1.entry-reserved"]
+            crate::rule_set![qcow2::L1_RESERVED]
         }
         Mutation::UnknownIncompatibleBit { bit } => {
             if h.version < 3 {
@@ -257,7 +258,7 @@ pub fn apply(m: Mutation, img: &mut Vec<u8>) -> Option<&'static [&'static str]> 
             }
             let v = get64(img, 72);
             put64(img, 72, v | 1 << (bit.clamp(5, 63)));
-            &["qcow2.header.incompatible-unknown"]
+            crate::rule_set![qcow2::INCOMPATIBLE_UNKNOWN]
         }
         Mutation::RefblockIsL2 { nth } => {
             let at = pick(&l1_at, nth)?;
@@ -270,9 +271,9 @@ pub fn apply(m: Mutation, img: &mut Vec<u8>) -> Option<&'static [&'static str]> 
             put64(img, slot, l2);
             if h.refcount_order == 0 {
                 // Two owners of one cluster overflow a 1-bit refcount first.
-                &["qcow2.refcount.overflow"]
+                crate::rule_set![qcow2::REFCOUNT_OVERFLOW]
             } else {
-                &["qcow2.metadata.no-overlap"]
+                crate::rule_set![qcow2::METADATA_OVERLAP]
             }
         }
         Mutation::CompressedPastEof { nth } => {
@@ -288,7 +289,7 @@ pub fn apply(m: Mutation, img: &mut Vec<u8>) -> Option<&'static [&'static str]> 
                 return None;
             }
             put64(img, e.at, (e.value & !offset_mask) | far);
-            &["qcow2.refcount.reference-inside-file"]
+            crate::rule_set![qcow2::REFERENCE_PAST_EOF]
         }
         Mutation::SubclusterAllocAndZero { nth } => {
             if !h.extended_l2() {
@@ -297,7 +298,7 @@ pub fn apply(m: Mutation, img: &mut Vec<u8>) -> Option<&'static [&'static str]> 
             let ext: Vec<Entry> = entries.iter().copied().filter(|e| is_data(e)).collect();
             let e = pick(&ext, nth)?;
             put64(img, e.at + 8, e.bitmap | (e.bitmap & 0xffff_ffff) << 32);
-            &["qcow2.subcluster.alloc-and-zero"]
+            crate::rule_set![qcow2::SUBCLUSTER_ALLOC_ZERO]
         }
         Mutation::SnapshotL1Unaligned { nth } => {
             let s = pick(
@@ -310,7 +311,7 @@ pub fn apply(m: Mutation, img: &mut Vec<u8>) -> Option<&'static [&'static str]> 
             )?;
             let v = get64(img, s);
             put64(img, s, v + 8);
-            &["qcow2.snapshot.l1-aligned"]
+            crate::rule_set![qcow2::SNAPSHOT_L1_ALIGNED]
         }
         Mutation::BitmapEntryReserved { nth } => {
             let b = pick(
@@ -322,14 +323,14 @@ pub fn apply(m: Mutation, img: &mut Vec<u8>) -> Option<&'static [&'static str]> 
             )?;
             let v = get64(img, b);
             put64(img, b, v | 0x10);
-            &["qcow2.bitmap.table-entry-valid"]
+            crate::rule_set![qcow2::BITMAP_TABLE_ENTRY]
         }
         Mutation::RefcountOrderTooLarge => {
             if h.version < 3 {
                 return None;
             }
             img[96..100].copy_from_slice(&7u32.to_be_bytes());
-            &["qcow2.header.refcount-order"]
+            crate::rule_set![qcow2::REFCOUNT_ORDER]
         }
     })
 }

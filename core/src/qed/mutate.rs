@@ -4,6 +4,7 @@
 use super::header::{self, Header, F_BACKING_FILE, ZERO_CLUSTER};
 use crate::limits::Limits;
 use crate::report::Report;
+use crate::rules::{qed, Rule};
 
 /// One corruption. `nth` picks among the candidates (modulo their count).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,7 +110,7 @@ fn pick<T: Copy>(v: &[T], nth: usize) -> Option<T> {
 /// Applies `m` to a valid image. Returns the rules the checker must report,
 /// or None when the image has nothing to mutate that way (the image is then
 /// unchanged).
-pub fn apply(m: Mutation, img: &mut Vec<u8>) -> Option<&'static [&'static str]> {
+pub fn apply(m: Mutation, img: &mut Vec<u8>) -> Option<&'static [&'static Rule]> {
     let mut scratch = Report::new("mutate", "qed", &Limits::default());
     let h = header::parse(&img.as_slice(), &mut scratch)?;
     let cs = h.cs();
@@ -126,42 +127,42 @@ pub fn apply(m: Mutation, img: &mut Vec<u8>) -> Option<&'static [&'static str]> 
             let free: Vec<(u64, u64)> = l2.iter().copied().filter(|&(_, v)| v != target).collect();
             let (at, _) = pick(&free, nth / 2)?;
             put64(img, at, target);
-            &["qed.cluster.referenced-once"]
+            crate::rule_set![qed::REFERENCED_ONCE]
         }
         Mutation::MisalignData { nth } => {
             let (at, v) = pick(&data, nth)?;
             put64(img, at, v + 512);
-            &["qed.table.cluster-offset-valid"]
+            crate::rule_set![qed::CLUSTER_OFFSET]
         }
         Mutation::DataPastEof { nth } => {
             let (at, _) = pick(&data, nth)?;
             put64(img, at, past_eof);
-            &["qed.table.cluster-offset-valid"]
+            crate::rule_set![qed::CLUSTER_OFFSET]
         }
         Mutation::L2PastEof { nth } => {
             let at = pick(&l1, nth)?;
             put64(img, at, past_eof);
-            &["qed.table.offset-valid"]
+            crate::rule_set![qed::TABLE_OFFSET]
         }
         Mutation::Leak => {
             img.resize(img.len().next_multiple_of(cs as usize) + cs as usize, 0xAA);
-            &["qed.cluster.no-leak"]
+            crate::rule_set![qed::LEAK]
         }
         Mutation::UnknownFeature { bit } => {
             put64(img, 16, h.features | 1 << (bit.clamp(3, 63)));
-            &["qed.header.unknown-features"]
+            crate::rule_set![qed::FEATURES]
         }
         Mutation::NeedCheck => {
             put64(img, 16, h.features | header::F_NEED_CHECK);
-            &["qed.header.need-check"]
+            crate::rule_set![qed::NEED_CHECK]
         }
         Mutation::BadClusterSize => {
             put32(img, 4, h.cluster_size + 512);
-            &["qed.header.cluster-size"]
+            crate::rule_set![qed::CLUSTER_SIZE]
         }
         Mutation::BadTableSize => {
             put32(img, 8, 3);
-            &["qed.header.table-size"]
+            crate::rule_set![qed::TABLE_SIZE]
         }
         Mutation::UnalignedImageSize => {
             put64(
@@ -169,17 +170,17 @@ pub fn apply(m: Mutation, img: &mut Vec<u8>) -> Option<&'static [&'static str]> 
                 48,
                 h.image_size.checked_sub(1).filter(|_| h.image_size > 0)?,
             );
-            &["qed.header.image-size"]
+            crate::rule_set![qed::IMAGE_SIZE]
         }
         Mutation::UnalignedL1 => {
             put64(img, 40, h.l1_table_offset + 512);
-            &["qed.header.l1-table-offset"]
+            crate::rule_set![qed::L1_OFFSET]
         }
         Mutation::BackingNamePastHeader => {
             put64(img, 16, h.features | F_BACKING_FILE);
             put32(img, 56, (h.header_bytes() - 8) as u32);
             put32(img, 60, 64);
-            &["qed.header.backing-filename"]
+            crate::rule_set![qed::BACKING_NAME]
         }
     })
 }
