@@ -9,6 +9,7 @@
 
 pub mod detect;
 pub mod error;
+pub mod formats;
 pub mod limits;
 pub mod parallels;
 pub mod qcow2;
