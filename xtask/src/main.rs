@@ -81,11 +81,9 @@ fn corpus(args: &[String]) -> Result<(), DynError> {
         if !only.is_empty() && !only.contains(&name) {
             continue;
         }
-        let ext = if name.contains("qed") {
-            "qed"
-        } else {
-            "parallels"
-        };
+        let ext = qconform_core::formats::probe(&bytes.as_slice())
+            .ok_or_else(|| format!("{name}: the writer wrote no format qconform knows"))?
+            .extension();
         std::fs::write(dir.join(format!("{name}.{ext}")), bytes)?;
         println!("wrote {name}");
     }
@@ -118,12 +116,9 @@ fn corpus(args: &[String]) -> Result<(), DynError> {
     }
     // Fuzz seeds: every corpus image of the target's format (small ones;
     // the fuzzer mutates them).
-    for (target, ext) in [
-        ("qcow2_check", "qcow2"),
-        ("parallels_check", "parallels"),
-        ("qed_check", "qed"),
-    ] {
-        let seeds = root.join("corpus/fuzz").join(target);
+    for f in qconform_core::formats::FORMATS {
+        let (target, ext) = (qconform_fuzz::check_target(f.name()), f.extension());
+        let seeds = root.join("corpus/fuzz").join(&target);
         if seeds.exists() {
             std::fs::remove_dir_all(&seeds)?;
         }
