@@ -274,7 +274,26 @@ fn a_closed_stdout_ends_quietly_with_exit_0() {
     let mut check_json = check.clone();
     check_json.insert(1, "--output=json".into());
     let rules: Vec<std::ffi::OsString> = vec!["rules".into()];
-    for args in [check, check_json, rules] {
+    // map prints with println! (conformance/src/read.rs): the panic-hook net.
+    // 4096 data clusters between unallocated ones: 4096 extents of 60 bytes and more.
+    use qconform_core::qed::write::{write, Cluster, Description};
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = Description::new(8192 * 4096, 4096, 4);
+    for k in (0..8192).step_by(2) {
+        d.clusters.insert(k, Cluster::Data(vec![0xa5; 4096]));
+    }
+    let img = dir.path().join("striped.qed");
+    std::fs::write(&img, write(&d).unwrap()).unwrap();
+    let map: Vec<std::ffi::OsString> = vec!["map".into(), img.clone().into_os_string()];
+    let (code, out, _) = run(qconform().args(&map));
+    assert!(
+        code == 0 && out.len() > 1 << 17,
+        "{code}: {} bytes",
+        out.len()
+    );
+    let map_json: Vec<std::ffi::OsString> =
+        vec!["map".into(), "--output=json".into(), img.into_os_string()];
+    for args in [check, check_json, rules, map, map_json] {
         let (code, err) = run_closing_stdout_after_one_byte(&args);
         assert!(
             !err.contains("panicked") && !err.contains("Broken pipe"),
