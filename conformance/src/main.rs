@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-/// Conformance harness for the qcow2, QED and Parallels image formats.
+/// Conformance harness for QEMU's disk image formats and vhost-user.
 #[derive(Parser)]
-#[command(name = "qconform", version, about)]
+#[command(name = "qconform", version, about = about())]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -217,6 +217,15 @@ enum GoldenAction {
     Verify { root: Option<PathBuf> },
     /// Rewrite the golden files from the current reports.
     Update { root: Option<PathBuf> },
+}
+
+/// The one-line help, naming the formats of the registry.
+fn about() -> String {
+    let names: Vec<_> = qconform_core::formats::names().collect();
+    format!(
+        "Conformance harness for the {} image formats and for vhost-user.",
+        names.join(", ")
+    )
 }
 
 /// `-f` takes the name of a format of the registry.

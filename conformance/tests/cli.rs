@@ -231,6 +231,9 @@ fn usage_errors_exit_1_with_clap_message_help_and_version_exit_0() {
         out.contains("corruptions (2) > could not check (1) > leaks only (3) > clean (0)"),
         "{out}"
     );
+    let (code, out, _) = run(qconform().arg("--help"));
+    assert_eq!(code, 0);
+    assert!(out.contains(&names.join(", ")), "{out}");
     let (code, out, _) = run(qconform().arg("--version"));
     assert_eq!(code, 0);
     assert!(out.starts_with("qconform "), "{out}");
