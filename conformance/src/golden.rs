@@ -1,6 +1,8 @@
 //! Golden files: the expected report of every corpus case, kept as insta
 //! snapshots so `cargo test` and `qconform conform` read the same files:
-//! golden/check/<image>.snap (`check --output json`) and
+//! golden/check/<image>.snap (`check --output json`), golden/info/<image>.snap
+//! (`info --output json`), golden/map/<image>.snap (`map --output json`) for
+//! every image of a registered format (`qconform_core::formats::FORMATS`), and
 //! golden/vhost-user/<transcript>.snap (`vhost-user check --output json`),
 //! and for recorded real conversations golden/vhost-user-replay/<name>.snap
 //! (`vhost-user replay --output json` against qconform's reference back-end).
