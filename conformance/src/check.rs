@@ -1,62 +1,72 @@
 //! `qconform check` and `qconform info`.
 
 use crate::Output;
-use qconform_core::detect::{detect, Format};
+use crate::{out, outln};
+use qconform_core::formats::{self, ImageFormat, Info};
 use qconform_core::rules::general;
 use qconform_core::source::FileSource;
 use qconform_core::{qcow2, Limits, Report, Severity};
 use std::path::Path;
 
+/// Opens an image and finds its format in the registry: forced by `format`
+/// (a `-f` name) or probed from the magic. What fails becomes a report with
+/// a check error (exit code 1).
+fn open_as(
+    path: &Path,
+    format: Option<&str>,
+    limits: &Limits,
+) -> Result<(FileSource, &'static dyn ImageFormat), Report> {
+    let name = path.display().to_string();
+    let src = FileSource::open(path).map_err(|e| {
+        let mut r = Report::new(&name, format.unwrap_or("unknown"), limits);
+        // open_regular refuses FIFOs, devices, directories and sockets.
+        let rule = if e.kind() == std::io::ErrorKind::InvalidInput {
+            &qconform_core::rules::policy::REGULAR_FILE
+        } else {
+            &general::IO_ERROR
+        };
+        r.add(rule, None, format!("cannot open {name}: {e}"));
+        r
+    })?;
+    let found = match format {
+        Some(f) => formats::by_name(f),
+        None => formats::probe(&src),
+    };
+    let f = found.ok_or_else(|| {
+        let mut r = Report::new(&name, format.unwrap_or("unknown"), limits);
+        let known = formats::names().collect::<Vec<_>>().join(", ");
+        let what = match format {
+            Some(f) => format!("unknown format {f:?} (known: {known})"),
+            None => format!(
+                "the file is not in a format qconform knows (it has none of the magics of {known})"
+            ),
+        };
+        r.add(&general::UNKNOWN_FORMAT, Some(0), what);
+        r
+    })?;
+    Ok((src, f))
+}
+
 /// Checks one image file; unreadable files and unknown formats become a
 /// report with a check error (exit code 1), never a panic.
 pub fn check_file(path: &Path, format: Option<&str>, limits: &Limits) -> Report {
-    let name = path.display().to_string();
-    let src = match FileSource::open(path) {
-        Ok(s) => s,
-        Err(e) => {
-            let mut r = Report::new(&name, format.unwrap_or("unknown"), limits);
-            // open_regular refuses FIFOs, devices, directories and sockets.
-            let rule = if e.kind() == std::io::ErrorKind::InvalidInput {
-                &qconform_core::rules::policy::REGULAR_FILE
-            } else {
-                &general::IO_ERROR
-            };
-            r.add(rule, None, format!("cannot open {name}: {e}"));
-            return r;
+    match open_as(path, format, limits) {
+        Ok((src, f)) => {
+            let mut report = f.check(&src, &path.display().to_string(), limits);
+            // Names inside the image that the default path policy would
+            // refuse, judged without opening them.
+            let names = qconform_core::disk::named_files(&src);
+            qconform_core::disk::policy::audit(&mut report, path, &names);
+            report
         }
-    };
-    let mut report = check_source(&src, &name, format, limits);
-    // Names inside the image that the default path policy would refuse,
-    // judged without opening them.
-    let names = qconform_core::disk::named_files(&src);
-    qconform_core::disk::policy::audit(&mut report, path, &names);
-    report
+        Err(r) => r,
+    }
 }
 
-fn check_source(src: &FileSource, name: &str, format: Option<&str>, limits: &Limits) -> Report {
-    let (src, name) = (src, name.to_owned());
-    let fmt = match format {
-        Some(f) => Format::from_name(f),
-        None => detect(src),
-    };
-    match fmt {
-        Some(Format::Qcow2) => qcow2::check(src, &name, limits),
-        Some(Format::Parallels) => qconform_core::parallels::check(src, &name, limits),
-        Some(Format::Qed) => qconform_core::qed::check(src, &name, limits),
-        other => {
-            let mut r = Report::new(&name, other.map_or("unknown", |f| f.name()), limits);
-            let what = match (format, other) {
-                (Some(f), None) => format!("unknown format {f:?}"),
-                (_, Some(f)) => format!("{} images are not checked yet", f.name()),
-                (None, None) => {
-                    "the file is not in a format qconform knows (no qcow2, QED or Parallels magic)"
-                        .into()
-                }
-            };
-            r.add(&general::UNKNOWN_FORMAT, Some(0), what);
-            r
-        }
-    }
+/// The metadata `qconform info` shows, for an image of any registered format.
+pub fn info_file(path: &Path, limits: &Limits) -> Result<Info, Report> {
+    let (src, f) = open_as(path, None, limits)?;
+    f.info(&src, &path.display().to_string(), limits)
 }
 
 /// Renders a report as qemu-img-like text.
@@ -138,6 +148,18 @@ pub fn human(report: &Report) -> String {
     s
 }
 
+/// How bad an exit code is, for several images: corruptions (2) > could
+/// not check (1) > leaks only (3) > clean (0). A file that cannot be read
+/// never hides another image's corruption.
+pub fn severity_rank(code: i32) -> u8 {
+    match code {
+        2 => 3,
+        1 => 2,
+        3 => 1,
+        _ => 0,
+    }
+}
+
 pub fn run_check(
     format: Option<&str>,
     output: Output,
@@ -150,18 +172,11 @@ pub fn run_check(
     for path in images {
         let report = check_file(path, format, &limits);
         let code = report.exit_code(strict);
-        // Worst by qemu-img's precedence: 1 (not checked) > 2 > 3 > 0.
-        let rank = |c: i32| match c {
-            1 => 3,
-            2 => 2,
-            3 => 1,
-            _ => 0,
-        };
-        if rank(code) > rank(worst) {
+        if severity_rank(code) > severity_rank(worst) {
             worst = code;
         }
         match output {
-            Output::Human => print!("{}", human(&report)),
+            Output::Human => out!("{}", human(&report)),
             Output::Json => reports.push(report),
         }
     }
@@ -171,62 +186,89 @@ pub fn run_check(
         } else {
             serde_json::to_string_pretty(&reports)
         };
-        println!("{}", text.unwrap_or_default());
+        outln!("{}", text.unwrap_or_default());
     }
     worst
 }
 
 pub fn run_info(output: Output, path: &Path) -> i32 {
-    let limits = Limits::default();
-    let name = path.display().to_string();
-    let src = match FileSource::open(path) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("qconform: cannot open {name}: {e}");
-            return 1;
-        }
-    };
-    if detect(&src) == Some(Format::Parallels) {
-        return match qconform_core::parallels::check::info(&src, &name, &limits) {
-            Err(report) => {
-                eprint!("{}", human(&report));
-                1
-            }
-            Ok(info) => {
-                match output {
-                    Output::Json => println!(
-                        "{}",
-                        serde_json::to_string_pretty(&info).unwrap_or_default()
-                    ),
-                    Output::Human => print!("{}", parallels_info_human(&name, &info)),
-                }
-                0
-            }
-        };
-    }
-    if detect(&src) != Some(Format::Qcow2) {
-        eprintln!("qconform: {name}: not a qcow2 or Parallels image");
-        return 1;
-    }
-    match qcow2::check::info(&src, &name, &limits) {
+    match info_file(path, &Limits::default()) {
         Err(report) => {
             eprint!("{}", human(&report));
             1
         }
         Ok(info) => {
             match output {
-                Output::Json => println!(
+                Output::Json => outln!(
                     "{}",
                     serde_json::to_string_pretty(&info).unwrap_or_default()
                 ),
-                Output::Human => print!("{}", info_human(&name, &info)),
+                Output::Human => out!("{}", info_human(&path.display().to_string(), &info)),
             }
             0
         }
     }
 }
 
-fn info_human(name: &str, i: &qcow2::check::Info) -> String {
+/// `qconform info` as text, for any format.
+pub fn info_human(name: &str, info: &Info) -> String {
+    match info {
+        Info::Qcow2(i) => qcow2_info_human(name, i),
+        Info::Qed(i) => qed_info_human(name, i),
+        Info::Parallels(i) => parallels_info_human(name, i),
+    }
+}
+
+fn qed_info_human(name: &str, i: &qconform_core::qed::info::Info) -> String {
+    use std::fmt::Write;
+    let h = &i.header;
+    let list = |v: Vec<String>| {
+        if v.is_empty() {
+            "none".to_owned()
+        } else {
+            v.join(", ")
+        }
+    };
+    let bits = |b: &[u8]| list(b.iter().map(|b| format!("bit {b}")).collect());
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "image: {name}\nfile format: qed\nvirtual size: {} bytes",
+        i.image_size
+    );
+    let _ = writeln!(
+        s,
+        "cluster size: {}\ntable size: {} clusters ({} entries per table)\nheader size: {} clusters",
+        i.cluster_size, h.table_size, i.table_entries, h.header_size
+    );
+    let _ = writeln!(
+        s,
+        "features: {}\ncompat features: {}\nautoclear features: {}",
+        list(i.features.iter().map(|f| f.to_string()).collect()),
+        bits(&i.compat_feature_bits),
+        bits(&i.autoclear_feature_bits)
+    );
+    if let Some(b) = &i.backing_file {
+        let _ = writeln!(
+            s,
+            "backing file: {b:?} (format {})",
+            i.backing_format.unwrap_or("probed")
+        );
+    }
+    let _ = writeln!(
+        s,
+        "L1 table: at {:#x}, {} entries in the file, {} L2 tables",
+        i.l1_table_offset, i.l1_entries_in_file, i.l2_tables
+    );
+    let _ = writeln!(
+        s,
+        "dirty (NEED_CHECK): {}",
+        if i.need_check { "yes" } else { "no" }
+    );
+    s
+}
+
+fn qcow2_info_human(name: &str, i: &qcow2::check::Info) -> String {
     use qcow2::header::feature_name;
     use std::fmt::Write;
     let h = &i.header;

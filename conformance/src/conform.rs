@@ -152,7 +152,7 @@ pub fn run(root: &Path, output: Output) -> i32 {
         }
     }
     match output {
-        Output::Json => println!(
+        Output::Json => crate::outln!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "cases": rows,
@@ -161,28 +161,35 @@ pub fn run(root: &Path, output: Output) -> i32 {
             .unwrap_or_default()
         ),
         Output::Human => {
-            println!(
+            crate::outln!(
                 "{:<36} {:<9} {:<12} {:>8}  golden",
-                "case", "format", "verdict", "findings"
+                "case",
+                "format",
+                "verdict",
+                "findings"
             );
             for r in &rows {
-                println!(
+                crate::outln!(
                     "{:<36} {:<9} {:<12} {:>8}  {}",
-                    r.case, r.format, r.verdict, r.findings, r.golden
+                    r.case,
+                    r.format,
+                    r.verdict,
+                    r.findings,
+                    r.golden
                 );
             }
             let differ = rows.iter().filter(|r| r.golden != "match").count();
-            println!(
+            crate::outln!(
                 "\n{} cases, {} match golden, {} differ",
                 rows.len(),
                 rows.len() - differ,
                 differ
             );
             if let Some((cells, names)) = &matrix {
-                println!("\nvhost-user conformance matrix (recorded conversations replayed against the back-ends on this machine):");
-                print!("{}", crate::vhost::matrix::table(cells, names));
+                crate::outln!("\nvhost-user conformance matrix (recorded conversations replayed against the back-ends on this machine):");
+                crate::out!("{}", crate::vhost::matrix::table(cells, names));
                 for c in cells.iter().filter(|c| c.verdict == "error") {
-                    println!(
+                    crate::outln!(
                         "cannot run {} against {}: {}",
                         c.transcript,
                         c.backend,

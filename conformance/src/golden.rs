@@ -1,6 +1,8 @@
 //! Golden files: the expected report of every corpus case, kept as insta
 //! snapshots so `cargo test` and `qconform conform` read the same files:
-//! golden/check/<image>.snap (`check --output json`) and
+//! golden/check/<image>.snap (`check --output json`), golden/info/<image>.snap
+//! (`info --output json`), golden/map/<image>.snap (`map --output json`) for
+//! every image of a registered format (`qconform_core::formats::FORMATS`), and
 //! golden/vhost-user/<transcript>.snap (`vhost-user check --output json`),
 //! and for recorded real conversations golden/vhost-user-replay/<name>.snap
 //! (`vhost-user replay --output json` against qconform's reference back-end).
@@ -55,11 +57,13 @@ fn list(root: &Path, dir: &str, ext: &str) -> Vec<(String, PathBuf)> {
     out
 }
 
-/// The corpus images under `root`, sorted, as (case name, path).
+/// The corpus images under `root`, sorted, as (case name, path): the files
+/// named with the extension of a registered format.
 pub fn corpus_images(root: &Path) -> Vec<(String, PathBuf)> {
-    let mut v = list(root, IMAGES_DIR, "qcow2");
-    v.extend(list(root, IMAGES_DIR, "parallels"));
-    v.extend(list(root, IMAGES_DIR, "qed"));
+    let mut v: Vec<_> = qconform_core::formats::FORMATS
+        .iter()
+        .flat_map(|f| list(root, IMAGES_DIR, f.extension()))
+        .collect();
     v.sort();
     v
 }
@@ -158,12 +162,9 @@ pub fn replay_json(root: &Path, path: &Path) -> String {
 
 /// `qconform info --output json` of an image, or the error it gives.
 pub fn info_json(path: &Path) -> String {
-    let v = match qconform_core::source::FileSource::open(path) {
-        Err(e) => serde_json::json!({ "error": e.to_string() }),
-        Ok(src) => match qconform_core::qcow2::check::info(&src, "info", &Limits::default()) {
-            Ok(info) => serde_json::to_value(&info).unwrap_or_default(),
-            Err(r) => serde_json::json!({ "error": r.findings.first().map(|f| f.rule.id) }),
-        },
+    let v = match crate::check::info_file(path, &Limits::default()) {
+        Ok(info) => serde_json::to_value(&info).unwrap_or_default(),
+        Err(r) => serde_json::json!({ "error": r.findings.first().map(|f| f.rule.id) }),
     };
     serde_json::to_string_pretty(&v).unwrap_or_default()
 }
@@ -245,7 +246,7 @@ pub fn update(root: &Path) -> i32 {
             }
         }
     }
-    println!("updated {} golden files", cases.len());
+    crate::outln!("updated {} golden files", cases.len());
     0
 }
 

@@ -5,6 +5,7 @@ pub mod check;
 pub mod conform;
 pub mod corpus;
 pub mod golden;
+pub mod out;
 pub mod read;
 pub mod rules_cmd;
 pub mod vhost;

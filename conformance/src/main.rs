@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-/// Conformance harness for the qcow2, QED and Parallels image formats.
+/// Conformance harness for QEMU's disk image formats and vhost-user.
 #[derive(Parser)]
-#[command(name = "qconform", version, about)]
+#[command(name = "qconform", version, about = about())]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -17,9 +17,13 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Check images like `qemu-img check` (exit 0 clean, 1 not checked, 2 corruptions, 3 leaks only).
+    ///
+    /// With several images the exit code is the most severe verdict:
+    /// corruptions (2) > could not check (1) > leaks only (3) > clean (0).
+    /// Usage errors exit 1, like qemu-img's.
     Check {
-        /// Format (qcow2); detected from the magic when absent.
-        #[arg(short = 'f', long = "format")]
+        /// The image format; detected from the magic when absent.
+        #[arg(short = 'f', long = "format", value_parser = format_names())]
         format: Option<String>,
         #[arg(long, value_enum, default_value = "human")]
         output: Output,
@@ -221,8 +225,41 @@ enum GoldenAction {
     Update { root: Option<PathBuf> },
 }
 
+/// The one-line help, naming the formats of the registry.
+fn about() -> String {
+    let names: Vec<_> = qconform_core::formats::names().collect();
+    format!(
+        "Conformance harness for the {} image formats and for vhost-user.",
+        names.join(", ")
+    )
+}
+
+/// `-f` takes the name of a format of the registry.
+fn format_names() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(qconform_core::formats::names())
+}
+
+/// Parses the command line. `--help` and `--version` exit 0; a usage error
+/// exits 1 with clap's message (2 means "corruptions" to `check`'s callers,
+/// and qemu-img exits 1 on usage errors too).
+fn parse_cli() -> Result<Cli, ExitCode> {
+    use clap::error::ErrorKind;
+    Cli::try_parse().map_err(|e| {
+        // Printing fails only on a closed stream, where nobody reads it anyway.
+        let _ = e.print();
+        match e.kind() {
+            ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => ExitCode::SUCCESS,
+            _ => ExitCode::from(1),
+        }
+    })
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    qconform::out::quiet_on_broken_pipe();
+    let cli = match parse_cli() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
     let code = match cli.command {
         Command::Check {
             format,

@@ -15,7 +15,7 @@ pub fn run(output: Output) -> i32 {
                     v
                 })
                 .collect();
-            println!(
+            crate::outln!(
                 "{}",
                 serde_json::to_string_pretty(&list).unwrap_or_default()
             );
@@ -23,7 +23,7 @@ pub fn run(output: Output) -> i32 {
         Output::Human => {
             for r in rules::all() {
                 let cases = triggers.get(r.id).map_or(0, |c| c.len());
-                println!(
+                crate::outln!(
                     "{:<48} {:<10} {} §{} [{cases} corpus cases]\n    {}",
                     r.id,
                     format!("{:?}", r.severity).to_lowercase(),

@@ -205,3 +205,188 @@ fn conform_passes_on_the_corpus_and_fails_on_a_changed_golden() {
         "{out}"
     );
 }
+
+#[test]
+fn usage_errors_exit_1_with_clap_message_help_and_version_exit_0() {
+    let (code, out, err) = run(qconform().args(["check", "--no-such-flag", "x.qcow2"]));
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("unexpected argument '--no-such-flag'"),
+        "{err}"
+    );
+    let (code, _, err) = run(qconform().args(["check", "--output", "xml", "x.qcow2"]));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("invalid value 'xml' for '--output"), "{err}");
+    // -f takes the registry's names, and says which.
+    let (code, _, err) = run(qconform().args(["check", "-f", "vmdk", "x.img"]));
+    assert_eq!(code, 1, "{err}");
+    let names: Vec<_> = qconform_core::formats::names().collect();
+    assert!(
+        err.contains(&format!("[possible values: {}]", names.join(", "))),
+        "{err}"
+    );
+    let (code, out, _) = run(qconform().args(["check", "--help"]));
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("corruptions (2) > could not check (1) > leaks only (3) > clean (0)"),
+        "{out}"
+    );
+    let (code, out, _) = run(qconform().arg("--help"));
+    assert_eq!(code, 0);
+    assert!(out.contains(&names.join(", ")), "{out}");
+    let (code, out, _) = run(qconform().arg("--version"));
+    assert_eq!(code, 0);
+    assert!(out.starts_with("qconform "), "{out}");
+    // No subcommand is a usage error too.
+    assert_eq!(run(&mut qconform()).0, 1);
+}
+
+/// Runs qconform with stdout a pipe that is closed after one byte.
+fn run_closing_stdout_after_one_byte(args: &[std::ffi::OsString]) -> (i32, String) {
+    use std::io::Read;
+    use std::process::Stdio;
+    let mut child = qconform()
+        .args(args)
+        .current_dir(root())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut one = [0u8; 1];
+    stdout.read_exact(&mut one).unwrap();
+    drop(stdout);
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[test]
+fn a_closed_stdout_ends_quietly_with_exit_0() {
+    let images: Vec<std::ffi::OsString> = qconform::golden::corpus_images(&root())
+        .into_iter()
+        .map(|(_, p)| p.into_os_string())
+        .collect();
+    // Far more than a pipe buffer holds, so the writes after the close fail.
+    let mut check: Vec<std::ffi::OsString> = vec!["check".into()];
+    for _ in 0..8 {
+        check.extend(images.iter().cloned());
+    }
+    let mut check_json = check.clone();
+    check_json.insert(1, "--output=json".into());
+    let rules: Vec<std::ffi::OsString> = vec!["rules".into()];
+    // map prints with println! (conformance/src/read.rs): the panic-hook net.
+    // 4096 data clusters between unallocated ones: 4096 extents of 60 bytes and more.
+    use qconform_core::qed::write::{write, Cluster, Description};
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = Description::new(8192 * 4096, 4096, 4);
+    for k in (0..8192).step_by(2) {
+        d.clusters.insert(k, Cluster::Data(vec![0xa5; 4096]));
+    }
+    let img = dir.path().join("striped.qed");
+    std::fs::write(&img, write(&d).unwrap()).unwrap();
+    let map: Vec<std::ffi::OsString> = vec!["map".into(), img.clone().into_os_string()];
+    let (code, out, _) = run(qconform().args(&map));
+    assert!(
+        code == 0 && out.len() > 1 << 17,
+        "{code}: {} bytes",
+        out.len()
+    );
+    let map_json: Vec<std::ffi::OsString> =
+        vec!["map".into(), "--output=json".into(), img.into_os_string()];
+    for args in [check, check_json, rules, map, map_json] {
+        let (code, err) = run_closing_stdout_after_one_byte(&args);
+        assert!(
+            !err.contains("panicked") && !err.contains("Broken pipe"),
+            "{:?}: {err}",
+            args.first()
+        );
+        assert_eq!(code, 0, "{:?}: {err}", args.first());
+    }
+}
+
+#[test]
+fn exit_code_is_the_most_severe_verdict_whatever_the_order() {
+    let missing = PathBuf::from("/nonexistent/x.qcow2");
+    let (corrupt, leaks, clean) = (
+        image("refcount-down"),
+        image("leaked-cluster"),
+        image("v3-data"),
+    );
+    for (files, want) in [
+        (vec![&missing, &corrupt], 2),
+        (vec![&corrupt, &missing], 2),
+        (vec![&leaks, &missing, &clean], 1),
+        (vec![&clean, &leaks], 3),
+        (vec![&clean, &clean], 0),
+    ] {
+        let (code, out, _) = run(qconform().arg("check").args(&files));
+        assert_eq!(code, want, "{files:?}: {out}");
+    }
+}
+
+/// `qemu-img info --output=json` of a file.
+fn qemu_img_info(path: &Path) -> serde_json::Value {
+    let out = Command::new("qemu-img")
+        .args(["info", "--output=json"])
+        .arg(path)
+        .output()
+        .expect("qemu-img is needed (Debian qemu-utils)");
+    assert!(out.status.success(), "qemu-img info {}", path.display());
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn info_works_for_qed_and_parallels_and_agrees_with_qemu_img() {
+    let dir = root().join("corpus/images");
+    for (file, fmt) in [
+        ("qed-data.qed", "qed"),
+        ("writer-qed-backing.qed", "qed"),
+        ("qed-need-check.qed", "qed"),
+        ("parallels-v2.parallels", "parallels"),
+        ("writer-parallels-bitmap.parallels", "parallels"),
+    ] {
+        let path = dir.join(file);
+        let theirs = qemu_img_info(&path);
+        assert_eq!(theirs["format"], fmt);
+        let (code, out, err) = run(qconform().args(["info", "--output", "json"]).arg(&path));
+        assert_eq!(code, 0, "{file}: {err}");
+        let ours: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let size = match fmt {
+            "qed" => &ours["image_size"],
+            _ => &ours["header"]["nb_sectors"],
+        };
+        let size = size.as_u64().unwrap() * if fmt == "qed" { 1 } else { 512 };
+        assert_eq!(Some(size), theirs["virtual-size"].as_u64(), "{file}");
+        if fmt == "qed" {
+            assert_eq!(ours["cluster_size"], theirs["cluster-size"], "{file}");
+            assert_eq!(
+                ours["backing_file"].as_str(),
+                theirs["backing-filename"].as_str(),
+                "{file}"
+            );
+        }
+        let (code, human, _) = run(qconform().arg("info").arg(&path));
+        assert_eq!(code, 0, "{file}");
+        assert!(
+            human.contains(&format!("file format: {fmt}"))
+                && human.contains(&format!("virtual size: {size} bytes")),
+            "{file}: {human}"
+        );
+    }
+    let (_, human, _) = run(qconform().arg("info").arg(dir.join("qed-need-check.qed")));
+    assert!(
+        human.contains("features: need_check") && human.contains("dirty (NEED_CHECK): yes"),
+        "{human}"
+    );
+    let (_, human, _) = run(qconform()
+        .arg("info")
+        .arg(dir.join("writer-qed-backing.qed")));
+    assert!(
+        human.contains("features: backing_file")
+            && human.contains("backing file: \"writer-qed.qed\""),
+        "{human}"
+    );
+}

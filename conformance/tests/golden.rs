@@ -164,3 +164,104 @@ fn every_rule_is_triggered_by_a_corpus_case() {
         );
     }
 }
+
+/// The golden body (JSON) of one image, or None when the file is missing.
+fn golden(dir: &str, name: &str) -> Option<serde_json::Value> {
+    let body = qconform::golden::read_snap(&root().join(dir).join(format!("{name}.snap")))?;
+    serde_json::from_str(&body).ok()
+}
+
+#[test]
+fn every_corpus_image_of_a_registered_format_is_listed_and_has_golden_files() {
+    let root = root();
+    let listed: Vec<PathBuf> = corpus_images(&root).into_iter().map(|(_, p)| p).collect();
+    let mut problems = Vec::new();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(root.join("corpus/images"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    files.sort();
+    for path in files {
+        let src = qconform_core::source::FileSource::open(&path).unwrap();
+        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+        let by_magic = qconform_core::formats::probe(&src);
+        let by_ext = qconform_core::formats::FORMATS
+            .iter()
+            .find(|f| f.extension() == ext);
+        if let Some(f) = by_magic {
+            if by_ext.is_none() {
+                problems.push(format!(
+                    "{}: a {} image not named .{}",
+                    path.display(),
+                    f.name(),
+                    f.extension()
+                ));
+            }
+        }
+        if by_magic.is_none() && by_ext.is_none() {
+            continue; // raw data files of qcow2 images
+        }
+        if !listed.contains(&path) {
+            problems.push(format!("{}: not listed as a corpus image", path.display()));
+            continue;
+        }
+        let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+        for dir in ["golden/check", "golden/info", "golden/map"] {
+            if golden(dir, name).is_none() {
+                problems.push(format!("{name}: no {dir}/{name}.snap"));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{problems:#?}");
+}
+
+#[test]
+fn goldens_record_no_error_for_an_image_check_can_read() {
+    let root = root();
+    let limits = qconform_core::Limits::default();
+    let mut problems = Vec::new();
+    let mut info_ok = std::collections::BTreeMap::new();
+    for (name, path) in corpus_images(&root) {
+        let report = qconform::check::check_file(&path, None, &limits);
+        let code = report.exit_code(false);
+        let (Some(check), Some(info), Some(map)) = (
+            golden("golden/check", &name),
+            golden("golden/info", &name),
+            golden("golden/map", &name),
+        ) else {
+            continue; // the test above names missing golden files
+        };
+        if code == 1 {
+            continue;
+        }
+        if check["check-errors"] != 0 {
+            problems.push(format!(
+                "{name}: check reads it, golden/check records check errors"
+            ));
+        }
+        if let Some(e) = info.get("error") {
+            problems.push(format!(
+                "{name}: check reads it (exit {code}), golden/info records {e}"
+            ));
+        } else {
+            *info_ok.entry(report.format.clone()).or_insert(0) += 1;
+        }
+        // A corrupt image may be refused by map (as qemu-img map refuses it);
+        // a clean or leaking one must map, unless it is encrypted (never decrypted).
+        let encrypted = info["header"]["crypt_method"].as_u64().unwrap_or(0) != 0;
+        if let (Some(e), 0 | 3, false) = (map.get("error"), code, encrypted) {
+            problems.push(format!(
+                "{name}: check exits {code}, golden/map records {e}"
+            ));
+        }
+    }
+    assert!(problems.is_empty(), "{problems:#?}");
+    for f in qconform_core::formats::FORMATS {
+        assert!(
+            info_ok.get(f.name()).is_some_and(|&n| n >= 2),
+            "too few {} images with an info golden: {info_ok:?}",
+            f.name()
+        );
+    }
+}

@@ -10,6 +10,7 @@
 pub mod detect;
 pub mod disk;
 pub mod error;
+pub mod formats;
 pub mod limits;
 pub mod parallels;
 pub mod qcow2;

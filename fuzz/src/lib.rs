@@ -14,17 +14,30 @@ pub fn fuzz_limits() -> Limits {
     }
 }
 
-/// qcow2_check: raw bytes as a qcow2 image through the full checker and the
-/// metadata parser. The checker must return a report for any input.
-pub fn qcow2_check(data: &[u8]) {
+/// The name of the raw-bytes target of a registered format: `<name>_check`.
+pub fn check_target(format: &str) -> String {
+    format!("{format}_check")
+}
+
+/// A format's raw-bytes target: any bytes through its checker (a report for
+/// every input, every finding a rule of the registry), its metadata parser
+/// and the reader, all reached through the format registry.
+fn format_check(name: &str, data: &[u8]) {
+    let f = qconform_core::formats::by_name(name)
+        .unwrap_or_else(|| panic!("{name} is not in qconform_core::formats::FORMATS"));
     let limits = fuzz_limits();
-    let report = qcow2::check(&data, "fuzz", &limits);
+    let report = f.check(&data, "fuzz", &limits);
     assert!((0..=3).contains(&report.exit_code(false)));
-    // Every finding names a rule of the registry.
-    for f in &report.findings {
-        assert!(qconform_core::rules::by_id(f.rule.id).is_some());
+    for finding in &report.findings {
+        assert!(qconform_core::rules::by_id(finding.rule.id).is_some());
     }
-    let _ = qcow2::check::info(&data, "fuzz", &limits);
+    let _ = f.info(&data, "fuzz", &limits);
+    read_some(data);
+}
+
+/// qcow2_check: raw bytes as a qcow2 image.
+pub fn qcow2_check(data: &[u8]) {
+    format_check("qcow2", data)
 }
 
 /// All targets by name, for the replay test and `main` of a plain build.
@@ -152,24 +165,14 @@ pub fn structured_qed_parallels(data: &[u8]) {
     }
 }
 
-/// qed_check: raw bytes as a QED image through the checker and the reader.
+/// qed_check: raw bytes as a QED image.
 pub fn qed_check(data: &[u8]) {
-    let report = qconform_core::qed::check(&data, "fuzz", &fuzz_limits());
-    assert!((0..=3).contains(&report.exit_code(false)));
-    for f in &report.findings {
-        assert!(qconform_core::rules::by_id(f.rule.id).is_some());
-    }
-    read_some(data);
+    format_check("qed", data)
 }
 
-/// parallels_check: raw bytes as a Parallels image through the checker,
-/// the metadata parser and the reader's map.
+/// parallels_check: raw bytes as a Parallels image.
 pub fn parallels_check(data: &[u8]) {
-    let limits = fuzz_limits();
-    let report = qconform_core::parallels::check(&data, "fuzz", &limits);
-    assert!((0..=3).contains(&report.exit_code(false)));
-    let _ = qconform_core::parallels::check::info(&data, "fuzz", &limits);
-    read_some(data);
+    format_check("parallels", data)
 }
 
 /// Opens `data` as a virtual disk (no other files) and reads its first

@@ -34,3 +34,20 @@ fn seeds_and_regressions_replay_cleanly() {
         );
     }
 }
+
+#[test]
+fn every_registered_format_has_a_check_target() {
+    for f in qconform_core::formats::FORMATS {
+        let target = qconform_fuzz::check_target(f.name());
+        assert!(
+            qconform_fuzz::TARGETS.iter().any(|(t, _)| *t == target),
+            "{} has no fuzz target {target} in qconform_fuzz::TARGETS",
+            f.name()
+        );
+        let manifest = include_str!("../Cargo.toml");
+        assert!(
+            manifest.contains(&format!("name = \"{target}\"")),
+            "fuzz/Cargo.toml has no [[bin]] {target}"
+        );
+    }
+}

@@ -6,6 +6,7 @@
 //! peers             fetch QEMU 7.2 (front-end) and virtiofsd (back-end) into ~/.cache/qconform
 //! fuzz [--secs N] [--target T]   run fuzz targets (nightly + ASan when present, else -s none)
 //! bench             qconform check vs qemu-img check on a 1 TiB preallocated image
+//! test [ARGS...]    provision what the tests need (peers), then `cargo test --workspace ARGS...`
 //! ci                what .ci/run runs after installing tools
 
 use std::path::{Path, PathBuf};
@@ -35,10 +36,11 @@ fn main() -> ExitCode {
         "peers" => peers::run_peers(),
         "fuzz" => fuzz(rest),
         "bench" => bench::run(rest),
+        "test" => test(rest),
         "ci" => ci(),
         _ => {
             eprintln!(
-                "usage: cargo xtask corpus | golden | fuzz [--secs N] [--target T] | bench | ci"
+                "usage: cargo xtask corpus | golden | fuzz [--secs N] [--target T] | bench | test [ARGS...] | ci"
             );
             return ExitCode::from(2);
         }
@@ -81,11 +83,9 @@ fn corpus(args: &[String]) -> Result<(), DynError> {
         if !only.is_empty() && !only.contains(&name) {
             continue;
         }
-        let ext = if name.contains("qed") {
-            "qed"
-        } else {
-            "parallels"
-        };
+        let ext = qconform_core::formats::probe(&bytes.as_slice())
+            .ok_or_else(|| format!("{name}: the writer wrote no format qconform knows"))?
+            .extension();
         std::fs::write(dir.join(format!("{name}.{ext}")), bytes)?;
         println!("wrote {name}");
     }
@@ -118,12 +118,9 @@ fn corpus(args: &[String]) -> Result<(), DynError> {
     }
     // Fuzz seeds: every corpus image of the target's format (small ones;
     // the fuzzer mutates them).
-    for (target, ext) in [
-        ("qcow2_check", "qcow2"),
-        ("parallels_check", "parallels"),
-        ("qed_check", "qed"),
-    ] {
-        let seeds = root.join("corpus/fuzz").join(target);
+    for f in qconform_core::formats::FORMATS {
+        let (target, ext) = (qconform_fuzz::check_target(f.name()), f.extension());
+        let seeds = root.join("corpus/fuzz").join(&target);
         if seeds.exists() {
             std::fs::remove_dir_all(&seeds)?;
         }
@@ -537,23 +534,36 @@ fn list_targets() -> Result<Vec<String>, DynError> {
     Ok(out)
 }
 
+/// Runs `cargo ARGS...` at the repository root.
+fn cargo<S: AsRef<str>>(args: &[S]) -> Result<(), DynError> {
+    let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
+    println!("+ cargo {}", args.join(" "));
+    let st = Command::new("cargo")
+        .args(&args)
+        .current_dir(root())
+        .status()?;
+    if st.success() {
+        Ok(())
+    } else {
+        Err(format!("cargo {} failed", args.join(" ")).into())
+    }
+}
+
+/// `cargo xtask test [ARGS...]`: the README's test command. Provisions the
+/// peers the tests run against (cached; a fresh machine fetches them), then
+/// runs `cargo test --workspace ARGS...`. A test whose tool is still missing
+/// fails; nothing is skipped.
+fn test(args: &[String]) -> Result<(), DynError> {
+    peers::run_peers()?;
+    let mut all = vec!["test".to_owned(), "--workspace".to_owned()];
+    all.extend(args.iter().cloned());
+    cargo(&all)
+}
+
 fn ci() -> Result<(), DynError> {
-    let root = root();
-    let run = |args: &[&str]| -> Result<(), DynError> {
-        println!("+ cargo {}", args.join(" "));
-        let st = Command::new("cargo")
-            .args(args)
-            .current_dir(&root)
-            .status()?;
-        if st.success() {
-            Ok(())
-        } else {
-            Err(format!("cargo {} failed", args.join(" ")).into())
-        }
-    };
-    run(&["fmt", "--all", "--", "--check"])?;
-    run(&["test", "--workspace", "--release"])?;
-    run(&["run", "--release", "-q", "-p", "qconform", "--", "conform"])?;
+    cargo(&["fmt", "--all", "--", "--check"])?;
+    test(&["--release".to_owned()])?;
+    cargo(&["run", "--release", "-q", "-p", "qconform", "--", "conform"])?;
     fuzz(&["--secs".into(), "20".into()])
 }
 

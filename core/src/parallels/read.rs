@@ -6,7 +6,7 @@
 
 use super::header::{self, Header, HEADER_SIZE};
 use crate::disk::table::{Endian, Table};
-use crate::disk::{Layer, Opened, ReadError, Status};
+use crate::disk::{Layer, OpenOptions, Opened, ReadError, Resolver, Status};
 use crate::limits::Limits;
 use crate::report::Report;
 use crate::source::ReadAt;
@@ -18,7 +18,17 @@ struct ParallelsLayer {
 }
 
 /// Opens a Parallels image as a layer.
-pub(crate) fn open_layer(src: Box<dyn ReadAt>) -> Result<Opened, ReadError> {
+pub fn open_layer(
+    src: Box<dyn ReadAt>,
+    _resolver: &dyn Resolver,
+    _opts: &OpenOptions<'_>,
+    snapshot: Option<&str>,
+) -> Result<Opened, ReadError> {
+    if snapshot.is_some() {
+        return Err(ReadError::Io(
+            "Parallels images have no internal snapshots".into(),
+        ));
+    }
     let mut r = Report::new("read", "parallels", &Limits::default());
     let h = header::parse(src.as_ref(), &mut r).ok_or_else(|| match r.findings.first() {
         Some(f) => ReadError::rule(f.rule, f.offset, f.detail.clone()),

@@ -362,7 +362,7 @@ pub fn named_files(src: &dyn ReadAt) -> Vec<NamedFile> {
 }
 
 /// Opens a qcow2 image as a layer (the active state, or `snapshot`'s).
-pub(crate) fn open_layer(
+pub fn open_layer(
     src: Box<dyn ReadAt>,
     resolver: &dyn Resolver,
     opts: &OpenOptions<'_>,

@@ -3,6 +3,7 @@
 
 pub mod check;
 pub mod header;
+pub mod info;
 pub mod mutate;
 pub mod read;
 pub mod write;

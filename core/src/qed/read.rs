@@ -7,7 +7,9 @@
 
 use super::header::{self, Header, F_BACKING_FILE, F_BACKING_FORMAT_NO_PROBE, ZERO_CLUSTER};
 use crate::disk::table::{Endian, Table};
-use crate::disk::{BackingRef, Layer, NamedFile, Opened, ReadError, Role, Status};
+use crate::disk::{
+    BackingRef, Layer, NamedFile, OpenOptions, Opened, ReadError, Resolver, Role, Status,
+};
 use crate::limits::Limits;
 use crate::report::Report;
 use crate::rules::qed as rule;
@@ -68,7 +70,17 @@ pub fn named_files(src: &dyn ReadAt) -> Vec<NamedFile> {
 }
 
 /// Opens a QED image as a layer.
-pub(crate) fn open_layer(src: Box<dyn ReadAt>) -> Result<Opened, ReadError> {
+pub fn open_layer(
+    src: Box<dyn ReadAt>,
+    _resolver: &dyn Resolver,
+    _opts: &OpenOptions<'_>,
+    snapshot: Option<&str>,
+) -> Result<Opened, ReadError> {
+    if snapshot.is_some() {
+        return Err(ReadError::Io(
+            "QED images have no internal snapshots".into(),
+        ));
+    }
     let h = parse(src.as_ref())?;
     let format = (h.features & F_BACKING_FORMAT_NO_PROBE != 0).then(|| "raw".to_string());
     let backing = backing_name(src.as_ref(), &h)?.map(|name| BackingRef { name, format });

@@ -1,0 +1,204 @@
+//! The format registry: one trait, [`ImageFormat`], and one static list,
+//! [`FORMATS`]. Detection ([`probe`]), the CLI (`-f` values), `check` and
+//! `info` dispatch, the golden files, `conform`, the fuzz targets and xtask
+//! all go through it, so a format is added in one place.
+//!
+//! Adding a format: its folder under core/src/ (header, check, info, read,
+//! write, mutate), its rules in [`crate::rules`], one `impl ImageFormat` and
+//! one line in [`FORMATS`] here, a variant of [`Info`] (and of
+//! [`crate::detect::Format`]), and its corpus recipes in
+//! conformance/src/corpus.rs (images named `<case>.<extension>`).
+
+use crate::detect::Format;
+use crate::disk::{NamedFile, OpenOptions, Opened, ReadError, Resolver};
+use crate::limits::Limits;
+use crate::report::Report;
+use crate::source::ReadAt;
+use crate::{parallels, qcow2, qed};
+use serde::Serialize;
+
+/// What `qconform info` shows, per format. Serialized without a tag: the
+/// JSON is the format's own `Info`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum Info {
+    Qcow2(Box<qcow2::check::Info>),
+    Qed(Box<qed::info::Info>),
+    Parallels(Box<parallels::check::Info>),
+}
+
+/// One image format qconform knows.
+///
+/// The reader ([`crate::disk::VirtualDisk`]) opens each image of a chain
+/// through [`ImageFormat::open_layer`] and checks it first through
+/// [`ImageFormat::check`]; `check` audits the names
+/// [`ImageFormat::named_files`] returns under the path policy.
+pub trait ImageFormat: Sync {
+    /// The format's id, for code that stores which format a layer is.
+    fn format(&self) -> Format;
+    /// The name `-f` takes and reports carry (qemu-img's name).
+    fn name(&self) -> &'static str;
+    /// The file extension of the format's corpus images: its name.
+    fn extension(&self) -> &'static str {
+        self.name()
+    }
+    /// Whether the first bytes of `src` are this format's magic.
+    fn probe(&self, src: &dyn ReadAt) -> bool;
+    /// The consistency check (`qconform check`); never panics.
+    fn check(&self, src: &dyn ReadAt, filename: &str, limits: &Limits) -> Report;
+    /// The parsed metadata (`qconform info`); on failure the report says why.
+    fn info(&self, src: &dyn ReadAt, filename: &str, limits: &Limits) -> Result<Info, Report>;
+    /// The image as a layer of a virtual disk, and the file it names below.
+    fn open_layer(
+        &self,
+        src: Box<dyn ReadAt>,
+        resolver: &dyn Resolver,
+        opts: &OpenOptions<'_>,
+        snapshot: Option<&str>,
+    ) -> Result<Opened, ReadError>;
+    /// The backing and data file names the image carries, unopened.
+    fn named_files(&self, src: &dyn ReadAt) -> Vec<NamedFile>;
+}
+
+/// The first 16 bytes of a source (zero padded; zeros when unreadable).
+fn head(src: &dyn ReadAt) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    if src.read_zero_padded(&mut b, 0).is_err() {
+        b = [0; 16];
+    }
+    b
+}
+
+/// One `impl ImageFormat`: its id (also its [`Info`] variant), its name,
+/// the test its first 16 bytes pass, its checker and its info parser.
+macro_rules! image_format {
+    ($ty:ident, $name:literal, probe $probe:expr, check $check:path, info $info:path,
+     open $open:path, names $names:expr) => {
+        pub struct $ty;
+        impl ImageFormat for $ty {
+            fn format(&self) -> Format {
+                Format::$ty
+            }
+            fn name(&self) -> &'static str {
+                $name
+            }
+            fn probe(&self, src: &dyn ReadAt) -> bool {
+                let probe: fn(&[u8; 16]) -> bool = $probe;
+                probe(&head(src))
+            }
+            fn check(&self, src: &dyn ReadAt, filename: &str, limits: &Limits) -> Report {
+                $check(src, filename, limits)
+            }
+            fn info(
+                &self,
+                src: &dyn ReadAt,
+                filename: &str,
+                limits: &Limits,
+            ) -> Result<Info, Report> {
+                $info(src, filename, limits).map(|i| Info::$ty(Box::new(i)))
+            }
+            fn open_layer(
+                &self,
+                src: Box<dyn ReadAt>,
+                resolver: &dyn Resolver,
+                opts: &OpenOptions<'_>,
+                snapshot: Option<&str>,
+            ) -> Result<Opened, ReadError> {
+                $open(src, resolver, opts, snapshot)
+            }
+            fn named_files(&self, src: &dyn ReadAt) -> Vec<NamedFile> {
+                let names: fn(&dyn ReadAt) -> Vec<NamedFile> = $names;
+                names(src)
+            }
+        }
+    };
+}
+
+image_format!(Qcow2, "qcow2",
+    probe |h| h.starts_with(&qcow2::MAGIC),
+    check qcow2::check, info qcow2::check::info,
+    open qcow2::read::open_layer, names qcow2::read::named_files);
+image_format!(Qed, "qed",
+    probe |h| h.starts_with(&qed::header::MAGIC),
+    check qed::check, info qed::info::info,
+    open qed::read::open_layer, names qed::read::named_files);
+image_format!(Parallels, "parallels",
+    probe |h| h == parallels::header::MAGIC_V1 || h == parallels::header::MAGIC_V2,
+    check parallels::check, info parallels::check::info,
+    open parallels::read::open_layer, names |_| Vec::new());
+
+/// Every format qconform knows, in probing order.
+pub static FORMATS: &[&dyn ImageFormat] = &[&Qcow2, &Qed, &Parallels];
+
+/// The format whose magic `src` starts with.
+pub fn probe(src: &dyn ReadAt) -> Option<&'static dyn ImageFormat> {
+    FORMATS.iter().copied().find(|f| f.probe(src))
+}
+
+/// The format `-f NAME` names.
+pub fn by_name(name: &str) -> Option<&'static dyn ImageFormat> {
+    FORMATS.iter().copied().find(|f| f.name() == name)
+}
+
+/// The registry entry of a [`Format`] id.
+pub fn of(format: Format) -> Option<&'static dyn ImageFormat> {
+    FORMATS.iter().copied().find(|f| f.format() == format)
+}
+
+/// The names of every format, in registry order.
+pub fn names() -> impl Iterator<Item = &'static str> {
+    FORMATS.iter().map(|f| f.name())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_extensions_and_ids_are_unique_and_every_id_is_registered() {
+        for (i, a) in FORMATS.iter().enumerate() {
+            for b in &FORMATS[i + 1..] {
+                assert_ne!(a.name(), b.name());
+                assert_ne!(a.extension(), b.extension());
+                assert_ne!(a.format(), b.format());
+            }
+            assert_eq!(by_name(a.name()).map(|f| f.format()), Some(a.format()));
+        }
+        for f in [Format::Qcow2, Format::Qed, Format::Parallels] {
+            assert!(of(f).is_some(), "{f:?} is not in FORMATS");
+        }
+    }
+
+    #[test]
+    fn each_format_probes_what_its_own_writer_writes_and_nothing_else() {
+        let qcow2_img = qcow2::write::write(&qcow2::write::Description::new(1 << 20, 16))
+            .map(|w| w.image)
+            .unwrap_or_default();
+        let qed_img =
+            qed::write::write(&qed::write::Description::new(1 << 20, 4096, 1)).unwrap_or_default();
+        let par_img =
+            parallels::write::write(&parallels::write::Description::new(1 << 20, 1 << 16, true))
+                .unwrap_or_default();
+        for (img, name) in [
+            (qcow2_img, "qcow2"),
+            (qed_img, "qed"),
+            (par_img, "parallels"),
+        ] {
+            assert!(!img.is_empty(), "{name}: the writer failed");
+            let found = probe(&img.as_slice()).map(|f| f.name());
+            assert_eq!(found, Some(name));
+            let f = by_name(name).unwrap_or(FORMATS[0]);
+            assert_eq!(
+                f.check(&img.as_slice(), "t", &Limits::default())
+                    .exit_code(false),
+                0
+            );
+            assert!(
+                f.info(&img.as_slice(), "t", &Limits::default()).is_ok(),
+                "{name}"
+            );
+        }
+        assert!(probe(&vec![0u8; 4096].as_slice()).is_none());
+        assert!(probe(&b"QFI".as_slice()).is_none());
+    }
+}
