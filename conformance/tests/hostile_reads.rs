@@ -3,8 +3,7 @@
 //! offset), `--force` reads best effort, and claimed sizes never drive the
 //! work. Images are made with qemu-img and edited here.
 
-#[path = "common/qemu_read.rs"]
-mod qemu_read;
+use qconform_testkit::qemu_read;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -6,8 +6,7 @@ use qconform::corpus::qed_cases;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-#[path = "common/qemu_read.rs"]
-mod qemu_read;
+use qconform_testkit::qemu_read;
 
 fn qconform() -> Command {
     Command::new(env!("CARGO_BIN_EXE_qconform"))

@@ -9,8 +9,7 @@ use qconform_core::{parallels, qed};
 use std::path::Path;
 use std::process::Command;
 
-#[path = "common/qemu_read.rs"]
-mod qemu_read;
+use qconform_testkit::qemu_read;
 
 fn qconform() -> Command {
     Command::new(env!("CARGO_BIN_EXE_qconform"))
@@ -264,9 +263,7 @@ fn mutated_qemu_made_images_agree_with_qemu_img_except_its_named_faults() {
     assert!(bad.is_empty(), "{}", bad.join("\n"));
 }
 
-#[path = "../../core/tests/common/descriptions.rs"]
-#[allow(dead_code)]
-mod descriptions;
+use qconform_testkit::descriptions;
 
 /// qemu-img's check exit code on an image our writer made, and what
 /// qconform and qemu-img read from it (cat, map).

@@ -7,8 +7,7 @@ use qconform_core::qcow2::write::{write, Description};
 use std::process::Command;
 
 #[allow(dead_code)] // SHAPES: this test has its own list
-#[path = "../../core/tests/common/descriptions.rs"]
-mod descriptions;
+use qconform_testkit::descriptions;
 
 /// The writer's shapes, plus 2 MiB clusters.
 const SHAPES: &[(u32, bool)] = &[

@@ -9,8 +9,7 @@ use qconform_core::disk::{Backing, OpenOptions, VirtualDisk};
 use qconform_core::{parallels, qed, Limits};
 use std::collections::BTreeSet;
 
-#[path = "common/descriptions.rs"]
-mod descriptions;
+use qconform_testkit::descriptions;
 
 fn le32(b: &[u8], at: u64) -> u64 {
     u32::from_le_bytes(b[at as usize..at as usize + 4].try_into().unwrap()) as u64
@@ -19,9 +18,8 @@ fn le64(b: &[u8], at: u64) -> u64 {
     u64::from_le_bytes(b[at as usize..at as usize + 8].try_into().unwrap())
 }
 
-#[path = "common/mem.rs"]
-mod mem;
 use mem::Mem;
+use qconform_testkit::mem;
 
 fn read_all(img: Vec<u8>, backing: Option<Vec<u8>>) -> Result<(Vec<u8>, VirtualDisk), String> {
     let follow = if backing.is_some() {

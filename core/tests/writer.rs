@@ -7,13 +7,11 @@ use qconform_core::disk::{Backing, OpenOptions, VirtualDisk};
 use qconform_core::qcow2::write::{write, BitmapDesc, ClusterData, Description};
 use qconform_core::{qcow2, Limits};
 
-#[path = "common/mem.rs"]
-mod mem;
 use mem::Mem;
+use qconform_testkit::mem;
 
-#[path = "common/descriptions.rs"]
-mod descriptions;
 use descriptions::bytes;
+use qconform_testkit::descriptions;
 
 fn description() -> impl Strategy<Value = Description> {
     descriptions::description(64, descriptions::SHAPES)
