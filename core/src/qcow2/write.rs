@@ -177,8 +177,8 @@ impl Layout {
     }
 }
 
-/// Writes the image the description says.
-pub fn write(d: &Description) -> Result<Written, WriteError> {
+/// Refuses descriptions no valid image can have.
+fn validate(d: &Description) -> Result<(), WriteError> {
     if !(9..=21).contains(&d.cluster_bits) {
         return err("cluster_bits must be 9..=21");
     }
@@ -204,100 +204,138 @@ pub fn write(d: &Description) -> Result<Written, WriteError> {
         return err("bitmaps and lazy refcounts need version 3");
     }
     let cs = d.cluster_size();
+    if d.clusters.keys().any(|&k| k * cs >= d.size) {
+        return err("a cluster lies past the virtual size");
+    }
+    Ok(())
+}
+
+/// One image being written: the description, the host layout, and the
+/// derived geometry every step shares.
+struct Writer<'d> {
+    d: &'d Description,
+    lay: Layout,
+    cs: u64,
+    l2_entry_bytes: u64,
+    l2_entries: u64,
+    l1_size: u64,
+    /// References each data cluster gets: the active state and every snapshot.
+    shared: u64,
+    data_file: Option<Vec<u8>>,
+}
+
+/// Where the steps put the tables the header names.
+struct Placed {
+    l1_offset: u64,
+    snapshots_offset: u64,
+    bitmap_dir: Option<(u64, u64)>,
+    reftable: (u64, u64),
+}
+
+/// Writes the image the description says.
+pub fn write(d: &Description) -> Result<Written, WriteError> {
+    validate(d)?;
+    let cs = d.cluster_size();
     let l2_entry_bytes = if d.extended_l2 { 16 } else { 8 };
     let l2_entries = cs / l2_entry_bytes;
     let l1_size = d.size.div_ceil(l2_entries * cs);
     if l1_size * 8 > super::MAX_L1_BYTES {
         return err("virtual size needs an L1 table over 32 MiB");
     }
-    if d.clusters.keys().any(|&k| k * cs >= d.size) {
-        return err("a cluster lies past the virtual size");
-    }
-    let mut lay = Layout {
+    let mut w = Writer {
+        d,
+        lay: Layout {
+            cs,
+            clusters: BTreeMap::new(),
+            next: 0,
+            refs: BTreeMap::new(),
+        },
         cs,
-        clusters: BTreeMap::new(),
-        next: 0,
-        refs: BTreeMap::new(),
+        l2_entry_bytes,
+        l2_entries,
+        l1_size,
+        shared: 1 + d.snapshots.len() as u64,
+        data_file: d.data_file.as_ref().map(|_| vec![0u8; d.size as usize]),
     };
-    let header_cluster = lay.alloc(1);
-    let l1_offset = lay.alloc((l1_size * 8).div_ceil(cs).max(1)) * cs;
-    let shared = 1 + d.snapshots.len() as u64;
-    let mut data_file = d.data_file.as_ref().map(|_| vec![0u8; d.size as usize]);
+    let header_cluster = w.lay.alloc(1);
+    let l1_offset = w.lay.alloc((l1_size * 8).div_ceil(cs).max(1)) * cs;
+    let l1 = w.clusters()?;
+    w.active_l1(l1_offset, &l1);
+    w.lay.reference(header_cluster * cs, cs, 1);
+    let snapshots_offset = w.snapshots(&l1);
+    let bitmap_dir = w.bitmaps()?;
+    let reftable = w.refcounts()?;
+    let placed = Placed {
+        l1_offset,
+        snapshots_offset,
+        bitmap_dir,
+        reftable,
+    };
+    let h = w.header(&placed)?;
+    w.lay.put(header_cluster * cs, &h);
+    let mut image = vec![0u8; (w.lay.next * cs) as usize];
+    for (k, c) in &w.lay.clusters {
+        let at = (*k * cs) as usize;
+        image[at..at + cs as usize].copy_from_slice(c);
+    }
+    Ok(Written {
+        image,
+        data_file: w.data_file,
+    })
+}
 
-    // L2 tables and data, in guest order.
-    let mut l1 = vec![0u64; l1_size as usize];
-    let mut l2s: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
-    for (&k, c) in &d.clusters {
-        let l1i = k / l2_entries;
-        let l2i = (k % l2_entries) as usize;
-        if l1[l1i as usize] == 0 {
-            let off = lay.alloc(1) * cs;
-            l1[l1i as usize] = off;
-            l2s.insert(off, vec![0u8; cs as usize]);
+impl Writer<'_> {
+    /// L2 tables and data, in guest order; returns the L1 entries (L2 offsets).
+    fn clusters(&mut self) -> Result<Vec<u64>, WriteError> {
+        let cs = self.cs;
+        let mut l1 = vec![0u64; self.l1_size as usize];
+        let mut l2s: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
+        for (&k, c) in &self.d.clusters {
+            let l1i = (k / self.l2_entries) as usize;
+            let l2i = (k % self.l2_entries) as usize;
+            if l1[l1i] == 0 {
+                let off = self.lay.alloc(1) * cs;
+                l1[l1i] = off;
+                l2s.insert(off, vec![0u8; cs as usize]);
+            }
+            let (entry, bitmap) = self.l2_entry(k, c)?;
+            let t = l2s
+                .get_mut(&l1[l1i])
+                .ok_or_else(|| WriteError("internal: missing L2".into()))?;
+            let at = l2i * self.l2_entry_bytes as usize;
+            t[at..at + 8].copy_from_slice(&entry.to_be_bytes());
+            if self.d.extended_l2 {
+                t[at + 8..at + 16].copy_from_slice(&bitmap.to_be_bytes());
+            }
         }
-        let l2_off = l1[l1i as usize];
-        let guest = k * cs;
-        let (mut entry, bitmap): (u64, u64) = match c {
+        for (&off, t) in &l2s {
+            self.lay.put(off, t);
+            self.lay.reference(off, cs, self.shared);
+        }
+        Ok(l1)
+    }
+
+    /// The L2 entry (and subcluster bitmap) of guest cluster `k`, with its
+    /// data written where the entry says.
+    fn l2_entry(&mut self, k: u64, c: &ClusterData) -> Result<(u64, u64), WriteError> {
+        let (d, cs) = (self.d, self.cs);
+        let (mut entry, bitmap) = match c {
             ClusterData::Data(bytes) | ClusterData::Subclusters { data: bytes, .. } => {
-                if bytes.len() as u64 != cs {
-                    return err(format!("cluster {k}: data must be exactly one cluster"));
-                }
-                let bitmap = match c {
-                    ClusterData::Subclusters { alloc, zero, .. } => {
-                        if !d.extended_l2 || alloc & zero != 0 {
-                            return err(format!(
-                                "cluster {k}: subclusters need extended L2 and alloc & zero == 0"
-                            ));
-                        }
-                        (*zero as u64) << 32 | *alloc as u64
-                    }
-                    _ if d.extended_l2 => 0xffff_ffff,
-                    _ => 0,
-                };
-                let needs_host = !matches!(c, ClusterData::Subclusters { alloc: 0, .. });
-                if !needs_host {
-                    (0, bitmap)
-                } else if let Some(df) = data_file.as_mut() {
-                    let end = ((guest + cs) as usize).min(df.len());
-                    df[guest as usize..end].copy_from_slice(&bytes[..end - guest as usize]);
-                    (guest, bitmap)
-                } else {
-                    let off = lay.alloc(1) * cs;
-                    lay.put(off, bytes);
-                    lay.reference(off, cs, shared);
-                    (off, bitmap)
-                }
+                self.data_entry(k, c, bytes)?
             }
             ClusterData::Zero => {
                 if d.extended_l2 {
                     (0, 0xffff_ffff_u64 << 32)
                 } else if d.version < 3 {
                     // Version 2 has no zero flag: a cluster of zeros.
-                    let off = lay.alloc(1) * cs;
-                    lay.reference(off, cs, shared);
+                    let off = self.lay.alloc(1) * cs;
+                    self.lay.reference(off, cs, self.shared);
                     (off, 0)
                 } else {
                     (OFLAG_ZERO, 0)
                 }
             }
-            ClusterData::Compressed(bytes) => {
-                if bytes.len() as u64 != cs {
-                    return err(format!("cluster {k}: data must be exactly one cluster"));
-                }
-                let z = compress(d.compression_type, bytes);
-                let sectors = (z.len() as u64).div_ceil(512).max(1);
-                let nclusters = (sectors * 512).div_ceil(cs);
-                let off = lay.alloc(nclusters) * cs;
-                lay.put(off, &z);
-                lay.reference(off, sectors * 512, shared);
-                let shift = 62 - (d.cluster_bits - 8);
-                if sectors - 1 > (1 << (d.cluster_bits - 8)) - 1 {
-                    return err(format!(
-                        "cluster {k}: compressed data larger than the descriptor can say"
-                    ));
-                }
-                (OFLAG_COMPRESSED | (sectors - 1) << shift | off, 0)
-            }
+            ClusterData::Compressed(bytes) => (self.compressed_entry(k, bytes)?, 0),
         };
         let has_data = match c {
             ClusterData::Data(_) => true,
@@ -306,193 +344,311 @@ pub fn write(d: &Description) -> Result<Written, WriteError> {
         };
         // A host cluster is referenced: in the image (offset != 0), or in the
         // data file, where offset 0 is legal and COPIED marks it allocated.
-        let host_counted = entry & L2E_OFFSET_MASK != 0 || (data_file.is_some() && has_data);
-        if host_counted && entry & OFLAG_COMPRESSED == 0 && (shared == 1 || data_file.is_some()) {
+        let df = self.data_file.is_some();
+        let host_counted = entry & L2E_OFFSET_MASK != 0 || (df && has_data);
+        if host_counted && entry & OFLAG_COMPRESSED == 0 && (self.shared == 1 || df) {
             entry |= OFLAG_COPIED;
         }
-        let t = l2s
-            .get_mut(&l2_off)
-            .ok_or_else(|| WriteError("internal: missing L2".into()))?;
-        let at = l2i * l2_entry_bytes as usize;
-        t[at..at + 8].copy_from_slice(&entry.to_be_bytes());
-        if d.extended_l2 {
-            t[at + 8..at + 16].copy_from_slice(&bitmap.to_be_bytes());
+        Ok((entry, bitmap))
+    }
+
+    /// A data cluster (or one with subclusters): in the data file at the
+    /// guest offset, or in a new host cluster.
+    fn data_entry(
+        &mut self,
+        k: u64,
+        c: &ClusterData,
+        bytes: &[u8],
+    ) -> Result<(u64, u64), WriteError> {
+        let cs = self.cs;
+        if bytes.len() as u64 != cs {
+            return err(format!("cluster {k}: data must be exactly one cluster"));
+        }
+        let bitmap = match c {
+            ClusterData::Subclusters { alloc, zero, .. } => {
+                if !self.d.extended_l2 || alloc & zero != 0 {
+                    return err(format!(
+                        "cluster {k}: subclusters need extended L2 and alloc & zero == 0"
+                    ));
+                }
+                (*zero as u64) << 32 | *alloc as u64
+            }
+            _ if self.d.extended_l2 => 0xffff_ffff,
+            _ => 0,
+        };
+        let guest = k * cs;
+        if matches!(c, ClusterData::Subclusters { alloc: 0, .. }) {
+            Ok((0, bitmap))
+        } else if let Some(df) = self.data_file.as_mut() {
+            let end = ((guest + cs) as usize).min(df.len());
+            df[guest as usize..end].copy_from_slice(&bytes[..end - guest as usize]);
+            Ok((guest, bitmap))
+        } else {
+            let off = self.lay.alloc(1) * cs;
+            self.lay.put(off, bytes);
+            self.lay.reference(off, cs, self.shared);
+            Ok((off, bitmap))
         }
     }
-    for (&off, t) in &l2s {
-        lay.put(off, t);
-        lay.reference(off, cs, shared);
-    }
-    let mut l1_bytes = Vec::with_capacity(l1.len() * 8);
-    for &e in &l1 {
-        let flag = if e != 0 && shared == 1 {
-            OFLAG_COPIED
-        } else {
-            0
-        };
-        l1_bytes.extend_from_slice(&(e | flag).to_be_bytes());
-    }
-    lay.put(l1_offset, &l1_bytes);
-    lay.reference(header_cluster * cs, cs, 1);
-    lay.reference(l1_offset, (l1_size * 8).max(1), 1);
 
-    // Snapshots: a copy of the L1 table each (without COPIED), and the table.
-    let mut snap_table = Vec::new();
-    for (i, name) in d.snapshots.iter().enumerate() {
-        let off = lay.alloc((l1_size * 8).div_ceil(cs).max(1)) * cs;
-        let plain: Vec<u8> = l1.iter().flat_map(|e| e.to_be_bytes()).collect();
-        lay.put(off, &plain);
-        lay.reference(off, (l1_size * 8).max(1), 1);
-        let id = (i + 1).to_string();
-        let mut e = Vec::new();
-        e.extend_from_slice(&off.to_be_bytes());
-        e.extend_from_slice(&(l1_size as u32).to_be_bytes());
-        e.extend_from_slice(&(id.len() as u16).to_be_bytes());
-        e.extend_from_slice(&(name.len() as u16).to_be_bytes());
-        e.extend_from_slice(&[0u8; 16]); // date and vm clock
-        e.extend_from_slice(&0u32.to_be_bytes()); // vm_state_size
-        e.extend_from_slice(&24u32.to_be_bytes()); // extra data: vm state size, disk size, icount
-        e.extend_from_slice(&0u64.to_be_bytes());
-        e.extend_from_slice(&d.size.to_be_bytes());
-        e.extend_from_slice(&u64::MAX.to_be_bytes());
-        e.extend_from_slice(id.as_bytes());
-        e.extend_from_slice(name.as_bytes());
-        e.resize(e.len().next_multiple_of(8), 0);
-        snap_table.extend_from_slice(&e);
-    }
-    let snapshots_offset = if snap_table.is_empty() {
-        0
-    } else {
-        let off = lay.alloc((snap_table.len() as u64).div_ceil(cs)) * cs;
-        lay.put(off, &snap_table);
-        lay.reference(off, snap_table.len() as u64, 1);
-        off
-    };
-
-    // Bitmaps: table entries 0 (clean), 1 (all dirty) or a data cluster.
-    let mut dir = Vec::new();
-    for b in &d.bitmaps {
-        if !(9..=31).contains(&b.granularity_bits) || b.name.is_empty() || b.name.len() > 1023 {
+    /// A compressed cluster's descriptor, its data placed in whole sectors.
+    fn compressed_entry(&mut self, k: u64, bytes: &[u8]) -> Result<u64, WriteError> {
+        let (d, cs) = (self.d, self.cs);
+        if bytes.len() as u64 != cs {
+            return err(format!("cluster {k}: data must be exactly one cluster"));
+        }
+        let z = compress(d.compression_type, bytes);
+        let sectors = (z.len() as u64).div_ceil(512).max(1);
+        if sectors - 1 > (1 << (d.cluster_bits - 8)) - 1 {
             return err(format!(
-                "bitmap {:?}: granularity 9..=31 and a name of 1..=1023 bytes",
-                b.name
+                "cluster {k}: compressed data larger than the descriptor can say"
             ));
         }
+        let off = self.lay.alloc((sectors * 512).div_ceil(cs)) * cs;
+        self.lay.put(off, &z);
+        self.lay.reference(off, sectors * 512, self.shared);
+        let shift = 62 - (d.cluster_bits - 8);
+        Ok(OFLAG_COMPRESSED | (sectors - 1) << shift | off)
+    }
+
+    /// The active L1 table: COPIED where nothing else shares the L2 table.
+    fn active_l1(&mut self, l1_offset: u64, l1: &[u64]) {
+        let copied = if self.shared == 1 { OFLAG_COPIED } else { 0 };
+        let bytes: Vec<u8> = l1
+            .iter()
+            .flat_map(|&e| (if e != 0 { e | copied } else { 0 }).to_be_bytes())
+            .collect();
+        self.lay.put(l1_offset, &bytes);
+        self.lay.reference(l1_offset, (self.l1_size * 8).max(1), 1);
+    }
+
+    /// Snapshots: a copy of the L1 table each (without COPIED), and the
+    /// table; returns the table's offset (0: none).
+    fn snapshots(&mut self, l1: &[u64]) -> u64 {
+        let (d, cs, l1_size) = (self.d, self.cs, self.l1_size);
+        let mut table = Vec::new();
+        for (i, name) in d.snapshots.iter().enumerate() {
+            let off = self.lay.alloc((l1_size * 8).div_ceil(cs).max(1)) * cs;
+            let plain: Vec<u8> = l1.iter().flat_map(|e| e.to_be_bytes()).collect();
+            self.lay.put(off, &plain);
+            self.lay.reference(off, (l1_size * 8).max(1), 1);
+            let id = (i + 1).to_string();
+            let mut e = Vec::new();
+            e.extend_from_slice(&off.to_be_bytes());
+            e.extend_from_slice(&(l1_size as u32).to_be_bytes());
+            e.extend_from_slice(&(id.len() as u16).to_be_bytes());
+            e.extend_from_slice(&(name.len() as u16).to_be_bytes());
+            e.extend_from_slice(&[0u8; 16]); // date and vm clock
+            e.extend_from_slice(&0u32.to_be_bytes()); // vm_state_size
+            e.extend_from_slice(&24u32.to_be_bytes()); // extra data: vm state size, disk size, icount
+            e.extend_from_slice(&0u64.to_be_bytes());
+            e.extend_from_slice(&d.size.to_be_bytes());
+            e.extend_from_slice(&u64::MAX.to_be_bytes());
+            e.extend_from_slice(id.as_bytes());
+            e.extend_from_slice(name.as_bytes());
+            e.resize(e.len().next_multiple_of(8), 0);
+            table.extend_from_slice(&e);
+        }
+        self.place_table(&table)
+    }
+
+    /// Allocates, writes and references a table of whole clusters; 0 when empty.
+    fn place_table(&mut self, table: &[u8]) -> u64 {
+        if table.is_empty() {
+            return 0;
+        }
+        let off = self.lay.alloc((table.len() as u64).div_ceil(self.cs)) * self.cs;
+        self.lay.put(off, table);
+        self.lay.reference(off, table.len() as u64, 1);
+        off
+    }
+
+    /// Bitmaps: their tables and data, and the directory (offset, length).
+    fn bitmaps(&mut self) -> Result<Option<(u64, u64)>, WriteError> {
+        let mut dir = Vec::new();
+        for b in &self.d.bitmaps {
+            if !(9..=31).contains(&b.granularity_bits) || b.name.is_empty() || b.name.len() > 1023 {
+                return err(format!(
+                    "bitmap {:?}: granularity 9..=31 and a name of 1..=1023 bytes",
+                    b.name
+                ));
+            }
+            let (t_off, table_size) = self.bitmap_table(b);
+            let mut e = Vec::new();
+            e.extend_from_slice(&t_off.to_be_bytes());
+            e.extend_from_slice(&(table_size as u32).to_be_bytes());
+            e.extend_from_slice(&super::bitmap::FLAG_AUTO.to_be_bytes());
+            e.push(super::bitmap::TYPE_DIRTY_TRACKING);
+            e.push(b.granularity_bits);
+            e.extend_from_slice(&(b.name.len() as u16).to_be_bytes());
+            e.extend_from_slice(&0u32.to_be_bytes());
+            e.extend_from_slice(b.name.as_bytes());
+            e.resize(e.len().next_multiple_of(8), 0);
+            dir.extend_from_slice(&e);
+        }
+        let off = self.place_table(&dir);
+        Ok((off != 0).then_some((off, dir.len() as u64)))
+    }
+
+    /// One bitmap's table: entry 0 (clean), 1 (all dirty) or a data cluster
+    /// of bits. Returns (table offset, entries). Work follows the dirty
+    /// ranges, not the number of bits.
+    fn bitmap_table(&mut self, b: &BitmapDesc) -> (u64, u64) {
+        let (cs, size) = (self.cs, self.d.size);
         let gran = 1u64 << b.granularity_bits;
         let bits_per_cluster = cs * 8;
-        let table_size = d.size.div_ceil(gran * bits_per_cluster).max(1);
+        let granules = size.div_ceil(gran);
+        let table_size = size.div_ceil(gran * bits_per_cluster).max(1);
+        // Dirty granules: [s / gran, ceil((s + l) / gran)), merged and sorted.
+        let mut dirty: Vec<(u64, u64)> = b
+            .dirty
+            .iter()
+            .map(|&(s, l)| (s / gran, s.saturating_add(l).div_ceil(gran).min(granules)))
+            .filter(|(a, e)| a < e)
+            .collect();
+        dirty.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::new();
+        for (a, e) in dirty {
+            match merged.last_mut() {
+                Some(last) if a <= last.1 => last.1 = last.1.max(e),
+                _ => merged.push((a, e)),
+            }
+        }
         let mut table = Vec::new();
         for t in 0..table_size {
-            let first_bit = t * bits_per_cluster;
+            let (first, end) = (
+                t * bits_per_cluster,
+                ((t + 1) * bits_per_cluster).min(granules),
+            );
             let mut bits = vec![0u8; cs as usize];
-            let mut any = false;
-            let mut all = true;
-            for bit in 0..bits_per_cluster {
-                let g = (first_bit + bit) * gran;
-                let dirty = g < d.size
-                    && b.dirty
-                        .iter()
-                        .any(|&(s, l)| g < s.saturating_add(l) && s < g + gran);
-                if dirty {
+            let mut set = 0u64;
+            for &(a, e) in &merged {
+                for g in a.max(first)..e.min(end) {
+                    let bit = g - first;
                     bits[(bit / 8) as usize] |= 1 << (bit % 8);
-                    any = true;
-                } else if g < d.size {
-                    all = false;
+                    set += 1;
                 }
             }
-            let entry = if !any {
+            let entry = if set == 0 {
                 0
-            } else if all {
+            } else if set == end.saturating_sub(first) {
                 1
             } else {
-                let off = lay.alloc(1) * cs;
-                lay.put(off, &bits);
-                lay.reference(off, cs, 1);
+                let off = self.lay.alloc(1) * cs;
+                self.lay.put(off, &bits);
+                self.lay.reference(off, cs, 1);
                 off
             };
             table.extend_from_slice(&entry.to_be_bytes());
         }
-        let t_off = lay.alloc((table.len() as u64).div_ceil(cs)) * cs;
-        lay.put(t_off, &table);
-        lay.reference(t_off, table.len() as u64, 1);
-        let mut e = Vec::new();
-        e.extend_from_slice(&t_off.to_be_bytes());
-        e.extend_from_slice(&(table_size as u32).to_be_bytes());
-        e.extend_from_slice(&super::bitmap::FLAG_AUTO.to_be_bytes());
-        e.push(super::bitmap::TYPE_DIRTY_TRACKING);
-        e.push(b.granularity_bits);
-        e.extend_from_slice(&(b.name.len() as u16).to_be_bytes());
-        e.extend_from_slice(&0u32.to_be_bytes());
-        e.extend_from_slice(b.name.as_bytes());
-        e.resize(e.len().next_multiple_of(8), 0);
-        dir.extend_from_slice(&e);
+        (self.place_table(&table), table_size)
     }
-    let bitmap_dir = if dir.is_empty() {
-        None
-    } else {
-        let off = lay.alloc((dir.len() as u64).div_ceil(cs)) * cs;
-        lay.put(off, &dir);
-        lay.reference(off, dir.len() as u64, 1);
-        Some((off, dir.len() as u64))
-    };
 
-    // Refcount structures, sized to cover everything including themselves.
-    let epb = (cs * 8) >> d.refcount_order;
-    let data_clusters = lay.next;
-    let (mut blocks, mut table_clusters) = (1u64, 1u64);
-    loop {
-        let total = data_clusters + blocks + table_clusters;
-        let b = total.div_ceil(epb);
-        let t = (b * 8).div_ceil(cs);
-        if b <= blocks && t <= table_clusters {
-            break;
+    /// Refcount table and blocks, sized to cover everything including
+    /// themselves; returns (table offset, table clusters).
+    fn refcounts(&mut self) -> Result<(u64, u64), WriteError> {
+        let (cs, order) = (self.cs, self.d.refcount_order);
+        let epb = (cs * 8) >> order;
+        let data_clusters = self.lay.next;
+        let (mut blocks, mut table_clusters) = (1u64, 1u64);
+        loop {
+            let total = data_clusters + blocks + table_clusters;
+            let b = total.div_ceil(epb);
+            let t = (b * 8).div_ceil(cs);
+            if b <= blocks && t <= table_clusters {
+                break;
+            }
+            blocks = blocks.max(b);
+            table_clusters = table_clusters.max(t);
         }
-        blocks = blocks.max(b);
-        table_clusters = table_clusters.max(t);
-    }
-    let table_off = lay.alloc(table_clusters) * cs;
-    let blocks_first = lay.alloc(blocks);
-    lay.reference(table_off, table_clusters * cs, 1);
-    lay.reference(blocks_first * cs, blocks * cs, 1);
-    let max = if d.refcount_order == 6 {
-        u64::MAX
-    } else {
-        (1u64 << (1 << d.refcount_order)) - 1
-    };
-    let mut reftable = Vec::new();
-    for b in 0..blocks {
-        reftable.extend_from_slice(&((blocks_first + b) * cs).to_be_bytes());
-        let mut block = vec![0u8; cs as usize];
-        for i in 0..epb {
-            let k = b * epb + i;
-            let rc = lay.refs.get(&k).copied().unwrap_or(0);
+        let table_off = self.lay.alloc(table_clusters) * cs;
+        let blocks_first = self.lay.alloc(blocks);
+        self.lay.reference(table_off, table_clusters * cs, 1);
+        self.lay.reference(blocks_first * cs, blocks * cs, 1);
+        let max = if order == 6 {
+            u64::MAX
+        } else {
+            (1u64 << (1 << order)) - 1
+        };
+        let mut block_bytes = vec![vec![0u8; cs as usize]; blocks as usize];
+        // Only referenced clusters are visited (the map is sorted).
+        for (&k, &rc) in &self.lay.refs {
             if rc > max {
                 return err(format!(
                     "cluster {k} has {rc} references; refcount_bits {} holds at most {max}",
-                    1 << d.refcount_order
+                    1 << order
                 ));
             }
-            put_refcount(&mut block, i, d.refcount_order, rc);
+            if let Some(block) = block_bytes.get_mut((k / epb) as usize) {
+                put_refcount(block, k % epb, order, rc);
+            }
         }
-        lay.put((blocks_first + b) * cs, &block);
+        let mut reftable = Vec::new();
+        for (b, block) in block_bytes.iter().enumerate() {
+            let at = (blocks_first + b as u64) * cs;
+            reftable.extend_from_slice(&at.to_be_bytes());
+            self.lay.put(at, block);
+        }
+        self.lay.put(table_off, &reftable);
+        Ok((table_off, table_clusters))
     }
-    lay.put(table_off, &reftable);
 
-    // Header, extensions and backing file name in cluster 0.
-    let mut h = vec![0u8; if d.version >= 3 { 112 } else { 72 }];
-    let be32 = |b: &mut Vec<u8>, at: usize, v: u32| b[at..at + 4].copy_from_slice(&v.to_be_bytes());
-    let be64 = |b: &mut Vec<u8>, at: usize, v: u64| b[at..at + 8].copy_from_slice(&v.to_be_bytes());
-    h[0..4].copy_from_slice(&super::MAGIC);
-    be32(&mut h, 4, d.version);
-    be32(&mut h, 20, d.cluster_bits);
-    be64(&mut h, 24, d.size);
-    be32(&mut h, 36, l1_size as u32);
-    be64(&mut h, 40, l1_offset);
-    be64(&mut h, 48, table_off);
-    be32(&mut h, 56, table_clusters as u32);
-    be32(&mut h, 60, d.snapshots.len() as u32);
-    be64(&mut h, 64, snapshots_offset);
-    if d.version >= 3 {
+    /// Header, extensions and backing file name: the bytes of cluster 0.
+    fn header(&self, p: &Placed) -> Result<Vec<u8>, WriteError> {
+        let d = self.d;
+        let mut h = vec![0u8; if d.version >= 3 { 112 } else { 72 }];
+        let be32 =
+            |b: &mut Vec<u8>, at: usize, v: u32| b[at..at + 4].copy_from_slice(&v.to_be_bytes());
+        let be64 =
+            |b: &mut Vec<u8>, at: usize, v: u64| b[at..at + 8].copy_from_slice(&v.to_be_bytes());
+        h[0..4].copy_from_slice(&super::MAGIC);
+        be32(&mut h, 4, d.version);
+        be32(&mut h, 20, d.cluster_bits);
+        be64(&mut h, 24, d.size);
+        be32(&mut h, 36, self.l1_size as u32);
+        be64(&mut h, 40, p.l1_offset);
+        be64(&mut h, 48, p.reftable.0);
+        be32(&mut h, 56, p.reftable.1 as u32);
+        be32(&mut h, 60, d.snapshots.len() as u32);
+        be64(&mut h, 64, p.snapshots_offset);
+        if d.version >= 3 {
+            be64(&mut h, 72, self.incompatible_features());
+            let compat = if d.lazy_refcounts {
+                COMPAT_LAZY_REFCOUNTS
+            } else {
+                0
+            };
+            be64(&mut h, 80, compat);
+            let mut autoclear = 0;
+            if p.bitmap_dir.is_some() {
+                autoclear |= AUTOCLEAR_BITMAPS;
+            }
+            if d.data_file.as_ref().is_some_and(|(_, raw)| *raw) {
+                autoclear |= AUTOCLEAR_DATA_FILE_RAW;
+            }
+            be64(&mut h, 88, autoclear);
+            be32(&mut h, 96, d.refcount_order);
+            be32(&mut h, 100, 112);
+            h[104] = d.compression_type;
+        }
+        self.extensions(&mut h, p);
+        if let Some((name, _)) = &d.backing {
+            if name.len() > 1023 {
+                return err("backing file name over 1023 bytes");
+            }
+            let at = h.len() as u64;
+            h.extend_from_slice(name.as_bytes());
+            be64(&mut h, 8, at);
+            be32(&mut h, 16, name.len() as u32);
+        }
+        if h.len() as u64 > self.cs {
+            return err("header, extensions and backing name do not fit in the first cluster");
+        }
+        Ok(h)
+    }
+
+    fn incompatible_features(&self) -> u64 {
+        let d = self.d;
         let mut incompat = 0;
         if d.data_file.is_some() {
             incompat |= INCOMPAT_DATA_FILE;
@@ -503,69 +659,35 @@ pub fn write(d: &Description) -> Result<Written, WriteError> {
         if d.extended_l2 {
             incompat |= INCOMPAT_EXTL2;
         }
-        be64(&mut h, 72, incompat);
-        be64(
-            &mut h,
-            80,
-            if d.lazy_refcounts {
-                COMPAT_LAZY_REFCOUNTS
-            } else {
-                0
-            },
-        );
-        let mut autoclear = 0;
-        if bitmap_dir.is_some() {
-            autoclear |= AUTOCLEAR_BITMAPS;
-        }
-        if d.data_file.as_ref().is_some_and(|(_, raw)| *raw) {
-            autoclear |= AUTOCLEAR_DATA_FILE_RAW;
-        }
-        be64(&mut h, 88, autoclear);
-        be32(&mut h, 96, d.refcount_order);
-        be32(&mut h, 100, 112);
-        h[104] = d.compression_type;
+        incompat
     }
-    let ext = |h: &mut Vec<u8>, kind: u32, data: &[u8]| {
-        h.extend_from_slice(&kind.to_be_bytes());
-        h.extend_from_slice(&(data.len() as u32).to_be_bytes());
-        h.extend_from_slice(data);
-        h.resize(h.len().next_multiple_of(8), 0);
-    };
-    if let Some((_, Some(fmt))) = &d.backing {
-        ext(&mut h, super::ext::EXT_BACKING_FORMAT, fmt.as_bytes());
-    }
-    if let Some((name, _)) = &d.data_file {
-        ext(&mut h, super::ext::EXT_DATA_FILE, name.as_bytes());
-    }
-    if let Some((off, len)) = bitmap_dir {
-        let mut b = Vec::new();
-        b.extend_from_slice(&(d.bitmaps.len() as u32).to_be_bytes());
-        b.extend_from_slice(&0u32.to_be_bytes());
-        b.extend_from_slice(&len.to_be_bytes());
-        b.extend_from_slice(&off.to_be_bytes());
-        ext(&mut h, super::ext::EXT_BITMAPS, &b);
-    }
-    h.extend_from_slice(&[0u8; 8]); // end of the extension area
-    if let Some((name, _)) = &d.backing {
-        if name.len() > 1023 {
-            return err("backing file name over 1023 bytes");
-        }
-        let at = h.len() as u64;
-        h.extend_from_slice(name.as_bytes());
-        be64(&mut h, 8, at);
-        be32(&mut h, 16, name.len() as u32);
-    }
-    if h.len() as u64 > cs {
-        return err("header, extensions and backing name do not fit in the first cluster");
-    }
-    lay.put(header_cluster * cs, &h);
 
-    let mut image = vec![0u8; (lay.next * cs) as usize];
-    for (k, c) in &lay.clusters {
-        let at = (*k * cs) as usize;
-        image[at..at + cs as usize].copy_from_slice(c);
+    /// The header extensions (backing format, data file, bitmaps) and the
+    /// end-of-extensions marker.
+    fn extensions(&self, h: &mut Vec<u8>, p: &Placed) {
+        let d = self.d;
+        let ext = |h: &mut Vec<u8>, kind: u32, data: &[u8]| {
+            h.extend_from_slice(&kind.to_be_bytes());
+            h.extend_from_slice(&(data.len() as u32).to_be_bytes());
+            h.extend_from_slice(data);
+            h.resize(h.len().next_multiple_of(8), 0);
+        };
+        if let Some((_, Some(fmt))) = &d.backing {
+            ext(h, super::ext::EXT_BACKING_FORMAT, fmt.as_bytes());
+        }
+        if let Some((name, _)) = &d.data_file {
+            ext(h, super::ext::EXT_DATA_FILE, name.as_bytes());
+        }
+        if let Some((off, len)) = p.bitmap_dir {
+            let mut b = Vec::new();
+            b.extend_from_slice(&(d.bitmaps.len() as u32).to_be_bytes());
+            b.extend_from_slice(&0u32.to_be_bytes());
+            b.extend_from_slice(&len.to_be_bytes());
+            b.extend_from_slice(&off.to_be_bytes());
+            ext(h, super::ext::EXT_BITMAPS, &b);
+        }
+        h.extend_from_slice(&[0u8; 8]); // end of the extension area
     }
-    Ok(Written { image, data_file })
 }
 
 fn put_refcount(block: &mut [u8], index: u64, order: u32, value: u64) {
