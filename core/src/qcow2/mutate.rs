@@ -157,47 +157,129 @@ fn set_refcount(img: &mut [u8], h: &Header, k: u64, value: u64) {
     }
 }
 
+/// What the mutators aim at in a valid image: its header, the active
+/// state's table entries and data clusters, snapshots and bitmaps.
+struct Target {
+    h: Header,
+    cs: u64,
+    /// Data clusters only the active state owns (refcount exactly 1).
+    own: Vec<Entry>,
+    entries: Vec<Entry>,
+    /// Offsets of the L1 entries that name an L2 table.
+    l1_at: Vec<u64>,
+    /// A cluster-aligned offset well past the end of the file.
+    far: u64,
+    snapshots: super::snapshot::SnapshotTable,
+    bitmaps: Vec<super::bitmap::Bitmap>,
+}
+
+/// The rules a mutation must trip.
+type RuleSet = &'static [&'static Rule];
+
+impl Target {
+    fn of(img: &[u8]) -> Option<Target> {
+        let Info {
+            header: h,
+            snapshots,
+            bitmaps,
+            ..
+        } = info(&img, "mutate", &Limits::default()).ok()?;
+        let (l1_at, entries) = active_entries(img, &h);
+        let cs = h.cluster_size();
+        let own = entries
+            .iter()
+            .copied()
+            .filter(|e| is_data(&h, e) && e.value & OFLAG_COPIED != 0 && !h.has_data_file())
+            .collect();
+        let far = (img.len() as u64 + (16 << 20)).next_multiple_of(cs);
+        Some(Target {
+            h,
+            cs,
+            own,
+            entries,
+            l1_at,
+            far,
+            snapshots,
+            bitmaps,
+        })
+    }
+}
+
+/// A standard data cluster with a host offset (and, with extended L2,
+/// some allocated subcluster).
+fn is_data(h: &Header, e: &Entry) -> bool {
+    matches!(classify(h, e.value), ClusterKind::Normal)
+        && e.value & L2E_OFFSET_MASK != 0
+        && (!h.extended_l2() || e.bitmap & 0xffff_ffff != 0)
+}
+
 /// Applies `m` to a valid image. Returns the rules the checker must report,
 /// or None when the image has nothing to mutate that way (no compressed
 /// cluster to move, say); the image is then unchanged.
-pub fn apply(m: Mutation, img: &mut Vec<u8>) -> Option<&'static [&'static Rule]> {
-    let Info {
-        header: h,
-        snapshots,
-        bitmaps,
-        ..
-    } = info(&img.as_slice(), "mutate", &Limits::default()).ok()?;
-    let data_file = h.has_data_file();
-    let (l1_at, entries) = active_entries(img, &h);
-    let cs = h.cluster_size();
-    let is_data = |e: &Entry| {
-        matches!(classify(&h, e.value), ClusterKind::Normal)
-            && e.value & L2E_OFFSET_MASK != 0
-            && (!h.extended_l2() || e.bitmap & 0xffff_ffff != 0)
-    };
-    // Data clusters only the active state owns (refcount exactly 1).
-    let own: Vec<Entry> = entries
-        .iter()
-        .copied()
-        .filter(|e| is_data(e) && e.value & OFLAG_COPIED != 0 && !data_file)
-        .collect();
-    let far = (img.len() as u64 + (16 << 20)).next_multiple_of(cs);
+pub fn apply(m: Mutation, img: &mut [u8]) -> Option<RuleSet> {
+    let t = Target::of(img)?;
+    match m {
+        Mutation::RefcountUp { .. }
+        | Mutation::RefcountZero { .. }
+        | Mutation::RefblockIsL2 { .. } => refcounts(&t, m, img),
+        Mutation::DuplicateDataPointer { .. }
+        | Mutation::MisalignDataOffset { .. }
+        | Mutation::DataPastEof { .. }
+        | Mutation::ClearCopied { .. }
+        | Mutation::L2ReservedBit { .. }
+        | Mutation::CompressedPastEof { .. }
+        | Mutation::SubclusterAllocAndZero { .. } => l2_entries(&t, m, img),
+        _ => header_and_tables(&t, m, img),
+    }
+}
+
+/// Mutations of the refcounts: counts raised or zeroed, an L2 table named as a refcount block.
+fn refcounts(t: &Target, m: Mutation, img: &mut [u8]) -> Option<RuleSet> {
+    let Target { h, own, l1_at, .. } = t;
+    let (cs,) = (t.cs,);
     Some(match m {
         Mutation::RefcountUp { nth } => {
-            let e = pick(&own, nth)?;
+            let e = pick(own, nth)?;
             if h.refcount_order == 0 {
                 return None; // a 1-bit refcount cannot go up
             }
-            set_refcount(img, &h, (e.value & L2E_OFFSET_MASK) / cs, 2);
+            set_refcount(img, h, (e.value & L2E_OFFSET_MASK) / cs, 2);
             crate::rule_set![qcow2::REFCOUNT_LEAK, qcow2::L2_COPIED]
         }
         Mutation::RefcountZero { nth } => {
-            let e = pick(&own, nth)?;
-            set_refcount(img, &h, (e.value & L2E_OFFSET_MASK) / cs, 0);
+            let e = pick(own, nth)?;
+            set_refcount(img, h, (e.value & L2E_OFFSET_MASK) / cs, 0);
             crate::rule_set![qcow2::REFCOUNT_TOO_LOW]
         }
+        Mutation::RefblockIsL2 { nth } => {
+            let at = pick(l1_at, nth)?;
+            let l2 = get64(img, at) & L1E_OFFSET_MASK;
+            // A refcount table entry that is unused: the second, if the table has room.
+            let slot = h.refcount_table_offset + 8;
+            if (h.refcount_table_clusters as u64 * cs) < 16 || get64(img, slot) != 0 {
+                return None;
+            }
+            put64(img, slot, l2);
+            if h.refcount_order == 0 {
+                // Two owners of one cluster overflow a 1-bit refcount first.
+                crate::rule_set![qcow2::REFCOUNT_OVERFLOW]
+            } else {
+                crate::rule_set![qcow2::METADATA_OVERLAP]
+            }
+        }
+        _ => return None,
+    })
+}
+
+/// Mutations of L2 entries: shared, misaligned, past EOF, COPIED cleared, reserved bits, compressed past EOF, subclusters both allocated and zero.
+fn l2_entries(t: &Target, m: Mutation, img: &mut [u8]) -> Option<RuleSet> {
+    let Target {
+        h, own, entries, ..
+    } = t;
+    let (cs, far) = (t.cs, t.far);
+    Some(match m {
         Mutation::DuplicateDataPointer { nth } => {
-            let e = pick(&own, nth)?;
+            let e = pick(own, nth)?;
             // Any other entry (or an empty slot of the same table) gets the same pointer.
             let l2 = e.at - (e.at % cs);
             let slot = (0..h.l2_entries())
@@ -215,7 +297,7 @@ pub fn apply(m: Mutation, img: &mut Vec<u8>) -> Option<&'static [&'static Rule]>
             }
         }
         Mutation::MisalignDataOffset { nth } => {
-            let e = pick(&own, nth)?;
+            let e = pick(own, nth)?;
             if cs == 512 {
                 return None;
             }
@@ -223,12 +305,12 @@ pub fn apply(m: Mutation, img: &mut Vec<u8>) -> Option<&'static [&'static Rule]>
             crate::rule_set![qcow2::L2_ALIGNED]
         }
         Mutation::DataPastEof { nth } => {
-            let e = pick(&own, nth)?;
+            let e = pick(own, nth)?;
             put64(img, e.at, (e.value & !L2E_OFFSET_MASK) | far);
             crate::rule_set![qcow2::REFERENCE_PAST_EOF]
         }
         Mutation::ClearCopied { nth } => {
-            let e = pick(&own, nth)?;
+            let e = pick(own, nth)?;
             put64(img, e.at, e.value & !OFLAG_COPIED);
             crate::rule_set![qcow2::L2_COPIED]
         }
@@ -243,38 +325,6 @@ pub fn apply(m: Mutation, img: &mut Vec<u8>) -> Option<&'static [&'static Rule]>
             let b = reserved[bit as usize % reserved.len()];
             put64(img, e.at, e.value | 1 << b);
             crate::rule_set![qcow2::L2_RESERVED]
-        }
-        Mutation::L1ReservedBit { nth, bit } => {
-            let at = pick(&l1_at, nth)?;
-            let reserved: Vec<u8> = (0..=8).chain(56..=62).collect();
-            let b = reserved[bit as usize % reserved.len()];
-            let v = get64(img, at);
-            put64(img, at, v | 1 << b);
-            crate::rule_set![qcow2::L1_RESERVED]
-        }
-        Mutation::UnknownIncompatibleBit { bit } => {
-            if h.version < 3 {
-                return None;
-            }
-            let v = get64(img, 72);
-            put64(img, 72, v | 1 << (bit.clamp(5, 63)));
-            crate::rule_set![qcow2::INCOMPATIBLE_UNKNOWN]
-        }
-        Mutation::RefblockIsL2 { nth } => {
-            let at = pick(&l1_at, nth)?;
-            let l2 = get64(img, at) & L1E_OFFSET_MASK;
-            // A refcount table entry that is unused: the second, if the table has room.
-            let slot = h.refcount_table_offset + 8;
-            if (h.refcount_table_clusters as u64 * cs) < 16 || get64(img, slot) != 0 {
-                return None;
-            }
-            put64(img, slot, l2);
-            if h.refcount_order == 0 {
-                // Two owners of one cluster overflow a 1-bit refcount first.
-                crate::rule_set![qcow2::REFCOUNT_OVERFLOW]
-            } else {
-                crate::rule_set![qcow2::METADATA_OVERLAP]
-            }
         }
         Mutation::CompressedPastEof { nth } => {
             let comp: Vec<Entry> = entries
@@ -295,10 +345,40 @@ pub fn apply(m: Mutation, img: &mut Vec<u8>) -> Option<&'static [&'static Rule]>
             if !h.extended_l2() {
                 return None;
             }
-            let ext: Vec<Entry> = entries.iter().copied().filter(|e| is_data(e)).collect();
+            let ext: Vec<Entry> = entries.iter().copied().filter(|e| is_data(h, e)).collect();
             let e = pick(&ext, nth)?;
             put64(img, e.at + 8, e.bitmap | (e.bitmap & 0xffff_ffff) << 32);
             crate::rule_set![qcow2::SUBCLUSTER_ALLOC_ZERO]
+        }
+        _ => return None,
+    })
+}
+
+/// Mutations of the header, the L1 table, the snapshot table and the bitmap tables.
+fn header_and_tables(t: &Target, m: Mutation, img: &mut [u8]) -> Option<RuleSet> {
+    let Target {
+        h,
+        l1_at,
+        snapshots,
+        bitmaps,
+        ..
+    } = t;
+    Some(match m {
+        Mutation::L1ReservedBit { nth, bit } => {
+            let at = pick(l1_at, nth)?;
+            let reserved: Vec<u8> = (0..=8).chain(56..=62).collect();
+            let b = reserved[bit as usize % reserved.len()];
+            let v = get64(img, at);
+            put64(img, at, v | 1 << b);
+            crate::rule_set![qcow2::L1_RESERVED]
+        }
+        Mutation::UnknownIncompatibleBit { bit } => {
+            if h.version < 3 {
+                return None;
+            }
+            let v = get64(img, 72);
+            put64(img, 72, v | 1 << (bit.clamp(5, 63)));
+            crate::rule_set![qcow2::INCOMPATIBLE_UNKNOWN]
         }
         Mutation::SnapshotL1Unaligned { nth } => {
             let s = pick(
@@ -332,5 +412,6 @@ pub fn apply(m: Mutation, img: &mut Vec<u8>) -> Option<&'static [&'static Rule]>
             img[96..100].copy_from_slice(&7u32.to_be_bytes());
             crate::rule_set![qcow2::REFCOUNT_ORDER]
         }
+        _ => return None,
     })
 }
