@@ -16,8 +16,36 @@ struct Row {
     verdict: &'static str,
     exit_code: i64,
     findings: usize,
-    /// "match", "MISMATCH" or "NO GOLDEN".
-    golden: &'static str,
+    golden: Golden,
+}
+
+/// How a case compares with its golden files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+enum Golden {
+    #[serde(rename = "match")]
+    Match,
+    #[serde(rename = "MISMATCH")]
+    Mismatch,
+    #[serde(rename = "NO GOLDEN")]
+    Missing,
+}
+
+impl Golden {
+    fn label(self) -> &'static str {
+        match self {
+            Golden::Match => "match",
+            Golden::Mismatch => "MISMATCH",
+            Golden::Missing => "NO GOLDEN",
+        }
+    }
+    /// The worse of two outcomes: anything but a match wins.
+    fn and(self, other: Golden) -> Golden {
+        if self == Golden::Match {
+            other
+        } else {
+            self
+        }
+    }
 }
 
 fn verdict(code: i64) -> &'static str {
@@ -30,127 +58,19 @@ fn verdict(code: i64) -> &'static str {
     }
 }
 
+/// A recorded conversation's matrix: its cells and the back-end names.
+type Matrix = (Vec<crate::vhost::matrix::Cell>, Vec<String>);
+
 pub fn run(root: &Path, output: Output) -> i32 {
     let cases = corpus_cases(root);
     if cases.is_empty() {
         eprintln!("qconform conform: no corpus cases under {} (run from the repository root or pass --root)", root.display());
         return 1;
     }
-    let mut rows = Vec::new();
-    let mut failures = 0;
-    for c in &cases {
-        let name = &c.name;
-        let json = case_json(root, c);
-        let report: serde_json::Value = serde_json::from_str(&json).unwrap_or_default();
-        let (format, code) = match c.kind {
-            Kind::Image => (
-                report["format"].as_str().unwrap_or("?").to_owned(),
-                exit_code(&report),
-            ),
-            Kind::Transcript => (
-                "vhost-user".to_owned(),
-                if report.get("unreadable").is_some() {
-                    1
-                } else if report["violations"].as_u64().unwrap_or(0) > 0 {
-                    2
-                } else {
-                    0
-                },
-            ),
-        };
-        let mut golden = match read_snap(&case_snap_path(root, c)) {
-            None => "NO GOLDEN",
-            Some(body) => match serde_json::from_str::<serde_json::Value>(&body) {
-                Ok(g) if g == report => "match",
-                _ => "MISMATCH",
-            },
-        };
-        if c.kind == Kind::Image && golden == "match" {
-            // `info` and `map` of the image must match their golden files too.
-            for (dir, body) in [
-                (
-                    crate::golden::GOLDEN_INFO_DIR,
-                    crate::golden::info_json(&c.path),
-                ),
-                (
-                    crate::golden::GOLDEN_MAP_DIR,
-                    crate::golden::map_json(&c.path),
-                ),
-            ] {
-                let now: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-                match read_snap(&root.join(dir).join(format!("{name}.snap")))
-                    .and_then(|g| serde_json::from_str::<serde_json::Value>(&g).ok())
-                {
-                    None => golden = "NO GOLDEN",
-                    Some(g) if g != now => {
-                        explain(&format!("{name} ({dir})"), &g, &now);
-                        golden = "MISMATCH";
-                    }
-                    _ => {}
-                }
-            }
-        }
-        if golden == "match" && crate::golden::is_recording(root, c) {
-            let now: serde_json::Value =
-                serde_json::from_str(&crate::golden::replay_json(root, &c.path))
-                    .unwrap_or_default();
-            match read_snap(&crate::golden::replay_snap_path(root, c))
-                .and_then(|g| serde_json::from_str::<serde_json::Value>(&g).ok())
-            {
-                None => golden = "NO GOLDEN",
-                Some(g) if g != now => {
-                    explain(&format!("{name} (replay)"), &g, &now);
-                    golden = "MISMATCH";
-                }
-                _ => {}
-            }
-        }
-        if golden != "match" {
-            failures += 1;
-            if let Some(body) = read_snap(&case_snap_path(root, c)) {
-                if let Ok(g) = serde_json::from_str::<serde_json::Value>(&body) {
-                    explain(name, &g, &report);
-                }
-            }
-        }
-        rows.push(Row {
-            case: name.clone(),
-            verdict: match c.kind {
-                Kind::Image => verdict(code),
-                Kind::Transcript => match code {
-                    0 => "conforming",
-                    1 => "unreadable",
-                    _ => "findings",
-                },
-            },
-            format,
-            exit_code: code,
-            findings: report["findings"].as_array().map_or(0, |a| a.len()),
-            golden,
-        });
-    }
-    // The conformance matrix: every recorded real conversation replayed
-    // against every back-end this machine can start.
-    let recorded = root.join(crate::golden::RECORDED_DIR);
-    let mut matrix = None;
-    if !crate::vhost::matrix::transcripts(&recorded).is_empty() {
-        let scratch = tempfile::tempdir();
-        let cells = scratch.map_err(|e| e.to_string()).and_then(|d| {
-            let specs = crate::vhost::matrix::available_backends(d.path());
-            crate::vhost::matrix::cells(&recorded, &specs, std::time::Duration::from_secs(2))
-        });
-        match cells {
-            Ok((cells, names)) => {
-                let errors = cells.iter().filter(|c| c.verdict == "error").count();
-                failures += errors;
-                matrix = Some((cells, names));
-            }
-            Err(e) => {
-                eprintln!("qconform conform: matrix: {e}");
-                failures += 1;
-            }
-        }
-    }
+    let rows: Vec<Row> = cases.iter().map(|c| judge(root, c)).collect();
+    let mut failures = rows.iter().filter(|r| r.golden != Golden::Match).count();
+    let (matrix, matrix_failures) = matrix(root);
+    failures += matrix_failures;
     match output {
         Output::Json => crate::outln!(
             "{}",
@@ -160,49 +80,165 @@ pub fn run(root: &Path, output: Output) -> i32 {
             }))
             .unwrap_or_default()
         ),
-        Output::Human => {
-            crate::outln!(
-                "{:<36} {:<9} {:<12} {:>8}  golden",
-                "case",
-                "format",
-                "verdict",
-                "findings"
-            );
-            for r in &rows {
-                crate::outln!(
-                    "{:<36} {:<9} {:<12} {:>8}  {}",
-                    r.case,
-                    r.format,
-                    r.verdict,
-                    r.findings,
-                    r.golden
-                );
-            }
-            let differ = rows.iter().filter(|r| r.golden != "match").count();
-            crate::outln!(
-                "\n{} cases, {} match golden, {} differ",
-                rows.len(),
-                rows.len() - differ,
-                differ
-            );
-            if let Some((cells, names)) = &matrix {
-                crate::outln!("\nvhost-user conformance matrix (recorded conversations replayed against the back-ends on this machine):");
-                crate::out!("{}", crate::vhost::matrix::table(cells, names));
-                for c in cells.iter().filter(|c| c.verdict == "error") {
-                    crate::outln!(
-                        "cannot run {} against {}: {}",
-                        c.transcript,
-                        c.backend,
-                        c.detail.as_deref().unwrap_or("")
-                    );
-                }
-            }
-        }
+        Output::Human => print_human(&rows, matrix.as_ref()),
     }
     if failures > 0 {
         1
     } else {
         0
+    }
+}
+
+/// One corpus case: its report against its golden file, and for images
+/// `info` and `map` too, for recorded conversations their replay.
+fn judge(root: &Path, c: &crate::golden::Case) -> Row {
+    let name = &c.name;
+    let report: serde_json::Value = serde_json::from_str(&case_json(root, c)).unwrap_or_default();
+    let (format, code) = match c.kind {
+        Kind::Image => (
+            report["format"].as_str().unwrap_or("?").to_owned(),
+            exit_code(&report),
+        ),
+        Kind::Transcript => ("vhost-user".to_owned(), transcript_exit_code(&report)),
+    };
+    let mut golden = match read_snap(&case_snap_path(root, c)) {
+        None => Golden::Missing,
+        Some(body) => match serde_json::from_str::<serde_json::Value>(&body) {
+            Ok(g) if g == report => Golden::Match,
+            _ => Golden::Mismatch,
+        },
+    };
+    if c.kind == Kind::Image && golden == Golden::Match {
+        // `info` and `map` of the image must match their golden files too.
+        for (dir, body) in [
+            (
+                crate::golden::GOLDEN_INFO_DIR,
+                crate::golden::info_json(&c.path),
+            ),
+            (
+                crate::golden::GOLDEN_MAP_DIR,
+                crate::golden::map_json(&c.path),
+            ),
+        ] {
+            let snap = root.join(dir).join(format!("{name}.snap"));
+            golden = golden.and(compare(&format!("{name} ({dir})"), &snap, &body));
+        }
+    }
+    if golden == Golden::Match && crate::golden::is_recording(root, c) {
+        let body = crate::golden::replay_json(root, &c.path);
+        let snap = crate::golden::replay_snap_path(root, c);
+        golden = golden.and(compare(&format!("{name} (replay)"), &snap, &body));
+    }
+    if golden != Golden::Match {
+        if let Some(g) = read_snap(&case_snap_path(root, c))
+            .and_then(|body| serde_json::from_str::<serde_json::Value>(&body).ok())
+        {
+            explain(name, &g, &report);
+        }
+    }
+    Row {
+        case: name.clone(),
+        verdict: match c.kind {
+            Kind::Image => verdict(code),
+            Kind::Transcript => match code {
+                0 => "conforming",
+                1 => "unreadable",
+                _ => "findings",
+            },
+        },
+        format,
+        exit_code: code,
+        findings: report["findings"].as_array().map_or(0, |a| a.len()),
+        golden,
+    }
+}
+
+/// Compares `body` with the golden file `snap`, explaining a difference.
+fn compare(what: &str, snap: &Path, body: &str) -> Golden {
+    let now: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+    match read_snap(snap).and_then(|g| serde_json::from_str::<serde_json::Value>(&g).ok()) {
+        None => Golden::Missing,
+        Some(g) if g != now => {
+            explain(what, &g, &now);
+            Golden::Mismatch
+        }
+        _ => Golden::Match,
+    }
+}
+
+fn transcript_exit_code(report: &serde_json::Value) -> i64 {
+    if report.get("unreadable").is_some() {
+        1
+    } else if report["violations"].as_u64().unwrap_or(0) > 0 {
+        2
+    } else {
+        0
+    }
+}
+
+/// The conformance matrix: every recorded real conversation replayed
+/// against every back-end this machine can start; and how many cells (or
+/// the matrix itself) could not run.
+fn matrix(root: &Path) -> (Option<Matrix>, usize) {
+    let recorded = root.join(crate::golden::RECORDED_DIR);
+    if crate::vhost::matrix::transcripts(&recorded).is_empty() {
+        return (None, 0);
+    }
+    let scratch = tempfile::tempdir();
+    // A generous reply deadline: real back-ends answer in microseconds, but
+    // a loaded CI machine can stall one for seconds.
+    let cells = scratch.map_err(|e| e.to_string()).and_then(|d| {
+        let specs = crate::vhost::matrix::available_backends(d.path());
+        crate::vhost::matrix::cells(&recorded, &specs, std::time::Duration::from_secs(20))
+    });
+    match cells {
+        Ok((cells, names)) => {
+            let errors = cells.iter().filter(|c| c.verdict == "error").count();
+            (Some((cells, names)), errors)
+        }
+        Err(e) => {
+            eprintln!("qconform conform: matrix: {e}");
+            (None, 1)
+        }
+    }
+}
+
+fn print_human(rows: &[Row], matrix: Option<&Matrix>) {
+    crate::outln!(
+        "{:<36} {:<9} {:<12} {:>8}  golden",
+        "case",
+        "format",
+        "verdict",
+        "findings"
+    );
+    for r in rows {
+        crate::outln!(
+            "{:<36} {:<9} {:<12} {:>8}  {}",
+            r.case,
+            r.format,
+            r.verdict,
+            r.findings,
+            r.golden.label()
+        );
+    }
+    let differ = rows.iter().filter(|r| r.golden != Golden::Match).count();
+    crate::outln!(
+        "\n{} cases, {} match golden, {} differ",
+        rows.len(),
+        rows.len() - differ,
+        differ
+    );
+    if let Some((cells, names)) = matrix {
+        crate::outln!("\nvhost-user conformance matrix (recorded conversations replayed against the back-ends on this machine):");
+        crate::out!("{}", crate::vhost::matrix::table(cells, names));
+        for c in cells.iter().filter(|c| c.verdict == "error") {
+            crate::outln!(
+                "cannot run {} against {}: {}",
+                c.transcript,
+                c.backend,
+                c.detail.as_deref().unwrap_or("")
+            );
+        }
     }
 }
 
