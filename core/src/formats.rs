@@ -6,16 +6,32 @@
 //! Adding a format: its folder under core/src/ (header, check, info, read,
 //! write, mutate), its rules in [`crate::rules`], one `impl ImageFormat` and
 //! one line in [`FORMATS`] here, a variant of [`Info`] (and of
-//! [`crate::detect::Format`]), and its corpus recipes in
+//! [`Format`]), and its corpus recipes in
 //! conformance/src/corpus.rs (images named `<case>.<extension>`).
 
-use crate::detect::Format;
 use crate::disk::{NamedFile, OpenOptions, Opened, ReadError, Resolver};
 use crate::limits::Limits;
 use crate::report::Report;
 use crate::source::ReadAt;
 use crate::{parallels, qcow2, qed};
 use serde::Serialize;
+
+/// Formats qconform knows; each has one entry in [`FORMATS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Qcow2,
+    Qed,
+    Parallels,
+}
+
+impl Format {
+    pub fn name(self) -> &'static str {
+        of(self).map_or("unknown", |f| f.name())
+    }
+    pub fn from_name(s: &str) -> Option<Format> {
+        by_name(s).map(|f| f.format())
+    }
+}
 
 /// What `qconform info` shows, per format. Serialized without a tag: the
 /// JSON is the format's own `Info`.

@@ -8,23 +8,7 @@ use crate::rules::Rule;
 use serde::{Serialize, Serializer};
 use std::collections::BTreeMap;
 
-/// How bad a finding is. The first two are qemu-img's vocabulary.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Severity {
-    /// The check could not be completed (not this format, an unsupported
-    /// feature, an unreadable or over-limit structure). qemu-img exit code 1.
-    Error,
-    /// Data or metadata is wrong; reads may return wrong data. Exit code 2.
-    Corruption,
-    /// Clusters are allocated but unused. Exit code 3.
-    Leak,
-    /// The spec is broken in a way qemu-img does not count. Counts as a
-    /// corruption with `--strict`.
-    Violation,
-    /// Worth knowing; never affects the exit code.
-    Note,
-}
+pub use crate::rules::Severity;
 
 /// One thing the checker found, at one place of the file.
 #[derive(Debug, Clone, Serialize)]

@@ -5,8 +5,25 @@
 //! Ids are part of the public contract (golden files and users' CI gates name
 //! them): never rename one; retire it instead.
 
-use crate::report::Severity;
 use serde::Serialize;
+
+/// How bad a finding is. The first two are qemu-img's vocabulary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// The check could not be completed (not this format, an unsupported
+    /// feature, an unreadable or over-limit structure). qemu-img exit code 1.
+    Error,
+    /// Data or metadata is wrong; reads may return wrong data. Exit code 2.
+    Corruption,
+    /// Clusters are allocated but unused. Exit code 3.
+    Leak,
+    /// The spec is broken in a way qemu-img does not count. Counts as a
+    /// corruption with `--strict`.
+    Violation,
+    /// Worth knowing; never affects the exit code.
+    Note,
+}
 
 /// One checkable statement of a spec.
 #[derive(Debug, Serialize, PartialEq, Eq)]
