@@ -243,64 +243,64 @@ pub fn run_map(path: &Path, o: &ReadOptions, output: Output) -> i32 {
     };
     let stdout = std::io::stdout();
     let mut w = std::io::BufWriter::new(stdout.lock());
-    let io = |e: std::io::Error| ReadError::Io(e.to_string());
-    let mut first = true;
-    let r = (|| -> Result<(), std::io::Error> {
-        if output == Output::Human {
-            writeln!(
-                w,
-                "{:<18} {:<18} {:<18} File",
-                "Offset", "Length", "Mapped to"
-            )?;
-        } else {
-            write!(w, "[")?;
-        }
-        let mut failed: Option<std::io::Error> = None;
-        let mapped = disk.map_each(|e| {
-            let r = match output {
-                Output::Json => {
-                    let sep = if first { "" } else { ",\n" };
-                    first = false;
-                    let json = serde_json::to_string(e).unwrap_or_default();
-                    write!(w, "{sep}{json}")
-                }
-                Output::Human if e.data => {
-                    let to = e
-                        .offset
-                        .map_or("compressed".to_string(), |o| format!("{o:#x}"));
-                    writeln!(
-                        w,
-                        "{:<#18x} {:<#18x} {:<18} depth {}",
-                        e.start, e.length, to, e.depth
-                    )
-                }
-                Output::Human => Ok(()),
-            };
-            r.map_err(|err| {
-                let e = io(std::io::Error::new(err.kind(), err.to_string()));
-                failed = Some(err);
-                e
-            })
-        });
-        if let Some(e) = failed {
-            return Err(e);
-        }
-        if let Err(e) = mapped {
-            w.flush()?;
-            return Err(std::io::Error::other(e.to_string()));
-        }
-        if output == Output::Json {
-            writeln!(w, "]")?;
-        }
-        w.flush()
-    })();
+    let r = write_map(&mut disk, &mut w, output);
     match r {
         Ok(()) => 0,
-        Err(e) if closed_pipe(&e) => 0,
-        Err(e) => {
+        Err(CatError::ClosedPipe) => 0,
+        Err(CatError::Other(e)) => {
             let _ = w.flush();
             eprintln!("qconform: {}: {e}", path.display());
             1
         }
     }
+}
+
+/// Writes the map entry by entry: a JSON array (one entry a line, as
+/// qemu-img prints it) or the human table of data ranges.
+fn write_map(disk: &mut VirtualDisk, w: &mut dyn Write, output: Output) -> Result<(), CatError> {
+    if output == Output::Human {
+        writeln!(
+            w,
+            "{:<18} {:<18} {:<18} File",
+            "Offset", "Length", "Mapped to"
+        )?;
+    } else {
+        write!(w, "[")?;
+    }
+    let mut first = true;
+    // The sink's write error, kept whole (a closed pipe ends quietly).
+    let mut failed: Option<std::io::Error> = None;
+    let mapped = disk.map_each(|e| {
+        let r = match output {
+            Output::Json => {
+                let sep = if first { "" } else { ",\n" };
+                first = false;
+                let json = serde_json::to_string(e).unwrap_or_default();
+                write!(w, "{sep}{json}")
+            }
+            Output::Human if e.data => {
+                let to = e
+                    .offset
+                    .map_or("compressed".to_string(), |o| format!("{o:#x}"));
+                writeln!(
+                    w,
+                    "{:<#18x} {:<#18x} {:<18} depth {}",
+                    e.start, e.length, to, e.depth
+                )
+            }
+            Output::Human => Ok(()),
+        };
+        r.map_err(|err| {
+            failed = Some(err);
+            ReadError::Unsupported("the map's output could not be written".into())
+        })
+    });
+    if let Some(e) = failed {
+        return Err(e.into());
+    }
+    mapped?;
+    if output == Output::Json {
+        writeln!(w, "]")?;
+    }
+    Ok(w.flush()?)
 }

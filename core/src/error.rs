@@ -1,10 +1,15 @@
 //! The one error type of the crate. Findings about an image are not errors:
-//! they go into a [`crate::Report`]. An `Error` means the byte source itself
-//! could not be read.
+//! they go into a [`crate::Report`]. An `Error` means an operation stopped:
+//! the byte source could not be read, or a read met a rule the image breaks
+//! (then the error names the rule and the offset, as a finding does).
 
 use std::fmt;
 
-/// Why a byte source could not be read.
+use crate::rules::Rule;
+
+/// Why reading an image (or a file it names) stopped. Every variant that
+/// concerns a place in a file carries its offset as a number; a rule the
+/// input breaks carries the rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Error {
@@ -16,9 +21,51 @@ pub enum Error {
         len: u64,
         source_len: u64,
     },
+    /// A rule the image (or the path policy) breaks stops the read.
+    Rule {
+        rule: &'static Rule,
+        /// Byte offset in the image of the structure concerned.
+        offset: Option<u64>,
+        detail: String,
+    },
+    /// Encrypted images are refused rather than returned as ciphertext.
+    Encrypted,
+    /// The named snapshot does not exist.
+    NoSuchSnapshot(String),
+    /// A backing or data file could not be opened (the OS said why).
+    Open(String),
+    /// A compressed cluster does not decompress to exactly one cluster.
+    Decompress {
+        guest_offset: u64,
+        host_offset: u64,
+        detail: String,
+    },
+    /// Something this format or command does not do (a snapshot of a QED image).
+    Unsupported(String),
 }
 
+/// Results of qconform-core.
 pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    /// A read stopped by `rule`.
+    #[cold]
+    pub fn rule(rule: &'static Rule, offset: Option<u64>, detail: impl Into<String>) -> Self {
+        Error::Rule {
+            rule,
+            offset,
+            detail: detail.into(),
+        }
+    }
+
+    /// The rule that stopped the read, if one did.
+    pub fn rule_id(&self) -> Option<&'static str> {
+        match self {
+            Error::Rule { rule, .. } => Some(rule.id),
+            _ => None,
+        }
+    }
+}
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -28,6 +75,28 @@ impl fmt::Display for Error {
                 f,
                 "{len} bytes at offset {offset:#x} lie past the end of the file ({source_len} bytes)"
             ),
+            Error::Rule { rule, offset, detail } => {
+                write!(f, "[{}]", rule.id)?;
+                if let Some(o) = offset {
+                    write!(f, " at offset {o:#x}")?;
+                }
+                write!(f, ": {detail} ({} §{})", rule.spec, rule.section)
+            }
+            Error::Encrypted => write!(
+                f,
+                "the image is encrypted; qconform does not decrypt (refusing to return ciphertext)"
+            ),
+            Error::NoSuchSnapshot(s) => write!(f, "no snapshot named or with id {s:?}"),
+            Error::Open(s) => write!(f, "{s}"),
+            Error::Decompress {
+                guest_offset,
+                host_offset,
+                detail,
+            } => write!(
+                f,
+                "compressed cluster for guest offset {guest_offset:#x} at host offset {host_offset:#x}: {detail}"
+            ),
+            Error::Unsupported(s) => write!(f, "{s}"),
         }
     }
 }

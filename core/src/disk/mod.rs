@@ -25,7 +25,7 @@ pub use chain::{named_files, VirtualDisk};
 pub use policy::{Backing, FsResolver, NamedFile, Role};
 
 use crate::limits::Limits;
-use crate::rules::{policy as prule, Rule};
+use crate::rules::policy as prule;
 use crate::source::ReadAt;
 use crate::Severity;
 use serde::Serialize;
@@ -34,89 +34,8 @@ use std::collections::HashSet;
 /// QEMU's BDRV_MAX_LENGTH: no block device is larger.
 pub const MAX_VIRTUAL_SIZE: u64 = (i64::MAX as u64) & !((1u64 << 30) - 1);
 
-/// Why the virtual disk cannot be read.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ReadError {
-    /// A rule the image (or the path policy) breaks stops the read.
-    Rule {
-        rule: &'static Rule,
-        /// Byte offset in the image of the structure concerned.
-        offset: Option<u64>,
-        detail: String,
-    },
-    /// Encrypted images are refused rather than returned as ciphertext.
-    Encrypted,
-    /// The named snapshot does not exist.
-    NoSuchSnapshot(String),
-    /// A backing or data file could not be opened.
-    Open(String),
-    /// A compressed cluster does not decompress to exactly one cluster.
-    Decompress {
-        guest_offset: u64,
-        host_offset: u64,
-        detail: String,
-    },
-    /// The byte source failed.
-    Io(String),
-}
-
-impl ReadError {
-    /// A read stopped by `rule`.
-    #[cold]
-    pub fn rule(rule: &'static Rule, offset: Option<u64>, detail: impl Into<String>) -> Self {
-        ReadError::Rule {
-            rule,
-            offset,
-            detail: detail.into(),
-        }
-    }
-
-    /// The rule that stopped the read, if one did.
-    pub fn rule_id(&self) -> Option<&'static str> {
-        match self {
-            ReadError::Rule { rule, .. } => Some(rule.id),
-            _ => None,
-        }
-    }
-}
-
-impl std::fmt::Display for ReadError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ReadError::Rule {
-                rule,
-                offset,
-                detail,
-            } => {
-                write!(f, "[{}]", rule.id)?;
-                if let Some(o) = offset {
-                    write!(f, " at offset {o:#x}")?;
-                }
-                write!(f, ": {detail} ({} §{})", rule.spec, rule.section)
-            }
-            ReadError::Encrypted => write!(
-                f,
-                "the image is encrypted; qconform does not decrypt (refusing to return ciphertext)"
-            ),
-            ReadError::NoSuchSnapshot(s) => write!(f, "no snapshot named or with id {s:?}"),
-            ReadError::Open(s) => write!(f, "{s}"),
-            ReadError::Decompress {
-                guest_offset,
-                host_offset,
-                detail,
-            } => {
-                write!(f, "compressed cluster for guest offset {guest_offset:#x} at host offset {host_offset:#x}: {detail}")
-            }
-            ReadError::Io(s) => write!(f, "read error: {s}"),
-        }
-    }
-}
-
-impl From<crate::Error> for ReadError {
-    fn from(e: crate::Error) -> Self {
-        ReadError::Io(e.to_string())
-    }
-}
+/// Why the virtual disk cannot be read: the crate's one error type.
+pub use crate::error::Error as ReadError;
 
 /// A file a backing or data file name refers to.
 pub struct Resolved {
@@ -223,7 +142,7 @@ pub trait Layer {
     fn read_data(&mut self, host: u64, buf: &mut [u8]) -> Result<(), ReadError>;
     /// Reads from the compressed cluster holding `guest`.
     fn read_compressed(&mut self, guest: u64, _buf: &mut [u8]) -> Result<(), ReadError> {
-        Err(ReadError::Io(format!(
+        Err(ReadError::Unsupported(format!(
             "guest offset {guest:#x}: this format has no compressed clusters"
         )))
     }

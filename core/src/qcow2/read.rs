@@ -257,9 +257,9 @@ impl Layer for Qcow2Layer {
         let cs = self.h.cluster_size();
         let at = (guest & (cs - 1)) as usize;
         let cluster = self.compressed_cluster(guest)?;
-        let src = cluster
-            .get(at..at + buf.len())
-            .ok_or_else(|| ReadError::Io("compressed cluster shorter than expected".into()))?;
+        let src = cluster.get(at..at + buf.len()).ok_or_else(|| {
+            ReadError::Unsupported("compressed cluster shorter than expected".into())
+        })?;
         buf.copy_from_slice(src);
         Ok(())
     }
@@ -316,7 +316,7 @@ fn parse_metadata(
         .find(|f| f.severity == crate::Severity::Error)
     {
         Some(f) => ReadError::rule(f.rule, f.offset, f.detail.clone()),
-        None => ReadError::Io("unreadable qcow2 header".into()),
+        None => ReadError::rule(&rule::MAGIC, Some(0), "unreadable qcow2 header"),
     };
     let parsed = header::parse(src, &mut report).ok_or_else(|| invalid(&report))?;
     let exts = ext::parse(&parsed.header, &parsed.cluster0, limits, &mut report)

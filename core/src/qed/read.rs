@@ -30,7 +30,7 @@ fn parse(src: &dyn ReadAt) -> Result<Header, ReadError> {
     let mut r = Report::new("read", "qed", &Limits::default());
     header::parse(src, &mut r).ok_or_else(|| match r.findings.first() {
         Some(f) => ReadError::rule(f.rule, f.offset, f.detail.clone()),
-        None => ReadError::Io("unreadable QED header".into()),
+        None => ReadError::rule(&rule::MAGIC, Some(0), "unreadable QED header"),
     })
 }
 
@@ -77,7 +77,7 @@ pub fn open_layer(
     snapshot: Option<&str>,
 ) -> Result<Opened, ReadError> {
     if snapshot.is_some() {
-        return Err(ReadError::Io(
+        return Err(ReadError::Unsupported(
             "QED images have no internal snapshots".into(),
         ));
     }
