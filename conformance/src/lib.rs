@@ -4,6 +4,7 @@
 pub mod check;
 pub mod conform;
 pub mod corpus;
+pub mod fuzz;
 pub mod golden;
 pub mod out;
 pub mod read;

@@ -81,6 +81,11 @@ enum Command {
         #[command(subcommand)]
         action: VhostAction,
     },
+    /// Fuzz other implementations with qconform's reference code as the oracle.
+    Fuzz {
+        #[command(subcommand)]
+        action: FuzzAction,
+    },
     /// The main job: check every corpus image and compare with golden/.
     Conform {
         #[arg(long, value_enum, default_value = "human")]
@@ -88,6 +93,45 @@ enum Command {
         /// Repository root holding corpus/ and golden/.
         #[arg(long, default_value = ".")]
         root: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum FuzzAction {
+    /// Out-of-process campaign against a command that reads images (exit 0
+    /// no new findings, 2 new findings, 1 could not run).
+    Image {
+        #[arg(long, value_enum)]
+        format: qconform::fuzz::generate::GenFormat,
+        /// Shell command line: {image} is the image, {out} a file for guest
+        /// bytes (read oracle), {dir} the scratch directory.
+        #[arg(long)]
+        target: String,
+        #[arg(long, value_enum, default_value = "crash")]
+        oracle: qconform::fuzz::Oracle,
+        /// Stop after this many seconds.
+        #[arg(long)]
+        time: Option<u64>,
+        /// Stop after this many runs (default 1000 when --time is absent).
+        #[arg(long)]
+        runs: Option<u64>,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Save each finding's minimised reproducer here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long, default_value_t = 10000)]
+        timeout_ms: u64,
+        /// Address-space limit of the target in MiB (0: none, for ASan builds).
+        #[arg(long, default_value_t = 2048)]
+        memory_mb: u64,
+        #[arg(long, default_value_t = 1)]
+        jobs: usize,
+        /// Known findings (KIND [RULE] per line): reported, but not a failure.
+        #[arg(long)]
+        expect: Option<PathBuf>,
+        #[arg(long, value_enum, default_value = "human")]
+        output: Output,
     },
 }
 
@@ -303,6 +347,38 @@ fn main() -> ExitCode {
         },
         Command::Conform { output, root } => conform::run(&root, output),
         Command::VhostUser { action } => vhost_user(action),
+        Command::Fuzz {
+            action:
+                FuzzAction::Image {
+                    format,
+                    target,
+                    oracle,
+                    time,
+                    runs,
+                    seed,
+                    out,
+                    timeout_ms,
+                    memory_mb,
+                    jobs,
+                    expect,
+                    output,
+                },
+        } => qconform::fuzz::run(
+            &qconform::fuzz::Options {
+                format,
+                target,
+                oracle,
+                time: time.map(Duration::from_secs),
+                runs: runs.or(if time.is_none() { Some(1000) } else { None }),
+                seed,
+                out,
+                timeout: Duration::from_millis(timeout_ms),
+                memory_mb,
+                jobs,
+                expect,
+            },
+            output,
+        ),
     };
     ExitCode::from(code as u8)
 }
