@@ -344,3 +344,62 @@ pub fn weight(input: &Input) -> usize {
     };
     n + input.mutations.len()
 }
+
+/// An input in a few lines: the description without its cluster bytes,
+/// and each mutation by name (for finding.json; the image file itself is
+/// the reproducer).
+pub fn summary(input: &Input) -> serde_json::Value {
+    use serde_json::json;
+    let kinds = |m: &mut dyn Iterator<Item = (u64, &'static str)>| -> Vec<String> {
+        m.map(|(k, what)| format!("{k}:{what}")).collect()
+    };
+    let desc = match &input.desc {
+        Desc::Qcow2(d) => {
+            use qcow2::write::ClusterData as C;
+            let clusters = kinds(&mut d.clusters.iter().map(|(k, c)| {
+                let what = match c {
+                    C::Data(_) => "data",
+                    C::Zero => "zero",
+                    C::Compressed(_) => "compressed",
+                    C::Subclusters { .. } => "subclusters",
+                };
+                (*k, what)
+            }));
+            json!({"format": "qcow2", "size": d.size, "version": d.version,
+                "cluster_bits": d.cluster_bits, "refcount_order": d.refcount_order,
+                "extended_l2": d.extended_l2, "compression_type": d.compression_type,
+                "clusters": clusters, "snapshots": d.snapshots,
+                "bitmaps": d.bitmaps.iter().map(|b| &b.name).collect::<Vec<_>>(),
+                "backing": d.backing, "data_file": d.data_file, "lazy_refcounts": d.lazy_refcounts})
+        }
+        Desc::Qed(d) => {
+            let clusters = kinds(&mut d.clusters.iter().map(|(k, c)| {
+                (
+                    *k,
+                    if matches!(c, qed::write::Cluster::Zero) {
+                        "zero"
+                    } else {
+                        "data"
+                    },
+                )
+            }));
+            json!({"format": "qed", "size": d.size, "cluster_size": d.cluster_size,
+                "table_size": d.table_size, "clusters": clusters, "backing": d.backing,
+                "need_check": d.need_check})
+        }
+        Desc::Parallels(d) => json!({"format": "parallels", "size": d.size,
+            "cluster_size": d.cluster_size, "ext_magic": d.ext_magic,
+            "clusters": d.clusters.keys().collect::<Vec<_>>(),
+            "bitmap": d.bitmap.as_ref().map(|b| json!({"granularity": b.granularity, "dirty_bits": b.dirty_bits}))}),
+    };
+    let mutations: Vec<String> = input
+        .mutations
+        .iter()
+        .map(|&(k, a, b)| match &input.desc {
+            Desc::Qcow2(_) => format!("{:?}", qcow2::mutate::Mutation::from_parts(k, a, b)),
+            Desc::Qed(_) => format!("{:?}", qed::mutate::Mutation::from_parts(k, a, b)),
+            Desc::Parallels(_) => format!("{:?}", parallels::mutate::Mutation::from_parts(k, a, b)),
+        })
+        .collect();
+    json!({"description": desc, "mutations": mutations})
+}
