@@ -100,7 +100,7 @@ pub fn check(src: &dyn ReadAt, filename: &str, limits: &Limits) -> Report {
         limits,
         census: Census::new(h, src.size()),
         refcount_is_one: Vec::new(),
-        unreadable_blocks: HashSet::new(),
+        epb_shift: ondisk.entries_per_block().trailing_zeros(),
         ondisk,
         visits: Vec::new(),
         visit_index: HashMap::new(),
@@ -131,6 +131,16 @@ struct L2Visit {
     guest_base: u64,
 }
 
+/// What the COPIED check knows of one refcount block.
+enum BlockOnes {
+    /// No block, or one whose refcounts are all zero.
+    None,
+    /// The block offset is unaligned or unreachable (QEMU cannot read it).
+    Unreadable,
+    /// One bit per refcount: set where it is exactly 1.
+    Bits(Box<[u64]>),
+}
+
 /// Stop: a limit was hit and the check cannot be completed.
 struct Abort;
 
@@ -140,10 +150,13 @@ struct Checker<'a, 'r> {
     limits: &'a Limits,
     census: Census,
     ondisk: OnDisk<'a>,
-    /// One bit per cluster of the file: its on-disk refcount is exactly 1.
-    /// Lets the COPIED checks run without re-reading refcount blocks.
-    refcount_is_one: Vec<u64>,
-    unreadable_blocks: HashSet<u64>,
+    /// Per refcount table entry (of those covering the file): one bit per
+    /// refcount of its block, set where the refcount is exactly 1. Lets the
+    /// COPIED checks run without re-reading refcount blocks; blocks that
+    /// are absent, in a hole or all zero cost nothing.
+    refcount_is_one: Vec<BlockOnes>,
+    /// log2 of the refcounts per block (a power of two), for the hot path.
+    epb_shift: u32,
     visits: Vec<L2Visit>,
     visit_index: HashMap<u64, usize>,
     entries_visited: u64,
@@ -156,7 +169,9 @@ impl Checker<'_, '_> {
     fn run(&mut self, exts: &Extensions, snaps: &SnapshotTable) {
         let h = self.h;
         let cs = h.cluster_size();
-        self.load_refcount_is_one();
+        if self.load_refcount_is_one().is_err() {
+            return;
+        }
         self.census
             .reference(self.report, 0, cs, 1, owner::HEADER, "header cluster");
 
@@ -249,7 +264,9 @@ impl Checker<'_, '_> {
             }
         }
         self.check_refblocks();
-        self.compare_refcounts();
+        if self.compare_refcounts().is_err() {
+            return;
+        }
 
         let r = &mut *self.report;
         r.total_clusters = Some(h.size.div_ceil(cs));
@@ -276,60 +293,87 @@ impl Checker<'_, '_> {
 
     /// Whether the on-disk refcount of `cluster` is exactly 1 (what the
     /// COPIED flag must say), or None where QEMU cannot look it up either.
-    #[inline]
+    #[inline(always)]
     fn refcount_is_one(&self, cluster: u64) -> Option<bool> {
-        let word = self.refcount_is_one.get((cluster / 64) as usize).copied();
-        match word {
-            Some(w) if self.unreadable_blocks.is_empty() => Some(w >> (cluster % 64) & 1 == 1),
-            _ => self.refcount_is_one_slow(cluster),
+        // entries_per_block is a power of two: shift and mask, no division.
+        let t = cluster >> self.epb_shift;
+        match self.refcount_is_one.get(t as usize) {
+            Some(BlockOnes::Bits(bits)) => {
+                let i = cluster & ((1u64 << self.epb_shift) - 1);
+                Some(
+                    bits.get((i / 64) as usize)
+                        .is_some_and(|w| w >> (i % 64) & 1 == 1),
+                )
+            }
+            Some(BlockOnes::None) => Some(false),
+            Some(BlockOnes::Unreadable) => None,
+            // Past the blocks covering the file: read the one refcount.
+            None => self.ondisk.get(cluster).ok().map(|rc| rc == 1),
         }
     }
 
-    #[cold]
-    fn refcount_is_one_slow(&self, cluster: u64) -> Option<bool> {
-        if self
-            .unreadable_blocks
-            .contains(&(cluster / self.ondisk.entries_per_block()))
-        {
-            return None;
+    /// Reads refcount block `off` into `buf`; false when it holds only
+    /// zeros (a block in a file hole is not read at all). Each block read
+    /// counts its entries against `Limits::max_entries_visited`: a refcount
+    /// table whose entries all name one block cannot make the check read
+    /// that block a million times unbounded.
+    fn read_refblock(&mut self, off: u64, buf: &mut [u8]) -> Result<bool, Abort> {
+        let cs = buf.len() as u64;
+        if off >= self.src.size() {
+            return Ok(false);
         }
-        if let Some(w) = self.refcount_is_one.get((cluster / 64) as usize) {
-            return Some(w >> (cluster % 64) & 1 == 1);
-        }
-        // Past the end of the file: read the one refcount.
-        self.ondisk.get(cluster).ok().map(|rc| rc == 1)
-    }
-
-    /// Loads one bit per cluster: on-disk refcount == 1. Bounded by the
-    /// clusters of the file, one refcount block read at a time.
-    fn load_refcount_is_one(&mut self) {
-        let nb = self.census.nb_clusters + 1;
-        self.refcount_is_one = vec![0u64; nb.div_ceil(64) as usize];
-        let epb = self.ondisk.entries_per_block();
-        let blocks = nb.div_ceil(epb).min(self.ondisk.table_entries);
-        let mut buf = vec![0u8; self.h.cluster_size() as usize];
-        for t in 0..blocks {
-            match self.ondisk.block_offset(t) {
-                Err(_) => {
-                    self.unreadable_blocks.insert(t);
-                }
-                Ok(0) => {}
-                Ok(off) => {
-                    self.ondisk.read_block(off, &mut buf);
-                    let first = t * epb;
-                    let count = epb.min(nb - first);
-                    let order = self.ondisk.order;
-                    for_each_refcount(&buf, order, count, |i, rc| {
-                        if rc == 1 {
-                            let k = first + i;
-                            if let Some(w) = self.refcount_is_one.get_mut((k / 64) as usize) {
-                                *w |= 1 << (k % 64);
-                            }
-                        }
-                    });
-                }
+        if let Some((true, len)) = self.src.extent(off) {
+            if len >= cs {
+                return Ok(false);
             }
         }
+        self.budget(self.ondisk.entries_per_block())?;
+        self.ondisk.read_block(off, buf);
+        Ok(buf.iter().any(|&b| b != 0))
+    }
+
+    /// Loads one bit per refcount == 1 of every refcount block covering the
+    /// file. Memory and time follow the refcount blocks that exist and hold
+    /// non-zero refcounts, one block read at a time.
+    fn load_refcount_is_one(&mut self) -> Result<(), Abort> {
+        let nb = self.census.nb_clusters + 1;
+        let epb = self.ondisk.entries_per_block();
+        let blocks = nb
+            .div_ceil(epb)
+            .min(self.ondisk.table_entries)
+            .min(self.ondisk.table.len() as u64);
+        let mut ones = Vec::with_capacity(blocks as usize);
+        let mut buf = vec![0u8; self.h.cluster_size() as usize];
+        for t in 0..blocks {
+            let block = match self.ondisk.block_offset(t) {
+                Err(_) => BlockOnes::Unreadable,
+                Ok(0) => BlockOnes::None,
+                Ok(off) => {
+                    if self.read_refblock(off, &mut buf)? {
+                        let mut bits = vec![0u64; epb.div_ceil(64) as usize].into_boxed_slice();
+                        let mut any = false;
+                        for_each_refcount(&buf, self.ondisk.order, 0, epb, |i, rc| {
+                            if rc == 1 {
+                                any = true;
+                                if let Some(w) = bits.get_mut((i / 64) as usize) {
+                                    *w |= 1 << (i % 64);
+                                }
+                            }
+                        });
+                        if any {
+                            BlockOnes::Bits(bits)
+                        } else {
+                            BlockOnes::None
+                        }
+                    } else {
+                        BlockOnes::None
+                    }
+                }
+            };
+            ones.push(block);
+        }
+        self.refcount_is_one = ones;
+        Ok(())
     }
 
     /// Walks one L1 table: counts its L2 tables and queues them for a visit.
@@ -479,7 +523,7 @@ impl Checker<'_, '_> {
                     next_contiguous = offset + cs;
                     self.census
                         .reference_cluster(self.report, offset, owner::DATA, "data cluster");
-                    if let Some(one) = self.refcount_is_one(offset / cs) {
+                    if let Some(one) = self.refcount_is_one(offset >> h.cluster_bits) {
                         if one != (entry & OFLAG_COPIED != 0) {
                             self.copied_mismatch(v.offset + i * 8, entry, offset, 1);
                         }
@@ -787,15 +831,37 @@ impl Checker<'_, '_> {
         }
     }
 
-    /// Compares the on-disk refcount of every cluster with the census.
-    fn compare_refcounts(&mut self) {
+    /// Compares the on-disk refcount of every cluster with the census, as
+    /// QEMU does for every cluster of the file, but visiting only where one
+    /// of the two can be non-zero: the ranges of refcount blocks that exist
+    /// (and are not all zero) and the clusters the census touched. Every
+    /// other cluster has refcount 0 and no reference, which QEMU does not
+    /// count either, so the counts are the same.
+    fn compare_refcounts(&mut self) -> Result<(), Abort> {
         let cs = self.h.cluster_size();
         let nb = self.census.nb_clusters;
         let epb = self.ondisk.entries_per_block();
         let order = self.ondisk.order;
+        let nb_blocks = nb.div_ceil(epb);
+        // The blocks to look at, ascending: named by the table, or covering
+        // a referenced cluster.
+        let mut blocks: Vec<u64> = (0..self.ondisk.table.len() as u64)
+            .take_while(|&t| t < nb_blocks)
+            .filter(|&t| self.ondisk.entry(t) & super::refcount::REFT_OFFSET_MASK != 0)
+            .collect();
+        self.census.touched_ranges(|lo, hi| {
+            for t in lo / epb..=(hi / epb).min(nb_blocks.saturating_sub(1)) {
+                if t < nb_blocks {
+                    blocks.push(t);
+                }
+            }
+        });
+        blocks.sort_unstable();
+        blocks.dedup();
         let mut buf = vec![0u8; cs as usize];
         let mut highest: Option<u64> = None;
-        for t in 0..nb.div_ceil(epb) {
+        let mut mismatches: Vec<(u64, u64, u64, u8)> = Vec::new();
+        for t in blocks {
             let first = t * epb;
             let count = epb.min(nb - first);
             let block = if t < self.ondisk.table_entries {
@@ -803,31 +869,87 @@ impl Checker<'_, '_> {
             } else {
                 Ok(0)
             };
-            match block {
+            let present = match block {
                 Err(u) => {
                     self.report.add_times(&rule::REFBLOCK_UNREADABLE, Some(self.h.refcount_table_offset + t * 8), count, format!(
                         "refcount block {} at {:#x} is unaligned or unreachable; refcounts of clusters {first}..{} cannot be read",
                         u.table_index, u.block_offset, first + count));
                     continue;
                 }
-                Ok(0) => buf.fill(0),
-                Ok(off) => self.ondisk.read_block(off, &mut buf),
-            }
+                Ok(0) => false,
+                Ok(off) => self.read_refblock(off, &mut buf)?,
+            };
             let census = &self.census;
-            let mut mismatches: Vec<(u64, u64, u64)> = Vec::new();
-            for_each_refcount(&buf, order, count, |i, disk| {
-                let k = first + i;
-                let refs = census.get(k);
+            mismatches.clear();
+            let mut note = |k: u64, disk: u64, refs: u64, owners: u8| {
                 if disk > 0 || refs > 0 {
                     highest = Some(k);
                 }
-                let owners = census.owners(k);
                 if disk != refs || owners.count_ones() > 1 {
-                    mismatches.push((k, disk, refs));
+                    mismatches.push((k, disk, refs, owners));
                 }
-            });
-            for (k, disk, refs) in mismatches {
-                let owners = self.census.owners(k);
+            };
+            // Clusters in a present block with matching counts and at most
+            // one owner (nearly all of them) only move the image end.
+            let mut last_used: Option<u64> = None;
+            if present {
+                let pc = Census::page_clusters();
+                let end = first + count;
+                let mut k = first;
+                while k < end {
+                    // One census page at a time: a dense page is compared as
+                    // slices, in the decoding loop.
+                    let seg_end = end.min((k / pc + 1) * pc);
+                    let page = census.page(k);
+                    let base = k - k % pc;
+                    match census.dense(page) {
+                        Some((c, o)) => {
+                            for_each_refcount(&buf, order, k - first, seg_end - k, |i, disk| {
+                                let kk = first + i;
+                                let j = (kk - base) as usize;
+                                let (c, owners) = (
+                                    c.get(j).copied().unwrap_or(0),
+                                    o.get(j).copied().unwrap_or(0),
+                                );
+                                // The common case: a small count equal to the
+                                // refcount, at most one owner kind.
+                                if disk == c as u64
+                                    && c < u8::MAX
+                                    && owners & owners.wrapping_sub(1) == 0
+                                {
+                                    if disk > 0 {
+                                        last_used = Some(kk);
+                                    }
+                                    return;
+                                }
+                                let refs = if c < u8::MAX {
+                                    c as u64
+                                } else {
+                                    census.spilled(kk)
+                                };
+                                note(kk, disk, refs, owners);
+                            })
+                        }
+                        None => {
+                            for_each_refcount(&buf, order, k - first, seg_end - k, |i, disk| {
+                                let kk = first + i;
+                                let (refs, owners) = census.get_in(page, kk);
+                                if disk > 0 || refs > 0 || owners > 0 {
+                                    note(kk, disk, refs, owners);
+                                }
+                            })
+                        }
+                    }
+                    k = seg_end;
+                }
+            } else {
+                // Every refcount of this range is 0: only referenced clusters matter.
+                census.for_each_in(first, first + count, |k, refs, owners| {
+                    note(k, 0, refs, owners)
+                });
+            }
+            highest = highest.max(last_used);
+            for &(k, disk, refs, owners) in &mismatches {
                 let who = if owners == 0 {
                     String::new()
                 } else {
@@ -861,42 +983,49 @@ impl Checker<'_, '_> {
         }
         // QEMU starts from cluster 0, so the header cluster always counts.
         self.report.image_end_offset = Some((highest.unwrap_or(0) + 1) * cs);
+        Ok(())
     }
 }
 
-/// Calls `f(index, refcount)` for the first `count` refcounts of a block,
-/// decoding each width with its own loop (this is the hot path of a check).
-fn for_each_refcount(block: &[u8], order: u32, count: u64, mut f: impl FnMut(u64, u64)) {
-    let count = count as usize;
+/// Calls `f(index, refcount)` for the refcounts `start..start + count` of
+/// a block, decoding each width with its own loop (this is the hot path of
+/// a check).
+fn for_each_refcount(
+    block: &[u8],
+    order: u32,
+    start: u64,
+    count: u64,
+    mut f: impl FnMut(u64, u64),
+) {
+    let n = count as usize;
+    let from = |width: usize| block.get(start as usize * width..).unwrap_or(&[]);
+    let at = |i: usize| start + i as u64;
     match order {
         4 => {
-            for (i, c) in block.chunks_exact(2).take(count).enumerate() {
-                f(i as u64, u16::from_be_bytes([c[0], c[1]]) as u64);
+            for (i, c) in from(2).chunks_exact(2).take(n).enumerate() {
+                f(at(i), u16::from_be_bytes([c[0], c[1]]) as u64);
             }
         }
         3 => {
-            for (i, &b) in block.iter().take(count).enumerate() {
-                f(i as u64, b as u64);
+            for (i, &b) in from(1).iter().take(n).enumerate() {
+                f(at(i), b as u64);
             }
         }
         5 => {
-            for (i, c) in block.chunks_exact(4).take(count).enumerate() {
-                f(
-                    i as u64,
-                    u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as u64,
-                );
+            for (i, c) in from(4).chunks_exact(4).take(n).enumerate() {
+                f(at(i), u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as u64);
             }
         }
         6 => {
-            for (i, c) in block.chunks_exact(8).take(count).enumerate() {
+            for (i, c) in from(8).chunks_exact(8).take(n).enumerate() {
                 f(
-                    i as u64,
+                    at(i),
                     u64::from_be_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]),
                 );
             }
         }
         _ => {
-            for i in 0..count as u64 {
+            for i in start..start + count {
                 f(i, super::refcount::decode(block, i, order));
             }
         }

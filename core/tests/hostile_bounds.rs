@@ -1,0 +1,170 @@
+//! Hostile files whose claims (a sparse length, a table size, a count) are
+//! far larger than what they hold. Each test builds its input here, checks
+//! it through `FileSource` as the CLI does, and asserts the findings: the
+//! check must complete with memory and time that follow the bytes present.
+//! A regression shows up as an allocation abort or a test-harness timeout,
+//! so each case is cheap when the code is right.
+
+use qconform_core::qcow2::{self, write};
+use qconform_core::source::FileSource;
+use qconform_core::{Limits, Report};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const TIB: u64 = 1 << 40;
+
+/// Writes `bytes` to a new file in `dir` and extends it to `len` with a hole.
+fn sparse_file(dir: &Path, name: &str, bytes: &[u8], len: u64) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.set_len(len).unwrap();
+    path
+}
+
+fn check_qcow2(path: &Path, limits: &Limits) -> Report {
+    let src = FileSource::open(path).unwrap();
+    qcow2::check(&src, "hostile", limits)
+}
+
+/// Rule ids with their counts (repetitions and omitted findings included).
+fn counts(r: &Report) -> BTreeMap<&'static str, u64> {
+    let mut ids: Vec<&'static str> = r.findings.iter().map(|f| f.rule.id).collect();
+    ids.dedup();
+    ids.into_iter().map(|id| (id, r.count(id))).collect()
+}
+
+/// A valid 512-byte-cluster image of `size` virtual bytes with guest
+/// clusters `0..data` written.
+fn small_cluster_image(size: u64, data: u64) -> Vec<u8> {
+    let mut d = write::Description::new(size, 9);
+    for k in 0..data {
+        d.clusters
+            .insert(k, write::ClusterData::Data(vec![0x5a; 512]));
+    }
+    write::write(&d).unwrap().image
+}
+
+fn be64(b: &[u8], at: u64) -> u64 {
+    u64::from_be_bytes(b[at as usize..at as usize + 8].try_into().unwrap())
+}
+
+/// Runs `qemu-img check --output=json` (qemu-utils is on every project
+/// machine: a missing qemu-img fails the test, it does not skip).
+fn qemu_img_check(path: &Path) -> (i32, serde_json::Value) {
+    let out = Command::new("qemu-img")
+        .args(["check", "-f", "qcow2", "--output=json"])
+        .arg(path)
+        .output()
+        .expect("qemu-img must be installed (qemu-utils); this test does not skip");
+    let json = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    (out.status.code().unwrap_or(-1), json)
+}
+
+/// Class "memory follows claims": 512-byte clusters in a 15 TiB sparse file
+/// used to need a count and an owner byte per file cluster (30 GiB) and a
+/// bit per cluster for the COPIED check; the image holds 260 KiB.
+#[test]
+fn qcow2_in_a_15_tib_sparse_file_is_checked_clean() {
+    assert_clean_in_sparse_file(4, 15 * TIB);
+}
+
+/// Checks a clean 512-byte-cluster image with `data` clusters written,
+/// extended with a hole to `len`.
+fn assert_clean_in_sparse_file(data: u64, len: u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let img = small_cluster_image(1 << 30, data);
+    let path = sparse_file(dir.path(), "sparse.qcow2", &img, len);
+    let r = check_qcow2(&path, &Limits::default());
+    // The hole past the image is neither referenced nor refcounted: clean,
+    // and the image ends where its last cluster does.
+    assert_eq!(r.exit_code(true), 0, "{:?}", r.findings);
+    assert!(counts(&r).is_empty(), "{:?}", r.findings);
+    assert_eq!(r.allocated_clusters, Some(data));
+    assert!(r.image_end_offset.unwrap() <= img.len() as u64 + 512);
+}
+
+/// Class "time follows claims": the refcount comparison used to walk all
+/// 2^34 clusters of an 8 TiB file (76 s); only clusters that are referenced
+/// or covered by a non-zero refcount block can differ.
+#[test]
+fn qcow2_in_an_8_tib_sparse_file_compares_only_allocated_metadata() {
+    assert_clean_in_sparse_file(1, 8 * TIB);
+}
+
+/// References scattered over a huge sparse file: every L2 entry names a
+/// data cluster 16 GiB from the previous one, each in a hole with refcount
+/// 0. The census keeps such clusters in sparse pages (no dense page per
+/// reference); every one is a corruption twice, as qemu-img counts it: the
+/// refcount is below the references, and COPIED is set with refcount 0.
+#[test]
+fn qcow2_references_scattered_over_a_sparse_file_are_each_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut img = small_cluster_image(1 << 30, 1);
+    let l1 = be64(&img, 40);
+    let l2 = be64(&img, l1) & 0x00ff_ffff_ffff_fe00;
+    let n = 64u64;
+    let copied = 1u64 << 63;
+    for i in 0..n {
+        let off = (i + 1) * (16 << 30);
+        let at = (l2 + 8 * i) as usize;
+        img[at..at + 8].copy_from_slice(&(off | copied).to_be_bytes());
+    }
+    let path = sparse_file(dir.path(), "scattered.qcow2", &img, 2 * TIB);
+    let r = check_qcow2(&path, &Limits::default());
+    let c = counts(&r);
+    assert_eq!(c.get("qcow2.refcount.covers-references"), Some(&n), "{c:?}");
+    assert_eq!(c.get("qcow2.l2.copied"), Some(&n), "{c:?}");
+    // The original data cluster lost its only reference: a leak.
+    assert_eq!(c.get("qcow2.refcount.no-leak"), Some(&1), "{c:?}");
+    assert_eq!(r.corruptions, 2 * n);
+    assert_eq!(r.allocated_clusters, Some(n));
+}
+
+/// Class "wrong answer": a v3 image with 64 KiB clusters, 2 MiB written by
+/// qemu-io, cut at 0x60000. The 31 data clusters past the end are each one
+/// corruption for qemu-img (a reference past EOF); their on-disk refcount is
+/// 1 and COPIED is set, so COPIED is no error. We used to read the refcount
+/// of clusters past the end of the file as 0 and report 30 contradictory
+/// COPIED mismatches ("COPIED is set but its refcount is 1").
+#[test]
+fn qcow2_truncated_after_writes_counts_like_qemu_img() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("truncated.qcow2");
+    let p = path.to_str().unwrap();
+    let run = |tool: &str, args: Vec<&str>| {
+        let st = Command::new(tool)
+            .args(&args)
+            .status()
+            .expect("qemu-img and qemu-io must be installed (qemu-utils)");
+        assert!(st.success(), "{tool} {args:?}");
+    };
+    let create = "create -q -f qcow2 -o cluster_size=65536".split(' ');
+    run("qemu-img", create.chain([p, "64M"]).collect());
+    run("qemu-io", vec!["-c", "write -P 0x5a 0 2M", p]);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(0x60000)
+        .unwrap();
+    let (exit, q) = qemu_img_check(&path);
+    let r = check_qcow2(&path, &Limits::default());
+    assert_eq!(r.exit_code(false), exit, "{:?}", r.findings);
+    assert_eq!(
+        Some(r.corruptions),
+        q["corruptions"].as_u64(),
+        "{:?}",
+        counts(&r)
+    );
+    assert_eq!(Some(r.leaks), Some(q["leaks"].as_u64().unwrap_or(0)));
+    assert_eq!(r.image_end_offset, q["image-end-offset"].as_u64());
+    let c = counts(&r);
+    assert_eq!(
+        c.get("qcow2.refcount.reference-inside-file"),
+        Some(&31),
+        "{c:?}"
+    );
+    assert!(!c.contains_key("qcow2.l2.copied"), "{:?}", r.findings);
+}
