@@ -103,6 +103,14 @@ const TRIGGERED_BY_TESTS: &[(&str, &str)] = &[
         "core/tests/hostile.rs: snapshots_sharing_one_l1_hit_the_work_limit",
     ),
     (
+        "limits.table-bytes",
+        "core/tests/hostile_bounds.rs: qcow2_tables_above_max_table_bytes_are_refused_under_limits_table_bytes",
+    ),
+    (
+        "limits.header-extensions",
+        "core/tests/hostile_bounds.rs: qcow2_100000_header_extensions_are_valid_and_capped_under_their_own_rule",
+    ),
+    (
         "qcow2.snapshot.table-readable",
         "core/tests/hostile.rs: snapshot_table_over_64_mib_is_refused",
     ),

@@ -45,6 +45,8 @@ pub mod general {
             "No single metadata table exceeds Limits::max_table_bytes.";
         WORK_LIMIT = "limits.entries-visited", "qconform", "Limits", Error,
             "A check visits at most Limits::max_entries_visited table entries.";
+        HEADER_EXT_LIMIT = "limits.header-extensions", "qconform", "Limits", Error,
+            "A qcow2 header holds at most Limits::max_header_extensions extensions (by default all cluster 0 can hold).";
     }
 }
 

@@ -136,6 +136,7 @@ fn qcow2_truncated_after_writes_counts_like_qemu_img() {
     let run = |tool: &str, args: Vec<&str>| {
         let st = Command::new(tool)
             .args(&args)
+            .stdout(std::process::Stdio::null())
             .status()
             .expect("qemu-img and qemu-io must be installed (qemu-utils)");
         assert!(st.success(), "{tool} {args:?}");
@@ -167,4 +168,89 @@ fn qcow2_truncated_after_writes_counts_like_qemu_img() {
         "{c:?}"
     );
     assert!(!c.contains_key("qcow2.l2.copied"), "{:?}", r.findings);
+}
+
+/// Class "snapshots": 65,536 valid snapshots (QEMU's maximum) used to take
+/// 18-30 s, quadratic in the ID uniqueness check. Every snapshot here has
+/// its own L1 copy sharing the one L2 table and data cluster, as qemu-img
+/// snapshot -c makes them; the image is clean for us (and for qemu-img).
+#[test]
+fn qcow2_with_65536_snapshots_is_checked_clean() {
+    let n = 65536u32;
+    let mut d = write::Description::new(1 << 20, 9);
+    // 65537 references to the shared clusters need 32-bit refcounts.
+    d.refcount_order = 5;
+    d.clusters
+        .insert(0, write::ClusterData::Data(vec![0x5a; 512]));
+    d.snapshots = (0..n).map(|i| format!("s{i}")).collect();
+    let img = write::write(&d).unwrap().image;
+    let dir = tempfile::tempdir().unwrap();
+    let path = sparse_file(dir.path(), "snapshots.qcow2", &img, img.len() as u64);
+    let r = check_qcow2(&path, &Limits::default());
+    assert_eq!(r.exit_code(true), 0, "{:?}", counts(&r));
+    let info = {
+        let src = FileSource::open(&path).unwrap();
+        qcow2::check::info(&src, "snapshots", &Limits::default()).unwrap()
+    };
+    assert_eq!(info.snapshots.snapshots.len(), n as usize);
+}
+
+/// A 2 MiB-cluster image whose cluster 0 holds `n` empty extensions of
+/// distinct unknown types after the header, then the end marker.
+fn many_extensions(n: u32) -> Vec<u8> {
+    let mut img = write::write(&write::Description::new(1 << 30, 21))
+        .unwrap()
+        .image;
+    let start = u32::from_be_bytes(img[100..104].try_into().unwrap()) as usize;
+    for i in 0..n as usize {
+        let at = start + 8 * i;
+        img[at..at + 4].copy_from_slice(&(0x1000_0000 + i as u32).to_be_bytes());
+        img[at + 4..at + 8].copy_from_slice(&0u32.to_be_bytes());
+    }
+    let end = start + 8 * n as usize;
+    img[end..end + 8].fill(0);
+    img
+}
+
+/// Class "a count under the wrong rule": 100,000 distinct unknown header
+/// extensions fit the 2 MiB cluster 0 and are valid (qemu-img agrees); only
+/// a lowered cap refuses them, under its own rule.
+#[test]
+fn qcow2_100000_header_extensions_are_valid_and_capped_under_their_own_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = many_extensions(100_000);
+    let path = sparse_file(dir.path(), "exts.qcow2", &img, img.len() as u64);
+    let r = check_qcow2(&path, &Limits::default());
+    assert_eq!(r.exit_code(true), 0, "{:?}", counts(&r));
+    assert_eq!(counts(&r).get("qcow2.ext.unknown"), Some(&100_000));
+    let (exit, _) = qemu_img_check(&path);
+    assert_eq!(exit, 0, "qemu-img refuses the image");
+    let limits = Limits {
+        max_header_extensions: 1000,
+        ..Limits::default()
+    };
+    let r = check_qcow2(&path, &limits);
+    assert_eq!(r.exit_code(false), 1);
+    assert_eq!(counts(&r).get("limits.header-extensions"), Some(&1));
+    assert!(!counts(&r).contains_key("limits.table-bytes"));
+}
+
+/// Every table held in memory whole is under `max_table_bytes`, with its
+/// own rule: here the one-cluster (2 MiB) refcount table of a 2 MiB-cluster
+/// image against a 64 KiB cap.
+#[test]
+fn qcow2_tables_above_max_table_bytes_are_refused_under_limits_table_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = write::Description::new(1 << 30, 21);
+    d.snapshots = vec!["a".into()];
+    let img = write::write(&d).unwrap().image;
+    let path = sparse_file(dir.path(), "tables.qcow2", &img, img.len() as u64);
+    assert_eq!(check_qcow2(&path, &Limits::default()).exit_code(true), 0);
+    let limits = Limits {
+        max_table_bytes: 64 << 10,
+        ..Limits::default()
+    };
+    let r = check_qcow2(&path, &limits);
+    assert_eq!(r.exit_code(false), 1, "{:?}", counts(&r));
+    assert_eq!(counts(&r).get("limits.table-bytes"), Some(&1));
 }

@@ -46,6 +46,16 @@ pub fn info(src: &dyn ReadAt, filename: &str, limits: &Limits) -> Result<Info, R
     let Some(snapshots) = snapshot::read(src, &parsed.header, &mut report) else {
         return Err(report);
     };
+    if !tables_fit(
+        src,
+        &parsed.header,
+        &extensions,
+        &snapshots,
+        limits,
+        &mut report,
+    ) {
+        return Err(report);
+    }
     let bitmaps = match &extensions.bitmaps {
         Some(b) => bitmap::read_directory(src, &parsed.header, b, &mut report).unwrap_or_default(),
         None => Vec::new(),
@@ -83,6 +93,9 @@ pub fn check(src: &dyn ReadAt, filename: &str, limits: &Limits) -> Report {
     let Some(snaps) = snapshot::read(src, h, &mut report) else {
         return report;
     };
+    if !tables_fit(src, h, &exts, &snaps, limits, &mut report) {
+        return report;
+    }
     let ondisk = match OnDisk::load(src, h) {
         Ok(o) => o,
         Err(e) => {
@@ -111,6 +124,44 @@ pub fn check(src: &dyn ReadAt, filename: &str, limits: &Limits) -> Report {
     };
     checker.run(&exts, &snaps);
     report
+}
+
+/// Whether every table held in memory whole (the refcount table, as far as
+/// it lies in the file; the snapshot table; the bitmap directory) is within
+/// `Limits::max_table_bytes`; records a `limits.table-bytes` error if not.
+fn tables_fit(
+    src: &dyn ReadAt,
+    h: &Header,
+    exts: &Extensions,
+    snaps: &SnapshotTable,
+    limits: &Limits,
+    report: &mut Report,
+) -> bool {
+    let reftable_entries = h.refcount_table_clusters as u64 * h.cluster_size() / 8;
+    let reftable =
+        crate::source::entries_in_file(src, h.refcount_table_offset, reftable_entries, 8) * 8;
+    let (dir_offset, dir) = exts.bitmaps.as_ref().map_or((0, 0), |b| {
+        (b.bitmap_directory_offset, b.bitmap_directory_size)
+    });
+    let tables = [
+        ("refcount table", h.refcount_table_offset, reftable),
+        ("snapshot table", h.snapshots_offset, snaps.size),
+        ("bitmap directory", dir_offset, dir),
+    ];
+    for (what, offset, bytes) in tables {
+        if bytes > limits.max_table_bytes {
+            report.add(
+                &general::TABLE_LIMIT,
+                Some(offset),
+                format!(
+                    "the {what} ({bytes} bytes) exceeds Limits::max_table_bytes ({})",
+                    limits.max_table_bytes
+                ),
+            );
+            return false;
+        }
+    }
+    true
 }
 
 #[derive(Default)]

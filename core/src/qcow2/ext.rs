@@ -78,12 +78,14 @@ pub fn parse(
     let mut exts = Extensions::default();
     let end = h.extensions_end();
     let mut offset = h.extensions_start();
-    let mut seen: Vec<u32> = Vec::new();
+    // A set: 262144 extensions must not cost a quadratic uniqueness check.
+    let mut seen: std::collections::HashSet<u32> = std::collections::HashSet::new();
+    let mut parsed = 0usize;
     let mut terminated = false;
     while offset < end {
-        if seen.len() >= limits.max_header_extensions {
+        if parsed >= limits.max_header_extensions {
             report.add(
-                &general::TABLE_LIMIT,
+                &general::HEADER_EXT_LIMIT,
                 Some(offset),
                 format!(
                     "more than {} header extensions",
@@ -109,14 +111,14 @@ pub fn parse(
         let data = cluster0
             .get(data_start as usize..(data_start + len as u64) as usize)
             .unwrap_or(&[]);
-        if seen.contains(&ext_type) && ext_type != EXT_END {
+        parsed += 1;
+        if !seen.insert(ext_type) {
             report.add(
                 &rule::EXT_UNIQUE,
                 Some(offset),
                 format!("header extension {ext_type:#010x} appears more than once"),
             );
         }
-        seen.push(ext_type);
         match ext_type {
             EXT_BACKING_FORMAT => {
                 if h.backing_file_offset == 0 {
