@@ -107,6 +107,10 @@ const TRIGGERED_BY_TESTS: &[(&str, &str)] = &[
         "core/tests/hostile_bounds.rs: qcow2_tables_above_max_table_bytes_are_refused_under_limits_table_bytes",
     ),
     (
+        "parallels.header.disk-size-limit",
+        "core/tests/hostile_bounds.rs: parallels_disk_size_is_capped_like_qemu",
+    ),
+    (
         "limits.header-extensions",
         "core/tests/hostile_bounds.rs: qcow2_100000_header_extensions_are_valid_and_capped_under_their_own_rule",
     ),

@@ -319,6 +319,8 @@ pub mod parallels {
             "tracks (the cluster size in sectors) is not zero (and within QEMU's limit).";
         BAT_SIZE = "parallels.header.bat-entries-limit", "parallels.rst", "Header", Error,
             "nb_bat_entries is within QEMU's limit (INT32_MAX / 4).";
+        DISK_SIZE_LIMIT = "parallels.header.disk-size-limit", "parallels.rst", "Header", Error,
+            "nb_sectors * 512 is at most QEMU's largest image length (INT64_MAX aligned down to 1 GiB); QEMU refuses larger disks.";
         BAT_COVERS_DISK = "parallels.header.bat-covers-disk", "parallels.rst", "Header", Violation,
             "nb_bat_entries clusters cover nb_sectors.";
         NB_SECTORS_HIGH = "parallels.header.nb-sectors-high-zero", "parallels.rst", "Header", Violation,
