@@ -7,7 +7,7 @@
 
 use qconform_core::qcow2::{self, write};
 use qconform_core::source::FileSource;
-use qconform_core::{Limits, Report};
+use qconform_core::{Limits, ReadAt, Report};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -50,14 +50,19 @@ fn be64(b: &[u8], at: u64) -> u64 {
     u64::from_be_bytes(b[at as usize..at as usize + 8].try_into().unwrap())
 }
 
-/// Runs `qemu-img check --output=json` (qemu-utils is on every project
-/// machine: a missing qemu-img fails the test, it does not skip).
-fn qemu_img_check(path: &Path) -> (i32, serde_json::Value) {
-    let out = Command::new("qemu-img")
-        .args(["check", "-f", "qcow2", "--output=json"])
+/// Runs qemu-img with `args` and the image path (qemu-utils is on every
+/// project machine: a missing qemu-img fails the test, it does not skip).
+fn qemu_img(args: &[&str], path: &Path) -> std::process::Output {
+    Command::new("qemu-img")
+        .args(args)
         .arg(path)
         .output()
-        .expect("qemu-img must be installed (qemu-utils); this test does not skip");
+        .expect("qemu-img must be installed (qemu-utils); this test does not skip")
+}
+
+/// `qemu-img check --output=json`: its exit code and report.
+fn qemu_img_check(path: &Path) -> (i32, serde_json::Value) {
+    let out = qemu_img(&["check", "-f", "qcow2", "--output=json"], path);
     let json = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
     (out.status.code().unwrap_or(-1), json)
 }
@@ -253,4 +258,110 @@ fn qcow2_tables_above_max_table_bytes_are_refused_under_limits_table_bytes() {
     let r = check_qcow2(&path, &limits);
     assert_eq!(r.exit_code(false), 1, "{:?}", counts(&r));
     assert_eq!(counts(&r).get("limits.table-bytes"), Some(&1));
+}
+
+/// A Parallels header ("WithouFreSpacExt", 4 KiB clusters) with
+/// `nb_bat_entries` entries, data starting right after the BAT.
+fn parallels_header(nb_bat_entries: u32, nb_sectors: u64) -> (Vec<u8>, u64) {
+    let mut b = vec![0u8; 64];
+    b[..16].copy_from_slice(b"WithouFreSpacExt");
+    let put32 =
+        |b: &mut Vec<u8>, at: usize, v: u32| b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    put32(&mut b, 16, 2); // version
+    put32(&mut b, 20, 16); // heads
+    put32(&mut b, 24, 1); // cylinders
+    put32(&mut b, 28, 8); // tracks: 8 sectors = 4 KiB clusters
+    put32(&mut b, 32, nb_bat_entries);
+    b[36..44].copy_from_slice(&nb_sectors.to_le_bytes());
+    let data_off = (64 + 4 * nb_bat_entries as u64).next_multiple_of(4096);
+    put32(&mut b, 48, (data_off / 512) as u32);
+    (b, data_off)
+}
+
+fn check_file(path: &Path, check: fn(&dyn ReadAt, &str, &Limits) -> Report) -> Report {
+    let src = FileSource::open(path).unwrap();
+    check(&src, "hostile", &Limits::default())
+}
+
+/// Class "memory follows claims", Parallels: a 1 GiB BAT (2^28 entries)
+/// lying in a file hole, with one allocated cluster named by its last
+/// entry. check and info used to read the whole BAT (2 GiB of RSS); it is
+/// now read in chunks with the hole skipped.
+#[test]
+fn parallels_bat_in_a_hole_is_not_materialised() {
+    use qconform_core::parallels;
+    let n = 1u32 << 28;
+    let (mut img, data_off) = parallels_header(n, n as u64 * 8);
+    let dir = tempfile::tempdir().unwrap();
+    let path = sparse_file(dir.path(), "hole.hds", &img, data_off + 4096);
+    // The last BAT entry names the one data cluster (in clusters).
+    img = (data_off / 4096).to_le_bytes()[..4].to_vec();
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all_at(&img, 64 + 4 * (n as u64 - 1)).unwrap();
+    }
+    let r = check_file(&path, parallels::check);
+    assert_eq!(r.exit_code(true), 0, "{:?}", counts(&r));
+    assert_eq!(r.allocated_clusters, Some(1));
+    assert_eq!(r.image_end_offset, Some(data_off + 4096));
+    let src = FileSource::open(&path).unwrap();
+    let info = parallels::check::info(&src, "hole", &Limits::default()).unwrap();
+    assert_eq!(info.allocated_clusters, 1);
+}
+
+/// Class "memory follows claims", QED: a 1 GiB L1 table (64 MiB clusters,
+/// table_size 16) lying in a file hole: the check reads it in chunks,
+/// skipping the hole; every cluster of the file is in use, so it is clean.
+#[test]
+fn qed_l1_in_a_hole_is_not_materialised() {
+    let cs = 64u64 << 20;
+    let mut b = vec![0u8; 64];
+    b[..4].copy_from_slice(b"QED\0");
+    b[4..8].copy_from_slice(&(cs as u32).to_le_bytes());
+    b[8..12].copy_from_slice(&16u32.to_le_bytes()); // table_size
+    b[12..16].copy_from_slice(&1u32.to_le_bytes()); // header_size
+    b[40..48].copy_from_slice(&cs.to_le_bytes()); // l1_table_offset
+    b[48..56].copy_from_slice(&(1u64 << 30).to_le_bytes()); // image_size
+    let dir = tempfile::tempdir().unwrap();
+    let path = sparse_file(dir.path(), "hole.qed", &b, cs + 16 * cs);
+    let r = check_file(&path, qconform_core::qed::check);
+    assert_eq!(r.exit_code(true), 0, "{:?}", counts(&r));
+    assert_eq!(r.allocated_clusters, Some(0));
+}
+
+/// Class "Parallels virtual size": QEMU 10.0.2 opens nb_sectors up to
+/// BDRV_MAX_LENGTH / 512 = 0x3f_ffff_ffe0_0000 and refuses one more
+/// ("File too large"); 2^63 sectors used to give a virtual size of
+/// 2^64 - 1. Above the cap the header is refused under its own rule, like
+/// qemu-img; at the cap it opens and the size never exceeds it.
+#[test]
+fn parallels_disk_size_is_capped_like_qemu() {
+    use qconform_core::parallels;
+    let dir = tempfile::tempdir().unwrap();
+    let max_sectors = 0x3f_ffff_ffe0_0000u64;
+    for (sectors, accepted) in [
+        (1u64 << 63, false),
+        (max_sectors + 1, false),
+        (max_sectors, true),
+    ] {
+        let (img, data_off) = parallels_header(4, sectors);
+        let path = sparse_file(dir.path(), "big.hds", &img, data_off);
+        let r = check_file(&path, parallels::check);
+        let qemu = qemu_img(&["info", "-f", "parallels"], &path);
+        assert_eq!(
+            qemu.status.success(),
+            accepted,
+            "qemu-img info on {sectors:#x} sectors"
+        );
+        if accepted {
+            assert!(!counts(&r).contains_key("parallels.header.disk-size-limit"));
+            let src = FileSource::open(&path).unwrap();
+            let info = parallels::check::info(&src, "big", &Limits::default()).unwrap();
+            assert_eq!(info.header.disk_size(), max_sectors * 512);
+        } else {
+            assert_eq!(r.exit_code(false), 1, "{sectors:#x}: {:?}", counts(&r));
+            assert_eq!(counts(&r).get("parallels.header.disk-size-limit"), Some(&1));
+        }
+    }
 }
