@@ -73,25 +73,21 @@ pub fn check(src: &dyn ReadAt, filename: &str, limits: &Limits) -> Report {
         bat_end.next_multiple_of(SECTOR)
     };
     if h.ext_magic && (h.data_off == 0 || data_off % cs != 0) {
-        report.add(
-            &rule::DATA_OFF,
-            Some(48),
+        report.add_with(&rule::DATA_OFF, Some(48), 1, || {
             format!(
                 "data_off {} sectors is not a non-zero multiple of the cluster size",
                 h.data_off
-            ),
-        );
+            )
+        });
     } else if data_off < min_data || data_off > file_len {
-        report.add(&rule::DATA_OFF, Some(48), format!("data offset {data_off:#x} lies inside the BAT (ends {bat_end:#x}) or past the file ({file_len} bytes)"));
+        report.add_with(&rule::DATA_OFF, Some(48), 1, || format!("data offset {data_off:#x} lies inside the BAT (ends {bat_end:#x}) or past the file ({file_len} bytes)"));
     }
     let allocated = allocated_clusters(src, &h);
     if h.flags & header::FLAG_EMPTY != 0 && allocated > 0 {
         // QEMU ignores the flag and reads the BAT; so does our reader.
-        report.add(
-            &rule::EMPTY_IMAGE,
-            Some(52),
-            format!("the Empty Image flag is set, but the BAT allocates {allocated} clusters"),
-        );
+        report.add_with(&rule::EMPTY_IMAGE, Some(52), 1, || {
+            format!("the Empty Image flag is set, but the BAT allocates {allocated} clusters")
+        });
     }
     // Every used cluster, by byte offset: who uses it (see `user_name`).
     let mut used: HashMap<u64, u64> = HashMap::new();
@@ -101,47 +97,39 @@ pub fn check(src: &dyn ReadAt, filename: &str, limits: &Limits) -> Report {
             // Named only on the (rare) paths that report.
             let what = || user_name(who);
             if off < data_off {
-                report.add(
-                    &rule::BAT_BELOW_DATA,
-                    at,
+                report.add_with(&rule::BAT_BELOW_DATA, at, 1, || {
                     format!(
                         "{} at {off:#x} lies before the data area ({data_off:#x})",
                         what()
-                    ),
-                );
+                    )
+                });
                 return;
             }
             if off.saturating_add(cs) > file_len {
-                report.add(
-                    &rule::BAT_INSIDE_FILE,
-                    at,
+                report.add_with(&rule::BAT_INSIDE_FILE, at, 1, || {
                     format!(
                         "{} at {off:#x} ends past the end of the file ({file_len} bytes)",
                         what()
-                    ),
-                );
+                    )
+                });
                 return;
             }
             if (off - data_off) % cs != 0 {
-                report.add(
-                    &rule::BAT_ALIGNED,
-                    at,
+                report.add_with(&rule::BAT_ALIGNED, at, 1, || {
                     format!(
                         "{} at {off:#x} is not a whole number of clusters past the data offset",
                         what()
-                    ),
-                );
+                    )
+                });
             }
             if let Some(&first) = used.get(&off) {
-                report.add(
-                    &rule::BAT_UNIQUE,
-                    at,
+                report.add_with(&rule::BAT_UNIQUE, at, 1, || {
                     format!(
                         "{} at {off:#x} is also used by {}",
                         what(),
                         user_name(first)
-                    ),
-                );
+                    )
+                });
                 return;
             }
             used.insert(off, who);
@@ -173,15 +161,12 @@ pub fn check(src: &dyn ReadAt, filename: &str, limits: &Limits) -> Report {
     // Space past the last used cluster is leaked (counted in clusters, as qemu-img does).
     if file_len > image_end {
         let clusters = (file_len - image_end).div_ceil(cs);
-        report.add_times(
-            &rule::LEAK,
-            Some(image_end),
-            clusters,
+        report.add_with(&rule::LEAK, Some(image_end), clusters, || {
             format!(
                 "{} bytes past the last used cluster ({image_end:#x}) are leaked",
                 file_len - image_end
-            ),
-        );
+            )
+        });
     }
     report.image_end_offset = Some(image_end);
     report.total_clusters = Some(h.nb_bat_entries as u64);

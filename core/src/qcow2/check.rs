@@ -150,14 +150,12 @@ fn tables_fit(
     ];
     for (what, offset, bytes) in tables {
         if bytes > limits.max_table_bytes {
-            report.add(
-                &general::TABLE_LIMIT,
-                Some(offset),
+            report.add_with(&general::TABLE_LIMIT, Some(offset), 1, || {
                 format!(
                     "the {what} ({bytes} bytes) exceeds Limits::max_table_bytes ({})",
                     limits.max_table_bytes
-                ),
-            );
+                )
+            });
             return false;
         }
     }
@@ -242,13 +240,16 @@ impl Checker<'_, '_> {
 
         // Snapshot L1 tables: identical tables are walked once, multiplied.
         if h.has_data_file() && !snaps.snapshots.is_empty() {
-            self.report.add(
+            self.report.add_with(
                 &rule::DATA_FILE_SNAPSHOTS,
                 Some(h.snapshots_offset),
-                format!(
-                    "{} internal snapshots in an image with an external data file",
-                    snaps.snapshots.len()
-                ),
+                1,
+                || {
+                    format!(
+                        "{} internal snapshots in an image with an external data file",
+                        snaps.snapshots.len()
+                    )
+                },
             );
         }
         let mut groups: Vec<((u64, u32), u64)> = Vec::new();
@@ -329,14 +330,12 @@ impl Checker<'_, '_> {
     fn budget(&mut self, entries: u64) -> Result<(), Abort> {
         self.entries_visited += entries;
         if self.entries_visited > self.limits.max_entries_visited {
-            self.report.add(
-                &general::WORK_LIMIT,
-                None,
+            self.report.add_with(&general::WORK_LIMIT, None, 1, || {
                 format!(
                     "more than {} table entries to visit; the check stops here",
                     self.limits.max_entries_visited
-                ),
-            );
+                )
+            });
             return Err(Abort);
         }
         Ok(())
@@ -442,13 +441,12 @@ impl Checker<'_, '_> {
             .is_none_or(|end| end > i64::MAX as u64)
         {
             // QEMU cannot read such a table at all and stops the check.
-            self.report.add(
-                &general::IO_ERROR,
-                Some(l1_offset),
-                format!(
+            self.report
+                .add_with(&general::IO_ERROR, Some(l1_offset), 1, || {
+                    format!(
                     "L1 table of {l1_size} entries at {l1_offset:#x} lies beyond any file offset"
-                ),
-            );
+                )
+                });
             return Err(Abort);
         }
         // Only the part inside the file can hold non-zero entries.
@@ -479,31 +477,33 @@ impl Checker<'_, '_> {
                 let index = i + j;
                 let entry_offset = l1_offset + index * 8;
                 if e & L1E_RESERVED_MASK != 0 {
-                    self.report.add_times(
-                        &rule::L1_RESERVED,
-                        Some(entry_offset),
-                        times,
-                        format!("L1 entry {index} ({e:#018x}) has reserved bits set"),
-                    );
+                    self.report
+                        .add_with(&rule::L1_RESERVED, Some(entry_offset), times, || {
+                            format!("L1 entry {index} ({e:#018x}) has reserved bits set")
+                        });
                 }
                 let l2 = e & L1E_OFFSET_MASK;
                 self.census
                     .reference(self.report, l2, cs, times, owner::L2, "L2 table");
                 if l2 % cs != 0 {
-                    self.report.add_times(
-                        &rule::L1_L2_ALIGNED,
-                        Some(entry_offset),
-                        times,
-                        format!("L1 entry {index}: L2 table offset {l2:#x} is not cluster aligned"),
-                    );
+                    self.report
+                        .add_with(&rule::L1_L2_ALIGNED, Some(entry_offset), times, || {
+                            format!(
+                                "L1 entry {index}: L2 table offset {l2:#x} is not cluster aligned"
+                            )
+                        });
                 }
                 if active && l2 != 0 {
                     if let Some(one) = self.refcount_is_one(l2 / cs) {
                         if one != (e & OFLAG_COPIED != 0) {
-                            let rc = self.ondisk.get(l2 / cs).unwrap_or(0);
-                            self.report.add(&rule::L1_COPIED, Some(entry_offset), format!(
-                                "L1 entry {index}: COPIED is {} but the L2 table's refcount is {rc}",
-                                if e & OFLAG_COPIED != 0 { "set" } else { "clear" }));
+                            let ondisk = &self.ondisk;
+                            self.report
+                                .add_with(&rule::L1_COPIED, Some(entry_offset), 1, || {
+                                    format!(
+                                "L1 entry {index}: COPIED is {} but the L2 table's refcount is {}",
+                                if e & OFLAG_COPIED != 0 { "set" } else { "clear" },
+                                ondisk.get(l2 / cs).unwrap_or(0))
+                                });
                         }
                     }
                 }
@@ -593,32 +593,28 @@ impl Checker<'_, '_> {
             let entry_offset = v.offset + i * h.l2_entry_bytes();
             let kind = classify(h, entry);
             if kind != ClusterKind::Compressed && entry & L2E_STD_RESERVED_MASK != 0 {
-                self.report.add_times(
-                    &rule::L2_RESERVED,
-                    Some(entry_offset),
-                    times,
-                    format!("L2 entry {entry:#018x} has reserved bits set"),
-                );
+                self.report
+                    .add_with(&rule::L2_RESERVED, Some(entry_offset), times, || {
+                        format!("L2 entry {entry:#018x} has reserved bits set")
+                    });
             }
             if guest >= h.size && kind != ClusterKind::Unallocated {
-                self.report.add_times(
-                    &rule::L2_BEYOND_DISK,
-                    Some(entry_offset),
-                    times,
-                    format!(
-                        "guest offset {guest:#x} past the virtual size {} is mapped",
-                        h.size
-                    ),
-                );
+                self.report
+                    .add_with(&rule::L2_BEYOND_DISK, Some(entry_offset), times, || {
+                        format!(
+                            "guest offset {guest:#x} past the virtual size {} is mapped",
+                            h.size
+                        )
+                    });
             }
             match kind {
                 ClusterKind::Compressed => {
                     if entry & OFLAG_COPIED != 0 {
-                        self.report.add_times(
+                        self.report.add_with(
                             &rule::L2_COMPRESSED_COPIED,
                             Some(entry_offset),
                             times,
-                            format!("compressed cluster entry {entry:#018x} has COPIED set"),
+                            || format!("compressed cluster entry {entry:#018x} has COPIED set"),
                         );
                     }
                     if data_file {
@@ -631,11 +627,11 @@ impl Checker<'_, '_> {
                         continue;
                     }
                     if bitmap != 0 {
-                        self.report.add_times(
+                        self.report.add_with(
                             &rule::SUBCLUSTER_COMPRESSED,
                             Some(entry_offset),
                             times,
-                            format!("compressed cluster with subcluster bitmap {bitmap:#018x}"),
+                            || format!("compressed cluster with subcluster bitmap {bitmap:#018x}"),
                         );
                         continue;
                     }
@@ -665,16 +661,14 @@ impl Checker<'_, '_> {
                 ClusterKind::ZeroAlloc | ClusterKind::Normal => {
                     let offset = entry & L2E_OFFSET_MASK;
                     if (bitmap >> 32) & bitmap != 0 {
-                        self.report.add_times(&rule::SUBCLUSTER_ALLOC_ZERO, Some(entry_offset), times, format!(
+                        self.report.add_with(&rule::SUBCLUSTER_ALLOC_ZERO, Some(entry_offset), times, || format!(
                             "cluster at {offset:#x}: subclusters {:#x} are both allocated and zero", (bitmap >> 32) & bitmap));
                     }
                     if offset % cs != 0 {
-                        self.report.add_times(
-                            &rule::L2_ALIGNED,
-                            Some(entry_offset),
-                            times,
-                            format!("data cluster offset {offset:#x} is not cluster aligned"),
-                        );
+                        self.report
+                            .add_with(&rule::L2_ALIGNED, Some(entry_offset), times, || {
+                                format!("data cluster offset {offset:#x} is not cluster aligned")
+                            });
                     }
                     if h.version < 3 && entry & OFLAG_ZERO != 0 {
                         self.report.add_times(
@@ -693,13 +687,15 @@ impl Checker<'_, '_> {
                     }
                     if data_file {
                         if offset != guest {
-                            self.report.add_times(
+                            self.report.add_with(
                                 &rule::DATA_FILE_OFFSET,
                                 Some(entry_offset),
                                 times,
-                                format!(
+                                || {
+                                    format!(
                                     "guest offset {guest:#x} maps to data file offset {offset:#x}"
-                                ),
+                                )
+                                },
                             );
                         }
                     } else if times == 1 {
@@ -743,14 +739,16 @@ impl Checker<'_, '_> {
                 }
                 ClusterKind::Unallocated => {
                     if bitmap & L2_BITMAP_ALL_ALLOC != 0 {
-                        self.report.add_times(
+                        self.report.add_with(
                             &rule::SUBCLUSTER_UNALLOCATED,
                             Some(entry_offset),
                             times,
-                            format!(
-                                "unallocated cluster with allocated subclusters {:#x}",
-                                bitmap & L2_BITMAP_ALL_ALLOC
-                            ),
+                            || {
+                                format!(
+                                    "unallocated cluster with allocated subclusters {:#x}",
+                                    bitmap & L2_BITMAP_ALL_ALLOC
+                                )
+                            },
                         );
                     }
                     if entry & OFLAG_COPIED != 0 && !data_file {
@@ -769,17 +767,22 @@ impl Checker<'_, '_> {
         } else {
             "clear"
         };
-        let rc = if self.h.has_data_file() {
-            1
-        } else {
-            self.ondisk.get(offset / self.h.cluster_size()).unwrap_or(0)
+        // The refcount is read again only for a finding that is kept.
+        let (h, ondisk) = (self.h, &self.ondisk);
+        let rc = || {
+            if h.has_data_file() {
+                1
+            } else {
+                ondisk.get(offset / h.cluster_size()).unwrap_or(0)
+            }
         };
-        self.report.add_times(
-            &rule::L2_COPIED,
-            Some(entry_offset),
-            times,
-            format!("data cluster {offset:#x}: COPIED is {state} but its refcount is {rc}"),
-        );
+        self.report
+            .add_with(&rule::L2_COPIED, Some(entry_offset), times, || {
+                format!(
+                    "data cluster {offset:#x}: COPIED is {state} but its refcount is {}",
+                    rc()
+                )
+            });
     }
 
     /// Counts the bitmap directory, tables and data clusters. Returns Err
@@ -817,11 +820,10 @@ impl Checker<'_, '_> {
             for (i, &e) in entries.iter().enumerate() {
                 let at = bm.bitmap_table_offset + i as u64 * 8;
                 if let Some(p) = table_entry_problem(e, cs) {
-                    self.report.add(
-                        &rule::BITMAP_TABLE_ENTRY,
-                        Some(at),
-                        format!("bitmap {:?} table entry {i} ({e:#018x}): {p}", bm.name),
-                    );
+                    self.report
+                        .add_with(&rule::BITMAP_TABLE_ENTRY, Some(at), 1, || {
+                            format!("bitmap {:?} table entry {i} ({e:#018x}): {p}", bm.name)
+                        });
                     continue;
                 }
                 let off = e & bitmap::TABLE_ENTRY_OFFSET_MASK;
@@ -847,28 +849,22 @@ impl Checker<'_, '_> {
             let e = self.ondisk.entry(t);
             let at = Some(self.h.refcount_table_offset + t * 8);
             if e & super::refcount::REFT_RESERVED_MASK != 0 {
-                self.report.add(
-                    &rule::REFTABLE_RESERVED,
-                    at,
-                    format!("refcount table entry {t} ({e:#018x}) has reserved bits set"),
-                );
+                self.report.add_with(&rule::REFTABLE_RESERVED, at, 1, || {
+                    format!("refcount table entry {t} ({e:#018x}) has reserved bits set")
+                });
                 continue;
             }
             let off = e & super::refcount::REFT_OFFSET_MASK;
             if off % cs != 0 {
-                self.report.add(
-                    &rule::REFBLOCK_ALIGNED,
-                    at,
-                    format!("refcount block {t} at {off:#x} is not cluster aligned"),
-                );
+                self.report.add_with(&rule::REFBLOCK_ALIGNED, at, 1, || {
+                    format!("refcount block {t} at {off:#x} is not cluster aligned")
+                });
                 continue;
             }
             if off / cs >= self.census.nb_clusters {
-                self.report.add(
-                    &rule::REFBLOCK_IN_FILE,
-                    at,
-                    format!("refcount block {t} at {off:#x} lies outside the image"),
-                );
+                self.report.add_with(&rule::REFBLOCK_IN_FILE, at, 1, || {
+                    format!("refcount block {t} at {off:#x} lies outside the image")
+                });
                 continue;
             }
             if off != 0 {
@@ -877,14 +873,12 @@ impl Checker<'_, '_> {
                 let refs = self.census.get(off / cs);
                 if refs != 1 {
                     self.overlap_reported.insert(off / cs);
-                    self.report.add(
-                        &rule::METADATA_OVERLAP,
-                        at,
+                    self.report.add_with(&rule::METADATA_OVERLAP, at, 1, || {
                         format!(
                             "refcount block {t} at {off:#x} is referenced {refs} times ({})",
                             owner::names(self.census.owners(off / cs))
-                        ),
-                    );
+                        )
+                    });
                 }
             }
         }
@@ -930,7 +924,7 @@ impl Checker<'_, '_> {
             };
             let present = match block {
                 Err(u) => {
-                    self.report.add_times(&rule::REFBLOCK_UNREADABLE, Some(self.h.refcount_table_offset + t * 8), count, format!(
+                    self.report.add_with(&rule::REFBLOCK_UNREADABLE, Some(self.h.refcount_table_offset + t * 8), count, || format!(
                         "refcount block {} at {:#x} is unaligned or unreachable; refcounts of clusters {first}..{} cannot be read",
                         u.table_index, u.block_offset, first + count));
                     continue;
@@ -1009,34 +1003,31 @@ impl Checker<'_, '_> {
             }
             highest = highest.max(last_used);
             for &(k, disk, refs, owners) in &mismatches {
-                let who = if owners == 0 {
-                    String::new()
-                } else {
-                    format!(" ({})", owner::names(owners))
+                // Named only for a finding that is kept.
+                let who = || {
+                    if owners == 0 {
+                        String::new()
+                    } else {
+                        format!(" ({})", owner::names(owners))
+                    }
                 };
                 let at = Some(k * cs);
                 if disk < refs {
-                    self.report.add(
-                        &rule::REFCOUNT_TOO_LOW,
-                        at,
-                        format!("cluster {k} refcount={disk} reference={refs}{who}"),
-                    );
+                    self.report.add_with(&rule::REFCOUNT_TOO_LOW, at, 1, || {
+                        format!("cluster {k} refcount={disk} reference={refs}{}", who())
+                    });
                 } else if disk > refs {
-                    self.report.add(
-                        &rule::REFCOUNT_LEAK,
-                        at,
-                        format!("cluster {k} refcount={disk} reference={refs}{who}"),
-                    );
+                    self.report.add_with(&rule::REFCOUNT_LEAK, at, 1, || {
+                        format!("cluster {k} refcount={disk} reference={refs}{}", who())
+                    });
                 } else if !self.overlap_reported.contains(&k) && refs < self.census.refcount_max() {
                     // (At refcount_max the extra references were already
                     // reported as an overflow of this cluster.)
                     // Counts agree, yet two kinds of structure own the cluster: qemu-img
                     // does not see this when the refcount was raised to match.
-                    self.report.add(
-                        &rule::METADATA_OVERLAP,
-                        at,
-                        format!("cluster {k} is owned by{who} (refcount {disk})"),
-                    );
+                    self.report.add_with(&rule::METADATA_OVERLAP, at, 1, || {
+                        format!("cluster {k} is owned by{} (refcount {disk})", who())
+                    });
                 }
             }
         }

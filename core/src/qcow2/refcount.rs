@@ -543,15 +543,12 @@ impl Census {
         let cs = 1u64 << self.cluster_bits;
         let end = offset as u128 + len as u128;
         if end >= self.file_len as u128 + cs as u128 {
-            report.add_times(
-                &rule::REFERENCE_PAST_EOF,
-                Some(offset),
-                times,
+            report.add_with(&rule::REFERENCE_PAST_EOF, Some(offset), times, || {
                 format!(
                     "{what} at {offset:#x} ({len} bytes) lies past the end of the file ({} bytes)",
                     self.file_len
-                ),
-            );
+                )
+            });
             return;
         }
         let first = offset >> self.cluster_bits;
@@ -559,14 +556,16 @@ impl Census {
         for k in first..=last {
             let over = self.add(k, times, owner);
             if over > 0 {
-                report.add_times(
+                report.add_with(
                     &rule::REFCOUNT_OVERFLOW,
                     Some(k << self.cluster_bits),
                     over,
-                    format!(
-                        "cluster {k} is referenced more often than refcount_max {} allows",
-                        self.refcount_max
-                    ),
+                    || {
+                        format!(
+                            "cluster {k} is referenced more often than refcount_max {} allows",
+                            self.refcount_max
+                        )
+                    },
                 );
             }
             if k >= self.nb_clusters {

@@ -88,14 +88,12 @@ pub fn check(src: &dyn ReadAt, filename: &str, limits: &Limits) -> Report {
                 .is_some_and(|e| e <= file_len)
     };
     if !table_ok(h.l1_table_offset) {
-        report.add(
-            &rule::TABLE_OFFSET,
-            Some(40),
+        report.add_with(&rule::TABLE_OFFSET, Some(40), 1, || {
             format!(
                 "the L1 table at {:#x} does not fit in the file",
                 h.l1_table_offset
-            ),
-        );
+            )
+        });
     }
     mark(h.l1_table_offset, h.table_size as u64);
     let mut visited = 0u64;
@@ -105,15 +103,13 @@ pub fn check(src: &dyn ReadAt, filename: &str, limits: &Limits) -> Report {
     for (i, l2) in l2_tables {
         let at = Some(h.l1_table_offset + 8 * i);
         if !table_ok(l2) {
-            report.add(&rule::TABLE_OFFSET, at, format!("L1 entry {i}: L2 table offset {l2:#x} is invalid (unaligned, in the header, or past the file)"));
+            report.add_with(&rule::TABLE_OFFSET, at, 1, || format!("L1 entry {i}: L2 table offset {l2:#x} is invalid (unaligned, in the header, or past the file)"));
             continue;
         }
         if !mark(l2, h.table_size as u64) {
-            report.add(
-                &rule::REFERENCED_ONCE,
-                at,
-                format!("L1 entry {i}: L2 table at {l2:#x} is already in use"),
-            );
+            report.add_with(&rule::REFERENCED_ONCE, at, 1, || {
+                format!("L1 entry {i}: L2 table at {l2:#x} is already in use")
+            });
             continue;
         }
         visited += h.table_entries();
@@ -133,19 +129,15 @@ pub fn check(src: &dyn ReadAt, filename: &str, limits: &Limits) -> Report {
             allocated += 1;
             let at = Some(l2 + 8 * j);
             if d % cs != 0 || d < h.header_bytes() || d >= file_len {
-                report.add(
-                    &rule::CLUSTER_OFFSET,
-                    at,
-                    format!("L2 entry {j} of table {i}: data offset {d:#x} is invalid"),
-                );
+                report.add_with(&rule::CLUSTER_OFFSET, at, 1, || {
+                    format!("L2 entry {j} of table {i}: data offset {d:#x} is invalid")
+                });
                 return;
             }
             if !mark(d, 1) {
-                report.add(
-                    &rule::REFERENCED_ONCE,
-                    at,
-                    format!("L2 entry {j} of table {i}: data cluster {d:#x} is already in use"),
-                );
+                report.add_with(&rule::REFERENCED_ONCE, at, 1, || {
+                    format!("L2 entry {j} of table {i}: data cluster {d:#x} is already in use")
+                });
             }
         });
     }
@@ -157,15 +149,12 @@ pub fn check(src: &dyn ReadAt, filename: &str, limits: &Limits) -> Report {
         let first = (header_clusters..nclusters)
             .find(|k| !used.set.contains(k))
             .unwrap_or(header_clusters);
-        report.add_times(
-            &rule::LEAK,
-            Some(first * cs),
-            leaked,
+        report.add_with(&rule::LEAK, Some(first * cs), leaked, || {
             format!(
                 "{leaked} clusters are allocated but unreferenced (first at {:#x})",
                 first * cs
-            ),
-        );
+            )
+        });
     }
     report.image_end_offset = Some(nclusters * cs);
     report.total_clusters = Some(h.image_size.div_ceil(cs));
