@@ -103,6 +103,18 @@ const TRIGGERED_BY_TESTS: &[(&str, &str)] = &[
         "core/tests/hostile.rs: snapshots_sharing_one_l1_hit_the_work_limit",
     ),
     (
+        "limits.table-bytes",
+        "core/tests/hostile_bounds.rs: qcow2_tables_above_max_table_bytes_are_refused_under_limits_table_bytes",
+    ),
+    (
+        "parallels.header.disk-size-limit",
+        "core/tests/hostile_bounds.rs: parallels_disk_size_is_capped_like_qemu",
+    ),
+    (
+        "limits.header-extensions",
+        "core/tests/hostile_bounds.rs: qcow2_100000_header_extensions_are_valid_and_capped_under_their_own_rule",
+    ),
+    (
         "qcow2.snapshot.table-readable",
         "core/tests/hostile.rs: snapshot_table_over_64_mib_is_refused",
     ),
@@ -248,9 +260,19 @@ fn goldens_record_no_error_for_an_image_check_can_read() {
             *info_ok.entry(report.format.clone()).or_insert(0) += 1;
         }
         // A corrupt image may be refused by map (as qemu-img map refuses it);
-        // a clean or leaking one must map, unless it is encrypted (never decrypted).
+        // a clean or leaking one must map, unless it is encrypted (never
+        // decrypted) or names a file the path policy refuses (check reports
+        // that rule too: the refusal is the point).
         let encrypted = info["header"]["crypt_method"].as_u64().unwrap_or(0) != 0;
-        if let (Some(e), 0 | 3, false) = (map.get("error"), code, encrypted) {
+        let refused_by_policy = map.get("error").and_then(|e| e.as_str()).is_some_and(|e| {
+            report
+                .findings
+                .iter()
+                .any(|f| f.rule.id.starts_with("policy.") && e.contains(f.rule.id))
+        });
+        if let (Some(e), 0 | 3, false, false) =
+            (map.get("error"), code, encrypted, refused_by_policy)
+        {
             problems.push(format!(
                 "{name}: check exits {code}, golden/map records {e}"
             ));

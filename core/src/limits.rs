@@ -4,6 +4,10 @@
 //! limits bound what the file length alone cannot (a small file whose tables
 //! all point at one another, a multi-terabyte sparse file).
 
+/// The most header extensions a qcow2 cluster 0 can hold: 8 bytes each in
+/// the largest cluster (2 MiB).
+pub const MAX_CLUSTER_0_EXTENSIONS: usize = (2 << 20) / 8;
+
 /// Caps a checker honours; exceeding one ends the check with a check error
 /// naming the `limits.*` rule, never with a hang or an allocation failure.
 #[derive(Debug, Clone)]
@@ -19,7 +23,9 @@ pub struct Limits {
     /// Findings kept per rule; the counts stay exact beyond it.
     pub max_findings_per_rule: usize,
     /// Header extensions parsed (each is at least 8 bytes of cluster 0, so
-    /// a 2 MiB cluster holds at most 262144 of them).
+    /// a 2 MiB cluster holds at most 262144 of them). Parsing is bounded by
+    /// cluster 0 anyway, so the default is that bound: no spec-valid image
+    /// is refused; a lower value is a policy choice.
     pub max_header_extensions: usize,
     /// Images below the top one in a backing chain. QEMU has no fixed
     /// limit and real chains of 50-200 snapshots exist; each layer holds one
@@ -33,7 +39,7 @@ impl Default for Limits {
             max_table_bytes: 256 << 20,
             max_entries_visited: 1 << 30,
             max_findings_per_rule: 32,
-            max_header_extensions: 4096,
+            max_header_extensions: MAX_CLUSTER_0_EXTENSIONS,
             max_backing_depth: 512,
         }
     }

@@ -47,11 +47,16 @@ pub struct Report {
     pub findings_omitted: BTreeMap<&'static str, u64>,
     #[serde(skip)]
     max_findings_per_rule: usize,
+    /// Per rule: occurrences (including omitted findings and repetitions)
+    /// and findings kept. One map, so a finding costs one lookup.
     #[serde(skip)]
-    per_rule: BTreeMap<&'static str, usize>,
-    /// Occurrences per rule, including omitted findings and repetitions.
-    #[serde(skip)]
-    rule_counts: BTreeMap<&'static str, u64>,
+    per_rule: BTreeMap<&'static str, RuleTally>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct RuleTally {
+    count: u64,
+    kept: usize,
 }
 
 impl Report {
@@ -72,7 +77,6 @@ impl Report {
             findings_omitted: BTreeMap::new(),
             max_findings_per_rule: limits.max_findings_per_rule,
             per_rule: BTreeMap::new(),
-            rule_counts: BTreeMap::new(),
         }
     }
 
@@ -91,6 +95,20 @@ impl Report {
         times: u64,
         detail: impl Into<String>,
     ) {
+        self.add_with(rule, offset, times, || detail.into());
+    }
+
+    /// Like [`Report::add_times`], with the detail built only if the
+    /// finding is kept: past `max_findings_per_rule` a finding costs a
+    /// count, not a formatted string. Hot paths (one finding per table
+    /// entry of a hostile image) use this.
+    pub fn add_with(
+        &mut self,
+        rule: &'static Rule,
+        offset: Option<u64>,
+        times: u64,
+        detail: impl FnOnce() -> String,
+    ) {
         match rule.severity {
             Severity::Error => self.check_errors += times,
             Severity::Corruption => self.corruptions += times,
@@ -98,11 +116,11 @@ impl Report {
             Severity::Violation => self.violations += times,
             Severity::Note => {}
         }
-        *self.rule_counts.entry(rule.id).or_insert(0) += times;
-        let kept = self.per_rule.entry(rule.id).or_insert(0);
-        if *kept < self.max_findings_per_rule {
-            *kept += 1;
-            let mut detail = detail.into();
+        let tally = self.per_rule.entry(rule.id).or_default();
+        tally.count += times;
+        if tally.kept < self.max_findings_per_rule {
+            tally.kept += 1;
+            let mut detail = detail();
             if times > 1 {
                 detail.push_str(&format!(" ({times} times)"));
             }
@@ -119,7 +137,7 @@ impl Report {
 
     /// How often `rule` was violated (counting repetitions and omitted findings).
     pub fn count(&self, rule_id: &str) -> u64 {
-        self.rule_counts.get(rule_id).copied().unwrap_or(0)
+        self.per_rule.get(rule_id).map_or(0, |t| t.count)
     }
 
     /// Whether any finding of `rule` was recorded.

@@ -78,6 +78,8 @@ pub mod general {
             "No single metadata table exceeds Limits::max_table_bytes.";
         WORK_LIMIT = "limits.entries-visited", "qconform", "Limits", Error,
             "A check visits at most Limits::max_entries_visited table entries.";
+        HEADER_EXT_LIMIT = "limits.header-extensions", "qconform", "Limits", Error,
+            "A qcow2 header holds at most Limits::max_header_extensions extensions (by default all cluster 0 can hold).";
     }
 }
 
@@ -350,6 +352,8 @@ pub mod parallels {
             "tracks (the cluster size in sectors) is not zero (and within QEMU's limit).";
         BAT_SIZE = "parallels.header.bat-entries-limit", "parallels.rst", "Header", Error,
             "nb_bat_entries is within QEMU's limit (INT32_MAX / 4).";
+        DISK_SIZE_LIMIT = "parallels.header.disk-size-limit", "parallels.rst", "Header", Error,
+            "nb_sectors * 512 is at most QEMU's largest image length (INT64_MAX aligned down to 1 GiB); QEMU refuses larger disks.";
         BAT_COVERS_DISK = "parallels.header.bat-covers-disk", "parallels.rst", "Header", Violation,
             "nb_bat_entries clusters cover nb_sectors.";
         NB_SECTORS_HIGH = "parallels.header.nb-sectors-high-zero", "parallels.rst", "Header", Violation,

@@ -374,14 +374,15 @@ fn refcount_table_past_eof_reads_as_empty() {
 
 #[test]
 fn parallels_with_a_huge_claimed_disk_maps_in_bounded_time() {
-    // A 64-byte header and a 4-entry BAT claiming 2^62 sectors of 512-byte clusters:
-    // the map walks the BAT, not the claim.
+    // A 64-byte header and a 4-entry BAT claiming the largest disk QEMU opens
+    // (0x3f_ffff_ffe0_0000 sectors, ~2^62 bytes) of 512-byte clusters: the
+    // map walks the BAT, not the claim.
     let mut b = vec![0u8; 4096];
     b[..16].copy_from_slice(b"WithouFreSpacExt");
     b[16..20].copy_from_slice(&2u32.to_le_bytes());
     b[28..32].copy_from_slice(&1u32.to_le_bytes()); // tracks: 1 sector clusters
     b[32..36].copy_from_slice(&4u32.to_le_bytes());
-    b[36..44].copy_from_slice(&(1u64 << 62).to_le_bytes());
+    b[36..44].copy_from_slice(&0x3f_ffff_ffe0_0000u64.to_le_bytes());
     b[48..52].copy_from_slice(&1u32.to_le_bytes());
     use qconform_core::disk::{Backing, NoFiles, OpenOptions, VirtualDisk};
     let opts = OpenOptions {

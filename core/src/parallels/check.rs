@@ -28,17 +28,33 @@ pub fn info(src: &dyn ReadAt, filename: &str, limits: &Limits) -> Result<Info, R
     let Some(h) = header::parse(src, &mut report) else {
         return Err(report);
     };
-    let bat = header::read_bat(src, &h);
     let extension = (h.ext_off != 0)
         .then(|| ext::parse(src, &h, &mut report))
         .flatten();
     Ok(Info {
         cluster_size: h.cluster_size(),
         data_offset: h.data_offset(),
-        allocated_clusters: bat.iter().filter(|&&e| e != 0).count() as u64,
+        allocated_clusters: allocated_clusters(src, &h),
         extension,
         header: h,
     })
+}
+
+/// Non-zero BAT entries, counted without holding the BAT.
+fn allocated_clusters(src: &dyn ReadAt, h: &Header) -> u64 {
+    let mut n = 0u64;
+    header::for_each_bat_entry(src, h, |_, _| n += 1);
+    n
+}
+
+/// Who uses a cluster, kept as a number (a BAT index, or an extension
+/// cluster counted down from u64::MAX) and named only when reported.
+fn user_name(who: u64) -> String {
+    match u64::MAX - who {
+        0 => "the Format Extension cluster".to_string(),
+        k if k < 1 << 32 => format!("dirty bitmap data cluster {k}"),
+        _ => format!("BAT entry {who}"),
+    }
 }
 
 pub fn check(src: &dyn ReadAt, filename: &str, limits: &Limits) -> Report {
@@ -48,7 +64,6 @@ pub fn check(src: &dyn ReadAt, filename: &str, limits: &Limits) -> Report {
     };
     let cs = h.cluster_size();
     let file_len = src.size();
-    let bat = header::read_bat(src, &h);
     let bat_end = HEADER_SIZE + 4 * h.nb_bat_entries as u64;
     let data_off = h.data_offset();
     // data_off: v2 non-zero and cluster aligned; never inside the BAT nor past the file.
@@ -58,90 +73,84 @@ pub fn check(src: &dyn ReadAt, filename: &str, limits: &Limits) -> Report {
         bat_end.next_multiple_of(SECTOR)
     };
     if h.ext_magic && (h.data_off == 0 || data_off % cs != 0) {
-        report.add(
-            &rule::DATA_OFF,
-            Some(48),
+        report.add_with(&rule::DATA_OFF, Some(48), 1, || {
             format!(
                 "data_off {} sectors is not a non-zero multiple of the cluster size",
                 h.data_off
-            ),
-        );
+            )
+        });
     } else if data_off < min_data || data_off > file_len {
-        report.add(&rule::DATA_OFF, Some(48), format!("data offset {data_off:#x} lies inside the BAT (ends {bat_end:#x}) or past the file ({file_len} bytes)"));
+        report.add_with(&rule::DATA_OFF, Some(48), 1, || format!("data offset {data_off:#x} lies inside the BAT (ends {bat_end:#x}) or past the file ({file_len} bytes)"));
     }
-    let allocated = bat.iter().filter(|&&e| e != 0).count() as u64;
+    let allocated = allocated_clusters(src, &h);
     if h.flags & header::FLAG_EMPTY != 0 && allocated > 0 {
         // QEMU ignores the flag and reads the BAT; so does our reader.
-        report.add(
-            &rule::EMPTY_IMAGE,
-            Some(52),
-            format!("the Empty Image flag is set, but the BAT allocates {allocated} clusters"),
-        );
+        report.add_with(&rule::EMPTY_IMAGE, Some(52), 1, || {
+            format!("the Empty Image flag is set, but the BAT allocates {allocated} clusters")
+        });
     }
-    // Every used cluster, by byte offset: who uses it.
-    let mut used: HashMap<u64, String> = HashMap::new();
+    // Every used cluster, by byte offset: who uses it (see `user_name`).
+    let mut used: HashMap<u64, u64> = HashMap::new();
     let mut image_end = data_off.min(file_len).max(bat_end.min(file_len));
     let mut place =
-        |report: &mut Report, what: String, at: Option<u64>, off: u64, image_end: &mut u64| {
+        |report: &mut Report, who: u64, at: Option<u64>, off: u64, image_end: &mut u64| {
+            // Named only on the (rare) paths that report.
+            let what = || user_name(who);
             if off < data_off {
-                report.add(
-                    &rule::BAT_BELOW_DATA,
-                    at,
-                    format!("{what} at {off:#x} lies before the data area ({data_off:#x})"),
-                );
+                report.add_with(&rule::BAT_BELOW_DATA, at, 1, || {
+                    format!(
+                        "{} at {off:#x} lies before the data area ({data_off:#x})",
+                        what()
+                    )
+                });
                 return;
             }
             if off.saturating_add(cs) > file_len {
-                report.add(
-                    &rule::BAT_INSIDE_FILE,
-                    at,
-                    format!("{what} at {off:#x} ends past the end of the file ({file_len} bytes)"),
-                );
+                report.add_with(&rule::BAT_INSIDE_FILE, at, 1, || {
+                    format!(
+                        "{} at {off:#x} ends past the end of the file ({file_len} bytes)",
+                        what()
+                    )
+                });
                 return;
             }
             if (off - data_off) % cs != 0 {
-                report.add(
-                    &rule::BAT_ALIGNED,
-                    at,
+                report.add_with(&rule::BAT_ALIGNED, at, 1, || {
                     format!(
-                        "{what} at {off:#x} is not a whole number of clusters past the data offset"
-                    ),
-                );
+                        "{} at {off:#x} is not a whole number of clusters past the data offset",
+                        what()
+                    )
+                });
             }
-            if let Some(first) = used.get(&off) {
-                report.add(
-                    &rule::BAT_UNIQUE,
-                    at,
-                    format!("{what} at {off:#x} is also used by {first}"),
-                );
+            if let Some(&first) = used.get(&off) {
+                report.add_with(&rule::BAT_UNIQUE, at, 1, || {
+                    format!(
+                        "{} at {off:#x} is also used by {}",
+                        what(),
+                        user_name(first)
+                    )
+                });
                 return;
             }
-            used.insert(off, what);
+            used.insert(off, who);
             *image_end = (*image_end).max(off + cs);
         };
-    for (i, &e) in bat.iter().enumerate() {
-        if e != 0 {
-            place(
-                &mut report,
-                format!("BAT entry {i}"),
-                Some(HEADER_SIZE + 4 * i as u64),
-                h.bat_offset(e),
-                &mut image_end,
-            );
-        }
-    }
+    header::for_each_bat_entry(src, &h, |i, e| {
+        place(
+            &mut report,
+            i,
+            Some(HEADER_SIZE + 4 * i),
+            h.bat_offset(e),
+            &mut image_end,
+        );
+    });
     if h.ext_off != 0 {
         let at = h.ext_off.saturating_mul(SECTOR);
         if let Some(x) = ext::parse(src, &h, &mut report) {
             for (k, &off) in x.clusters.iter().enumerate() {
-                let what = if k == 0 {
-                    "the Format Extension cluster".to_string()
-                } else {
-                    format!("dirty bitmap data cluster {k}")
-                };
                 place(
                     &mut report,
-                    what,
+                    u64::MAX - k as u64,
                     Some(if k == 0 { 56 } else { at }),
                     off,
                     &mut image_end,
@@ -152,15 +161,12 @@ pub fn check(src: &dyn ReadAt, filename: &str, limits: &Limits) -> Report {
     // Space past the last used cluster is leaked (counted in clusters, as qemu-img does).
     if file_len > image_end {
         let clusters = (file_len - image_end).div_ceil(cs);
-        report.add_times(
-            &rule::LEAK,
-            Some(image_end),
-            clusters,
+        report.add_with(&rule::LEAK, Some(image_end), clusters, || {
             format!(
                 "{} bytes past the last used cluster ({image_end:#x}) are leaked",
                 file_len - image_end
-            ),
-        );
+            )
+        });
     }
     report.image_end_offset = Some(image_end);
     report.total_clusters = Some(h.nb_bat_entries as u64);

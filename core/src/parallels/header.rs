@@ -14,6 +14,10 @@ pub const IN_USE_CLOSED: u32 = 0x312e_3276;
 /// QEMU's caps: tracks <= INT32_MAX / 513, BAT entries <= INT32_MAX / 4.
 pub const MAX_TRACKS: u32 = (i32::MAX / 513) as u32;
 pub const MAX_BAT_ENTRIES: u32 = (i32::MAX / 4) as u32;
+/// The largest disk QEMU opens: BDRV_MAX_LENGTH, INT64_MAX aligned down to
+/// BDRV_MAX_ALIGNMENT (1 GiB). qemu-img 10.0.2 opens nb_sectors up to
+/// 0x3f_ffff_ffe0_0000 and refuses one more ("File too large").
+pub const MAX_DISK_BYTES: u64 = 0x7fff_ffff_c000_0000;
 /// flags bit 0: the image should be considered clear.
 pub const FLAG_EMPTY: u32 = 1;
 
@@ -37,8 +41,14 @@ impl Header {
     pub fn cluster_size(&self) -> u64 {
         self.tracks as u64 * super::SECTOR
     }
-    /// Virtual disk size in bytes (v1 uses only the low 32 bits of nb_sectors).
+    /// Virtual disk size in bytes (v1 uses only the low 32 bits of
+    /// nb_sectors), never above [`MAX_DISK_BYTES`]: `parse` refuses a
+    /// header claiming more, as QEMU does.
     pub fn disk_size(&self) -> u64 {
+        self.claimed_disk_size().min(MAX_DISK_BYTES)
+    }
+    /// nb_sectors in bytes as the header claims it (saturating).
+    fn claimed_disk_size(&self) -> u64 {
         let sectors = if self.ext_magic {
             self.nb_sectors
         } else {
@@ -132,6 +142,18 @@ pub fn parse(src: &dyn ReadAt, report: &mut Report) -> Option<Header> {
         );
         return None;
     }
+    if h.claimed_disk_size() > MAX_DISK_BYTES {
+        report.add(
+            &rule::DISK_SIZE_LIMIT,
+            Some(36),
+            format!(
+                "nb_sectors {:#x} ({} bytes) exceeds QEMU's largest disk ({MAX_DISK_BYTES} bytes)",
+                h.nb_sectors,
+                h.claimed_disk_size()
+            ),
+        );
+        return None;
+    }
     if !ext_magic && h.nb_sectors >> 32 != 0 {
         report.add(
             &rule::NB_SECTORS_HIGH,
@@ -181,15 +203,70 @@ pub fn parse(src: &dyn ReadAt, report: &mut Report) -> Option<Header> {
     Some(h)
 }
 
-/// Reads the BAT (as far as it lies inside the file; entries past the end
-/// read as 0, unallocated).
-pub fn read_bat(src: &dyn ReadAt, h: &Header) -> Vec<u32> {
+/// Calls `f(index, entry)` for every non-zero BAT entry, in order. The BAT
+/// is read as far as it lies inside the file, in bounded chunks, and runs
+/// of it lying in a file hole (all zero) are skipped without a read: a
+/// 1 GiB BAT claimed over a hole costs neither memory nor reads.
+pub fn for_each_bat_entry(src: &dyn ReadAt, h: &Header, mut f: impl FnMut(u64, u32)) {
     let n = crate::source::entries_in_file(src, HEADER_SIZE, h.nb_bat_entries as u64, 4);
-    let mut raw = vec![0u8; (n * 4) as usize];
-    if src.read_zero_padded(&mut raw, HEADER_SIZE).is_err() {
-        raw.fill(0);
+    for_each_entry(src, HEADER_SIZE, n, 4, |i, raw| {
+        let e = le32(raw, 0);
+        if e != 0 {
+            f(i, e);
+        }
+    });
+}
+
+/// Calls `f(index, bytes)` for each of `count` entries of `width` bytes at
+/// `offset` (entries past the end of the file read as zero), 64 KiB at a
+/// time; a chunk lying in a hole of the source is skipped (its entries are
+/// all zero), so the cost follows the bytes the file holds.
+pub(crate) fn for_each_entry(
+    src: &dyn ReadAt,
+    offset: u64,
+    count: u64,
+    width: u64,
+    mut f: impl FnMut(u64, &[u8]),
+) {
+    const CHUNK: u64 = 64 << 10;
+    let per_chunk = (CHUNK / width).max(1);
+    let mut buf = vec![0u8; (per_chunk.min(count) * width) as usize];
+    let mut i = 0u64;
+    while i < count {
+        let at = offset + i * width;
+        if let Some((true, hole)) = src.extent(at) {
+            // Whole entries inside the hole read as zero: skip them.
+            let skip = hole / width;
+            if skip > 0 {
+                i = i.saturating_add(skip);
+                continue;
+            }
+        }
+        let n = per_chunk.min(count - i);
+        let chunk = buf.get_mut(..(n * width) as usize).unwrap_or(&mut []);
+        if src.read_zero_padded(chunk, at).is_err() {
+            chunk.fill(0);
+        }
+        for (j, e) in chunk.chunks_exact(width as usize).enumerate() {
+            f(i + j as u64, e);
+        }
+        i += n;
     }
-    raw.chunks_exact(4)
-        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
+}
+
+/// Reads the BAT for the reader: entries up to the last non-zero one (the
+/// rest read as 0, unallocated, which is what a shorter table means).
+pub fn read_bat(src: &dyn ReadAt, h: &Header) -> Vec<u32> {
+    let mut bat = Vec::new();
+    for_each_bat_entry(src, h, |i, e| {
+        if let Ok(i) = usize::try_from(i) {
+            if bat.len() <= i {
+                bat.resize(i + 1, 0);
+            }
+            if let Some(slot) = bat.get_mut(i) {
+                *slot = e;
+            }
+        }
+    });
+    bat
 }

@@ -46,6 +46,16 @@ pub fn info(src: &dyn ReadAt, filename: &str, limits: &Limits) -> Result<Info, R
     let Some(snapshots) = snapshot::read(src, &parsed.header, &mut report) else {
         return Err(report);
     };
+    if !tables_fit(
+        src,
+        &parsed.header,
+        &extensions,
+        &snapshots,
+        limits,
+        &mut report,
+    ) {
+        return Err(report);
+    }
     let bitmaps = match &extensions.bitmaps {
         Some(b) => bitmap::read_directory(src, &parsed.header, b, &mut report).unwrap_or_default(),
         None => Vec::new(),
@@ -83,6 +93,9 @@ pub fn check(src: &dyn ReadAt, filename: &str, limits: &Limits) -> Report {
     let Some(snaps) = snapshot::read(src, h, &mut report) else {
         return report;
     };
+    if !tables_fit(src, h, &exts, &snaps, limits, &mut report) {
+        return report;
+    }
     let ondisk = match OnDisk::load(src, h) {
         Ok(o) => o,
         Err(e) => {
@@ -100,7 +113,7 @@ pub fn check(src: &dyn ReadAt, filename: &str, limits: &Limits) -> Report {
         limits,
         census: Census::new(h, src.size()),
         refcount_is_one: Vec::new(),
-        unreadable_blocks: HashSet::new(),
+        epb_shift: ondisk.entries_per_block().trailing_zeros(),
         ondisk,
         visits: Vec::new(),
         visit_index: HashMap::new(),
@@ -111,6 +124,42 @@ pub fn check(src: &dyn ReadAt, filename: &str, limits: &Limits) -> Report {
     };
     checker.run(&exts, &snaps);
     report
+}
+
+/// Whether every table held in memory whole (the refcount table, as far as
+/// it lies in the file; the snapshot table; the bitmap directory) is within
+/// `Limits::max_table_bytes`; records a `limits.table-bytes` error if not.
+fn tables_fit(
+    src: &dyn ReadAt,
+    h: &Header,
+    exts: &Extensions,
+    snaps: &SnapshotTable,
+    limits: &Limits,
+    report: &mut Report,
+) -> bool {
+    let reftable_entries = h.refcount_table_clusters as u64 * h.cluster_size() / 8;
+    let reftable =
+        crate::source::entries_in_file(src, h.refcount_table_offset, reftable_entries, 8) * 8;
+    let (dir_offset, dir) = exts.bitmaps.as_ref().map_or((0, 0), |b| {
+        (b.bitmap_directory_offset, b.bitmap_directory_size)
+    });
+    let tables = [
+        ("refcount table", h.refcount_table_offset, reftable),
+        ("snapshot table", h.snapshots_offset, snaps.size),
+        ("bitmap directory", dir_offset, dir),
+    ];
+    for (what, offset, bytes) in tables {
+        if bytes > limits.max_table_bytes {
+            report.add_with(&general::TABLE_LIMIT, Some(offset), 1, || {
+                format!(
+                    "the {what} ({bytes} bytes) exceeds Limits::max_table_bytes ({})",
+                    limits.max_table_bytes
+                )
+            });
+            return false;
+        }
+    }
+    true
 }
 
 #[derive(Default)]
@@ -131,6 +180,16 @@ struct L2Visit {
     guest_base: u64,
 }
 
+/// What the COPIED check knows of one refcount block.
+enum BlockOnes {
+    /// No block, or one whose refcounts are all zero.
+    None,
+    /// The block offset is unaligned or unreachable (QEMU cannot read it).
+    Unreadable,
+    /// One bit per refcount: set where it is exactly 1.
+    Bits(Box<[u64]>),
+}
+
 /// Stop: a limit was hit and the check cannot be completed.
 struct Abort;
 
@@ -140,10 +199,13 @@ struct Checker<'a, 'r> {
     limits: &'a Limits,
     census: Census,
     ondisk: OnDisk<'a>,
-    /// One bit per cluster of the file: its on-disk refcount is exactly 1.
-    /// Lets the COPIED checks run without re-reading refcount blocks.
-    refcount_is_one: Vec<u64>,
-    unreadable_blocks: HashSet<u64>,
+    /// Per refcount table entry (of those covering the file): one bit per
+    /// refcount of its block, set where the refcount is exactly 1. Lets the
+    /// COPIED checks run without re-reading refcount blocks; blocks that
+    /// are absent, in a hole or all zero cost nothing.
+    refcount_is_one: Vec<BlockOnes>,
+    /// log2 of the refcounts per block (a power of two), for the hot path.
+    epb_shift: u32,
     visits: Vec<L2Visit>,
     visit_index: HashMap<u64, usize>,
     entries_visited: u64,
@@ -156,7 +218,9 @@ impl Checker<'_, '_> {
     fn run(&mut self, exts: &Extensions, snaps: &SnapshotTable) {
         let h = self.h;
         let cs = h.cluster_size();
-        self.load_refcount_is_one();
+        if self.load_refcount_is_one().is_err() {
+            return;
+        }
         self.census
             .reference(self.report, 0, cs, 1, owner::HEADER, "header cluster");
 
@@ -176,13 +240,16 @@ impl Checker<'_, '_> {
 
         // Snapshot L1 tables: identical tables are walked once, multiplied.
         if h.has_data_file() && !snaps.snapshots.is_empty() {
-            self.report.add(
+            self.report.add_with(
                 &rule::DATA_FILE_SNAPSHOTS,
                 Some(h.snapshots_offset),
-                format!(
-                    "{} internal snapshots in an image with an external data file",
-                    snaps.snapshots.len()
-                ),
+                1,
+                || {
+                    format!(
+                        "{} internal snapshots in an image with an external data file",
+                        snaps.snapshots.len()
+                    )
+                },
             );
         }
         let mut groups: Vec<((u64, u32), u64)> = Vec::new();
@@ -249,7 +316,9 @@ impl Checker<'_, '_> {
             }
         }
         self.check_refblocks();
-        self.compare_refcounts();
+        if self.compare_refcounts().is_err() {
+            return;
+        }
 
         let r = &mut *self.report;
         r.total_clusters = Some(h.size.div_ceil(cs));
@@ -261,14 +330,12 @@ impl Checker<'_, '_> {
     fn budget(&mut self, entries: u64) -> Result<(), Abort> {
         self.entries_visited += entries;
         if self.entries_visited > self.limits.max_entries_visited {
-            self.report.add(
-                &general::WORK_LIMIT,
-                None,
+            self.report.add_with(&general::WORK_LIMIT, None, 1, || {
                 format!(
                     "more than {} table entries to visit; the check stops here",
                     self.limits.max_entries_visited
-                ),
-            );
+                )
+            });
             return Err(Abort);
         }
         Ok(())
@@ -276,60 +343,87 @@ impl Checker<'_, '_> {
 
     /// Whether the on-disk refcount of `cluster` is exactly 1 (what the
     /// COPIED flag must say), or None where QEMU cannot look it up either.
-    #[inline]
+    #[inline(always)]
     fn refcount_is_one(&self, cluster: u64) -> Option<bool> {
-        let word = self.refcount_is_one.get((cluster / 64) as usize).copied();
-        match word {
-            Some(w) if self.unreadable_blocks.is_empty() => Some(w >> (cluster % 64) & 1 == 1),
-            _ => self.refcount_is_one_slow(cluster),
+        // entries_per_block is a power of two: shift and mask, no division.
+        let t = cluster >> self.epb_shift;
+        match self.refcount_is_one.get(t as usize) {
+            Some(BlockOnes::Bits(bits)) => {
+                let i = cluster & ((1u64 << self.epb_shift) - 1);
+                Some(
+                    bits.get((i / 64) as usize)
+                        .is_some_and(|w| w >> (i % 64) & 1 == 1),
+                )
+            }
+            Some(BlockOnes::None) => Some(false),
+            Some(BlockOnes::Unreadable) => None,
+            // Past the blocks covering the file: read the one refcount.
+            None => self.ondisk.get(cluster).ok().map(|rc| rc == 1),
         }
     }
 
-    #[cold]
-    fn refcount_is_one_slow(&self, cluster: u64) -> Option<bool> {
-        if self
-            .unreadable_blocks
-            .contains(&(cluster / self.ondisk.entries_per_block()))
-        {
-            return None;
+    /// Reads refcount block `off` into `buf`; false when it holds only
+    /// zeros (a block in a file hole is not read at all). Each block read
+    /// counts its entries against `Limits::max_entries_visited`: a refcount
+    /// table whose entries all name one block cannot make the check read
+    /// that block a million times unbounded.
+    fn read_refblock(&mut self, off: u64, buf: &mut [u8]) -> Result<bool, Abort> {
+        let cs = buf.len() as u64;
+        if off >= self.src.size() {
+            return Ok(false);
         }
-        if let Some(w) = self.refcount_is_one.get((cluster / 64) as usize) {
-            return Some(w >> (cluster % 64) & 1 == 1);
-        }
-        // Past the end of the file: read the one refcount.
-        self.ondisk.get(cluster).ok().map(|rc| rc == 1)
-    }
-
-    /// Loads one bit per cluster: on-disk refcount == 1. Bounded by the
-    /// clusters of the file, one refcount block read at a time.
-    fn load_refcount_is_one(&mut self) {
-        let nb = self.census.nb_clusters + 1;
-        self.refcount_is_one = vec![0u64; nb.div_ceil(64) as usize];
-        let epb = self.ondisk.entries_per_block();
-        let blocks = nb.div_ceil(epb).min(self.ondisk.table_entries);
-        let mut buf = vec![0u8; self.h.cluster_size() as usize];
-        for t in 0..blocks {
-            match self.ondisk.block_offset(t) {
-                Err(_) => {
-                    self.unreadable_blocks.insert(t);
-                }
-                Ok(0) => {}
-                Ok(off) => {
-                    self.ondisk.read_block(off, &mut buf);
-                    let first = t * epb;
-                    let count = epb.min(nb - first);
-                    let order = self.ondisk.order;
-                    for_each_refcount(&buf, order, count, |i, rc| {
-                        if rc == 1 {
-                            let k = first + i;
-                            if let Some(w) = self.refcount_is_one.get_mut((k / 64) as usize) {
-                                *w |= 1 << (k % 64);
-                            }
-                        }
-                    });
-                }
+        if let Some((true, len)) = self.src.extent(off) {
+            if len >= cs {
+                return Ok(false);
             }
         }
+        self.budget(self.ondisk.entries_per_block())?;
+        self.ondisk.read_block(off, buf);
+        Ok(buf.iter().any(|&b| b != 0))
+    }
+
+    /// Loads one bit per refcount == 1 of every refcount block covering the
+    /// file. Memory and time follow the refcount blocks that exist and hold
+    /// non-zero refcounts, one block read at a time.
+    fn load_refcount_is_one(&mut self) -> Result<(), Abort> {
+        let nb = self.census.nb_clusters + 1;
+        let epb = self.ondisk.entries_per_block();
+        let blocks = nb
+            .div_ceil(epb)
+            .min(self.ondisk.table_entries)
+            .min(self.ondisk.table.len() as u64);
+        let mut ones = Vec::with_capacity(blocks as usize);
+        let mut buf = vec![0u8; self.h.cluster_size() as usize];
+        for t in 0..blocks {
+            let block = match self.ondisk.block_offset(t) {
+                Err(_) => BlockOnes::Unreadable,
+                Ok(0) => BlockOnes::None,
+                Ok(off) => {
+                    if self.read_refblock(off, &mut buf)? {
+                        let mut bits = vec![0u64; epb.div_ceil(64) as usize].into_boxed_slice();
+                        let mut any = false;
+                        for_each_refcount(&buf, self.ondisk.order, 0, epb, |i, rc| {
+                            if rc == 1 {
+                                any = true;
+                                if let Some(w) = bits.get_mut((i / 64) as usize) {
+                                    *w |= 1 << (i % 64);
+                                }
+                            }
+                        });
+                        if any {
+                            BlockOnes::Bits(bits)
+                        } else {
+                            BlockOnes::None
+                        }
+                    } else {
+                        BlockOnes::None
+                    }
+                }
+            };
+            ones.push(block);
+        }
+        self.refcount_is_one = ones;
+        Ok(())
     }
 
     /// Walks one L1 table: counts its L2 tables and queues them for a visit.
@@ -347,13 +441,12 @@ impl Checker<'_, '_> {
             .is_none_or(|end| end > i64::MAX as u64)
         {
             // QEMU cannot read such a table at all and stops the check.
-            self.report.add(
-                &general::IO_ERROR,
-                Some(l1_offset),
-                format!(
+            self.report
+                .add_with(&general::IO_ERROR, Some(l1_offset), 1, || {
+                    format!(
                     "L1 table of {l1_size} entries at {l1_offset:#x} lies beyond any file offset"
-                ),
-            );
+                )
+                });
             return Err(Abort);
         }
         // Only the part inside the file can hold non-zero entries.
@@ -362,8 +455,16 @@ impl Checker<'_, '_> {
         let mut chunk = vec![0u8; (inside * 8).min(1 << 16) as usize];
         let mut i = 0u64;
         while i < inside {
+            // Entries lying in a file hole are zero: skip them unread (65536
+            // snapshot L1 tables of 32 MiB over a hole cost no reads).
+            if let Some((true, hole)) = self.src.extent(l1_offset + i * 8) {
+                if hole >= 8 {
+                    i = i.saturating_add(hole / 8);
+                    continue;
+                }
+            }
             let n = (inside - i).min(chunk.len() as u64 / 8);
-            let buf = &mut chunk[..(n * 8) as usize];
+            let buf = chunk.get_mut(..(n * 8) as usize).unwrap_or(&mut []);
             if self.src.read_zero_padded(buf, l1_offset + i * 8).is_err() {
                 buf.fill(0);
             }
@@ -376,31 +477,33 @@ impl Checker<'_, '_> {
                 let index = i + j;
                 let entry_offset = l1_offset + index * 8;
                 if e & L1E_RESERVED_MASK != 0 {
-                    self.report.add_times(
-                        &rule::L1_RESERVED,
-                        Some(entry_offset),
-                        times,
-                        format!("L1 entry {index} ({e:#018x}) has reserved bits set"),
-                    );
+                    self.report
+                        .add_with(&rule::L1_RESERVED, Some(entry_offset), times, || {
+                            format!("L1 entry {index} ({e:#018x}) has reserved bits set")
+                        });
                 }
                 let l2 = e & L1E_OFFSET_MASK;
                 self.census
                     .reference(self.report, l2, cs, times, owner::L2, "L2 table");
                 if l2 % cs != 0 {
-                    self.report.add_times(
-                        &rule::L1_L2_ALIGNED,
-                        Some(entry_offset),
-                        times,
-                        format!("L1 entry {index}: L2 table offset {l2:#x} is not cluster aligned"),
-                    );
+                    self.report
+                        .add_with(&rule::L1_L2_ALIGNED, Some(entry_offset), times, || {
+                            format!(
+                                "L1 entry {index}: L2 table offset {l2:#x} is not cluster aligned"
+                            )
+                        });
                 }
                 if active && l2 != 0 {
                     if let Some(one) = self.refcount_is_one(l2 / cs) {
                         if one != (e & OFLAG_COPIED != 0) {
-                            let rc = self.ondisk.get(l2 / cs).unwrap_or(0);
-                            self.report.add(&rule::L1_COPIED, Some(entry_offset), format!(
-                                "L1 entry {index}: COPIED is {} but the L2 table's refcount is {rc}",
-                                if e & OFLAG_COPIED != 0 { "set" } else { "clear" }));
+                            let ondisk = &self.ondisk;
+                            self.report
+                                .add_with(&rule::L1_COPIED, Some(entry_offset), 1, || {
+                                    format!(
+                                "L1 entry {index}: COPIED is {} but the L2 table's refcount is {}",
+                                if e & OFLAG_COPIED != 0 { "set" } else { "clear" },
+                                ondisk.get(l2 / cs).unwrap_or(0))
+                                });
                         }
                     }
                 }
@@ -479,7 +582,7 @@ impl Checker<'_, '_> {
                     next_contiguous = offset + cs;
                     self.census
                         .reference_cluster(self.report, offset, owner::DATA, "data cluster");
-                    if let Some(one) = self.refcount_is_one(offset / cs) {
+                    if let Some(one) = self.refcount_is_one(offset >> h.cluster_bits) {
                         if one != (entry & OFLAG_COPIED != 0) {
                             self.copied_mismatch(v.offset + i * 8, entry, offset, 1);
                         }
@@ -490,32 +593,28 @@ impl Checker<'_, '_> {
             let entry_offset = v.offset + i * h.l2_entry_bytes();
             let kind = classify(h, entry);
             if kind != ClusterKind::Compressed && entry & L2E_STD_RESERVED_MASK != 0 {
-                self.report.add_times(
-                    &rule::L2_RESERVED,
-                    Some(entry_offset),
-                    times,
-                    format!("L2 entry {entry:#018x} has reserved bits set"),
-                );
+                self.report
+                    .add_with(&rule::L2_RESERVED, Some(entry_offset), times, || {
+                        format!("L2 entry {entry:#018x} has reserved bits set")
+                    });
             }
             if guest >= h.size && kind != ClusterKind::Unallocated {
-                self.report.add_times(
-                    &rule::L2_BEYOND_DISK,
-                    Some(entry_offset),
-                    times,
-                    format!(
-                        "guest offset {guest:#x} past the virtual size {} is mapped",
-                        h.size
-                    ),
-                );
+                self.report
+                    .add_with(&rule::L2_BEYOND_DISK, Some(entry_offset), times, || {
+                        format!(
+                            "guest offset {guest:#x} past the virtual size {} is mapped",
+                            h.size
+                        )
+                    });
             }
             match kind {
                 ClusterKind::Compressed => {
                     if entry & OFLAG_COPIED != 0 {
-                        self.report.add_times(
+                        self.report.add_with(
                             &rule::L2_COMPRESSED_COPIED,
                             Some(entry_offset),
                             times,
-                            format!("compressed cluster entry {entry:#018x} has COPIED set"),
+                            || format!("compressed cluster entry {entry:#018x} has COPIED set"),
                         );
                     }
                     if data_file {
@@ -528,11 +627,11 @@ impl Checker<'_, '_> {
                         continue;
                     }
                     if bitmap != 0 {
-                        self.report.add_times(
+                        self.report.add_with(
                             &rule::SUBCLUSTER_COMPRESSED,
                             Some(entry_offset),
                             times,
-                            format!("compressed cluster with subcluster bitmap {bitmap:#018x}"),
+                            || format!("compressed cluster with subcluster bitmap {bitmap:#018x}"),
                         );
                         continue;
                     }
@@ -562,16 +661,14 @@ impl Checker<'_, '_> {
                 ClusterKind::ZeroAlloc | ClusterKind::Normal => {
                     let offset = entry & L2E_OFFSET_MASK;
                     if (bitmap >> 32) & bitmap != 0 {
-                        self.report.add_times(&rule::SUBCLUSTER_ALLOC_ZERO, Some(entry_offset), times, format!(
+                        self.report.add_with(&rule::SUBCLUSTER_ALLOC_ZERO, Some(entry_offset), times, || format!(
                             "cluster at {offset:#x}: subclusters {:#x} are both allocated and zero", (bitmap >> 32) & bitmap));
                     }
                     if offset % cs != 0 {
-                        self.report.add_times(
-                            &rule::L2_ALIGNED,
-                            Some(entry_offset),
-                            times,
-                            format!("data cluster offset {offset:#x} is not cluster aligned"),
-                        );
+                        self.report
+                            .add_with(&rule::L2_ALIGNED, Some(entry_offset), times, || {
+                                format!("data cluster offset {offset:#x} is not cluster aligned")
+                            });
                     }
                     if h.version < 3 && entry & OFLAG_ZERO != 0 {
                         self.report.add_times(
@@ -590,13 +687,15 @@ impl Checker<'_, '_> {
                     }
                     if data_file {
                         if offset != guest {
-                            self.report.add_times(
+                            self.report.add_with(
                                 &rule::DATA_FILE_OFFSET,
                                 Some(entry_offset),
                                 times,
-                                format!(
+                                || {
+                                    format!(
                                     "guest offset {guest:#x} maps to data file offset {offset:#x}"
-                                ),
+                                )
+                                },
                             );
                         }
                     } else if times == 1 {
@@ -640,14 +739,16 @@ impl Checker<'_, '_> {
                 }
                 ClusterKind::Unallocated => {
                     if bitmap & L2_BITMAP_ALL_ALLOC != 0 {
-                        self.report.add_times(
+                        self.report.add_with(
                             &rule::SUBCLUSTER_UNALLOCATED,
                             Some(entry_offset),
                             times,
-                            format!(
-                                "unallocated cluster with allocated subclusters {:#x}",
-                                bitmap & L2_BITMAP_ALL_ALLOC
-                            ),
+                            || {
+                                format!(
+                                    "unallocated cluster with allocated subclusters {:#x}",
+                                    bitmap & L2_BITMAP_ALL_ALLOC
+                                )
+                            },
                         );
                     }
                     if entry & OFLAG_COPIED != 0 && !data_file {
@@ -666,17 +767,22 @@ impl Checker<'_, '_> {
         } else {
             "clear"
         };
-        let rc = if self.h.has_data_file() {
-            1
-        } else {
-            self.ondisk.get(offset / self.h.cluster_size()).unwrap_or(0)
+        // The refcount is read again only for a finding that is kept.
+        let (h, ondisk) = (self.h, &self.ondisk);
+        let rc = || {
+            if h.has_data_file() {
+                1
+            } else {
+                ondisk.get(offset / h.cluster_size()).unwrap_or(0)
+            }
         };
-        self.report.add_times(
-            &rule::L2_COPIED,
-            Some(entry_offset),
-            times,
-            format!("data cluster {offset:#x}: COPIED is {state} but its refcount is {rc}"),
-        );
+        self.report
+            .add_with(&rule::L2_COPIED, Some(entry_offset), times, || {
+                format!(
+                    "data cluster {offset:#x}: COPIED is {state} but its refcount is {}",
+                    rc()
+                )
+            });
     }
 
     /// Counts the bitmap directory, tables and data clusters. Returns Err
@@ -714,11 +820,10 @@ impl Checker<'_, '_> {
             for (i, &e) in entries.iter().enumerate() {
                 let at = bm.bitmap_table_offset + i as u64 * 8;
                 if let Some(p) = table_entry_problem(e, cs) {
-                    self.report.add(
-                        &rule::BITMAP_TABLE_ENTRY,
-                        Some(at),
-                        format!("bitmap {:?} table entry {i} ({e:#018x}): {p}", bm.name),
-                    );
+                    self.report
+                        .add_with(&rule::BITMAP_TABLE_ENTRY, Some(at), 1, || {
+                            format!("bitmap {:?} table entry {i} ({e:#018x}): {p}", bm.name)
+                        });
                     continue;
                 }
                 let off = e & bitmap::TABLE_ENTRY_OFFSET_MASK;
@@ -744,28 +849,22 @@ impl Checker<'_, '_> {
             let e = self.ondisk.entry(t);
             let at = Some(self.h.refcount_table_offset + t * 8);
             if e & super::refcount::REFT_RESERVED_MASK != 0 {
-                self.report.add(
-                    &rule::REFTABLE_RESERVED,
-                    at,
-                    format!("refcount table entry {t} ({e:#018x}) has reserved bits set"),
-                );
+                self.report.add_with(&rule::REFTABLE_RESERVED, at, 1, || {
+                    format!("refcount table entry {t} ({e:#018x}) has reserved bits set")
+                });
                 continue;
             }
             let off = e & super::refcount::REFT_OFFSET_MASK;
             if off % cs != 0 {
-                self.report.add(
-                    &rule::REFBLOCK_ALIGNED,
-                    at,
-                    format!("refcount block {t} at {off:#x} is not cluster aligned"),
-                );
+                self.report.add_with(&rule::REFBLOCK_ALIGNED, at, 1, || {
+                    format!("refcount block {t} at {off:#x} is not cluster aligned")
+                });
                 continue;
             }
             if off / cs >= self.census.nb_clusters {
-                self.report.add(
-                    &rule::REFBLOCK_IN_FILE,
-                    at,
-                    format!("refcount block {t} at {off:#x} lies outside the image"),
-                );
+                self.report.add_with(&rule::REFBLOCK_IN_FILE, at, 1, || {
+                    format!("refcount block {t} at {off:#x} lies outside the image")
+                });
                 continue;
             }
             if off != 0 {
@@ -774,28 +873,48 @@ impl Checker<'_, '_> {
                 let refs = self.census.get(off / cs);
                 if refs != 1 {
                     self.overlap_reported.insert(off / cs);
-                    self.report.add(
-                        &rule::METADATA_OVERLAP,
-                        at,
+                    self.report.add_with(&rule::METADATA_OVERLAP, at, 1, || {
                         format!(
                             "refcount block {t} at {off:#x} is referenced {refs} times ({})",
                             owner::names(self.census.owners(off / cs))
-                        ),
-                    );
+                        )
+                    });
                 }
             }
         }
     }
 
-    /// Compares the on-disk refcount of every cluster with the census.
-    fn compare_refcounts(&mut self) {
+    /// Compares the on-disk refcount of every cluster with the census, as
+    /// QEMU does for every cluster of the file, but visiting only where one
+    /// of the two can be non-zero: the ranges of refcount blocks that exist
+    /// (and are not all zero) and the clusters the census touched. Every
+    /// other cluster has refcount 0 and no reference, which QEMU does not
+    /// count either, so the counts are the same.
+    fn compare_refcounts(&mut self) -> Result<(), Abort> {
         let cs = self.h.cluster_size();
         let nb = self.census.nb_clusters;
         let epb = self.ondisk.entries_per_block();
         let order = self.ondisk.order;
+        let nb_blocks = nb.div_ceil(epb);
+        // The blocks to look at, ascending: named by the table, or covering
+        // a referenced cluster.
+        let mut blocks: Vec<u64> = (0..self.ondisk.table.len() as u64)
+            .take_while(|&t| t < nb_blocks)
+            .filter(|&t| self.ondisk.entry(t) & super::refcount::REFT_OFFSET_MASK != 0)
+            .collect();
+        self.census.touched_ranges(|lo, hi| {
+            for t in lo / epb..=(hi / epb).min(nb_blocks.saturating_sub(1)) {
+                if t < nb_blocks {
+                    blocks.push(t);
+                }
+            }
+        });
+        blocks.sort_unstable();
+        blocks.dedup();
         let mut buf = vec![0u8; cs as usize];
         let mut highest: Option<u64> = None;
-        for t in 0..nb.div_ceil(epb) {
+        let mut mismatches: Vec<(u64, u64, u64, u8)> = Vec::new();
+        for t in blocks {
             let first = t * epb;
             let count = epb.min(nb - first);
             let block = if t < self.ondisk.table_entries {
@@ -803,100 +922,160 @@ impl Checker<'_, '_> {
             } else {
                 Ok(0)
             };
-            match block {
+            let present = match block {
                 Err(u) => {
-                    self.report.add_times(&rule::REFBLOCK_UNREADABLE, Some(self.h.refcount_table_offset + t * 8), count, format!(
+                    self.report.add_with(&rule::REFBLOCK_UNREADABLE, Some(self.h.refcount_table_offset + t * 8), count, || format!(
                         "refcount block {} at {:#x} is unaligned or unreachable; refcounts of clusters {first}..{} cannot be read",
                         u.table_index, u.block_offset, first + count));
                     continue;
                 }
-                Ok(0) => buf.fill(0),
-                Ok(off) => self.ondisk.read_block(off, &mut buf),
-            }
+                Ok(0) => false,
+                Ok(off) => self.read_refblock(off, &mut buf)?,
+            };
             let census = &self.census;
-            let mut mismatches: Vec<(u64, u64, u64)> = Vec::new();
-            for_each_refcount(&buf, order, count, |i, disk| {
-                let k = first + i;
-                let refs = census.get(k);
+            mismatches.clear();
+            let mut note = |k: u64, disk: u64, refs: u64, owners: u8| {
                 if disk > 0 || refs > 0 {
                     highest = Some(k);
                 }
-                let owners = census.owners(k);
                 if disk != refs || owners.count_ones() > 1 {
-                    mismatches.push((k, disk, refs));
+                    mismatches.push((k, disk, refs, owners));
                 }
-            });
-            for (k, disk, refs) in mismatches {
-                let owners = self.census.owners(k);
-                let who = if owners == 0 {
-                    String::new()
-                } else {
-                    format!(" ({})", owner::names(owners))
+            };
+            // Clusters in a present block with matching counts and at most
+            // one owner (nearly all of them) only move the image end.
+            let mut last_used: Option<u64> = None;
+            if present {
+                let pc = Census::page_clusters();
+                let end = first + count;
+                let mut k = first;
+                while k < end {
+                    // One census page at a time: a dense page is compared as
+                    // slices, in the decoding loop.
+                    let seg_end = end.min((k / pc + 1) * pc);
+                    let page = census.page(k);
+                    let base = k - k % pc;
+                    match census.dense(page) {
+                        Some((c, o)) => {
+                            for_each_refcount(&buf, order, k - first, seg_end - k, |i, disk| {
+                                let kk = first + i;
+                                let j = (kk - base) as usize;
+                                let (c, owners) = (
+                                    c.get(j).copied().unwrap_or(0),
+                                    o.get(j).copied().unwrap_or(0),
+                                );
+                                // The common case: a small count equal to the
+                                // refcount, at most one owner kind.
+                                if disk == c as u64
+                                    && c < u8::MAX
+                                    && owners & owners.wrapping_sub(1) == 0
+                                {
+                                    if disk > 0 {
+                                        last_used = Some(kk);
+                                    }
+                                    return;
+                                }
+                                let refs = if c < u8::MAX {
+                                    c as u64
+                                } else {
+                                    census.spilled(kk)
+                                };
+                                note(kk, disk, refs, owners);
+                            })
+                        }
+                        None => {
+                            for_each_refcount(&buf, order, k - first, seg_end - k, |i, disk| {
+                                let kk = first + i;
+                                let (refs, owners) = census.get_in(page, kk);
+                                if disk > 0 || refs > 0 || owners > 0 {
+                                    note(kk, disk, refs, owners);
+                                }
+                            })
+                        }
+                    }
+                    k = seg_end;
+                }
+            } else {
+                // Every refcount of this range is 0: only referenced clusters matter.
+                census.for_each_in(first, first + count, |k, refs, owners| {
+                    note(k, 0, refs, owners)
+                });
+            }
+            highest = highest.max(last_used);
+            for &(k, disk, refs, owners) in &mismatches {
+                // Named only for a finding that is kept.
+                let who = || {
+                    if owners == 0 {
+                        String::new()
+                    } else {
+                        format!(" ({})", owner::names(owners))
+                    }
                 };
                 let at = Some(k * cs);
                 if disk < refs {
-                    self.report.add(
-                        &rule::REFCOUNT_TOO_LOW,
-                        at,
-                        format!("cluster {k} refcount={disk} reference={refs}{who}"),
-                    );
+                    self.report.add_with(&rule::REFCOUNT_TOO_LOW, at, 1, || {
+                        format!("cluster {k} refcount={disk} reference={refs}{}", who())
+                    });
                 } else if disk > refs {
-                    self.report.add(
-                        &rule::REFCOUNT_LEAK,
-                        at,
-                        format!("cluster {k} refcount={disk} reference={refs}{who}"),
-                    );
+                    self.report.add_with(&rule::REFCOUNT_LEAK, at, 1, || {
+                        format!("cluster {k} refcount={disk} reference={refs}{}", who())
+                    });
                 } else if !self.overlap_reported.contains(&k) && refs < self.census.refcount_max() {
                     // (At refcount_max the extra references were already
                     // reported as an overflow of this cluster.)
                     // Counts agree, yet two kinds of structure own the cluster: qemu-img
                     // does not see this when the refcount was raised to match.
-                    self.report.add(
-                        &rule::METADATA_OVERLAP,
-                        at,
-                        format!("cluster {k} is owned by{who} (refcount {disk})"),
-                    );
+                    self.report.add_with(&rule::METADATA_OVERLAP, at, 1, || {
+                        format!("cluster {k} is owned by{} (refcount {disk})", who())
+                    });
                 }
             }
         }
         // QEMU starts from cluster 0, so the header cluster always counts.
         self.report.image_end_offset = Some((highest.unwrap_or(0) + 1) * cs);
+        Ok(())
     }
 }
 
-/// Calls `f(index, refcount)` for the first `count` refcounts of a block,
-/// decoding each width with its own loop (this is the hot path of a check).
-fn for_each_refcount(block: &[u8], order: u32, count: u64, mut f: impl FnMut(u64, u64)) {
-    let count = count as usize;
+/// Calls `f(index, refcount)` for the refcounts `start..start + count` of
+/// a block, decoding each width with its own loop (this is the hot path of
+/// a check).
+fn for_each_refcount(
+    block: &[u8],
+    order: u32,
+    start: u64,
+    count: u64,
+    mut f: impl FnMut(u64, u64),
+) {
+    let n = count as usize;
+    let from = |width: usize| block.get(start as usize * width..).unwrap_or(&[]);
+    let at = |i: usize| start + i as u64;
     match order {
         4 => {
-            for (i, c) in block.chunks_exact(2).take(count).enumerate() {
-                f(i as u64, u16::from_be_bytes([c[0], c[1]]) as u64);
+            for (i, c) in from(2).chunks_exact(2).take(n).enumerate() {
+                f(at(i), u16::from_be_bytes([c[0], c[1]]) as u64);
             }
         }
         3 => {
-            for (i, &b) in block.iter().take(count).enumerate() {
-                f(i as u64, b as u64);
+            for (i, &b) in from(1).iter().take(n).enumerate() {
+                f(at(i), b as u64);
             }
         }
         5 => {
-            for (i, c) in block.chunks_exact(4).take(count).enumerate() {
-                f(
-                    i as u64,
-                    u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as u64,
-                );
+            for (i, c) in from(4).chunks_exact(4).take(n).enumerate() {
+                f(at(i), u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as u64);
             }
         }
         6 => {
-            for (i, c) in block.chunks_exact(8).take(count).enumerate() {
+            for (i, c) in from(8).chunks_exact(8).take(n).enumerate() {
                 f(
-                    i as u64,
+                    at(i),
                     u64::from_be_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]),
                 );
             }
         }
         _ => {
-            for i in 0..count as u64 {
+            for i in start..start + count {
                 f(i, super::refcount::decode(block, i, order));
             }
         }

@@ -78,18 +78,18 @@ pub fn parse(
     let mut exts = Extensions::default();
     let end = h.extensions_end();
     let mut offset = h.extensions_start();
-    let mut seen: Vec<u32> = Vec::new();
+    // A set: 262144 extensions must not cost a quadratic uniqueness check.
+    let mut seen: std::collections::HashSet<u32> = std::collections::HashSet::new();
+    let mut parsed = 0usize;
     let mut terminated = false;
     while offset < end {
-        if seen.len() >= limits.max_header_extensions {
-            report.add(
-                &general::TABLE_LIMIT,
-                Some(offset),
+        if parsed >= limits.max_header_extensions {
+            report.add_with(&general::HEADER_EXT_LIMIT, Some(offset), 1, || {
                 format!(
                     "more than {} header extensions",
                     limits.max_header_extensions
-                ),
-            );
+                )
+            });
             return None;
         }
         let at = offset as usize;
@@ -97,7 +97,7 @@ pub fn parse(
         let len = be_u32(cluster0, at + 4);
         let data_start = offset + 8;
         if data_start > end || len as u64 > end - data_start {
-            report.add(&rule::EXT_BOUNDS, Some(offset), format!(
+            report.add_with(&rule::EXT_BOUNDS, Some(offset), 1, || format!(
                 "header extension {ext_type:#010x} of {len} bytes runs past the end of the extension area at {end:#x}"));
             return None;
         }
@@ -109,14 +109,12 @@ pub fn parse(
         let data = cluster0
             .get(data_start as usize..(data_start + len as u64) as usize)
             .unwrap_or(&[]);
-        if seen.contains(&ext_type) && ext_type != EXT_END {
-            report.add(
-                &rule::EXT_UNIQUE,
-                Some(offset),
-                format!("header extension {ext_type:#010x} appears more than once"),
-            );
+        parsed += 1;
+        if !seen.insert(ext_type) {
+            report.add_with(&rule::EXT_UNIQUE, Some(offset), 1, || {
+                format!("header extension {ext_type:#010x} appears more than once")
+            });
         }
-        seen.push(ext_type);
         match ext_type {
             EXT_BACKING_FORMAT => {
                 if h.backing_file_offset == 0 {
@@ -130,19 +128,18 @@ pub fn parse(
             }
             EXT_FEATURE_TABLE => {
                 if len % 48 != 0 {
-                    report.add(
-                        &rule::EXT_FEATURE_TABLE,
-                        Some(offset),
-                        format!("feature name table length {len} is not a multiple of 48"),
-                    );
+                    report.add_with(&rule::EXT_FEATURE_TABLE, Some(offset), 1, || {
+                        format!("feature name table length {len} is not a multiple of 48")
+                    });
                 }
                 for (i, e) in data.chunks_exact(48).enumerate() {
                     let (kind, bit) = (e[0], e[1]);
                     if kind > 2 || bit > 63 {
-                        report.add(
+                        report.add_with(
                             &rule::EXT_FEATURE_TABLE,
                             Some(data_start + 48 * i as u64),
-                            format!("feature name entry with type {kind} bit {bit}"),
+                            1,
+                            || format!("feature name entry with type {kind} bit {bit}"),
                         );
                     }
                     let name = &e[2..];
@@ -156,11 +153,9 @@ pub fn parse(
             }
             EXT_BITMAPS => {
                 if len != 24 {
-                    report.add(
-                        &rule::EXT_BITMAPS_LAYOUT,
-                        Some(offset),
-                        format!("bitmaps extension is {len} bytes, not 24"),
-                    );
+                    report.add_with(&rule::EXT_BITMAPS_LAYOUT, Some(offset), 1, || {
+                        format!("bitmaps extension is {len} bytes, not 24")
+                    });
                     return None;
                 }
                 if h.autoclear_features & AUTOCLEAR_BITMAPS == 0 {
@@ -192,11 +187,9 @@ pub fn parse(
                         None
                     };
                     if let Some(p) = problem {
-                        report.add(
-                            &rule::EXT_BITMAPS_LAYOUT,
-                            Some(offset),
-                            format!("bitmaps extension: {p}"),
-                        );
+                        report.add_with(&rule::EXT_BITMAPS_LAYOUT, Some(offset), 1, || {
+                            format!("bitmaps extension: {p}")
+                        });
                         return None;
                     }
                     exts.bitmaps = Some(b);
@@ -212,11 +205,9 @@ pub fn parse(
                     return None;
                 }
                 if len != 16 {
-                    report.add(
-                        &rule::EXT_FDE_LAYOUT,
-                        Some(offset),
-                        format!("encryption header pointer is {len} bytes, not 16"),
-                    );
+                    report.add_with(&rule::EXT_FDE_LAYOUT, Some(offset), 1, || {
+                        format!("encryption header pointer is {len} bytes, not 16")
+                    });
                     return None;
                 }
                 let p = FdePointer {
@@ -224,14 +215,12 @@ pub fn parse(
                     length: be_u64(data, 8),
                 };
                 if p.offset % h.cluster_size() != 0 {
-                    report.add(
-                        &rule::EXT_FDE_LAYOUT,
-                        Some(offset),
+                    report.add_with(&rule::EXT_FDE_LAYOUT, Some(offset), 1, || {
                         format!(
                             "encryption header offset {:#x} is not cluster aligned",
                             p.offset
-                        ),
-                    );
+                        )
+                    });
                     return None;
                 }
                 exts.fde = Some(p);
@@ -247,11 +236,9 @@ pub fn parse(
                 exts.data_file = Some(lossy(data));
             }
             other => {
-                report.add(
-                    &rule::EXT_UNKNOWN,
-                    Some(offset),
-                    format!("unknown header extension {other:#010x} of {len} bytes"),
-                );
+                report.add_with(&rule::EXT_UNKNOWN, Some(offset), 1, || {
+                    format!("unknown header extension {other:#010x} of {len} bytes")
+                });
                 exts.unknown.push(UnknownExt {
                     ext_type: other,
                     offset,

@@ -171,18 +171,96 @@ pub mod owner {
     }
 }
 
-/// The rebuilt reference count of every host cluster of the file.
+/// Clusters per census page (a power of two).
+const PAGE_BITS: u32 = 12;
+const PAGE: usize = 1 << PAGE_BITS;
+/// A page holds its clusters as a sorted list until this many are
+/// referenced, then as two dense arrays (2 bytes per cluster): a dense page
+/// costs at most 2 * PAGE / PROMOTE = 32 bytes per referenced cluster, so
+/// references scattered over a huge sparse file cannot make it expensive.
+const PROMOTE: usize = PAGE / 16;
+/// A new page starts dense (skipping the sparse phase, which is slower)
+/// while all dense pages together stay within this many clusters per
+/// distinct referenced cluster: the same 32-bytes-per-reference bound as
+/// [`PROMOTE`], applied to the whole census, so an image referencing its
+/// clusters in order (every real image) never pays for sparse pages.
+const DENSE_PER_REFERENCE: u64 = 16;
+
+/// One referenced cluster of a sparse page: (index in the page, count, owners).
+type Slot = (u16, u8, u8);
+
+enum Page {
+    Sparse(Vec<Slot>),
+    Dense(DensePage),
+}
+
+struct DensePage {
+    counts: Box<[u8; PAGE]>,
+    owners: Box<[u8; PAGE]>,
+}
+
+impl DensePage {
+    fn new() -> Self {
+        DensePage {
+            counts: zeroed(),
+            owners: zeroed(),
+        }
+    }
+}
+
+/// A zeroed page array, allocated zeroed (calloc: fresh memory is not
+/// written twice) rather than built on the stack and copied.
+fn zeroed() -> Box<[u8; PAGE]> {
+    let b: Box<[u8]> = vec![0u8; PAGE].into_boxed_slice();
+    b.try_into().unwrap_or_else(|_| Box::new([0; PAGE]))
+}
+
+/// A census page as the comparison reads it: counts and owners by index.
+#[derive(Clone, Copy)]
+pub struct PageRef<'a>(Option<&'a Page>);
+
+impl PageRef<'_> {
+    /// (saturated count byte, owners) of index `i` of the page.
+    #[inline]
+    fn raw(self, i: usize) -> (u8, u8) {
+        match self.0 {
+            None => (0, 0),
+            Some(Page::Dense(d)) => (
+                d.counts.get(i).copied().unwrap_or(0),
+                d.owners.get(i).copied().unwrap_or(0),
+            ),
+            Some(Page::Sparse(v)) => match v.binary_search_by_key(&(i as u16), |s| s.0) {
+                Ok(at) => v.get(at).map_or((0, 0), |s| (s.1, s.2)),
+                Err(_) => (0, 0),
+            },
+        }
+    }
+}
+
+/// The rebuilt reference count of every host cluster the image references.
 ///
-/// One byte per cluster of the file (saturating; larger counts spill into a
-/// map) plus one byte of owner kinds: memory is proportional to
-/// file length / cluster size, never to the virtual size.
+/// Memory follows the clusters actually referenced, never the file length:
+/// pages of [`PAGE`] clusters are created when first touched, sparse (a
+/// sorted list) until enough of their clusters are referenced to make two
+/// dense byte arrays cheaper. Counts saturate at 255 in a byte; larger ones
+/// spill into a map.
 pub struct Census {
-    counts: Vec<u8>,
+    pages: Vec<Page>,
+    /// Page number -> index into `pages`.
+    index: HashMap<u64, usize>,
+    /// The last page looked up by `reference_cluster` (page number, index),
+    /// so sequential references skip the hash lookup.
+    last: (u64, usize),
     spill: HashMap<u64, u64>,
-    owners: Vec<u8>,
+    /// Pages that are dense, and clusters with at least one reference.
+    dense_pages: u64,
+    distinct: u64,
     cluster_bits: u32,
     file_len: u64,
     refcount_max: u64,
+    /// Clusters a reference may touch: those of the file plus one partly
+    /// allocated cluster past its end.
+    slots: u64,
     /// Clusters covered: those of the file, plus one partly allocated
     /// cluster past its end if something references it.
     pub nb_clusters: u64,
@@ -191,12 +269,13 @@ pub struct Census {
 impl Census {
     pub fn new(h: &Header, file_len: u64) -> Self {
         let nb = file_len.div_ceil(h.cluster_size());
-        // One spare slot: a reference may end up to one cluster past EOF.
-        let slots = nb as usize + 1;
         Census {
-            counts: vec![0; slots],
+            pages: Vec::new(),
+            index: HashMap::new(),
+            last: (u64::MAX, 0),
             spill: HashMap::new(),
-            owners: vec![0; slots],
+            dense_pages: 0,
+            distinct: 0,
             cluster_bits: h.cluster_bits,
             file_len,
             refcount_max: if h.refcount_order >= 6 {
@@ -204,16 +283,38 @@ impl Census {
             } else {
                 (1u64 << h.refcount_bits()) - 1
             },
+            // One spare slot: a reference may end up to one cluster past EOF.
+            slots: nb + 1,
             nb_clusters: nb,
         }
     }
 
+    /// The page holding cluster `k`, for reading.
+    #[inline]
+    pub fn page(&self, k: u64) -> PageRef<'_> {
+        let pn = k >> PAGE_BITS;
+        let i = if self.last.0 == pn {
+            Some(self.last.1)
+        } else {
+            self.index.get(&pn).copied()
+        };
+        PageRef(i.and_then(|i| self.pages.get(i)))
+    }
+
+    /// The count of cluster `k` given its page (from [`Census::page`]).
+    #[inline]
+    pub fn get_in(&self, page: PageRef<'_>, k: u64) -> (u64, u8) {
+        let (c, o) = page.raw((k as usize) & (PAGE - 1));
+        let c = if c < u8::MAX {
+            c as u64
+        } else {
+            self.spill.get(&k).copied().unwrap_or(u8::MAX as u64)
+        };
+        (c, o)
+    }
+
     pub fn get(&self, k: u64) -> u64 {
-        match self.counts.get(k as usize) {
-            Some(&c) if c < u8::MAX => c as u64,
-            Some(_) => self.spill.get(&k).copied().unwrap_or(u8::MAX as u64),
-            None => 0,
-        }
+        self.get_in(self.page(k), k).0
     }
 
     /// Largest refcount the image's refcount width can hold.
@@ -222,21 +323,170 @@ impl Census {
     }
 
     pub fn owners(&self, k: u64) -> u8 {
-        self.owners.get(k as usize).copied().unwrap_or(0)
+        self.get_in(self.page(k), k).1
     }
 
-    /// Adds `times` references to cluster `k`; returns how many of them
-    /// would overflow refcount_bits (those are not added).
-    fn add(&mut self, k: u64, times: u64) -> u64 {
-        let Some(slot) = self.counts.get_mut(k as usize) else {
+    /// Calls `f(first, last)` for each touched page with the first and last
+    /// cluster that may have been referenced in it (the whole page when it
+    /// is dense), in no particular order.
+    pub fn touched_ranges(&self, mut f: impl FnMut(u64, u64)) {
+        for (&pn, &i) in &self.index {
+            let base = pn << PAGE_BITS;
+            match self.pages.get(i) {
+                Some(Page::Sparse(v)) => {
+                    for s in v {
+                        f(base + s.0 as u64, base + s.0 as u64);
+                    }
+                }
+                Some(Page::Dense(_)) => f(base, base + PAGE as u64 - 1),
+                None => {}
+            }
+        }
+    }
+
+    /// The dense arrays (counts, owners) of `page`, if it is dense: the
+    /// comparison's fast path.
+    #[inline]
+    pub fn dense<'a>(&self, page: PageRef<'a>) -> Option<(&'a [u8; PAGE], &'a [u8; PAGE])> {
+        match page.0 {
+            Some(Page::Dense(d)) => Some((&*d.counts, &*d.owners)),
+            _ => None,
+        }
+    }
+
+    /// The count of cluster `k` whose saturated count byte is 255.
+    #[cold]
+    pub fn spilled(&self, k: u64) -> u64 {
+        self.spill.get(&k).copied().unwrap_or(u8::MAX as u64)
+    }
+
+    /// Calls `f(k, count, owners)` for every referenced cluster `k` in
+    /// `first..end`, ascending. Looks at the touched pages only: a range of
+    /// millions of clusters with nothing referenced costs nothing.
+    pub fn for_each_in(&self, first: u64, end: u64, mut f: impl FnMut(u64, u64, u8)) {
+        if end <= first {
+            return;
+        }
+        let (p0, p1) = (first >> PAGE_BITS, (end - 1) >> PAGE_BITS);
+        let pages: Vec<u64> = if p1 - p0 < self.index.len() as u64 {
+            (p0..=p1).filter(|pn| self.index.contains_key(pn)).collect()
+        } else {
+            let mut v: Vec<u64> = self
+                .index
+                .keys()
+                .copied()
+                .filter(|pn| (p0..=p1).contains(pn))
+                .collect();
+            v.sort_unstable();
+            v
+        };
+        for pn in pages {
+            let page = self.page(pn << PAGE_BITS);
+            let base = pn << PAGE_BITS;
+            let lo = first.max(base) - base;
+            let hi = end.min(base + PAGE as u64) - base;
+            match page.0 {
+                None => {}
+                Some(Page::Dense(_)) => {
+                    for i in lo..hi {
+                        let (c, o) = self.get_in(page, base + i);
+                        if c > 0 || o > 0 {
+                            f(base + i, c, o);
+                        }
+                    }
+                }
+                Some(Page::Sparse(v)) => {
+                    for &(i, _, _) in v.iter().filter(|s| (lo..hi).contains(&(s.0 as u64))) {
+                        let (c, o) = self.get_in(page, base + i as u64);
+                        f(base + i as u64, c, o);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Clusters per page, for callers that walk pages.
+    pub const fn page_clusters() -> u64 {
+        PAGE as u64
+    }
+
+    /// The slot (count byte, owners) of cluster `k`, creating its page (and
+    /// promoting a full sparse page to dense) as needed. None past the slots.
+    fn slot_mut(&mut self, k: u64) -> Option<(&mut u8, &mut u8)> {
+        if k >= self.slots {
+            return None;
+        }
+        let pn = k >> PAGE_BITS;
+        let i = (k as usize) & (PAGE - 1);
+        let at = if self.last.0 == pn {
+            self.last.1
+        } else {
+            let at = match self.index.get(&pn) {
+                Some(&at) => at,
+                None => {
+                    let dense = (self.dense_pages + 1) * PAGE as u64
+                        <= DENSE_PER_REFERENCE * self.distinct + PAGE as u64;
+                    self.pages.push(if dense {
+                        self.dense_pages += 1;
+                        Page::Dense(DensePage::new())
+                    } else {
+                        Page::Sparse(Vec::new())
+                    });
+                    self.index.insert(pn, self.pages.len() - 1);
+                    self.pages.len() - 1
+                }
+            };
+            self.last = (pn, at);
+            at
+        };
+        let page = self.pages.get_mut(at)?;
+        if let Page::Sparse(v) = page {
+            if v.len() >= PROMOTE && v.binary_search_by_key(&(i as u16), |s| s.0).is_err() {
+                self.dense_pages += 1;
+                let mut d = DensePage::new();
+                for &(j, c, o) in v.iter() {
+                    if let (Some(dc), Some(downers)) =
+                        (d.counts.get_mut(j as usize), d.owners.get_mut(j as usize))
+                    {
+                        *dc = c;
+                        *downers = o;
+                    }
+                }
+                *page = Page::Dense(d);
+            }
+        }
+        match page {
+            Page::Dense(d) => Some((d.counts.get_mut(i)?, d.owners.get_mut(i)?)),
+            Page::Sparse(v) => {
+                let pos = match v.binary_search_by_key(&(i as u16), |s| s.0) {
+                    Ok(pos) => pos,
+                    Err(pos) => {
+                        v.insert(pos, (i as u16, 0, 0));
+                        pos
+                    }
+                };
+                let s = v.get_mut(pos)?;
+                Some((&mut s.1, &mut s.2))
+            }
+        }
+    }
+
+    /// Adds `times` references to cluster `k` owned by `owner`; returns how
+    /// many of them would overflow refcount_bits (those are not added).
+    fn add(&mut self, k: u64, times: u64, owner: u8) -> u64 {
+        let refcount_max = self.refcount_max;
+        let spilled = self.spill.get(&k).copied();
+        let Some((slot, owners)) = self.slot_mut(k) else {
             return 0;
         };
+        *owners |= owner;
+        let first_reference = *slot == 0;
         let old = if *slot < u8::MAX {
             *slot as u64
         } else {
-            self.spill.get(&k).copied().unwrap_or(u8::MAX as u64)
+            spilled.unwrap_or(u8::MAX as u64)
         };
-        let room = self.refcount_max - old;
+        let room = refcount_max - old;
         let added = times.min(room);
         let new = old + added;
         if new < u8::MAX as u64 {
@@ -245,23 +495,31 @@ impl Census {
             *slot = u8::MAX;
             self.spill.insert(k, new);
         }
+        if first_reference && added > 0 {
+            self.distinct += 1;
+        }
         times - added
     }
 
     /// Counts one reference to the cluster at `offset` (one cluster long).
     /// The common case of a check, kept branch-light: an aligned cluster
-    /// inside the file whose count is small.
+    /// inside the file, in the page last touched, whose count is small.
     #[inline]
     pub fn reference_cluster(&mut self, report: &mut Report, offset: u64, owner: u8, what: &str) {
         let cs = 1u64 << self.cluster_bits;
-        let k = (offset >> self.cluster_bits) as usize;
-        if offset & (cs - 1) == 0 && k + 1 < self.counts.len() {
-            // `k + 1 < len` keeps the spare slot out: k lies inside the file.
-            let c = self.counts[k];
-            if c < u8::MAX - 1 && (c as u64) < self.refcount_max {
-                self.counts[k] = c + 1;
-                self.owners[k] |= owner;
-                return;
+        let k = offset >> self.cluster_bits;
+        // `k < nb_clusters` keeps the spare slot out: k lies inside the file.
+        if offset & (cs - 1) == 0 && k < self.nb_clusters && self.last.0 == k >> PAGE_BITS {
+            if let Some(Page::Dense(d)) = self.pages.get_mut(self.last.1) {
+                let i = (k as usize) & (PAGE - 1);
+                if let (Some(c), Some(o)) = (d.counts.get_mut(i), d.owners.get_mut(i)) {
+                    if *c < u8::MAX - 1 && (*c as u64) < self.refcount_max {
+                        self.distinct += (*c == 0) as u64;
+                        *c += 1;
+                        *o |= owner;
+                        return;
+                    }
+                }
             }
         }
         self.reference(report, offset, cs, 1, owner, what);
@@ -285,34 +543,30 @@ impl Census {
         let cs = 1u64 << self.cluster_bits;
         let end = offset as u128 + len as u128;
         if end >= self.file_len as u128 + cs as u128 {
-            report.add_times(
-                &rule::REFERENCE_PAST_EOF,
-                Some(offset),
-                times,
+            report.add_with(&rule::REFERENCE_PAST_EOF, Some(offset), times, || {
                 format!(
                     "{what} at {offset:#x} ({len} bytes) lies past the end of the file ({} bytes)",
                     self.file_len
-                ),
-            );
+                )
+            });
             return;
         }
         let first = offset >> self.cluster_bits;
         let last = ((end - 1) >> self.cluster_bits) as u64;
         for k in first..=last {
-            let over = self.add(k, times);
+            let over = self.add(k, times, owner);
             if over > 0 {
-                report.add_times(
+                report.add_with(
                     &rule::REFCOUNT_OVERFLOW,
                     Some(k << self.cluster_bits),
                     over,
-                    format!(
-                        "cluster {k} is referenced more often than refcount_max {} allows",
-                        self.refcount_max
-                    ),
+                    || {
+                        format!(
+                            "cluster {k} is referenced more often than refcount_max {} allows",
+                            self.refcount_max
+                        )
+                    },
                 );
-            }
-            if let Some(o) = self.owners.get_mut(k as usize) {
-                *o |= owner;
             }
             if k >= self.nb_clusters {
                 self.nb_clusters = k + 1;

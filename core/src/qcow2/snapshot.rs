@@ -131,12 +131,15 @@ pub fn read(src: &dyn ReadAt, h: &Header, report: &mut Report) -> Option<Snapsho
         });
     }
     table.size = offset - start;
+    // A set, not a scan of the earlier entries: 65536 snapshots would make
+    // that 2^31 string comparisons.
+    let mut ids: std::collections::HashSet<&str> = std::collections::HashSet::new();
     for (i, s) in table.snapshots.iter().enumerate() {
         if h.version >= 3 && s.extra_data_size < 16 {
             report.add(&rule::SNAPSHOT_EXTRA_V3, Some(s.entry_offset + 36), format!(
                 "snapshot table entry {i} ({}) has {} bytes of extra data; version 3 needs at least 16", s.name, s.extra_data_size));
         }
-        if table.snapshots[..i].iter().any(|o| o.id == s.id) {
+        if !ids.insert(s.id.as_str()) {
             report.add(
                 &rule::SNAPSHOT_ID_UNIQUE,
                 Some(s.entry_offset),

@@ -8,17 +8,55 @@ use crate::report::Report;
 use crate::rules::{general, qed as rule};
 use crate::source::{entries_in_file, ReadAt};
 
-/// A table's entries, as far as the file holds them (allocation bounded by
-/// the file, not by the table size the header claims).
+/// A table's entries up to its last non-zero one, as far as the file holds
+/// them (read in chunks, holes skipped: a table in a hole costs nothing).
+/// Entries past the returned ones are 0, as a shorter table means.
 pub(crate) fn read_table(src: &dyn ReadAt, h: &Header, offset: u64) -> Vec<u64> {
+    let mut t = Vec::new();
+    for_each_table_entry(src, h, offset, |i, e| {
+        if let Ok(i) = usize::try_from(i) {
+            if t.len() <= i {
+                t.resize(i + 1, 0);
+            }
+            if let Some(slot) = t.get_mut(i) {
+                *slot = e;
+            }
+        }
+    });
+    t
+}
+
+/// Calls `f(index, entry)` for each non-zero entry of the table at
+/// `offset`, as far as the file holds it, without holding the table.
+fn for_each_table_entry(src: &dyn ReadAt, h: &Header, offset: u64, mut f: impl FnMut(u64, u64)) {
     let n = entries_in_file(src, offset, h.table_entries(), 8);
-    let mut raw = vec![0u8; (n * 8) as usize];
-    if src.read_zero_padded(&mut raw, offset).is_err() {
-        raw.fill(0);
+    crate::parallels::header::for_each_entry(src, offset, n, 8, |i, raw| {
+        let e = crate::source::le_u64(raw, 0);
+        if e != 0 {
+            f(i, e);
+        }
+    });
+}
+
+/// The clusters in use, as a set: memory follows the clusters referenced,
+/// not the length of a (sparse) file.
+struct Used {
+    set: std::collections::HashSet<u64>,
+    nclusters: u64,
+}
+
+impl Used {
+    /// Marks `n` clusters from byte `off` (those inside the file); false if
+    /// any was already in use (then none is marked).
+    fn mark(&mut self, cs: u64, off: u64, n: u64) -> bool {
+        let first = off / cs;
+        let range = first..first.saturating_add(n).min(self.nclusters);
+        if range.clone().any(|k| self.set.contains(&k)) {
+            return false;
+        }
+        self.set.extend(range);
+        true
     }
-    raw.chunks_exact(8)
-        .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
-        .collect()
 }
 
 pub fn check(src: &dyn ReadAt, filename: &str, limits: &Limits) -> Report {
@@ -29,17 +67,19 @@ pub fn check(src: &dyn ReadAt, filename: &str, limits: &Limits) -> Report {
     let cs = h.cs();
     let file_len = src.size();
     let nclusters = file_len.div_ceil(cs);
-    let mut used = vec![false; nclusters as usize];
+    let mut used = Used {
+        set: std::collections::HashSet::new(),
+        nclusters,
+    };
+    // The header clusters are all in use; a huge header_size in a sparse
+    // file is counted, not enumerated.
+    let header_clusters = (h.header_size as u64).min(nclusters);
     let mut mark = |off: u64, n: u64| -> bool {
-        let first = off / cs;
-        let range = first..first.saturating_add(n).min(nclusters);
-        if range.clone().any(|k| used[k as usize]) {
+        if off / cs < header_clusters {
             return false;
         }
-        range.for_each(|k| used[k as usize] = true);
-        true
+        used.mark(cs, off, n)
     };
-    mark(0, h.header_size as u64);
     let table_ok = |off: u64| {
         off % cs == 0
             && off >= h.header_bytes()
@@ -48,33 +88,28 @@ pub fn check(src: &dyn ReadAt, filename: &str, limits: &Limits) -> Report {
                 .is_some_and(|e| e <= file_len)
     };
     if !table_ok(h.l1_table_offset) {
-        report.add(
-            &rule::TABLE_OFFSET,
-            Some(40),
+        report.add_with(&rule::TABLE_OFFSET, Some(40), 1, || {
             format!(
                 "the L1 table at {:#x} does not fit in the file",
                 h.l1_table_offset
-            ),
-        );
+            )
+        });
     }
     mark(h.l1_table_offset, h.table_size as u64);
     let mut visited = 0u64;
     let mut allocated = 0u64;
-    for (i, &l2) in read_table(src, &h, h.l1_table_offset).iter().enumerate() {
-        if l2 == 0 {
-            continue;
-        }
-        let at = Some(h.l1_table_offset + 8 * i as u64);
+    let mut l2_tables: Vec<(u64, u64)> = Vec::new();
+    for_each_table_entry(src, &h, h.l1_table_offset, |i, l2| l2_tables.push((i, l2)));
+    for (i, l2) in l2_tables {
+        let at = Some(h.l1_table_offset + 8 * i);
         if !table_ok(l2) {
-            report.add(&rule::TABLE_OFFSET, at, format!("L1 entry {i}: L2 table offset {l2:#x} is invalid (unaligned, in the header, or past the file)"));
+            report.add_with(&rule::TABLE_OFFSET, at, 1, || format!("L1 entry {i}: L2 table offset {l2:#x} is invalid (unaligned, in the header, or past the file)"));
             continue;
         }
         if !mark(l2, h.table_size as u64) {
-            report.add(
-                &rule::REFERENCED_ONCE,
-                at,
-                format!("L1 entry {i}: L2 table at {l2:#x} is already in use"),
-            );
+            report.add_with(&rule::REFERENCED_ONCE, at, 1, || {
+                format!("L1 entry {i}: L2 table at {l2:#x} is already in use")
+            });
             continue;
         }
         visited += h.table_entries();
@@ -86,45 +121,40 @@ pub fn check(src: &dyn ReadAt, filename: &str, limits: &Limits) -> Report {
             );
             return report;
         }
-        for (j, &d) in read_table(src, &h, l2).iter().enumerate() {
-            if d == 0 || d == ZERO_CLUSTER {
-                continue;
+        for_each_table_entry(src, &h, l2, |j, d| {
+            if d == ZERO_CLUSTER {
+                return;
             }
             // QEMU counts every entry with an offset as allocated, valid or not.
             allocated += 1;
-            let at = Some(l2 + 8 * j as u64);
+            let at = Some(l2 + 8 * j);
             if d % cs != 0 || d < h.header_bytes() || d >= file_len {
-                report.add(
-                    &rule::CLUSTER_OFFSET,
-                    at,
-                    format!("L2 entry {j} of table {i}: data offset {d:#x} is invalid"),
-                );
-                continue;
+                report.add_with(&rule::CLUSTER_OFFSET, at, 1, || {
+                    format!("L2 entry {j} of table {i}: data offset {d:#x} is invalid")
+                });
+                return;
             }
             if !mark(d, 1) {
-                report.add(
-                    &rule::REFERENCED_ONCE,
-                    at,
-                    format!("L2 entry {j} of table {i}: data cluster {d:#x} is already in use"),
-                );
-                continue;
+                report.add_with(&rule::REFERENCED_ONCE, at, 1, || {
+                    format!("L2 entry {j} of table {i}: data cluster {d:#x} is already in use")
+                });
             }
-        }
+        });
     }
-    let leaked: Vec<u64> = (h.header_size as u64..nclusters)
-        .filter(|&k| !used[k as usize])
-        .collect();
-    if let Some(&first) = leaked.first() {
-        report.add_times(
-            &rule::LEAK,
-            Some(first * cs),
-            leaked.len() as u64,
+    // Leaks: the clusters past the header not in use, counted, and the
+    // first of them found by walking up from the header (at most one step
+    // per used cluster).
+    let leaked = nclusters - header_clusters - used.set.len() as u64;
+    if leaked > 0 {
+        let first = (header_clusters..nclusters)
+            .find(|k| !used.set.contains(k))
+            .unwrap_or(header_clusters);
+        report.add_with(&rule::LEAK, Some(first * cs), leaked, || {
             format!(
-                "{} clusters are allocated but unreferenced (first at {:#x})",
-                leaked.len(),
+                "{leaked} clusters are allocated but unreferenced (first at {:#x})",
                 first * cs
-            ),
-        );
+            )
+        });
     }
     report.image_end_offset = Some(nclusters * cs);
     report.total_clusters = Some(h.image_size.div_ceil(cs));

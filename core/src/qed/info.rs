@@ -101,7 +101,12 @@ pub fn info(src: &dyn ReadAt, filename: &str, limits: &Limits) -> Result<Info, R
             .then_some("raw"),
         backing_file,
         l1_table_offset: h.l1_table_offset,
-        l1_entries_in_file: l1.len() as u64,
+        l1_entries_in_file: crate::source::entries_in_file(
+            src,
+            h.l1_table_offset,
+            h.table_entries(),
+            8,
+        ),
         l2_tables: l1.iter().filter(|&&e| e != 0).count() as u64,
         need_check: h.features & F_NEED_CHECK != 0,
         header: h,
