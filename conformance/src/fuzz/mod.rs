@@ -383,11 +383,15 @@ fn record(
     run: u64,
     dir: &Path,
 ) {
+    // A finding is kept with the lowest run that shows it, so the result is
+    // the same whatever the number of jobs: a later run is one more hit.
     {
         let mut f = found.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(known) = f.iter_mut().find(|x| same(x, v.kind, v.signal, &v.detail)) {
-            known.hits += 1;
-            return;
+            if run > known.run {
+                known.hits += 1;
+                return;
+            }
         }
     }
     let small = minimise(o, input, v.kind, dir);
@@ -402,9 +406,16 @@ fn record(
         .iter()
         .any(|(k, r)| k == v.kind.name() && r.as_deref().is_none_or(|r| rules.contains(&r)));
     let mut f = found.lock().unwrap_or_else(|p| p.into_inner());
-    // Another job may have found (and minimised) the same one meanwhile.
+    // Another job may have found (and minimised) the same one meanwhile;
+    // the lower run wins.
     if let Some(known) = f.iter_mut().find(|x| same(x, v.kind, v.signal, &v.detail)) {
         known.hits += 1;
+        if run < known.run {
+            known.run = run;
+            known.rules = rules;
+            known.input = small;
+            known.stderr_tail = v.stderr_tail;
+        }
         return;
     }
     f.push(Finding {
