@@ -57,6 +57,22 @@ pub struct Profile {
     pub lenient: bool,
 }
 
+/// What a back-end knows about itself without asking: the values `serve`
+/// answers GET_FEATURES, GET_PROTOCOL_FEATURES, GET_QUEUE_NUM and
+/// GET_MAX_MEM_SLOTS with, and the largest ring it can hold (vhost-user has
+/// no message for that one). A session judging the conversation from the
+/// back-end's side is given them, so it knows the rings that exist before
+/// (or without) a GET_QUEUE_NUM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caps {
+    pub features: u64,
+    pub protocol_features: u64,
+    pub queues: u64,
+    pub max_mem_slots: u64,
+    /// The largest SET_VRING_NUM accepted.
+    pub max_ring_size: u32,
+}
+
 /// What the engine concluded about one reply (for a probe's robustness verdict).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReplyOutcome {
@@ -117,6 +133,12 @@ pub struct Session {
     pending: VecDeque<Pending>,
     backend_channel: bool,
     closed: bool,
+    /// The back-end's own capabilities, when the session is the back-end's.
+    caps: Option<Caps>,
+    /// Why the back-end must refuse the latest front-end request, if it must.
+    refusal: Option<String>,
+    /// The latest request sent (message number and name), for a close.
+    last_request: Option<(u64, &'static str)>,
 }
 
 impl Session {
@@ -136,7 +158,25 @@ impl Session {
             pending: VecDeque::new(),
             backend_channel: false,
             closed: false,
+            caps: None,
+            refusal: None,
+            last_request: None,
         }
+    }
+
+    /// A session on the back-end's side, which knows its own capabilities.
+    pub fn with_caps(name: &str, profile: Profile, caps: Caps) -> Session {
+        Session {
+            caps: Some(caps),
+            ..Session::new(name, profile)
+        }
+    }
+
+    /// Why the back-end must refuse the latest front-end request: the
+    /// request broke a rule, or names a ring or a ring size beyond the
+    /// back-end's capabilities. None when it can carry it out.
+    pub fn refusal(&self) -> Option<&str> {
+        self.refusal.as_deref()
     }
 
     /// The findings so far (the report's `offset` is the message number).
@@ -162,6 +202,11 @@ impl Session {
     }
     pub fn queue_num(&self) -> Option<u64> {
         self.queue_num
+    }
+    /// The number of queues the back-end has: its GET_QUEUE_NUM reply, or
+    /// on the back-end's side its own count.
+    fn queues(&self) -> Option<u64> {
+        self.queue_num.or(self.caps.map(|c| c.queues))
     }
     /// Whether a reply is still awaited.
     pub fn awaiting_reply(&self) -> bool {
@@ -195,6 +240,8 @@ impl Session {
     pub fn on_message(&mut self, m: Message<'_>) -> Option<ReplyOutcome> {
         let seq = self.seq;
         self.seq += 1;
+        // The header checks below count among the reasons to refuse a request.
+        let before = self.report.findings.len();
         let requester = match m.channel {
             Channel::Main => Direction::FrontToBack,
             Channel::Backend => Direction::BackToFront,
@@ -252,7 +299,15 @@ impl Session {
                     format!("{side}: request {} has the reply flag set", h.request),
                 );
             }
+            self.refusal = None;
             self.on_request(seq, m);
+            // A rule the request broke is a reason to refuse it too.
+            if self.refusal.is_none() {
+                self.refusal = self.report.findings[before..]
+                    .iter()
+                    .find(|f| f.offset == Some(seq) && f.detail.starts_with(side))
+                    .map(|f| f.detail.clone());
+            }
             None
         } else {
             if !h.is_reply() {
@@ -290,6 +345,7 @@ impl Session {
                 seq,
                 format!("{side}: request id {} is not defined ({range})", h.request),
             );
+            self.last_request = Some((seq, "an undefined request"));
             // need_reply still asks for an ack (a failure one, from a conforming peer).
             if h.need_reply() && self.pending.len() < MAX_PENDING {
                 let expect = if self.negotiated(PF::ReplyAck) {
@@ -310,6 +366,9 @@ impl Session {
             return;
         };
         let name = info.name;
+        if m.channel == Channel::Main {
+            self.last_request = Some((seq, name));
+        }
         if m.channel == Channel::Backend {
             if !self.backend_channel {
                 self.finding(
@@ -516,7 +575,7 @@ impl Session {
     }
 
     fn check_index(&mut self, seq: u64, side: &str, name: &str, index: u32) -> bool {
-        if let Some(n) = self.queue_num {
+        if let Some(n) = self.queues() {
             if index as u64 >= n {
                 self.finding(
                     &rule::RING_INDEX,
@@ -531,6 +590,16 @@ impl Session {
 
     fn apply_request(&mut self, seq: u64, info: &RequestInfo, p: &Payload, side: &str) {
         let name = info.name;
+        if let (Some(caps), 8, Payload::VringState { num, .. }) = (self.caps, info.id, p) {
+            if *num == 0 || *num > caps.max_ring_size {
+                // Not the front-end's fault (no message tells it the
+                // maximum), so no finding; the back-end refuses it all the same.
+                self.refusal = Some(format!(
+                    "{name}: ring size {num}; this back-end holds 1 to {}",
+                    caps.max_ring_size
+                ));
+            }
+        }
         match (info.id, p) {
             (2, Payload::U64 { value }) if info.gate == Gate::None => {
                 if let Some(offered) = self.offered_features {
@@ -872,6 +941,23 @@ impl Session {
             .filter(|p| p.expect != Expect::OptionalAck)
             .cloned()
             .collect();
+        if by == Some(Direction::BackToFront) {
+            // One event, one finding, however the front-end noticed it: on
+            // a read (a reply was due) or on a write (none was). The reply
+            // that never came is named in it rather than counted apart.
+            let detail = match (missing.first(), self.last_request) {
+                (Some(p), _) => format!(
+                    "back-end: closed the connection instead of replying to {} (message {})",
+                    p.name, p.seq
+                ),
+                (None, Some((at, name))) => format!(
+                    "back-end: closed the connection during the conversation; the last request was {name} (message {at})"
+                ),
+                (None, None) => "back-end: closed the connection before any request".into(),
+            };
+            self.finding(&rule::PEER_CLOSED, seq, detail);
+            return;
+        }
         for p in &missing {
             let who = match p.channel {
                 Channel::Main => "back-end",
@@ -884,13 +970,6 @@ impl Session {
                     "{who}: no reply to {} (message {}) before the connection ended",
                     p.name, p.seq
                 ),
-            );
-        }
-        if by == Some(Direction::BackToFront) && !missing.is_empty() {
-            self.finding(
-                &rule::PEER_CLOSED,
-                seq,
-                "back-end: closed the connection while a reply was due".into(),
             );
         }
     }
