@@ -590,7 +590,7 @@ fn robustness(opts: &Options, probe: &Robustness, ring_size: u32) -> ProbeVerdic
             return verdict;
         }
     };
-    let conn = match Conn::connect(&opts.socket) {
+    let conn = match backend.connect(&opts.socket) {
         Ok(c) => c,
         Err(e) => {
             verdict.outcome = format!(
@@ -687,7 +687,8 @@ fn negotiate<'a>(opts: &'a Options, name: &str) -> Result<Conversation<'a>, Stri
             &opts.socket,
             Duration::from_secs(5),
         )?;
-        let conn = Conn::connect(&opts.socket)
+        let conn = backend
+            .connect(&opts.socket)
             .map_err(|e| format!("cannot connect to {}: {e}", opts.socket.display()))?;
         let mut prober = Prober::new(opts, conn, name, size);
         match prober.conversation() {
