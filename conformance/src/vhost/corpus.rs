@@ -2,7 +2,7 @@
 //! edited copies that each break one rule (the recipe names it). The
 //! generator (`cargo xtask corpus`) writes them to corpus/vhost-user/.
 
-use qconform_core::vhost_user::request::Channel;
+use qconform_core::vhost_user::request::{Channel, FrontEnd};
 use qconform_core::vhost_user::session::Direction;
 use qconform_core::vhost_user::transcript::{self, to_hex, Entry, Event, FdInfo};
 use qconform_core::vhost_user::wire::Header;
@@ -228,7 +228,7 @@ pub fn cases() -> Vec<Case> {
                 if let Some(j) = e
                     .iter()
                     .skip(i + 2)
-                    .position(|x| x.dir == Some(B2F) && x.request == Some(3))
+                    .position(|x| x.dir == Some(B2F) && x.request == Some(FrontEnd::SetOwner.id()))
                 {
                     e.remove(i + 2 + j);
                 }

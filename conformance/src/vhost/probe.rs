@@ -19,7 +19,7 @@ use qconform_core::report::{Finding, Severity};
 use qconform_core::rules::vhost_user as rule;
 use qconform_core::vhost_user::features::{self as feat, ProtocolFeature as PF};
 use qconform_core::vhost_user::payload::{encode, Payload, Region};
-use qconform_core::vhost_user::request::{self, Channel};
+use qconform_core::vhost_user::request::FrontEnd as Fe;
 use qconform_core::vhost_user::session::{Direction, Profile, ReplyOutcome};
 use qconform_core::vhost_user::wire::{Header, FLAG_NEED_REPLY, VERSION};
 use qconform_core::{Limits, Report};
@@ -136,13 +136,13 @@ impl<'a> Prober<'a> {
     /// Sends a request and, if one is due, waits for the reply.
     fn call(
         &mut self,
-        request: u32,
+        request: Fe,
         payload: &Payload,
         fds: &[BorrowedFd<'_>],
         need_reply: bool,
     ) -> Result<Option<(Received, Option<ReplyOutcome>)>, Stop> {
         let bytes = encode(payload);
-        let header = Header::request(request, bytes.len() as u32, need_reply);
+        let header = Header::request(request.id(), bytes.len() as u32, need_reply);
         self.send(header, &bytes, fds)?;
         if !self.tap.session.awaiting_reply() {
             return Ok(None);
@@ -185,16 +185,24 @@ impl<'a> Prober<'a> {
 
     /// GET_FEATURES, protocol feature negotiation, SET_OWNER, GET_QUEUE_NUM.
     fn handshake(&mut self) -> Result<(), Stop> {
-        let features = Self::u64_reply(self.call(1, &Payload::Empty, &[], false)?).unwrap_or(0);
+        let features =
+            Self::u64_reply(self.call(Fe::GetFeatures, &Payload::Empty, &[], false)?).unwrap_or(0);
         if features >> feat::F_PROTOCOL_FEATURES & 1 == 1 {
-            let offered = Self::u64_reply(self.call(15, &Payload::Empty, &[], false)?).unwrap_or(0);
+            let offered =
+                Self::u64_reply(self.call(Fe::GetProtocolFeatures, &Payload::Empty, &[], false)?)
+                    .unwrap_or(0);
             let ack = DRIVEN.iter().map(|f| f.bit()).fold(0, |a, b| a | b) & offered;
-            self.call(16, &Payload::U64 { value: ack }, &[], false)?;
+            self.call(
+                Fe::SetProtocolFeatures,
+                &Payload::U64 { value: ack },
+                &[],
+                false,
+            )?;
         }
         let ra = self.reply_ack();
-        self.call(3, &Payload::Empty, &[], ra)?;
+        self.call(Fe::SetOwner, &Payload::Empty, &[], ra)?;
         if feat::has(self.tap.session.protocol_features(), PF::Mq) {
-            self.call(17, &Payload::Empty, &[], false)?;
+            self.call(Fe::GetQueueNum, &Payload::Empty, &[], false)?;
         }
         Ok(())
     }
@@ -206,15 +214,15 @@ impl<'a> Prober<'a> {
         let ra = self.reply_ack();
         let has = |f: PF| feat::has(proto, f);
         if has(PF::ConfigureMemSlots) {
-            self.call(36, &Payload::Empty, &[], false)?;
+            self.call(Fe::GetMaxMemSlots, &Payload::Empty, &[], false)?;
         }
         let offered = self.tap.session.offered_features().unwrap_or(0);
         let features = offered & VIRTIO_ACK;
-        self.call(1, &Payload::Empty, &[], false)?;
-        self.call(2, &Payload::U64 { value: features }, &[], ra)?;
+        self.call(Fe::GetFeatures, &Payload::Empty, &[], false)?;
+        self.call(Fe::SetFeatures, &Payload::U64 { value: features }, &[], ra)?;
         if has(PF::Config) {
             self.call(
-                24,
+                Fe::GetConfig,
                 &Payload::Config {
                     offset: 0,
                     size: 8,
@@ -226,8 +234,8 @@ impl<'a> Prober<'a> {
             )?;
         }
         if has(PF::Status) {
-            self.call(39, &Payload::U64 { value: 0x0f }, &[], ra)?;
-            self.call(40, &Payload::Empty, &[], false)?;
+            self.call(Fe::SetStatus, &Payload::U64 { value: 0x0f }, &[], ra)?;
+            self.call(Fe::GetStatus, &Payload::Empty, &[], false)?;
         }
         // Guest memory: one memfd region.
         let mem =
@@ -241,10 +249,15 @@ impl<'a> Prober<'a> {
             domid: None,
         };
         if has(PF::ConfigureMemSlots) {
-            self.call(37, &Payload::SingleRegion { region }, &[mem.as_fd()], ra)?;
+            self.call(
+                Fe::AddMemReg,
+                &Payload::SingleRegion { region },
+                &[mem.as_fd()],
+                ra,
+            )?;
         } else {
             self.call(
-                5,
+                Fe::SetMemTable,
                 &Payload::MemTable {
                     regions: vec![region],
                 },
@@ -264,7 +277,7 @@ impl<'a> Prober<'a> {
             let ring_base = USER_BASE + 0x10000 * (i as u64 + 1);
             self.ring_unconfirmed = true;
             let set_num = self.call(
-                8,
+                Fe::SetVringNum,
                 &Payload::VringState {
                     index: i,
                     num: self.ring_size,
@@ -277,9 +290,14 @@ impl<'a> Prober<'a> {
                     return Err(Stop::RingSize(format!("failure ack ({v})")));
                 }
             }
-            self.call(10, &Payload::VringState { index: i, num: 0 }, &[], ra)?;
             self.call(
-                9,
+                Fe::SetVringBase,
+                &Payload::VringState { index: i, num: 0 },
+                &[],
+                ra,
+            )?;
+            self.call(
+                Fe::SetVringAddr,
                 &Payload::VringAddr {
                     index: i,
                     flags: 0,
@@ -292,11 +310,26 @@ impl<'a> Prober<'a> {
                 ra,
             )?;
             let call = conn::eventfd().map_err(|e| Stop::Io(e.to_string()))?;
-            self.call(13, &Payload::U64 { value: i as u64 }, &[call.as_fd()], ra)?;
+            self.call(
+                Fe::SetVringCall,
+                &Payload::U64 { value: i as u64 },
+                &[call.as_fd()],
+                ra,
+            )?;
             let kick = conn::eventfd().map_err(|e| Stop::Io(e.to_string()))?;
-            self.call(12, &Payload::U64 { value: i as u64 }, &[kick.as_fd()], ra)?;
+            self.call(
+                Fe::SetVringKick,
+                &Payload::U64 { value: i as u64 },
+                &[kick.as_fd()],
+                ra,
+            )?;
             if features >> feat::F_PROTOCOL_FEATURES & 1 == 1 {
-                self.call(18, &Payload::VringState { index: i, num: 1 }, &[], ra)?;
+                self.call(
+                    Fe::SetVringEnable,
+                    &Payload::VringState { index: i, num: 1 },
+                    &[],
+                    ra,
+                )?;
             }
             notifiers.push(call);
             notifiers.push(kick);
@@ -304,15 +337,25 @@ impl<'a> Prober<'a> {
         // Stop: disable, then GET_VRING_BASE stops each ring.
         for i in 0..rings as u32 {
             if features >> feat::F_PROTOCOL_FEATURES & 1 == 1 {
-                self.call(18, &Payload::VringState { index: i, num: 0 }, &[], ra)?;
+                self.call(
+                    Fe::SetVringEnable,
+                    &Payload::VringState { index: i, num: 0 },
+                    &[],
+                    ra,
+                )?;
             }
-            self.call(11, &Payload::VringState { index: i, num: 0 }, &[], false)?;
+            self.call(
+                Fe::GetVringBase,
+                &Payload::VringState { index: i, num: 0 },
+                &[],
+                false,
+            )?;
         }
         if has(PF::ConfigureMemSlots) {
-            self.call(38, &Payload::SingleRegion { region }, &[], ra)?;
+            self.call(Fe::RemMemReg, &Payload::SingleRegion { region }, &[], ra)?;
         }
         if has(PF::ResetDevice) {
-            self.call(34, &Payload::Empty, &[], ra)?;
+            self.call(Fe::ResetDevice, &Payload::Empty, &[], ra)?;
         }
         Ok(())
     }
@@ -351,14 +394,20 @@ struct Robustness {
 
 /// A request's name from the request table.
 fn name_of(request: u32) -> &'static str {
-    request::lookup(Channel::Main, request).map_or("an undefined request", |r| r.name)
+    Fe::from_id(request).map_or("an undefined request", Fe::name)
 }
 
 /// `request` as the probe sends it: `flags`, `payload`, `fds` eventfds.
-fn invalid(what: String, request: u32, flags: u32, payload: Vec<u8>, fds: usize) -> Invalid {
+fn invalid(
+    what: String,
+    request: impl Into<u32>,
+    flags: u32,
+    payload: Vec<u8>,
+    fds: usize,
+) -> Invalid {
     Invalid {
         what,
-        request,
+        request: request.into(),
         flags,
         payload,
         fds,
@@ -379,20 +428,31 @@ static PROBES: &[Robustness] = &[
     Robustness {
         name: "unknown-request",
         breaks: Breaks::CannotCarryOut,
-        message: |p| invalid("request id 99".into(), 99, need(p), vec![], 0),
+        // Beyond every id the spec defines (the table ends at 45).
+        message: |p| invalid("request id 99".into(), 99u32, need(p), vec![], 0),
     },
     Robustness {
         name: "bad-version",
         breaks: Breaks::FrontEndShould,
-        message: |_| invalid("GET_FEATURES with version bits 2".into(), 1, 0x2, vec![], 0),
+        message: |_| {
+            let r = Fe::GetFeatures;
+            invalid(
+                format!("{} with version bits 2", r.name()),
+                r,
+                0x2,
+                vec![],
+                0,
+            )
+        },
     },
     Robustness {
         name: "wrong-size",
         breaks: Breaks::CannotCarryOut,
         message: |p| {
+            let r = Fe::SetFeatures;
             invalid(
-                "SET_FEATURES with a 4-byte payload".into(),
-                2,
+                format!("{} with a 4-byte payload", r.name()),
+                r,
                 need(p),
                 vec![0, 0, 0, 1],
                 0,
@@ -403,9 +463,10 @@ static PROBES: &[Robustness] = &[
         name: "missing-fd",
         breaks: Breaks::CannotCarryOut,
         message: |p| {
+            let r = Fe::SetVringCall;
             invalid(
-                "SET_VRING_CALL without its fd or NOFD".into(),
-                13,
+                format!("{} without its fd or NOFD", r.name()),
+                r,
                 need(p),
                 0u64.to_ne_bytes().to_vec(),
                 0,
@@ -416,9 +477,10 @@ static PROBES: &[Robustness] = &[
         name: "extra-fds",
         breaks: Breaks::FrontEndShould,
         message: |p| {
+            let r = Fe::SetVringCall;
             invalid(
-                "SET_VRING_CALL with 2 fds".into(),
-                13,
+                format!("{} with 2 fds", r.name()),
+                r,
                 need(p),
                 0u64.to_ne_bytes().to_vec(),
                 2,
@@ -429,9 +491,10 @@ static PROBES: &[Robustness] = &[
         name: "too-many-fds",
         breaks: Breaks::FrontEndShould,
         message: |p| {
+            let r = Fe::SetVringBase;
             invalid(
-                "SET_VRING_BASE (takes no fd) with 9 fds".into(),
-                10,
+                format!("{} (takes no fd) with 9 fds", r.name()),
+                r,
                 need(p),
                 vring_state(0, 0),
                 9,
@@ -445,10 +508,14 @@ static PROBES: &[Robustness] = &[
             let proto = p.tap.session.protocol_features();
             // The first of these whose protocol feature is not negotiated.
             let candidates = [
-                (40u32, PF::Status, vec![]),
-                (20, PF::Mtu, 1500u64.to_ne_bytes().to_vec()),
-                (19, PF::Rarp, 0x0200_0000_0001u64.to_ne_bytes().to_vec()),
-                (34, PF::ResetDevice, vec![]),
+                (Fe::GetStatus, PF::Status, vec![]),
+                (Fe::NetSetMtu, PF::Mtu, 1500u64.to_ne_bytes().to_vec()),
+                (
+                    Fe::SendRarp,
+                    PF::Rarp,
+                    0x0200_0000_0001u64.to_ne_bytes().to_vec(),
+                ),
+                (Fe::ResetDevice, PF::ResetDevice, vec![]),
             ];
             let (request, gate, payload) = candidates
                 .iter()
@@ -458,10 +525,10 @@ static PROBES: &[Robustness] = &[
             let what = if feat::has(proto, gate) {
                 format!(
                     "{} (every candidate's feature is negotiated: valid)",
-                    name_of(request)
+                    request.name()
                 )
             } else {
-                format!("{} without {} negotiated", name_of(request), gate.name())
+                format!("{} without {} negotiated", request.name(), gate.name())
             };
             invalid(what, request, need(p), payload, 0)
         },
@@ -470,9 +537,10 @@ static PROBES: &[Robustness] = &[
         name: "ring-index-set-num",
         breaks: Breaks::CannotCarryOut,
         message: |p| {
+            let r = Fe::SetVringNum;
             invalid(
-                "SET_VRING_NUM for ring 100000".into(),
-                8,
+                format!("{} for ring 100000", r.name()),
+                r,
                 need(p),
                 vring_state(100_000, p.ring_size),
                 0,
@@ -483,9 +551,10 @@ static PROBES: &[Robustness] = &[
         name: "ring-index-get-base",
         breaks: Breaks::CannotCarryOut,
         message: |_| {
+            let r = Fe::GetVringBase;
             invalid(
-                "GET_VRING_BASE for ring 100000".into(),
-                11,
+                format!("{} for ring 100000", r.name()),
+                r,
                 VERSION,
                 vring_state(100_000, 0),
                 0,
@@ -554,7 +623,7 @@ fn judge_answer(
             "no reply (hang)".into()
         }
         // Nothing was due: check the back-end still answers.
-        Err(RecvError::Timeout) => match p.call(1, &Payload::Empty, &[], false) {
+        Err(RecvError::Timeout) => match p.call(Fe::GetFeatures, &Payload::Empty, &[], false) {
             Ok(_) => "ignored; still answers".into(),
             Err(Stop::Timeout) => {
                 findings.add(

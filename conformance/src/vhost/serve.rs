@@ -9,7 +9,7 @@ use super::tap::Tap;
 use crate::Output;
 use qconform_core::vhost_user::features::{self as feat, ProtocolFeature as PF};
 use qconform_core::vhost_user::payload::{self, encode, Payload};
-use qconform_core::vhost_user::request::{self, Channel, Reply};
+use qconform_core::vhost_user::request::{self, Channel, FrontEnd, Reply};
 pub use qconform_core::vhost_user::session::Caps;
 use qconform_core::vhost_user::session::{Direction, Profile, Session};
 use qconform_core::vhost_user::wire::Header;
@@ -100,21 +100,21 @@ impl Device<'_> {
             .and_then(|b| b.try_into().ok())
             .map(u64::from_ne_bytes)
             .unwrap_or(0);
-        Some(match r.header.request {
-            1 => Payload::U64 {
+        Some(match FrontEnd::from_id(r.header.request)? {
+            FrontEnd::GetFeatures => Payload::U64 {
                 value: self.opts.caps.features,
             },
-            15 => Payload::U64 {
+            FrontEnd::GetProtocolFeatures => Payload::U64 {
                 value: self.opts.caps.protocol_features,
             },
-            17 => Payload::U64 {
+            FrontEnd::GetQueueNum => Payload::U64 {
                 value: self.opts.caps.queues,
             },
-            36 => Payload::U64 {
+            FrontEnd::GetMaxMemSlots => Payload::U64 {
                 value: self.opts.caps.max_mem_slots,
             },
-            40 => Payload::U64 { value: self.status },
-            11 | 45 => {
+            FrontEnd::GetStatus => Payload::U64 { value: self.status },
+            FrontEnd::GetVringBase | FrontEnd::GetVringBaseSkipDrain => {
                 let index = r
                     .payload
                     .get(..4)
@@ -123,30 +123,32 @@ impl Device<'_> {
                     .unwrap_or(0);
                 Payload::VringState { index, num: 0 }
             }
-            24 => match payload::decode(payload::PayloadKind::Config, &r.payload, false) {
-                Ok(Payload::Config {
-                    offset,
-                    size,
-                    flags,
-                    ..
-                }) => {
-                    let data = self
-                        .opts
-                        .config
-                        .get(offset as usize..(offset as usize).saturating_add(size as usize));
-                    match data {
-                        Some(d) => Payload::Config {
-                            offset,
-                            size,
-                            flags,
-                            data: d.to_vec(),
-                        },
-                        None => return Some(Payload::Empty), // the spec's error form: no payload
+            FrontEnd::GetConfig => {
+                match payload::decode(payload::PayloadKind::Config, &r.payload, false) {
+                    Ok(Payload::Config {
+                        offset,
+                        size,
+                        flags,
+                        ..
+                    }) => {
+                        let data = self
+                            .opts
+                            .config
+                            .get(offset as usize..(offset as usize).saturating_add(size as usize));
+                        match data {
+                            Some(d) => Payload::Config {
+                                offset,
+                                size,
+                                flags,
+                                data: d.to_vec(),
+                            },
+                            None => return Some(Payload::Empty), // the spec's error form: no payload
+                        }
                     }
+                    _ => Payload::Empty,
                 }
-                _ => Payload::Empty,
-            },
-            39 => {
+            }
+            FrontEnd::SetStatus => {
                 self.status = value;
                 return None;
             }

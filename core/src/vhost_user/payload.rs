@@ -471,6 +471,18 @@ pub fn encode(p: &Payload) -> Vec<u8> {
     out
 }
 
+impl Payload {
+    /// The ring a ring request names: the index of a vring state or
+    /// address, or bits 0-7 of a vring fd payload.
+    pub fn ring_index(&self) -> Option<u32> {
+        match self {
+            Payload::VringState { index, .. } | Payload::VringAddr { index, .. } => Some(*index),
+            Payload::U64 { value } => Some(vring_fd_index(*value).0),
+            _ => None,
+        }
+    }
+}
+
 /// The ring index of a vring fd payload (u64: bits 0-7) and its NOFD bit.
 pub fn vring_fd_index(value: u64) -> (u32, bool) {
     ((value & VRING_INDEX_MASK) as u32, value & VRING_NOFD != 0)

@@ -8,7 +8,7 @@
 
 use super::features::{self as feat, ProtocolFeature as PF};
 use super::payload::{self, Payload, PayloadError, PayloadKind, Region};
-use super::request::{self, Channel, Fds, Gate, Reply, RequestInfo};
+use super::request::{self, Channel, Fds, FrontEnd as Fe, Gate, Reply, Request, RequestInfo};
 use super::wire::{self, Header};
 use crate::limits::Limits;
 use crate::report::Report;
@@ -96,7 +96,10 @@ enum Expect {
 struct Pending {
     seq: u64,
     channel: Channel,
+    /// The id as sent (the reply must echo it).
     request: u32,
+    /// The request it is, when the id is defined.
+    kind: Option<Request>,
     name: &'static str,
     expect: Expect,
     reply_fds: usize,
@@ -335,15 +338,14 @@ impl Session {
         let side = m.dir.side();
         let h = m.header;
         let Some(info) = request::lookup(m.channel, h.request) else {
-            let range = if m.channel == Channel::Main {
-                "1-45"
-            } else {
-                "1-10"
-            };
             self.finding(
                 &rule::HEADER_KNOWN,
                 seq,
-                format!("{side}: request id {} is not defined ({range})", h.request),
+                format!(
+                    "{side}: request id {} is not defined ({})",
+                    h.request,
+                    request::id_range(m.channel)
+                ),
             );
             self.last_request = Some((seq, "an undefined request"));
             // need_reply still asks for an ack (a failure one, from a conforming peer).
@@ -357,6 +359,7 @@ impl Session {
                     seq,
                     channel: m.channel,
                     request: h.request,
+                    kind: None,
                     name: "an undefined request",
                     expect,
                     reply_fds: 0,
@@ -441,13 +444,18 @@ impl Session {
         if let Some(expect) = expect {
             if self.pending.len() < MAX_PENDING {
                 let config_size = match &decoded {
-                    Some(Payload::Config { size, .. }) if info.id == 24 => Some(*size),
+                    Some(Payload::Config { size, .. })
+                        if info.request == Request::Front(Fe::GetConfig) =>
+                    {
+                        Some(*size)
+                    }
                     _ => None,
                 };
                 self.pending.push_back(Pending {
                     seq,
                     channel: m.channel,
                     request: h.request,
+                    kind: Some(info.request),
                     name,
                     expect,
                     reply_fds: info.reply_fds,
@@ -505,10 +513,10 @@ impl Session {
                 }
             }
         }
-        if self.negotiated(PF::ConfigureMemSlots)
-            && (28..=30).contains(&info.id)
-            && info.gate == Gate::Feature(PF::Pagefault)
-        {
+        let postcopy = [Fe::PostcopyAdvise, Fe::PostcopyListen, Fe::PostcopyEnd]
+            .map(Request::Front)
+            .contains(&info.request);
+        if self.negotiated(PF::ConfigureMemSlots) && postcopy {
             self.finding(
                 &rule::NEG_POSTCOPY_SLOTS,
                 seq,
@@ -590,7 +598,9 @@ impl Session {
 
     fn apply_request(&mut self, seq: u64, info: &RequestInfo, p: &Payload, side: &str) {
         let name = info.name;
-        if let (Some(caps), 8, Payload::VringState { num, .. }) = (self.caps, info.id, p) {
+        if let (Some(caps), Request::Front(Fe::SetVringNum), Payload::VringState { num, .. }) =
+            (self.caps, info.request, p)
+        {
             if *num == 0 || *num > caps.max_ring_size {
                 // Not the front-end's fault (no message tells it the
                 // maximum), so no finding; the back-end refuses it all the same.
@@ -600,8 +610,12 @@ impl Session {
                 ));
             }
         }
-        match (info.id, p) {
-            (2, Payload::U64 { value }) if info.gate == Gate::None => {
+        let Request::Front(request) = info.request else {
+            // Back-end requests change no state the engine tracks.
+            return;
+        };
+        match (request, p) {
+            (Fe::SetFeatures, Payload::U64 { value }) => {
                 if let Some(offered) = self.offered_features {
                     let extra = value & !(offered | 1 << feat::F_PROTOCOL_FEATURES);
                     if extra != 0 {
@@ -620,7 +634,7 @@ impl Session {
                     }
                 }
             }
-            (16, Payload::U64 { value }) => {
+            (Fe::SetProtocolFeatures, Payload::U64 { value }) => {
                 if let Some(offered) = self.offered_protocol {
                     let extra = value & !offered;
                     if extra != 0 {
@@ -651,12 +665,13 @@ impl Session {
                 }
                 self.acked_protocol = Some(*value);
             }
-            (8 | 10, Payload::VringState { index, .. }) | (9, Payload::VringAddr { index, .. }) => {
+            (Fe::SetVringNum | Fe::SetVringBase, Payload::VringState { index, .. })
+            | (Fe::SetVringAddr, Payload::VringAddr { index, .. }) => {
                 if self.check_index(seq, side, name, *index) {
                     self.ring(*index);
                 }
             }
-            (11 | 45, Payload::VringState { index, num }) => {
+            (Fe::GetVringBase | Fe::GetVringBaseSkipDrain, Payload::VringState { index, num }) => {
                 if *num != 0 {
                     self.finding(
                         &rule::RING_RESERVED,
@@ -678,7 +693,7 @@ impl Session {
                     }
                 }
             }
-            (12..=14, Payload::U64 { value }) => {
+            (Fe::SetVringKick | Fe::SetVringCall | Fe::SetVringErr, Payload::U64 { value }) => {
                 let (index, _) = payload::vring_fd_index(*value);
                 if value & !(wire::VRING_INDEX_MASK | wire::VRING_NOFD) != 0 {
                     self.finding(
@@ -687,13 +702,13 @@ impl Session {
                         format!("{side}: {name} payload {value:#x} sets bits above 8"),
                     );
                 }
-                if self.check_index(seq, side, name, index) && info.id == 12 {
+                if self.check_index(seq, side, name, index) && request == Fe::SetVringKick {
                     if let Some(r) = self.ring(index) {
                         r.started = true;
                     }
                 }
             }
-            (35, Payload::VringState { index, num }) => {
+            (Fe::VringKick, Payload::VringState { index, num }) => {
                 if *num != 0 {
                     self.finding(
                         &rule::RING_RESERVED,
@@ -703,7 +718,7 @@ impl Session {
                 }
                 self.check_index(seq, side, name, *index);
             }
-            (18 | 23, Payload::VringState { index, num }) => {
+            (Fe::SetVringEnable | Fe::SetVringEndian, Payload::VringState { index, num }) => {
                 if *num > 1 {
                     self.finding(
                         &rule::RING_ENABLE_VALUE,
@@ -711,19 +726,19 @@ impl Session {
                         format!("{side}: {name} num is {num}, must be 0 or 1"),
                     );
                 }
-                if self.check_index(seq, side, name, *index) && info.id == 18 {
+                if self.check_index(seq, side, name, *index) && request == Fe::SetVringEnable {
                     if let Some(r) = self.ring(*index) {
                         r.enabled = Some(*num == 1);
                     }
                 }
             }
-            (5, Payload::MemTable { regions }) => {
+            (Fe::SetMemTable, Payload::MemTable { regions }) => {
                 self.regions.clear();
                 for r in regions {
                     self.add_region(seq, side, name, *r);
                 }
             }
-            (37, Payload::SingleRegion { region }) => {
+            (Fe::AddMemReg, Payload::SingleRegion { region }) => {
                 if let Some(max) = self.max_mem_slots {
                     if self.regions.len() as u64 >= max {
                         self.finding(
@@ -737,7 +752,7 @@ impl Session {
                 }
                 self.add_region(seq, side, name, *region);
             }
-            (38, Payload::SingleRegion { region }) => {
+            (Fe::RemMemReg, Payload::SingleRegion { region }) => {
                 let live = self.regions.iter().position(|r| {
                     r.guest_address == region.guest_address
                         && r.user_address == region.user_address
@@ -751,7 +766,7 @@ impl Session {
                         "{side}: REM_MEM_REG of a region that is not live (guest {:#x}, size {:#x})", region.guest_address, region.size)),
                 }
             }
-            (21, _) => {
+            (Fe::SetBackendReqFd, _) => {
                 self.backend_channel = self.negotiated(PF::BackendReq);
             }
             _ => {}
@@ -879,7 +894,7 @@ impl Session {
                     return ReplyOutcome::Body;
                 }
                 match payload::decode(kind, bytes, xen) {
-                    Ok(body) => self.apply_reply(seq, p.request, &body, side),
+                    Ok(body) => self.apply_reply(seq, p.kind, &body, side),
                     Err(e) if complete => self.finding(
                         &rule::HEADER_SIZE,
                         seq,
@@ -892,10 +907,13 @@ impl Session {
         }
     }
 
-    fn apply_reply(&mut self, seq: u64, request: u32, body: &Payload, side: &str) {
+    fn apply_reply(&mut self, seq: u64, request: Option<Request>, body: &Payload, side: &str) {
+        let Some(Request::Front(request)) = request else {
+            return;
+        };
         match (request, body) {
-            (1, Payload::U64 { value }) => self.offered_features = Some(*value),
-            (15, Payload::U64 { value }) => {
+            (Fe::GetFeatures, Payload::U64 { value }) => self.offered_features = Some(*value),
+            (Fe::GetProtocolFeatures, Payload::U64 { value }) => {
                 let unknown = value & !feat::KNOWN_PROTOCOL_FEATURES;
                 if unknown != 0 {
                     self.finding(
@@ -906,8 +924,8 @@ impl Session {
                 }
                 self.offered_protocol = Some(*value);
             }
-            (17, Payload::U64 { value }) => self.queue_num = Some(*value),
-            (36, Payload::U64 { value }) => {
+            (Fe::GetQueueNum, Payload::U64 { value }) => self.queue_num = Some(*value),
+            (Fe::GetMaxMemSlots, Payload::U64 { value }) => {
                 if let Some(prev) = self.max_mem_slots {
                     if *value < prev {
                         self.finding(
