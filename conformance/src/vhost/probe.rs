@@ -18,7 +18,7 @@ use crate::Output;
 use qconform_core::report::{Finding, Severity};
 use qconform_core::rules::vhost_user as rule;
 use qconform_core::vhost_user::features::{self as feat, ProtocolFeature as PF};
-use qconform_core::vhost_user::payload::{encode, Payload, Region};
+use qconform_core::vhost_user::payload::{self, encode, Payload, Region};
 use qconform_core::vhost_user::request::FrontEnd as Fe;
 use qconform_core::vhost_user::session::{Direction, Profile, ReplyOutcome};
 use qconform_core::vhost_user::wire::{Header, FLAG_NEED_REPLY, VERSION};
@@ -194,7 +194,7 @@ impl<'a> Prober<'a> {
             let ack = DRIVEN.iter().map(|f| f.bit()).fold(0, |a, b| a | b) & offered;
             self.call(
                 Fe::SetProtocolFeatures,
-                &Payload::U64 { value: ack },
+                &Payload::U64(payload::U64 { value: ack }),
                 &[],
                 false,
             )?;
@@ -219,22 +219,32 @@ impl<'a> Prober<'a> {
         let offered = self.tap.session.offered_features().unwrap_or(0);
         let features = offered & VIRTIO_ACK;
         self.call(Fe::GetFeatures, &Payload::Empty, &[], false)?;
-        self.call(Fe::SetFeatures, &Payload::U64 { value: features }, &[], ra)?;
+        self.call(
+            Fe::SetFeatures,
+            &Payload::U64(payload::U64 { value: features }),
+            &[],
+            ra,
+        )?;
         if has(PF::Config) {
             self.call(
                 Fe::GetConfig,
-                &Payload::Config {
+                &Payload::Config(payload::Config {
                     offset: 0,
                     size: 8,
                     flags: 0,
                     data: vec![0; 8],
-                },
+                }),
                 &[],
                 false,
             )?;
         }
         if has(PF::Status) {
-            self.call(Fe::SetStatus, &Payload::U64 { value: 0x0f }, &[], ra)?;
+            self.call(
+                Fe::SetStatus,
+                &Payload::U64(payload::U64 { value: 0x0f }),
+                &[],
+                ra,
+            )?;
             self.call(Fe::GetStatus, &Payload::Empty, &[], false)?;
         }
         // Guest memory: one memfd region.
@@ -251,16 +261,16 @@ impl<'a> Prober<'a> {
         if has(PF::ConfigureMemSlots) {
             self.call(
                 Fe::AddMemReg,
-                &Payload::SingleRegion { region },
+                &Payload::SingleRegion(payload::SingleRegion { region }),
                 &[mem.as_fd()],
                 ra,
             )?;
         } else {
             self.call(
                 Fe::SetMemTable,
-                &Payload::MemTable {
+                &Payload::MemTable(payload::MemTable {
                     regions: vec![region],
-                },
+                }),
                 &[mem.as_fd()],
                 ra,
             )?;
@@ -278,10 +288,10 @@ impl<'a> Prober<'a> {
             self.ring_unconfirmed = true;
             let set_num = self.call(
                 Fe::SetVringNum,
-                &Payload::VringState {
+                &Payload::VringState(payload::VringState {
                     index: i,
                     num: self.ring_size,
-                },
+                }),
                 &[],
                 ra,
             )?;
@@ -292,41 +302,41 @@ impl<'a> Prober<'a> {
             }
             self.call(
                 Fe::SetVringBase,
-                &Payload::VringState { index: i, num: 0 },
+                &Payload::VringState(payload::VringState { index: i, num: 0 }),
                 &[],
                 ra,
             )?;
             self.call(
                 Fe::SetVringAddr,
-                &Payload::VringAddr {
+                &Payload::VringAddr(payload::VringAddr {
                     index: i,
                     flags: 0,
                     descriptor: ring_base,
                     available: ring_base + 0x1000,
                     used: ring_base + 0x2000,
                     log: 0,
-                },
+                }),
                 &[],
                 ra,
             )?;
             let call = conn::eventfd().map_err(|e| Stop::Io(e.to_string()))?;
             self.call(
                 Fe::SetVringCall,
-                &Payload::U64 { value: i as u64 },
+                &Payload::U64(payload::U64 { value: i as u64 }),
                 &[call.as_fd()],
                 ra,
             )?;
             let kick = conn::eventfd().map_err(|e| Stop::Io(e.to_string()))?;
             self.call(
                 Fe::SetVringKick,
-                &Payload::U64 { value: i as u64 },
+                &Payload::U64(payload::U64 { value: i as u64 }),
                 &[kick.as_fd()],
                 ra,
             )?;
             if features >> feat::F_PROTOCOL_FEATURES & 1 == 1 {
                 self.call(
                     Fe::SetVringEnable,
-                    &Payload::VringState { index: i, num: 1 },
+                    &Payload::VringState(payload::VringState { index: i, num: 1 }),
                     &[],
                     ra,
                 )?;
@@ -339,20 +349,25 @@ impl<'a> Prober<'a> {
             if features >> feat::F_PROTOCOL_FEATURES & 1 == 1 {
                 self.call(
                     Fe::SetVringEnable,
-                    &Payload::VringState { index: i, num: 0 },
+                    &Payload::VringState(payload::VringState { index: i, num: 0 }),
                     &[],
                     ra,
                 )?;
             }
             self.call(
                 Fe::GetVringBase,
-                &Payload::VringState { index: i, num: 0 },
+                &Payload::VringState(payload::VringState { index: i, num: 0 }),
                 &[],
                 false,
             )?;
         }
         if has(PF::ConfigureMemSlots) {
-            self.call(Fe::RemMemReg, &Payload::SingleRegion { region }, &[], ra)?;
+            self.call(
+                Fe::RemMemReg,
+                &Payload::SingleRegion(payload::SingleRegion { region }),
+                &[],
+                ra,
+            )?;
         }
         if has(PF::ResetDevice) {
             self.call(Fe::ResetDevice, &Payload::Empty, &[], ra)?;
@@ -421,7 +436,7 @@ fn need(p: &Prober<'_>) -> u32 {
 }
 
 fn vring_state(index: u32, num: u32) -> Vec<u8> {
-    encode(&Payload::VringState { index, num })
+    encode(&Payload::VringState(payload::VringState { index, num }))
 }
 
 static PROBES: &[Robustness] = &[

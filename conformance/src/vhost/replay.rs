@@ -209,8 +209,8 @@ fn make_fds(
 /// mmap_offset + size of region `i` of a memory table or a single region.
 fn region_end(kind: Option<PayloadKind>, payload: &[u8], i: usize) -> Option<u64> {
     let region = match payload::decode(kind?, payload, false).ok()? {
-        Payload::MemTable { regions } => *regions.get(i)?,
-        Payload::SingleRegion { region } if i == 0 => region,
+        Payload::MemTable(payload::MemTable { regions }) => *regions.get(i)?,
+        Payload::SingleRegion(payload::SingleRegion { region }) if i == 0 => region,
         _ => return None,
     };
     region.mmap_offset.checked_add(region.size)

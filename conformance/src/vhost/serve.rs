@@ -101,19 +101,19 @@ impl Device<'_> {
             .map(u64::from_ne_bytes)
             .unwrap_or(0);
         Some(match FrontEnd::from_id(r.header.request)? {
-            FrontEnd::GetFeatures => Payload::U64 {
+            FrontEnd::GetFeatures => Payload::U64(payload::U64 {
                 value: self.opts.caps.features,
-            },
-            FrontEnd::GetProtocolFeatures => Payload::U64 {
+            }),
+            FrontEnd::GetProtocolFeatures => Payload::U64(payload::U64 {
                 value: self.opts.caps.protocol_features,
-            },
-            FrontEnd::GetQueueNum => Payload::U64 {
+            }),
+            FrontEnd::GetQueueNum => Payload::U64(payload::U64 {
                 value: self.opts.caps.queues,
-            },
-            FrontEnd::GetMaxMemSlots => Payload::U64 {
+            }),
+            FrontEnd::GetMaxMemSlots => Payload::U64(payload::U64 {
                 value: self.opts.caps.max_mem_slots,
-            },
-            FrontEnd::GetStatus => Payload::U64 { value: self.status },
+            }),
+            FrontEnd::GetStatus => Payload::U64(payload::U64 { value: self.status }),
             FrontEnd::GetVringBase | FrontEnd::GetVringBaseSkipDrain => {
                 let index = r
                     .payload
@@ -121,27 +121,27 @@ impl Device<'_> {
                     .and_then(|b| b.try_into().ok())
                     .map(u32::from_ne_bytes)
                     .unwrap_or(0);
-                Payload::VringState { index, num: 0 }
+                Payload::VringState(payload::VringState { index, num: 0 })
             }
             FrontEnd::GetConfig => {
                 match payload::decode(payload::PayloadKind::Config, &r.payload, false) {
-                    Ok(Payload::Config {
+                    Ok(Payload::Config(payload::Config {
                         offset,
                         size,
                         flags,
                         ..
-                    }) => {
+                    })) => {
                         let data = self
                             .opts
                             .config
                             .get(offset as usize..(offset as usize).saturating_add(size as usize));
                         match data {
-                            Some(d) => Payload::Config {
+                            Some(d) => Payload::Config(payload::Config {
                                 offset,
                                 size,
                                 flags,
                                 data: d.to_vec(),
-                            },
+                            }),
                             None => return Some(Payload::Empty), // the spec's error form: no payload
                         }
                     }
@@ -214,9 +214,9 @@ fn serve_connection(opts: &Options, conn: Conn, n: usize) -> (Tap, String) {
         let reply = if has_body {
             Some(body.unwrap_or(Payload::Empty))
         } else if can_ack {
-            Some(Payload::U64 {
+            Some(Payload::U64(payload::U64 {
                 value: invalid as u64,
-            })
+            }))
         } else {
             None
         };

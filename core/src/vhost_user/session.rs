@@ -444,7 +444,7 @@ impl Session {
         if let Some(expect) = expect {
             if self.pending.len() < MAX_PENDING {
                 let config_size = match &decoded {
-                    Some(Payload::Config { size, .. })
+                    Some(Payload::Config(payload::Config { size, .. }))
                         if info.request == Request::Front(Fe::GetConfig) =>
                     {
                         Some(*size)
@@ -540,14 +540,16 @@ impl Session {
             Fds::NoneOrOne => Some((0, 1)),
             Fds::OneIfFeature(f) => Some(if self.negotiated(f) { (1, 1) } else { (0, 0) }),
             Fds::PerRegion => match p {
-                Some(Payload::MemTable { regions }) => Some((regions.len(), regions.len())),
+                Some(Payload::MemTable(payload::MemTable { regions })) => {
+                    Some((regions.len(), regions.len()))
+                }
                 _ => None,
             },
             Fds::OneUnlessNofd => match p {
-                Some(Payload::U64 { value })
-                | Some(Payload::VringArea {
+                Some(Payload::U64(payload::U64 { value }))
+                | Some(Payload::VringArea(payload::VringArea {
                     index_flags: value, ..
-                }) => {
+                })) => {
                     let (_, nofd) = payload::vring_fd_index(*value);
                     Some(if nofd { (0, 0) } else { (1, 1) })
                 }
@@ -598,8 +600,11 @@ impl Session {
 
     fn apply_request(&mut self, seq: u64, info: &RequestInfo, p: &Payload, side: &str) {
         let name = info.name;
-        if let (Some(caps), Request::Front(Fe::SetVringNum), Payload::VringState { num, .. }) =
-            (self.caps, info.request, p)
+        if let (
+            Some(caps),
+            Request::Front(Fe::SetVringNum),
+            Payload::VringState(payload::VringState { num, .. }),
+        ) = (self.caps, info.request, p)
         {
             if *num == 0 || *num > caps.max_ring_size {
                 // Not the front-end's fault (no message tells it the
@@ -615,7 +620,7 @@ impl Session {
             return;
         };
         match (request, p) {
-            (Fe::SetFeatures, Payload::U64 { value }) => {
+            (Fe::SetFeatures, Payload::U64(payload::U64 { value })) => {
                 if let Some(offered) = self.offered_features {
                     let extra = value & !(offered | 1 << feat::F_PROTOCOL_FEATURES);
                     if extra != 0 {
@@ -634,7 +639,7 @@ impl Session {
                     }
                 }
             }
-            (Fe::SetProtocolFeatures, Payload::U64 { value }) => {
+            (Fe::SetProtocolFeatures, Payload::U64(payload::U64 { value })) => {
                 if let Some(offered) = self.offered_protocol {
                     let extra = value & !offered;
                     if extra != 0 {
@@ -665,13 +670,19 @@ impl Session {
                 }
                 self.acked_protocol = Some(*value);
             }
-            (Fe::SetVringNum | Fe::SetVringBase, Payload::VringState { index, .. })
-            | (Fe::SetVringAddr, Payload::VringAddr { index, .. }) => {
+            (
+                Fe::SetVringNum | Fe::SetVringBase,
+                Payload::VringState(payload::VringState { index, .. }),
+            )
+            | (Fe::SetVringAddr, Payload::VringAddr(payload::VringAddr { index, .. })) => {
                 if self.check_index(seq, side, name, *index) {
                     self.ring(*index);
                 }
             }
-            (Fe::GetVringBase | Fe::GetVringBaseSkipDrain, Payload::VringState { index, num }) => {
+            (
+                Fe::GetVringBase | Fe::GetVringBaseSkipDrain,
+                Payload::VringState(payload::VringState { index, num }),
+            ) => {
                 if *num != 0 {
                     self.finding(
                         &rule::RING_RESERVED,
@@ -693,7 +704,10 @@ impl Session {
                     }
                 }
             }
-            (Fe::SetVringKick | Fe::SetVringCall | Fe::SetVringErr, Payload::U64 { value }) => {
+            (
+                Fe::SetVringKick | Fe::SetVringCall | Fe::SetVringErr,
+                Payload::U64(payload::U64 { value }),
+            ) => {
                 let (index, _) = payload::vring_fd_index(*value);
                 if value & !(wire::VRING_INDEX_MASK | wire::VRING_NOFD) != 0 {
                     self.finding(
@@ -708,7 +722,7 @@ impl Session {
                     }
                 }
             }
-            (Fe::VringKick, Payload::VringState { index, num }) => {
+            (Fe::VringKick, Payload::VringState(payload::VringState { index, num })) => {
                 if *num != 0 {
                     self.finding(
                         &rule::RING_RESERVED,
@@ -718,7 +732,10 @@ impl Session {
                 }
                 self.check_index(seq, side, name, *index);
             }
-            (Fe::SetVringEnable | Fe::SetVringEndian, Payload::VringState { index, num }) => {
+            (
+                Fe::SetVringEnable | Fe::SetVringEndian,
+                Payload::VringState(payload::VringState { index, num }),
+            ) => {
                 if *num > 1 {
                     self.finding(
                         &rule::RING_ENABLE_VALUE,
@@ -732,13 +749,13 @@ impl Session {
                     }
                 }
             }
-            (Fe::SetMemTable, Payload::MemTable { regions }) => {
+            (Fe::SetMemTable, Payload::MemTable(payload::MemTable { regions })) => {
                 self.regions.clear();
                 for r in regions {
                     self.add_region(seq, side, name, *r);
                 }
             }
-            (Fe::AddMemReg, Payload::SingleRegion { region }) => {
+            (Fe::AddMemReg, Payload::SingleRegion(payload::SingleRegion { region })) => {
                 if let Some(max) = self.max_mem_slots {
                     if self.regions.len() as u64 >= max {
                         self.finding(
@@ -752,7 +769,7 @@ impl Session {
                 }
                 self.add_region(seq, side, name, *region);
             }
-            (Fe::RemMemReg, Payload::SingleRegion { region }) => {
+            (Fe::RemMemReg, Payload::SingleRegion(payload::SingleRegion { region })) => {
                 let live = self.regions.iter().position(|r| {
                     r.guest_address == region.guest_address
                         && r.user_address == region.user_address
@@ -862,7 +879,7 @@ impl Session {
                         "{side}: ack for {} with need_reply although REPLY_ACK is not negotiated", p.name));
                 }
                 match payload::decode(PayloadKind::U64, bytes, false) {
-                    Ok(Payload::U64 { value }) => ReplyOutcome::Ack(value),
+                    Ok(Payload::U64(payload::U64 { value })) => ReplyOutcome::Ack(value),
                     _ => {
                         if complete {
                             self.finding(
@@ -912,8 +929,10 @@ impl Session {
             return;
         };
         match (request, body) {
-            (Fe::GetFeatures, Payload::U64 { value }) => self.offered_features = Some(*value),
-            (Fe::GetProtocolFeatures, Payload::U64 { value }) => {
+            (Fe::GetFeatures, Payload::U64(payload::U64 { value })) => {
+                self.offered_features = Some(*value)
+            }
+            (Fe::GetProtocolFeatures, Payload::U64(payload::U64 { value })) => {
                 let unknown = value & !feat::KNOWN_PROTOCOL_FEATURES;
                 if unknown != 0 {
                     self.finding(
@@ -924,8 +943,10 @@ impl Session {
                 }
                 self.offered_protocol = Some(*value);
             }
-            (Fe::GetQueueNum, Payload::U64 { value }) => self.queue_num = Some(*value),
-            (Fe::GetMaxMemSlots, Payload::U64 { value }) => {
+            (Fe::GetQueueNum, Payload::U64(payload::U64 { value })) => {
+                self.queue_num = Some(*value)
+            }
+            (Fe::GetMaxMemSlots, Payload::U64(payload::U64 { value })) => {
                 if let Some(prev) = self.max_mem_slots {
                     if *value < prev {
                         self.finding(
