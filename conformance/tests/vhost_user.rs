@@ -265,6 +265,18 @@ fn every_transcript_case_reports_its_rules() {
     .unwrap();
     for case in corpus::cases() {
         let text = corpus::build(&base, &case).unwrap();
+        // The checked-in transcript is what the generator makes of the base.
+        let on_disk = std::fs::read_to_string(
+            root()
+                .join(corpus::DIR)
+                .join(format!("{}.jsonl", case.name)),
+        )
+        .unwrap();
+        assert_eq!(
+            text, on_disk,
+            "{}: regenerate with `cargo xtask corpus`",
+            case.name
+        );
         let (_, entries) = qconform_core::vhost_user::transcript::parse(&text).unwrap();
         let s =
             qconform_core::vhost_user::transcript::check(case.name, &entries, Default::default());

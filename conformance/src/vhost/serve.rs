@@ -32,7 +32,9 @@ pub struct Options {
 }
 
 /// A virtio-blk config space for a 1 MiB disk with one queue: capacity 2048
-/// sectors, seg_max 126, blk_size 512, num_queues at byte 34.
+/// sectors, seg_max 126, blk_size 512, num_queues at byte 34. Little-endian
+/// whatever the host: it is virtio's config space (VERSION_1), carried
+/// opaquely by vhost-user, not a vhost-user number.
 pub fn blk_config(queues: u16) -> Vec<u8> {
     let mut c = vec![0u8; 60];
     c[0..8].copy_from_slice(&2048u64.to_le_bytes());
