@@ -238,7 +238,21 @@ pub fn replay(
     timeout: Duration,
     profile: Profile,
 ) -> Result<ReplayReport, String> {
-    let conn = Conn::connect(socket)
+    replay_started(&Backend::none(), name, entries, socket, timeout, profile)
+}
+
+/// [`replay`] against `backend`, which may have just been started (its
+/// socket may not accept connections yet).
+pub fn replay_started(
+    backend: &Backend,
+    name: &str,
+    entries: &[Entry],
+    socket: &Path,
+    timeout: Duration,
+    profile: Profile,
+) -> Result<ReplayReport, String> {
+    let conn = backend
+        .connect(socket)
         .map_err(|e| format!("cannot connect to {}: {e}", socket.display()))?;
     let mut tap = Tap::new(conn, name, profile, Direction::FrontToBack);
     let mut offer = Offer::default();
@@ -506,7 +520,7 @@ pub fn run_file(
         }
     };
     let cmd = backend_cmd.map(|c| c.replace("{socket}", &socket.display().to_string()));
-    let _backend = match Backend::start(cmd.as_deref(), socket, Duration::from_secs(10)) {
+    let backend = match Backend::start(cmd.as_deref(), socket, Duration::from_secs(10)) {
         Ok(b) => b,
         Err(e) => {
             eprintln!("qconform: {e}");
@@ -517,7 +531,7 @@ pub fn run_file(
         || file.display().to_string(),
         |n| n.to_string_lossy().into_owned(),
     );
-    match replay(&name, &entries, socket, timeout, profile) {
+    match replay_started(&backend, &name, &entries, socket, timeout, profile) {
         Ok(r) => {
             print(&r, output);
             if r.conforming() {
