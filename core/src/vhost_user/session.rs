@@ -140,6 +140,8 @@ pub struct Session {
     caps: Option<Caps>,
     /// Why the back-end must refuse the latest front-end request, if it must.
     refusal: Option<String>,
+    /// The request being judged (message number, the side that sent it).
+    judging: Option<(u64, &'static str)>,
     /// The latest request sent (message number and name), for a close.
     last_request: Option<(u64, &'static str)>,
 }
@@ -163,6 +165,7 @@ impl Session {
             closed: false,
             caps: None,
             refusal: None,
+            judging: None,
             last_request: None,
         }
     }
@@ -218,6 +221,16 @@ impl Session {
 
     /// Records a finding about message `seq`.
     pub fn finding(&mut self, rule: &'static Rule, seq: u64, detail: String) {
+        // A rule the request being judged broke is a reason to refuse it
+        // (noted here, not looked up in the report, which keeps only the
+        // first findings of each rule).
+        if self.refusal.is_none()
+            && self
+                .judging
+                .is_some_and(|(at, side)| at == seq && detail.starts_with(side))
+        {
+            self.refusal = Some(detail.clone());
+        }
         self.report.add(rule, Some(seq), detail);
     }
 
@@ -243,13 +256,17 @@ impl Session {
     pub fn on_message(&mut self, m: Message<'_>) -> Option<ReplyOutcome> {
         let seq = self.seq;
         self.seq += 1;
-        // The header checks below count among the reasons to refuse a request.
-        let before = self.report.findings.len();
         let requester = match m.channel {
             Channel::Main => Direction::FrontToBack,
             Channel::Backend => Direction::BackToFront,
         };
         let side = m.dir.side();
+        // A request is judged from its header on: every finding about it is
+        // a reason to refuse it.
+        self.judging = (m.dir == requester).then_some((seq, side));
+        if self.judging.is_some() {
+            self.refusal = None;
+        }
         let h = m.header;
         if h.version() != wire::VERSION {
             self.finding(
@@ -302,15 +319,7 @@ impl Session {
                     format!("{side}: request {} has the reply flag set", h.request),
                 );
             }
-            self.refusal = None;
             self.on_request(seq, m);
-            // A rule the request broke is a reason to refuse it too.
-            if self.refusal.is_none() {
-                self.refusal = self.report.findings[before..]
-                    .iter()
-                    .find(|f| f.offset == Some(seq) && f.detail.starts_with(side))
-                    .map(|f| f.detail.clone());
-            }
             None
         } else {
             if !h.is_reply() {
