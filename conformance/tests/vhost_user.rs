@@ -782,6 +782,26 @@ fn a_close_on_ring_size_256_negotiates_down_on_a_fresh_connection() {
 }
 
 #[test]
+fn a_close_after_the_ring_size_was_taken_is_not_a_refused_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("kick.sock");
+    // No REPLY_ACK, and a close on SET_VRING_KICK: the GET_FEATURES after
+    // SET_VRING_NUM was answered, so 256 was taken and the close is a close.
+    let _t = fake_backend(&sock, |r| match r.request {
+        12 => Act::Close,
+        _ => plain_answer(r, VERSION_1, 0),
+    });
+    let (code, v) = probe_only(&sock, 1000);
+    assert_eq!(code, 2, "{v:#}");
+    assert_eq!(ring_size_of(&v), (256, vec![]), "{v:#}");
+    assert_eq!(
+        rules_of(&v["conversation"]["findings"]),
+        ["vhost-user.peer.closed-valid-conversation"],
+        "{v:#}"
+    );
+}
+
+#[test]
 fn probe_negotiates_the_ring_size_of_serve_and_both_stay_clean() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("serve128.sock");

@@ -90,8 +90,9 @@ struct Prober<'a> {
     opts: &'a Options,
     tap: Tap,
     ring_size: u32,
-    /// A SET_VRING_NUM was sent and nothing after it answered yet: a close
-    /// now is the back-end refusing the size.
+    /// A SET_VRING_NUM was sent and nothing after it answered yet (its ack,
+    /// or the GET_FEATURES sent after it without REPLY_ACK): a close now is
+    /// the back-end refusing the size.
     ring_unconfirmed: bool,
 }
 
@@ -299,6 +300,12 @@ impl<'a> Prober<'a> {
                 if v != 0 && self.ring_size > 1 {
                     return Err(Stop::RingSize(format!("failure ack ({v})")));
                 }
+            }
+            if !ra {
+                // No ack says the size was taken: a GET_FEATURES round trip
+                // (valid at any time) does, so that a later close is not
+                // taken for a refused size.
+                self.call(Fe::GetFeatures, &Payload::Empty, &[], false)?;
             }
             self.call(
                 Fe::SetVringBase,
