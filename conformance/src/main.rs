@@ -158,6 +158,10 @@ enum VhostAction {
         /// Start the back-end with this command before every connection.
         #[arg(long)]
         backend_cmd: Option<String>,
+        /// Count notes (tester policy the spec does not require of a
+        /// back-end) as violations.
+        #[arg(long)]
+        strict: bool,
     },
     /// Act as a reference back-end and judge the front-end that connects.
     Serve {
@@ -176,6 +180,9 @@ enum VhostAction {
         protocol_features: Option<u64>,
         #[arg(long, default_value_t = 1)]
         queues: u64,
+        /// The largest ring (SET_VRING_NUM) accepted; larger ones are refused.
+        #[arg(long, default_value_t = serve::DEFAULT_MAX_RING_SIZE)]
+        max_ring_size: u32,
         /// Milliseconds a connection may stay silent (and to wait for one).
         #[arg(long, default_value_t = 60000)]
         idle_timeout_ms: u64,
@@ -393,6 +400,7 @@ fn vhost_user(action: VhostAction) -> i32 {
             no_robustness,
             transcript,
             backend_cmd,
+            strict,
         } => probe::run(
             &probe::Options {
                 socket,
@@ -401,6 +409,7 @@ fn vhost_user(action: VhostAction) -> i32 {
                 transcript,
                 robustness: !no_robustness,
                 backend_cmd,
+                strict,
             },
             output,
         ),
@@ -411,25 +420,30 @@ fn vhost_user(action: VhostAction) -> i32 {
             features,
             protocol_features,
             queues,
+            max_ring_size,
             idle_timeout_ms,
             lenient,
             transcript,
-        } => serve::run(
-            &serve::Options {
-                socket,
-                once,
-                features: features.unwrap_or(serve::DEFAULT_FEATURES),
-                protocol_features: protocol_features
-                    .unwrap_or_else(serve::default_protocol_features),
-                queues,
-                max_mem_slots: 32,
-                config: serve::blk_config(queues.min(u16::MAX as u64) as u16),
-                idle_timeout: Duration::from_millis(idle_timeout_ms),
-                profile: Profile { lenient },
-                transcript,
-            },
-            output,
-        ),
+        } => {
+            let reference = serve::Options::reference(socket, queues);
+            serve::run(
+                &serve::Options {
+                    once,
+                    caps: serve::Caps {
+                        features: features.unwrap_or(reference.caps.features),
+                        protocol_features: protocol_features
+                            .unwrap_or(reference.caps.protocol_features),
+                        max_ring_size,
+                        ..reference.caps
+                    },
+                    idle_timeout: Duration::from_millis(idle_timeout_ms),
+                    profile: Profile { lenient },
+                    transcript,
+                    ..reference
+                },
+                output,
+            )
+        }
         VhostAction::Check {
             file,
             output,

@@ -91,6 +91,10 @@ const TRIGGERED_BY_TESTS: &[(&str, &str)] = &[
         "conformance/tests/vhost_user.rs: probe_finds_qsd_crash_on_ring_index_100000",
     ),
     (
+        "vhost-user.robustness.tester-policy",
+        "conformance/tests/vhost_user.rs: tester_policy_is_a_note_and_a_false_success_ack_a_violation",
+    ),
+    (
         "input.readable",
         "conformance/tests/cli.rs: missing_file_is_a_check_error",
     ),

@@ -334,7 +334,9 @@ pub mod vhost_user {
         ROBUST_HANG = "vhost-user.robustness.no-hang", "vhost-user.rst", "Communication", Violation,
             "A message that needs a reply is answered, or the connection closed, before the deadline.";
         ROBUST_ACCEPTS = "vhost-user.robustness.rejects-invalid", "vhost-user.rst", "VHOST_USER_PROTOCOL_F_REPLY_ACK", Violation,
-            "Invalid input is never acknowledged as a success.";
+            "A request the back-end cannot have carried out (an unknown request, a wrong size, a missing fd, a ring it does not have) is never acknowledged as a success: the ack is zero on success, non-zero on failure.";
+        ROBUST_POLICY = "vhost-user.robustness.tester-policy", "vhost-user.rst", "Communication", Note,
+            "The back-end carried out a request the spec asks the front-end not to send (a \"should\" that binds the front-end); qconform would rather it refused, the spec does not require it.";
         PEER_CLOSED = "vhost-user.peer.closed-valid-conversation", "vhost-user.rst", "Communication", Violation,
             "A peer closes the connection only on error, never during a valid conversation.";
     }

@@ -242,7 +242,9 @@ pub fn vhost_user_decode(data: &[u8]) {
     } else {
         Channel::Main
     };
-    let Some(info) = request::lookup(channel, (pick & 0x3f) as u32 + 1) else {
+    // Bits 0-5 pick a row of the channel's table (ids past the table's end
+    // are left out: they have no payload kind to decode).
+    let Some(info) = request::table(channel).get((pick & 0x3f) as usize) else {
         return;
     };
     for kind in [

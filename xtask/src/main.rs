@@ -270,7 +270,6 @@ fn record_one(
 /// qemu-storage-daemon) and writes every edited transcript.
 fn transcripts(root: &Path) -> Result<(), DynError> {
     use qconform::vhost::{corpus, probe, serve};
-    use qconform_core::vhost_user::session::Profile;
     use std::time::Duration;
     let dir = root.join(corpus::DIR);
     std::fs::create_dir_all(&dir)?;
@@ -278,18 +277,7 @@ fn transcripts(root: &Path) -> Result<(), DynError> {
     std::fs::create_dir_all(&tmp)?;
     // 1. Our probe against our reference back-end.
     let sock = tmp.join("serve.sock");
-    let opts = serve::Options {
-        socket: sock.clone(),
-        once: true,
-        features: serve::DEFAULT_FEATURES,
-        protocol_features: serve::default_protocol_features(),
-        queues: 1,
-        max_mem_slots: 32,
-        config: serve::blk_config(1),
-        idle_timeout: Duration::from_secs(10),
-        profile: Profile::default(),
-        transcript: None,
-    };
+    let opts = serve::Options::reference(sock.clone(), 1);
     let server = std::thread::spawn(move || serve::run(&opts, qconform::Output::Json));
     wait_for_path(&sock)?;
     let text = probe::record_conversation(
@@ -351,16 +339,9 @@ fn transcripts(root: &Path) -> Result<(), DynError> {
     let ssock = tmp.join("qemu.sock");
     let qemu_transcript = dir.join("qemu72-vs-serve.jsonl");
     let sopts = serve::Options {
-        socket: ssock.clone(),
-        once: true,
-        features: serve::DEFAULT_FEATURES,
-        protocol_features: serve::default_protocol_features(),
-        queues: 1,
-        max_mem_slots: 32,
-        config: serve::blk_config(1),
         idle_timeout: Duration::from_secs(30),
-        profile: Profile::default(),
         transcript: Some(qemu_transcript.clone()),
+        ..serve::Options::reference(ssock.clone(), 1)
     };
     let server = std::thread::spawn(move || serve::run(&sopts, qconform::Output::Json));
     wait_for_path(&ssock)?;

@@ -1,6 +1,7 @@
 //! Back-ends started for a probe or a replay: a command (whitespace-
 //! separated words), the socket it opens, and how it ended.
 
+use super::conn::Conn;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -11,9 +12,14 @@ pub struct Backend {
 }
 
 impl Backend {
+    /// A back-end someone else runs.
+    pub fn none() -> Backend {
+        Backend { child: None }
+    }
+
     pub fn start(cmd: Option<&str>, socket: &Path, wait: Duration) -> Result<Backend, String> {
         let Some(cmd) = cmd else {
-            return Ok(Backend { child: None });
+            return Ok(Backend::none());
         };
         let _ = std::fs::remove_file(socket);
         let words: Vec<&str> = cmd.split_whitespace().collect();
@@ -42,6 +48,26 @@ impl Backend {
             socket.display(),
             wait.as_millis()
         ))
+    }
+
+    /// Connects to the back-end on `socket`. A process we just started may
+    /// have bound its socket (the file exists) but not yet listen()ed:
+    /// a refused connection is retried until the deadline. A back-end we
+    /// did not start gets one try, so a refusal still says it is gone.
+    pub fn connect(&self, socket: &Path) -> std::io::Result<Conn> {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            match Conn::connect(socket) {
+                Err(e)
+                    if self.child.is_some()
+                        && e.kind() == std::io::ErrorKind::ConnectionRefused
+                        && Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                r => return r,
+            }
+        }
     }
 
     /// If the process died by a signal, which one.

@@ -99,8 +99,9 @@ pub fn cell(
             let _ = server.join();
             r
         } else {
-            let _b = Backend::start(Some(&cmd), &socket, Duration::from_secs(10))?;
-            replay::replay(&name, &entries, &socket, timeout, Profile { lenient: true })
+            let b = Backend::start(Some(&cmd), &socket, Duration::from_secs(10))?;
+            let lenient = Profile { lenient: true };
+            replay::replay_started(&b, &name, &entries, &socket, timeout, lenient)
         }
     });
     match result {

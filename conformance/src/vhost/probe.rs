@@ -2,18 +2,26 @@
 //! conversation first (negotiation, memory, rings, config, status, stop),
 //! judged by the rule engine; then robustness probes, each on a fresh
 //! connection, that send one invalid message and judge the answer: a
-//! failure ack or a closed connection conforms; a crash, a hang or a
-//! success is a finding.
+//! failure ack or a closed connection conforms; a crash or a hang is a
+//! violation, and so is a success ack for a request the back-end cannot have
+//! carried out; carrying out a request the spec only asks the front-end not
+//! to send is a note (`--strict` counts notes as violations).
+//!
+//! vhost-user has no message that tells the front-end the largest ring a
+//! back-end holds, so the ring size is negotiated: 256 first, then half of
+//! it on each refusal (a failure ack, or a close before anything after the
+//! SET_VRING_NUM was answered), each on a fresh connection.
 
 use super::conn::{self, Conn, Received, RecvError};
 use super::tap::Tap;
 use crate::Output;
-use qconform_core::report::Finding;
+use qconform_core::report::{Finding, Severity};
 use qconform_core::rules::vhost_user as rule;
 use qconform_core::vhost_user::features::{self as feat, ProtocolFeature as PF};
-use qconform_core::vhost_user::payload::{encode, Payload, Region};
+use qconform_core::vhost_user::payload::{self, encode, Payload, Region};
+use qconform_core::vhost_user::request::FrontEnd as Fe;
 use qconform_core::vhost_user::session::{Direction, Profile, ReplyOutcome};
-use qconform_core::vhost_user::wire::{Header, VERSION};
+use qconform_core::vhost_user::wire::{Header, FLAG_NEED_REPLY, VERSION};
 use qconform_core::{Limits, Report};
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use serde::Serialize;
@@ -31,6 +39,8 @@ pub struct Options {
     /// Start the back-end with this command (whitespace-separated words)
     /// for every connection, so each probe meets a fresh process.
     pub backend_cmd: Option<String>,
+    /// Count notes (tester policy) as violations.
+    pub strict: bool,
 }
 
 /// Protocol features the probe can drive, acknowledged when offered.
@@ -50,6 +60,7 @@ const GUEST_MEMORY: u64 = 2 << 20;
 /// A made-up user address for our memory region (the back-end only uses it
 /// to translate ring addresses).
 const USER_BASE: u64 = 0x7f00_0000_0000;
+/// The ring size tried first; each refusal halves it, down to 1.
 const RING_SIZE: u32 = 256;
 /// Rings the probe sets up at most (devices may report 128 queues).
 const MAX_RINGS: u64 = 8;
@@ -59,27 +70,81 @@ enum Stop {
     Closed,
     Timeout,
     Io(String),
+    /// The back-end refused the ring size (how: a failure ack or a close);
+    /// the conversation is tried again with a smaller one.
+    RingSize(String),
+}
+
+impl std::fmt::Display for Stop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Stop::Closed => write!(f, "the back-end closed the connection"),
+            Stop::Timeout => write!(f, "no reply before the deadline"),
+            Stop::Io(e) => write!(f, "{e}"),
+            Stop::RingSize(by) => write!(f, "the back-end refused the ring size: {by}"),
+        }
+    }
 }
 
 struct Prober<'a> {
     opts: &'a Options,
     tap: Tap,
+    ring_size: u32,
+    /// A SET_VRING_NUM was sent and nothing after it answered yet (its ack,
+    /// or the GET_FEATURES sent after it without REPLY_ACK): a close now is
+    /// the back-end refusing the size.
+    ring_unconfirmed: bool,
 }
 
-impl Prober<'_> {
+impl<'a> Prober<'a> {
+    fn new(opts: &'a Options, conn: Conn, name: &str, ring_size: u32) -> Prober<'a> {
+        Prober {
+            opts,
+            tap: Tap::new(conn, name, opts.profile, Direction::FrontToBack),
+            ring_size,
+            ring_unconfirmed: false,
+        }
+    }
+
+    /// Sends a message exactly as given. A peer that is gone is the same
+    /// close whether a write or a read notices it first.
+    fn send(&mut self, header: Header, payload: &[u8], fds: &[BorrowedFd<'_>]) -> Result<(), Stop> {
+        match self.tap.send(header, payload, fds) {
+            Ok(()) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+                ) =>
+            {
+                Err(self.backend_closed())
+            }
+            Err(e) => Err(Stop::Io(e.to_string())),
+        }
+    }
+
+    /// The back-end closed the connection: a refused ring size if nothing
+    /// answered since the SET_VRING_NUM (and a smaller size is left), else
+    /// a close of a valid conversation.
+    fn backend_closed(&mut self) -> Stop {
+        if self.ring_unconfirmed && self.ring_size > 1 {
+            return Stop::RingSize("closed the connection".into());
+        }
+        self.tap.closed(Some(Direction::BackToFront), false);
+        Stop::Closed
+    }
+
     /// Sends a request and, if one is due, waits for the reply.
     fn call(
         &mut self,
-        request: u32,
+        request: Fe,
         payload: &Payload,
         fds: &[BorrowedFd<'_>],
         need_reply: bool,
     ) -> Result<Option<(Received, Option<ReplyOutcome>)>, Stop> {
         let bytes = encode(payload);
-        let header = Header::request(request, bytes.len() as u32, need_reply);
-        self.tap
-            .send(header, &bytes, fds)
-            .map_err(|e| Stop::Io(e.to_string()))?;
+        let header = Header::request(request.id(), bytes.len() as u32, need_reply);
+        self.send(header, &bytes, fds)?;
         if !self.tap.session.awaiting_reply() {
             return Ok(None);
         }
@@ -94,15 +159,15 @@ impl Prober<'_> {
                 "the back-end claimed a {}-byte payload",
                 r.header.size
             ))),
-            Ok(r) => Ok(r),
+            Ok(r) => {
+                self.ring_unconfirmed = false;
+                Ok(r)
+            }
             Err(RecvError::Timeout) => {
                 self.tap.timed_out(self.opts.timeout.as_millis() as u64);
                 Err(Stop::Timeout)
             }
-            Err(RecvError::Closed { .. }) => {
-                self.tap.closed(Some(Direction::BackToFront), false);
-                Err(Stop::Closed)
-            }
+            Err(RecvError::Closed { .. }) => Err(self.backend_closed()),
             Err(RecvError::Io(e)) => Err(Stop::Io(e.to_string())),
         }
     }
@@ -121,16 +186,24 @@ impl Prober<'_> {
 
     /// GET_FEATURES, protocol feature negotiation, SET_OWNER, GET_QUEUE_NUM.
     fn handshake(&mut self) -> Result<(), Stop> {
-        let features = Self::u64_reply(self.call(1, &Payload::Empty, &[], false)?).unwrap_or(0);
+        let features =
+            Self::u64_reply(self.call(Fe::GetFeatures, &Payload::Empty, &[], false)?).unwrap_or(0);
         if features >> feat::F_PROTOCOL_FEATURES & 1 == 1 {
-            let offered = Self::u64_reply(self.call(15, &Payload::Empty, &[], false)?).unwrap_or(0);
+            let offered =
+                Self::u64_reply(self.call(Fe::GetProtocolFeatures, &Payload::Empty, &[], false)?)
+                    .unwrap_or(0);
             let ack = DRIVEN.iter().map(|f| f.bit()).fold(0, |a, b| a | b) & offered;
-            self.call(16, &Payload::U64 { value: ack }, &[], false)?;
+            self.call(
+                Fe::SetProtocolFeatures,
+                &Payload::U64(payload::U64 { value: ack }),
+                &[],
+                false,
+            )?;
         }
         let ra = self.reply_ack();
-        self.call(3, &Payload::Empty, &[], ra)?;
+        self.call(Fe::SetOwner, &Payload::Empty, &[], ra)?;
         if feat::has(self.tap.session.protocol_features(), PF::Mq) {
-            self.call(17, &Payload::Empty, &[], false)?;
+            self.call(Fe::GetQueueNum, &Payload::Empty, &[], false)?;
         }
         Ok(())
     }
@@ -142,28 +215,38 @@ impl Prober<'_> {
         let ra = self.reply_ack();
         let has = |f: PF| feat::has(proto, f);
         if has(PF::ConfigureMemSlots) {
-            self.call(36, &Payload::Empty, &[], false)?;
+            self.call(Fe::GetMaxMemSlots, &Payload::Empty, &[], false)?;
         }
         let offered = self.tap.session.offered_features().unwrap_or(0);
         let features = offered & VIRTIO_ACK;
-        self.call(1, &Payload::Empty, &[], false)?;
-        self.call(2, &Payload::U64 { value: features }, &[], ra)?;
+        self.call(Fe::GetFeatures, &Payload::Empty, &[], false)?;
+        self.call(
+            Fe::SetFeatures,
+            &Payload::U64(payload::U64 { value: features }),
+            &[],
+            ra,
+        )?;
         if has(PF::Config) {
             self.call(
-                24,
-                &Payload::Config {
+                Fe::GetConfig,
+                &Payload::Config(payload::Config {
                     offset: 0,
                     size: 8,
                     flags: 0,
                     data: vec![0; 8],
-                },
+                }),
                 &[],
                 false,
             )?;
         }
         if has(PF::Status) {
-            self.call(39, &Payload::U64 { value: 0x0f }, &[], ra)?;
-            self.call(40, &Payload::Empty, &[], false)?;
+            self.call(
+                Fe::SetStatus,
+                &Payload::U64(payload::U64 { value: 0x0f }),
+                &[],
+                ra,
+            )?;
+            self.call(Fe::GetStatus, &Payload::Empty, &[], false)?;
         }
         // Guest memory: one memfd region.
         let mem =
@@ -177,13 +260,18 @@ impl Prober<'_> {
             domid: None,
         };
         if has(PF::ConfigureMemSlots) {
-            self.call(37, &Payload::SingleRegion { region }, &[mem.as_fd()], ra)?;
+            self.call(
+                Fe::AddMemReg,
+                &Payload::SingleRegion(payload::SingleRegion { region }),
+                &[mem.as_fd()],
+                ra,
+            )?;
         } else {
             self.call(
-                5,
-                &Payload::MemTable {
+                Fe::SetMemTable,
+                &Payload::MemTable(payload::MemTable {
                     regions: vec![region],
-                },
+                }),
                 &[mem.as_fd()],
                 ra,
             )?;
@@ -198,35 +286,67 @@ impl Prober<'_> {
         let mut notifiers: Vec<OwnedFd> = Vec::new();
         for i in 0..rings as u32 {
             let ring_base = USER_BASE + 0x10000 * (i as u64 + 1);
-            self.call(
-                8,
-                &Payload::VringState {
+            self.ring_unconfirmed = true;
+            let set_num = self.call(
+                Fe::SetVringNum,
+                &Payload::VringState(payload::VringState {
                     index: i,
-                    num: RING_SIZE,
-                },
+                    num: self.ring_size,
+                }),
                 &[],
                 ra,
             )?;
-            self.call(10, &Payload::VringState { index: i, num: 0 }, &[], ra)?;
+            if let Some((_, Some(ReplyOutcome::Ack(v)))) = set_num {
+                if v != 0 && self.ring_size > 1 {
+                    return Err(Stop::RingSize(format!("failure ack ({v})")));
+                }
+            }
+            if !ra {
+                // No ack says the size was taken: a GET_FEATURES round trip
+                // (valid at any time) does, so that a later close is not
+                // taken for a refused size.
+                self.call(Fe::GetFeatures, &Payload::Empty, &[], false)?;
+            }
             self.call(
-                9,
-                &Payload::VringAddr {
+                Fe::SetVringBase,
+                &Payload::VringState(payload::VringState { index: i, num: 0 }),
+                &[],
+                ra,
+            )?;
+            self.call(
+                Fe::SetVringAddr,
+                &Payload::VringAddr(payload::VringAddr {
                     index: i,
                     flags: 0,
                     descriptor: ring_base,
                     available: ring_base + 0x1000,
                     used: ring_base + 0x2000,
                     log: 0,
-                },
+                }),
                 &[],
                 ra,
             )?;
             let call = conn::eventfd().map_err(|e| Stop::Io(e.to_string()))?;
-            self.call(13, &Payload::U64 { value: i as u64 }, &[call.as_fd()], ra)?;
+            self.call(
+                Fe::SetVringCall,
+                &Payload::U64(payload::U64 { value: i as u64 }),
+                &[call.as_fd()],
+                ra,
+            )?;
             let kick = conn::eventfd().map_err(|e| Stop::Io(e.to_string()))?;
-            self.call(12, &Payload::U64 { value: i as u64 }, &[kick.as_fd()], ra)?;
+            self.call(
+                Fe::SetVringKick,
+                &Payload::U64(payload::U64 { value: i as u64 }),
+                &[kick.as_fd()],
+                ra,
+            )?;
             if features >> feat::F_PROTOCOL_FEATURES & 1 == 1 {
-                self.call(18, &Payload::VringState { index: i, num: 1 }, &[], ra)?;
+                self.call(
+                    Fe::SetVringEnable,
+                    &Payload::VringState(payload::VringState { index: i, num: 1 }),
+                    &[],
+                    ra,
+                )?;
             }
             notifiers.push(call);
             notifiers.push(kick);
@@ -234,157 +354,232 @@ impl Prober<'_> {
         // Stop: disable, then GET_VRING_BASE stops each ring.
         for i in 0..rings as u32 {
             if features >> feat::F_PROTOCOL_FEATURES & 1 == 1 {
-                self.call(18, &Payload::VringState { index: i, num: 0 }, &[], ra)?;
+                self.call(
+                    Fe::SetVringEnable,
+                    &Payload::VringState(payload::VringState { index: i, num: 0 }),
+                    &[],
+                    ra,
+                )?;
             }
-            self.call(11, &Payload::VringState { index: i, num: 0 }, &[], false)?;
+            self.call(
+                Fe::GetVringBase,
+                &Payload::VringState(payload::VringState { index: i, num: 0 }),
+                &[],
+                false,
+            )?;
         }
         if has(PF::ConfigureMemSlots) {
-            self.call(38, &Payload::SingleRegion { region }, &[], ra)?;
+            self.call(
+                Fe::RemMemReg,
+                &Payload::SingleRegion(payload::SingleRegion { region }),
+                &[],
+                ra,
+            )?;
         }
         if has(PF::ResetDevice) {
-            self.call(34, &Payload::Empty, &[], ra)?;
+            self.call(Fe::ResetDevice, &Payload::Empty, &[], ra)?;
         }
         Ok(())
     }
 }
 
-/// One robustness probe: what it sends after the handshake.
-struct Robustness {
-    name: &'static str,
-    what: &'static str,
-    send: fn(&mut Prober<'_>) -> Result<(), Stop>,
+/// What accepting an invalid message means (spec sections "Communication"
+/// and REPLY_ACK: the ack is "zero on success or non-zero on failure").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Breaks {
+    /// The back-end cannot have carried the request out (an unknown
+    /// request, a wrong size, a missing fd, a ring it does not have): a
+    /// success ack says something false, a violation.
+    CannotCarryOut,
+    /// The spec asks the front-end not to send it (its "should" binds the
+    /// front-end); a back-end that carries it out breaks nothing: a note.
+    FrontEndShould,
 }
 
-fn raw(
-    p: &mut Prober<'_>,
+/// The invalid message of one robustness probe.
+struct Invalid {
+    /// What was sent, naming the request.
+    what: String,
     request: u32,
     flags: u32,
-    payload: &[u8],
-    fds: &[BorrowedFd<'_>],
-) -> Result<(), Stop> {
-    p.tap
-        .send(
-            Header {
-                request,
-                flags,
-                size: payload.len() as u32,
-            },
-            payload,
-            fds,
-        )
-        .map_err(|e| Stop::Io(e.to_string()))
+    payload: Vec<u8>,
+    /// Eventfds attached.
+    fds: usize,
 }
 
+/// One robustness probe: the invalid message it sends after the handshake.
+struct Robustness {
+    name: &'static str,
+    breaks: Breaks,
+    message: fn(&Prober<'_>) -> Invalid,
+}
+
+/// A request's name from the request table.
+fn name_of(request: u32) -> &'static str {
+    Fe::from_id(request).map_or("an undefined request", Fe::name)
+}
+
+/// `request` as the probe sends it: `flags`, `payload`, `fds` eventfds.
+fn invalid(
+    what: String,
+    request: impl Into<u32>,
+    flags: u32,
+    payload: Vec<u8>,
+    fds: usize,
+) -> Invalid {
+    Invalid {
+        what,
+        request: request.into(),
+        flags,
+        payload,
+        fds,
+    }
+}
+
+/// Version 1, with need_reply when REPLY_ACK is negotiated (so the answer
+/// says whether the back-end accepted the message).
 fn need(p: &Prober<'_>) -> u32 {
-    VERSION
-        | if p.reply_ack() {
-            qconform_core::vhost_user::wire::FLAG_NEED_REPLY
-        } else {
-            0
-        }
+    VERSION | if p.reply_ack() { FLAG_NEED_REPLY } else { 0 }
 }
 
-fn eventfds(n: usize) -> Vec<OwnedFd> {
-    (0..n).filter_map(|_| conn::eventfd().ok()).collect()
+fn vring_state(index: u32, num: u32) -> Vec<u8> {
+    encode(&Payload::VringState(payload::VringState { index, num }))
 }
 
 static PROBES: &[Robustness] = &[
     Robustness {
         name: "unknown-request",
-        what: "request id 99",
-        send: |p| raw(p, 99, need(p), &[], &[]),
+        breaks: Breaks::CannotCarryOut,
+        // Beyond every id the spec defines (the table ends at 45).
+        message: |p| invalid("request id 99".into(), 99u32, need(p), vec![], 0),
     },
     Robustness {
         name: "bad-version",
-        what: "GET_FEATURES with version bits 2",
-        send: |p| raw(p, 1, 0x2, &[], &[]),
+        breaks: Breaks::FrontEndShould,
+        message: |_| {
+            let r = Fe::GetFeatures;
+            invalid(
+                format!("{} with version bits 2", r.name()),
+                r,
+                0x2,
+                vec![],
+                0,
+            )
+        },
     },
     Robustness {
         name: "wrong-size",
-        what: "SET_FEATURES with a 4-byte payload",
-        send: |p| raw(p, 2, need(p), &[0, 0, 0, 1], &[]),
+        breaks: Breaks::CannotCarryOut,
+        message: |p| {
+            let r = Fe::SetFeatures;
+            invalid(
+                format!("{} with a 4-byte payload", r.name()),
+                r,
+                need(p),
+                vec![0, 0, 0, 1],
+                0,
+            )
+        },
     },
     Robustness {
         name: "missing-fd",
-        what: "SET_VRING_CALL without its fd or NOFD",
-        send: |p| raw(p, 13, need(p), &0u64.to_ne_bytes(), &[]),
+        breaks: Breaks::CannotCarryOut,
+        message: |p| {
+            let r = Fe::SetVringCall;
+            invalid(
+                format!("{} without its fd or NOFD", r.name()),
+                r,
+                need(p),
+                0u64.to_ne_bytes().to_vec(),
+                0,
+            )
+        },
     },
     Robustness {
         name: "extra-fds",
-        what: "SET_VRING_CALL with 2 fds",
-        send: |p| {
-            let fds = eventfds(2);
-            let b: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
-            raw(p, 13, need(p), &0u64.to_ne_bytes(), &b)
+        breaks: Breaks::FrontEndShould,
+        message: |p| {
+            let r = Fe::SetVringCall;
+            invalid(
+                format!("{} with 2 fds", r.name()),
+                r,
+                need(p),
+                0u64.to_ne_bytes().to_vec(),
+                2,
+            )
         },
     },
     Robustness {
         name: "too-many-fds",
-        what: "SET_VRING_BASE (takes no fd) with 9 fds",
-        send: |p| {
-            let fds = eventfds(9);
-            let b: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
-            raw(
-                p,
-                10,
+        breaks: Breaks::FrontEndShould,
+        message: |p| {
+            let r = Fe::SetVringBase;
+            invalid(
+                format!("{} (takes no fd) with 9 fds", r.name()),
+                r,
                 need(p),
-                &encode(&Payload::VringState { index: 0, num: 0 }),
-                &b,
+                vring_state(0, 0),
+                9,
             )
         },
     },
     Robustness {
         name: "gated-request",
-        what: "a request whose protocol feature is not negotiated",
-        send: |p| {
+        breaks: Breaks::FrontEndShould,
+        message: |p| {
             let proto = p.tap.session.protocol_features();
-            // The first of these whose gate is not negotiated.
-            let pick = [
-                (40u32, PF::Status),
-                (20, PF::Mtu),
-                (19, PF::Rarp),
-                (34, PF::ResetDevice),
-            ]
-            .into_iter()
-            .find(|(_, f)| !feat::has(proto, *f));
-            match pick {
-                Some((40, _)) | Some((34, _)) => {
-                    raw(p, pick.map_or(40, |x| x.0), need(p), &[], &[])
-                }
-                Some((id, _)) => raw(p, id, need(p), &1500u64.to_ne_bytes(), &[]),
-                None => raw(p, 40, need(p), &[], &[]),
-            }
+            // The first of these whose protocol feature is not negotiated.
+            let candidates = [
+                (Fe::GetStatus, PF::Status, vec![]),
+                (Fe::NetSetMtu, PF::Mtu, 1500u64.to_ne_bytes().to_vec()),
+                (
+                    Fe::SendRarp,
+                    PF::Rarp,
+                    0x0200_0000_0001u64.to_ne_bytes().to_vec(),
+                ),
+                (Fe::ResetDevice, PF::ResetDevice, vec![]),
+            ];
+            let (request, gate, payload) = candidates
+                .iter()
+                .find(|(_, f, _)| !feat::has(proto, *f))
+                .unwrap_or(&candidates[0])
+                .clone();
+            let what = if feat::has(proto, gate) {
+                format!(
+                    "{} (every candidate's feature is negotiated: valid)",
+                    request.name()
+                )
+            } else {
+                format!("{} without {} negotiated", request.name(), gate.name())
+            };
+            invalid(what, request, need(p), payload, 0)
         },
     },
     Robustness {
         name: "ring-index-set-num",
-        what: "SET_VRING_NUM for ring 100000",
-        send: |p| {
-            raw(
-                p,
-                8,
+        breaks: Breaks::CannotCarryOut,
+        message: |p| {
+            let r = Fe::SetVringNum;
+            invalid(
+                format!("{} for ring 100000", r.name()),
+                r,
                 need(p),
-                &encode(&Payload::VringState {
-                    index: 100_000,
-                    num: 256,
-                }),
-                &[],
+                vring_state(100_000, p.ring_size),
+                0,
             )
         },
     },
     Robustness {
         name: "ring-index-get-base",
-        what: "GET_VRING_BASE for ring 100000",
-        send: |p| {
-            raw(
-                p,
-                11,
+        breaks: Breaks::CannotCarryOut,
+        message: |_| {
+            let r = Fe::GetVringBase;
+            invalid(
+                format!("{} for ring 100000", r.name()),
+                r,
                 VERSION,
-                &encode(&Payload::VringState {
-                    index: 100_000,
-                    num: 0,
-                }),
-                &[],
+                vring_state(100_000, 0),
+                0,
             )
         },
     },
@@ -393,16 +588,84 @@ static PROBES: &[Robustness] = &[
 #[derive(Serialize)]
 struct ProbeVerdict {
     probe: &'static str,
-    sent: &'static str,
+    sent: String,
     outcome: String,
     findings: Vec<Finding>,
 }
 
+/// How the back-end answered the invalid message.
+fn judge_answer(
+    p: &mut Prober<'_>,
+    probe: &Robustness,
+    what: &str,
+    before: u64,
+    findings: &mut Report,
+) -> String {
+    let opts = p.opts;
+    match p.tap.recv(Instant::now() + opts.timeout) {
+        Ok((r, outcome)) => match outcome {
+            Some(ReplyOutcome::Ack(0)) => {
+                let rule = match probe.breaks {
+                    Breaks::CannotCarryOut => &rule::ROBUST_ACCEPTS,
+                    Breaks::FrontEndShould => &rule::ROBUST_POLICY,
+                };
+                findings.add(
+                    rule,
+                    Some(before),
+                    format!("back-end: acknowledged {what} as a success"),
+                );
+                "success ack (0)".into()
+            }
+            Some(ReplyOutcome::Ack(v)) => format!("failure ack ({v})"),
+            _ if r.header.is_reply() => {
+                // A reply body, not an ack: REPLY_ACK's meaning is not at
+                // stake, and no request here has a failure form of its body.
+                findings.add(
+                    &rule::ROBUST_POLICY,
+                    Some(before),
+                    format!("back-end: answered {what} as if it were valid"),
+                );
+                format!("normal reply to {}", name_of(r.header.request))
+            }
+            _ => format!("unrelated message {}", r.header.request),
+        },
+        Err(RecvError::Closed { .. }) => {
+            p.tap.closed(Some(Direction::BackToFront), true);
+            "closed the connection".into()
+        }
+        Err(RecvError::Timeout) if p.tap.session.awaiting_reply() => {
+            findings.add(
+                &rule::ROBUST_HANG,
+                Some(before),
+                format!(
+                    "back-end: neither replied to {what} nor closed within {} ms",
+                    opts.timeout.as_millis()
+                ),
+            );
+            "no reply (hang)".into()
+        }
+        // Nothing was due: check the back-end still answers.
+        Err(RecvError::Timeout) => match p.call(Fe::GetFeatures, &Payload::Empty, &[], false) {
+            Ok(_) => "ignored; still answers".into(),
+            Err(Stop::Timeout) => {
+                findings.add(
+                    &rule::ROBUST_HANG,
+                    Some(before),
+                    format!("back-end: stopped answering after {what}"),
+                );
+                "hang".into()
+            }
+            Err(_) => "closed the connection".into(),
+        },
+        Err(RecvError::Io(e)) => format!("read error: {e}"),
+    }
+}
+
 /// Runs one robustness probe on a fresh connection.
-fn robustness(opts: &Options, probe: &Robustness) -> ProbeVerdict {
+fn robustness(opts: &Options, probe: &Robustness, ring_size: u32) -> ProbeVerdict {
     let mut verdict = ProbeVerdict {
         probe: probe.name,
-        sent: probe.what,
+        sent: String::new(),
         outcome: String::new(),
         findings: Vec::new(),
     };
@@ -418,7 +681,7 @@ fn robustness(opts: &Options, probe: &Robustness) -> ProbeVerdict {
             return verdict;
         }
     };
-    let conn = match Conn::connect(&opts.socket) {
+    let conn = match backend.connect(&opts.socket) {
         Ok(c) => c,
         Err(e) => {
             verdict.outcome = format!(
@@ -427,74 +690,25 @@ fn robustness(opts: &Options, probe: &Robustness) -> ProbeVerdict {
             return verdict;
         }
     };
-    let mut p = Prober {
-        opts,
-        tap: Tap::new(conn, probe.name, opts.profile, Direction::FrontToBack),
-    };
+    let mut p = Prober::new(opts, conn, probe.name, ring_size);
     if let Err(e) = p.handshake() {
-        verdict.outcome = format!("skipped: the handshake failed ({e:?})");
+        verdict.outcome = format!("skipped: the handshake failed ({e})");
         return verdict;
     }
     let before = p.tap.session.messages();
-    let sent = (probe.send)(&mut p);
-    verdict.outcome = match sent {
-        Err(Stop::Io(e)) => format!("closed before the message was sent ({e})"),
-        Err(_) => "closed".into(),
-        Ok(()) => match p.tap.recv(Instant::now() + opts.timeout) {
-            Ok((r, outcome)) => match outcome {
-                Some(ReplyOutcome::Ack(0)) => {
-                    findings.add(
-                        &rule::ROBUST_ACCEPTS,
-                        Some(before),
-                        format!("back-end: acknowledged {} as a success", probe.what),
-                    );
-                    "success ack (0)".into()
-                }
-                Some(ReplyOutcome::Ack(v)) => format!("failure ack ({v})"),
-                _ if r.header.is_reply() => {
-                    findings.add(
-                        &rule::ROBUST_ACCEPTS,
-                        Some(before),
-                        format!("back-end: answered {} as if it were valid", probe.what),
-                    );
-                    format!("normal reply to request {}", r.header.request)
-                }
-                _ => format!("unrelated message {}", r.header.request),
-            },
-            Err(RecvError::Closed { .. }) => {
-                p.tap.closed(Some(Direction::BackToFront), true);
-                "closed the connection".into()
-            }
-            Err(RecvError::Timeout) => {
-                if p.tap.session.awaiting_reply() {
-                    findings.add(
-                        &rule::ROBUST_HANG,
-                        Some(before),
-                        format!(
-                            "back-end: neither replied to {} nor closed within {} ms",
-                            probe.what,
-                            opts.timeout.as_millis()
-                        ),
-                    );
-                    "no reply (hang)".into()
-                } else {
-                    // Nothing was due: check the back-end still answers.
-                    match p.call(1, &Payload::Empty, &[], false) {
-                        Ok(_) => "ignored; still answers".into(),
-                        Err(Stop::Timeout) => {
-                            findings.add(
-                                &rule::ROBUST_HANG,
-                                Some(before),
-                                format!("back-end: stopped answering after {}", probe.what),
-                            );
-                            "hang".into()
-                        }
-                        Err(_) => "closed the connection".into(),
-                    }
-                }
-            }
-            Err(RecvError::Io(e)) => format!("read error: {e}"),
-        },
+    let m = (probe.message)(&p);
+    verdict.sent = m.what.clone();
+    let fds = eventfds(m.fds);
+    let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
+    let header = Header {
+        request: m.request,
+        flags: m.flags,
+        size: m.payload.len() as u32,
+    };
+    verdict.outcome = match p.send(header, &m.payload, &borrowed) {
+        Ok(()) => judge_answer(&mut p, probe, &m.what, before, &mut findings),
+        Err(Stop::Closed) => "closed the connection before the message was sent".into(),
+        Err(e) => format!("could not send: {e}"),
     };
     // Did it survive? A process we started tells us how it died; otherwise a
     // refused connection says the back-end is gone.
@@ -502,7 +716,7 @@ fn robustness(opts: &Options, probe: &Robustness) -> ProbeVerdict {
         findings.add(
             &rule::ROBUST_CRASH,
             Some(before),
-            format!("back-end: {how} after {}", probe.what),
+            format!("back-end: {how} after {}", m.what),
         );
         verdict.outcome.push_str(&format!("; process {how}"));
     } else if opts.backend_cmd.is_none() {
@@ -513,7 +727,7 @@ fn robustness(opts: &Options, probe: &Robustness) -> ProbeVerdict {
                 Some(before),
                 format!(
                     "back-end: no longer accepts connections after {} ({e})",
-                    probe.what
+                    m.what
                 ),
             );
             verdict
@@ -532,40 +746,82 @@ fn robustness(opts: &Options, probe: &Robustness) -> ProbeVerdict {
     verdict
 }
 
-/// Runs the probe; exit 0 conforming, 1 could not connect, 2 findings.
+fn eventfds(n: usize) -> Vec<OwnedFd> {
+    (0..n).filter_map(|_| conn::eventfd().ok()).collect()
+}
+
+/// A ring size the back-end refused, and how.
+#[derive(Debug, Clone, Serialize)]
+struct Refused {
+    ring_size: u32,
+    by: String,
+}
+
+/// The valid conversation as it ended, at the ring size the back-end took.
+struct Conversation<'a> {
+    prober: Prober<'a>,
+    stopped: Option<Stop>,
+    refused: Vec<Refused>,
+    /// The back-end process of the last attempt, if we started it.
+    backend: Backend,
+}
+
+/// Runs the valid conversation, each refused ring size again on a fresh
+/// connection (and a fresh back-end process, with --backend-cmd) with half
+/// the size.
+fn negotiate<'a>(opts: &'a Options, name: &str) -> Result<Conversation<'a>, String> {
+    let mut refused = Vec::new();
+    let mut size = RING_SIZE;
+    loop {
+        let backend = Backend::start(
+            opts.backend_cmd.as_deref(),
+            &opts.socket,
+            Duration::from_secs(5),
+        )?;
+        let conn = backend
+            .connect(&opts.socket)
+            .map_err(|e| format!("cannot connect to {}: {e}", opts.socket.display()))?;
+        let mut prober = Prober::new(opts, conn, name, size);
+        match prober.conversation() {
+            Err(Stop::RingSize(by)) => {
+                refused.push(Refused {
+                    ring_size: size,
+                    by,
+                });
+                size /= 2;
+            }
+            end => {
+                if end.is_ok() {
+                    prober.tap.closed(Some(Direction::FrontToBack), false);
+                }
+                return Ok(Conversation {
+                    prober,
+                    stopped: end.err(),
+                    refused,
+                    backend,
+                });
+            }
+        }
+    }
+}
+
+/// Runs the probe; exit 0 conforming, 1 could not connect (or the
+/// conversation could not finish for a reason of our own), 2 findings.
 pub fn run(opts: &Options, output: Output) -> i32 {
-    let backend = Backend::start(
-        opts.backend_cmd.as_deref(),
-        &opts.socket,
-        Duration::from_secs(5),
-    );
-    let _backend = match backend {
-        Ok(b) => b,
+    let name = opts.socket.display().to_string();
+    let c = match negotiate(opts, &name) {
+        Ok(c) => c,
         Err(e) => {
             eprintln!("qconform: {e}");
             return 1;
         }
     };
-    let conn = match Conn::connect(&opts.socket) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("qconform: cannot connect to {}: {e}", opts.socket.display());
-            return 1;
-        }
-    };
-    let mut p = Prober {
-        opts,
-        tap: Tap::new(
-            conn,
-            &opts.socket.display().to_string(),
-            opts.profile,
-            Direction::FrontToBack,
-        ),
-    };
-    let stopped = p.conversation().err();
-    if stopped.is_none() {
-        p.tap.closed(Some(Direction::FrontToBack), false);
-    }
+    let Conversation {
+        prober: p,
+        stopped,
+        refused,
+        backend,
+    } = c;
     if let Some(path) = &opts.transcript {
         if let Err(e) = std::fs::write(
             path,
@@ -575,26 +831,45 @@ pub fn run(opts: &Options, output: Output) -> i32 {
             eprintln!("qconform: cannot write {}: {e}", path.display());
         }
     }
-    drop(_backend);
-    let main = p.tap.session.report().clone();
+    drop(backend);
+    let mut main = p.tap.session.report().clone();
     let offered = p.tap.session.offered_features();
     let proto = p.tap.session.offered_protocol_features();
     let queues = p.tap.session.queue_num();
     let messages = p.tap.session.messages();
+    let ring_size = p.ring_size;
     // The main connection ends before the probes: single-client back-ends
     // (qemu-storage-daemon) serve one connection at a time.
     drop(p);
-    let verdicts: Vec<ProbeVerdict> = if opts.robustness {
-        PROBES.iter().map(|r| robustness(opts, r)).collect()
+    let mut verdicts: Vec<ProbeVerdict> = if opts.robustness {
+        PROBES
+            .iter()
+            .map(|r| robustness(opts, r, ring_size))
+            .collect()
     } else {
         Vec::new()
     };
-    let violations = main.violations
-        + verdicts
-            .iter()
-            .flat_map(|v| &v.findings)
-            .filter(|f| f.severity == qconform_core::Severity::Violation)
-            .count() as u64;
+    if opts.strict {
+        // Tester policy counts as a violation.
+        let raise = |f: &mut Finding| {
+            if f.severity == Severity::Note {
+                f.severity = Severity::Violation;
+            }
+        };
+        main.findings.iter_mut().for_each(raise);
+        verdicts
+            .iter_mut()
+            .flat_map(|v| v.findings.iter_mut())
+            .for_each(raise);
+    }
+    let violations = main
+        .findings
+        .iter()
+        .chain(verdicts.iter().flat_map(|v| &v.findings))
+        .filter(|f| f.severity == Severity::Violation)
+        .count() as u64
+        + main.findings_omitted.values().sum::<u64>();
+    let stopped = stopped.map(|s| s.to_string());
     match output {
         Output::Json => {
             let v = serde_json::json!({
@@ -602,7 +877,9 @@ pub fn run(opts: &Options, output: Output) -> i32 {
                 "features": offered,
                 "protocol_features": proto.map(feat::protocol_feature_names),
                 "queue_num": queues,
-                "conversation": { "messages": messages, "stopped": stopped.as_ref().map(|s| format!("{s:?}")), "findings": main.findings },
+                "ring_size": ring_size,
+                "ring_sizes_refused": refused,
+                "conversation": { "messages": messages, "stopped": stopped, "findings": main.findings },
                 "robustness": verdicts,
                 "violations": violations,
             });
@@ -610,14 +887,17 @@ pub fn run(opts: &Options, output: Output) -> i32 {
         }
         Output::Human => {
             println!(
-                "back-end {}: features {:#x}, protocol features {:?}, {} queues",
+                "back-end {}: features {:#x}, protocol features {:?}, {} queues, ring size {ring_size}",
                 opts.socket.display(),
                 offered.unwrap_or(0),
                 proto.map(feat::protocol_feature_names).unwrap_or_default(),
                 queues.map_or("?".into(), |q| q.to_string())
             );
+            for r in &refused {
+                println!("ring size {} refused: {}", r.ring_size, r.by);
+            }
             if let Some(s) = &stopped {
-                println!("conversation stopped early: {s:?}");
+                println!("conversation stopped early: {s}");
             }
             super::check::print_report("conversation", messages, &main, Output::Human);
             for v in &verdicts {
@@ -631,6 +911,9 @@ pub fn run(opts: &Options, output: Output) -> i32 {
     }
     if violations > 0 {
         2
+    } else if stopped.is_some() {
+        // A conversation that could not finish is never conforming.
+        1
     } else {
         0
     }
@@ -650,19 +933,14 @@ pub fn record_conversation(
         transcript: None,
         robustness: false,
         backend_cmd: None,
+        strict: false,
     };
-    let conn = Conn::connect(socket)
-        .map_err(|e| format!("cannot connect to {}: {e}", socket.display()))?;
-    let mut p = Prober {
-        opts: &opts,
-        tap: Tap::new(conn, description, opts.profile, Direction::FrontToBack),
-    };
-    if let Err(e) = p.conversation() {
+    let c = negotiate(&opts, description)?;
+    if let Some(e) = c.stopped {
         return Err(format!(
-            "the conversation with {} stopped: {e:?}",
+            "the conversation with {} stopped: {e}",
             socket.display()
         ));
     }
-    p.tap.closed(Some(Direction::FrontToBack), false);
-    Ok(p.tap.transcript(description))
+    Ok(c.prober.tap.transcript(description))
 }

@@ -8,7 +8,7 @@
 
 use super::conn::{fd_info, Conn, RecvError};
 use crate::Output;
-use qconform_core::vhost_user::request::Channel;
+use qconform_core::vhost_user::request::{Channel, FrontEnd};
 use qconform_core::vhost_user::session::{Direction, Message, Profile, Session};
 use qconform_core::vhost_user::transcript::{self, Entry, Event};
 use qconform_core::vhost_user::wire::Header;
@@ -17,9 +17,6 @@ use std::io::Write;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-
-/// SET_BACKEND_REQ_FD: its descriptor is the back-end channel.
-const SET_BACKEND_REQ_FD: u32 = 21;
 
 pub struct Options {
     pub listen: PathBuf,
@@ -283,7 +280,8 @@ pub fn proxy(
             let mut sent: Vec<OwnedFd> = Vec::new();
             if l.channel == Channel::Main
                 && l.dir == Direction::FrontToBack
-                && r.header.request == SET_BACKEND_REQ_FD
+                // SET_BACKEND_REQ_FD: its descriptor is the back-end channel.
+                && FrontEnd::from_id(r.header.request) == Some(FrontEnd::SetBackendReqFd)
                 && !r.header.is_reply()
                 && fds.len() == 1
             {

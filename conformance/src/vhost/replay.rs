@@ -16,10 +16,11 @@ use super::conn::{eventfd, memfd, Conn, RecvError};
 use super::tap::Tap;
 use crate::Output;
 use qconform_core::vhost_user::features::{ProtocolFeature as PF, F_PROTOCOL_FEATURES};
-use qconform_core::vhost_user::request::{self, Channel, Gate, Reply};
+use qconform_core::vhost_user::payload::{self, Payload, PayloadKind};
+use qconform_core::vhost_user::request::{Channel, FrontEnd as Fe, Gate, Reply};
 use qconform_core::vhost_user::session::{Direction, Profile};
 use qconform_core::vhost_user::transcript::{self, from_hex, Entry, FdInfo};
-use qconform_core::vhost_user::wire::{Header, FLAG_NEED_REPLY, FLAG_REPLY, VRING_INDEX_MASK};
+use qconform_core::vhost_user::wire::{Header, FLAG_NEED_REPLY, FLAG_REPLY};
 use qconform_core::Report;
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use serde::Serialize;
@@ -28,31 +29,31 @@ use std::time::{Duration, Instant};
 
 /// Replies whose contents describe the implementation, not the protocol:
 /// compared by size and flags only.
-const TOLERANT: &[&str] = &[
-    "GET_FEATURES",
-    "GET_PROTOCOL_FEATURES",
-    "GET_QUEUE_NUM",
-    "GET_MAX_MEM_SLOTS",
-    "GET_CONFIG",
+const TOLERANT: &[Fe] = &[
+    Fe::GetFeatures,
+    Fe::GetProtocolFeatures,
+    Fe::GetQueueNum,
+    Fe::GetMaxMemSlots,
+    Fe::GetConfig,
     // The ring position depends on what the guest did.
-    "GET_VRING_BASE",
-    "GET_INFLIGHT_FD",
-    "GET_SHARED_OBJECT",
+    Fe::GetVringBase,
+    Fe::GetInflightFd,
+    Fe::GetSharedObject,
 ];
 
 /// The largest memfd a replay creates (sparse; a transcript may claim more).
 const MAX_MEMFD: u64 = 64 << 30;
 
-/// Requests whose payload starts with a ring index.
-const RING_REQUESTS: &[&str] = &[
-    "SET_VRING_NUM",
-    "SET_VRING_ADDR",
-    "SET_VRING_BASE",
-    "GET_VRING_BASE",
-    "SET_VRING_KICK",
-    "SET_VRING_CALL",
-    "SET_VRING_ERR",
-    "SET_VRING_ENABLE",
+/// Requests that name a ring, skipped for rings the back-end does not have.
+const RING_REQUESTS: &[Fe] = &[
+    Fe::SetVringNum,
+    Fe::SetVringAddr,
+    Fe::SetVringBase,
+    Fe::GetVringBase,
+    Fe::SetVringKick,
+    Fe::SetVringCall,
+    Fe::SetVringErr,
+    Fe::SetVringEnable,
 ];
 
 /// A reply that differs from the recorded one where the policy says it must not.
@@ -131,10 +132,19 @@ impl Offer {
     }
 }
 
+/// The first u64 of a payload, in the machine's byte order (as every
+/// vhost-user number is).
 fn u64_of(p: &[u8]) -> Option<u64> {
     p.get(..8)
         .and_then(|b| b.try_into().ok())
-        .map(u64::from_le_bytes)
+        .map(u64::from_ne_bytes)
+}
+
+/// Overwrites the first u64 of a payload.
+fn set_u64(p: &mut [u8], v: u64) {
+    if let Some(b) = p.get_mut(..8) {
+        b.copy_from_slice(&v.to_ne_bytes());
+    }
 }
 
 /// The recorded request and the reply that followed it (before the next request).
@@ -165,6 +175,7 @@ fn steps(entries: &[Entry]) -> Vec<Step<'_>> {
 /// new pair, whose other end is returned to keep (the back-end channel).
 fn make_fds(
     infos: &[FdInfo],
+    kind: Option<PayloadKind>,
     payload: &[u8],
 ) -> std::io::Result<(Vec<OwnedFd>, Option<std::os::unix::net::UnixStream>)> {
     let mut fds = Vec::new();
@@ -181,7 +192,7 @@ fn make_fds(
                 // The recorded size, or what the region in the payload needs.
                 let size = info
                     .size
-                    .unwrap_or_else(|| region_end(payload, i).unwrap_or(4096));
+                    .unwrap_or_else(|| region_end(kind, payload, i).unwrap_or(4096));
                 fds.push(memfd("qconform-replay", size.min(MAX_MEMFD))?);
             }
             "socket" => {
@@ -196,17 +207,13 @@ fn make_fds(
 }
 
 /// mmap_offset + size of region `i` of a memory table or a single region.
-fn region_end(payload: &[u8], i: usize) -> Option<u64> {
-    let field = |at: usize| {
-        payload
-            .get(at..at + 8)
-            .and_then(|b| b.try_into().ok())
-            .map(u64::from_le_bytes)
+fn region_end(kind: Option<PayloadKind>, payload: &[u8], i: usize) -> Option<u64> {
+    let region = match payload::decode(kind?, payload, false).ok()? {
+        Payload::MemTable(payload::MemTable { regions }) => *regions.get(i)?,
+        Payload::SingleRegion(payload::SingleRegion { region }) if i == 0 => region,
+        _ => return None,
     };
-    // Memory table: num_regions u32, padding u32, then 32-byte regions
-    // (guest address, size, user address, mmap offset); a single region: padding u64 then one.
-    let base = 8 + 32 * i;
-    Some(field(base + 8)? + field(base + 24)?)
+    region.mmap_offset.checked_add(region.size)
 }
 
 /// Answers back-end channel requests that want an answer with success, so
@@ -217,7 +224,7 @@ fn serve_backend_channel(stream: std::os::unix::net::UnixStream) {
         while let Ok(r) = conn.recv(Instant::now() + Duration::from_secs(30)) {
             if r.header.need_reply() {
                 let h = Header::reply(r.header.request, 8);
-                let _ = conn.send(h, &0u64.to_le_bytes(), &[]);
+                let _ = conn.send(h, &0u64.to_ne_bytes(), &[]);
             }
         }
     });
@@ -231,7 +238,21 @@ pub fn replay(
     timeout: Duration,
     profile: Profile,
 ) -> Result<ReplayReport, String> {
-    let conn = Conn::connect(socket)
+    replay_started(&Backend::none(), name, entries, socket, timeout, profile)
+}
+
+/// [`replay`] against `backend`, which may have just been started (its
+/// socket may not accept connections yet).
+pub fn replay_started(
+    backend: &Backend,
+    name: &str,
+    entries: &[Entry],
+    socket: &Path,
+    timeout: Duration,
+    profile: Profile,
+) -> Result<ReplayReport, String> {
+    let conn = backend
+        .connect(socket)
         .map_err(|e| format!("cannot connect to {}: {e}", socket.display()))?;
     let mut tap = Tap::new(conn, name, profile, Direction::FrontToBack);
     let mut offer = Offer::default();
@@ -250,8 +271,9 @@ pub fn replay(
         let (Some(id), Some(flags)) = (e.request, e.flags) else {
             continue;
         };
-        let info = request::lookup(Channel::Main, id);
-        let rname = info.map_or_else(|| format!("request {id}"), |i| i.name.to_string());
+        let request = Fe::from_id(id);
+        let info = request.map(Fe::info);
+        let rname = request.map_or_else(|| format!("request {id}"), |r| r.name().to_string());
         let mut payload = e
             .payload_hex
             .as_deref()
@@ -268,15 +290,11 @@ pub fn replay(
             skip(&mut report, reason);
             continue;
         }
-        if RING_REQUESTS.contains(&rname.as_str()) {
-            let index = u64_of(&payload).map(|v| {
-                if payload.len() == 8 {
-                    v & VRING_INDEX_MASK
-                } else {
-                    v & 0xffff_ffff
-                }
-            });
-            if let (Some(i), Some(q)) = (index, offer.queues) {
+        if request.is_some_and(|r| RING_REQUESTS.contains(&r)) {
+            let index = info
+                .and_then(|i| payload::decode(i.payload, &payload, false).ok())
+                .and_then(|p| p.ring_index());
+            if let (Some(i), Some(q)) = (index.map(u64::from), offer.queues) {
                 if i >= q {
                     skip(
                         &mut report,
@@ -287,16 +305,16 @@ pub fn replay(
             }
         }
         // Adapt negotiation to this back-end's offer.
-        match rname.as_str() {
-            "SET_FEATURES" => {
+        match request {
+            Some(Fe::SetFeatures) => {
                 if let (Some(v), Some(o)) = (u64_of(&payload), offer.features) {
-                    payload[..8].copy_from_slice(&(v & o).to_le_bytes());
+                    set_u64(&mut payload, v & o);
                 }
             }
-            "SET_PROTOCOL_FEATURES" => {
+            Some(Fe::SetProtocolFeatures) => {
                 if let Some(v) = u64_of(&payload) {
                     let v = v & offer.protocol.unwrap_or(v);
-                    payload[..8].copy_from_slice(&v.to_le_bytes());
+                    set_u64(&mut payload, v);
                     offer.acked_protocol = v;
                 }
             }
@@ -310,7 +328,7 @@ pub fn replay(
         if !offer.has_pf(PF::ReplyAck) {
             header.flags &= !FLAG_NEED_REPLY;
         }
-        let (fds, channel) = make_fds(&e.fds, &payload)
+        let (fds, channel) = make_fds(&e.fds, info.map(|i| i.payload), &payload)
             .map_err(|err| format!("cannot create descriptors: {err}"))?;
         if let Some(c) = channel {
             serve_backend_channel(c);
@@ -340,17 +358,17 @@ pub fn replay(
         }
         match tap.recv(Instant::now() + timeout) {
             Ok((r, _)) => {
-                match rname.as_str() {
-                    "GET_FEATURES" => offer.features = u64_of(&r.payload),
-                    "GET_PROTOCOL_FEATURES" => offer.protocol = u64_of(&r.payload),
-                    "GET_QUEUE_NUM" => offer.queues = u64_of(&r.payload),
+                match request {
+                    Some(Fe::GetFeatures) => offer.features = u64_of(&r.payload),
+                    Some(Fe::GetProtocolFeatures) => offer.protocol = u64_of(&r.payload),
+                    Some(Fe::GetQueueNum) => offer.queues = u64_of(&r.payload),
                     _ => {}
                 }
                 if let Some(rec) = step.reply {
                     compare(
                         &mut report,
                         e.seq,
-                        &rname,
+                        (request, &rname),
                         rec,
                         &r.header,
                         &r.payload,
@@ -388,7 +406,7 @@ pub fn replay(
 fn compare(
     report: &mut ReplayReport,
     seq: u64,
-    name: &str,
+    (request, name): (Option<Fe>, &str),
     rec: &Entry,
     got: &Header,
     payload: &[u8],
@@ -428,7 +446,7 @@ fn compare(
             ok(from_hex(&recorded).as_deref().and_then(u64_of)).into(),
             ok(u64_of(payload)).into(),
         );
-    } else if !TOLERANT.contains(&name) {
+    } else if !request.is_some_and(|r| TOLERANT.contains(&r)) {
         diverge("payload", recorded, transcript::to_hex(payload));
     }
 }
@@ -502,7 +520,7 @@ pub fn run_file(
         }
     };
     let cmd = backend_cmd.map(|c| c.replace("{socket}", &socket.display().to_string()));
-    let _backend = match Backend::start(cmd.as_deref(), socket, Duration::from_secs(10)) {
+    let backend = match Backend::start(cmd.as_deref(), socket, Duration::from_secs(10)) {
         Ok(b) => b,
         Err(e) => {
             eprintln!("qconform: {e}");
@@ -513,7 +531,7 @@ pub fn run_file(
         || file.display().to_string(),
         |n| n.to_string_lossy().into_owned(),
     );
-    match replay(&name, &entries, socket, timeout, profile) {
+    match replay_started(&backend, &name, &entries, socket, timeout, profile) {
         Ok(r) => {
             print(&r, output);
             if r.conforming() {

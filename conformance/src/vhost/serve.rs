@@ -9,8 +9,9 @@ use super::tap::Tap;
 use crate::Output;
 use qconform_core::vhost_user::features::{self as feat, ProtocolFeature as PF};
 use qconform_core::vhost_user::payload::{self, encode, Payload};
-use qconform_core::vhost_user::request::{self, Channel, Reply};
-use qconform_core::vhost_user::session::{Direction, Profile};
+use qconform_core::vhost_user::request::{self, Channel, FrontEnd, Reply};
+pub use qconform_core::vhost_user::session::Caps;
+use qconform_core::vhost_user::session::{Direction, Profile, Session};
 use qconform_core::vhost_user::wire::Header;
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
@@ -19,10 +20,9 @@ use std::time::{Duration, Instant};
 pub struct Options {
     pub socket: PathBuf,
     pub once: bool,
-    pub features: u64,
-    pub protocol_features: u64,
-    pub queues: u64,
-    pub max_mem_slots: u64,
+    /// What this back-end offers and holds; the rule engine judging the
+    /// front-end knows them too.
+    pub caps: Caps,
     /// The device's config space (GET_CONFIG reads from it).
     pub config: Vec<u8>,
     /// How long a connection may stay silent, and how long to wait for one.
@@ -32,7 +32,9 @@ pub struct Options {
 }
 
 /// A virtio-blk config space for a 1 MiB disk with one queue: capacity 2048
-/// sectors, seg_max 126, blk_size 512, num_queues at byte 34.
+/// sectors, seg_max 126, blk_size 512, num_queues at byte 34. Little-endian
+/// whatever the host: it is virtio's config space (VERSION_1), carried
+/// opaquely by vhost-user, not a vhost-user number.
 pub fn blk_config(queues: u16) -> Vec<u8> {
     let mut c = vec![0u8; 60];
     c[0..8].copy_from_slice(&2048u64.to_le_bytes());
@@ -46,6 +48,32 @@ pub fn blk_config(queues: u16) -> Vec<u8> {
 /// descriptors, event idx, and virtio-blk SEG_MAX (2) and BLK_SIZE (6).
 pub const DEFAULT_FEATURES: u64 =
     1 << feat::F_VERSION_1 | 1 << feat::F_PROTOCOL_FEATURES | 1 << 28 | 1 << 29 | 1 << 2 | 1 << 6;
+
+/// The largest ring the reference back-end holds by default (QEMU's
+/// vhost-user-blk asks for 128, our probe starts at 256).
+pub const DEFAULT_MAX_RING_SIZE: u32 = 256;
+
+impl Options {
+    /// The reference virtio-blk back-end with `queues` queues and the
+    /// default features, serving one connection on `socket`.
+    pub fn reference(socket: PathBuf, queues: u64) -> Options {
+        Options {
+            socket,
+            once: true,
+            caps: Caps {
+                features: DEFAULT_FEATURES,
+                protocol_features: default_protocol_features(),
+                queues,
+                max_mem_slots: 32,
+                max_ring_size: DEFAULT_MAX_RING_SIZE,
+            },
+            config: blk_config(queues.min(u16::MAX as u64) as u16),
+            idle_timeout: Duration::from_secs(10),
+            profile: Profile::default(),
+            transcript: None,
+        }
+    }
+}
 
 pub fn default_protocol_features() -> u64 {
     [
@@ -74,53 +102,55 @@ impl Device<'_> {
             .and_then(|b| b.try_into().ok())
             .map(u64::from_ne_bytes)
             .unwrap_or(0);
-        Some(match r.header.request {
-            1 => Payload::U64 {
-                value: self.opts.features,
-            },
-            15 => Payload::U64 {
-                value: self.opts.protocol_features,
-            },
-            17 => Payload::U64 {
-                value: self.opts.queues,
-            },
-            36 => Payload::U64 {
-                value: self.opts.max_mem_slots,
-            },
-            40 => Payload::U64 { value: self.status },
-            11 | 45 => {
+        Some(match FrontEnd::from_id(r.header.request)? {
+            FrontEnd::GetFeatures => Payload::U64(payload::U64 {
+                value: self.opts.caps.features,
+            }),
+            FrontEnd::GetProtocolFeatures => Payload::U64(payload::U64 {
+                value: self.opts.caps.protocol_features,
+            }),
+            FrontEnd::GetQueueNum => Payload::U64(payload::U64 {
+                value: self.opts.caps.queues,
+            }),
+            FrontEnd::GetMaxMemSlots => Payload::U64(payload::U64 {
+                value: self.opts.caps.max_mem_slots,
+            }),
+            FrontEnd::GetStatus => Payload::U64(payload::U64 { value: self.status }),
+            FrontEnd::GetVringBase | FrontEnd::GetVringBaseSkipDrain => {
                 let index = r
                     .payload
                     .get(..4)
                     .and_then(|b| b.try_into().ok())
                     .map(u32::from_ne_bytes)
                     .unwrap_or(0);
-                Payload::VringState { index, num: 0 }
+                Payload::VringState(payload::VringState { index, num: 0 })
             }
-            24 => match payload::decode(payload::PayloadKind::Config, &r.payload, false) {
-                Ok(Payload::Config {
-                    offset,
-                    size,
-                    flags,
-                    ..
-                }) => {
-                    let data = self
-                        .opts
-                        .config
-                        .get(offset as usize..(offset as usize).saturating_add(size as usize));
-                    match data {
-                        Some(d) => Payload::Config {
-                            offset,
-                            size,
-                            flags,
-                            data: d.to_vec(),
-                        },
-                        None => return Some(Payload::Empty), // the spec's error form: no payload
+            FrontEnd::GetConfig => {
+                match payload::decode(payload::PayloadKind::Config, &r.payload, false) {
+                    Ok(Payload::Config(payload::Config {
+                        offset,
+                        size,
+                        flags,
+                        ..
+                    })) => {
+                        let data = self
+                            .opts
+                            .config
+                            .get(offset as usize..(offset as usize).saturating_add(size as usize));
+                        match data {
+                            Some(d) => Payload::Config(payload::Config {
+                                offset,
+                                size,
+                                flags,
+                                data: d.to_vec(),
+                            }),
+                            None => return Some(Payload::Empty), // the spec's error form: no payload
+                        }
                     }
+                    _ => Payload::Empty,
                 }
-                _ => Payload::Empty,
-            },
-            39 => {
+            }
+            FrontEnd::SetStatus => {
                 self.status = value;
                 return None;
             }
@@ -130,10 +160,13 @@ impl Device<'_> {
 }
 
 fn serve_connection(opts: &Options, conn: Conn, n: usize) -> (Tap, String) {
-    let mut tap = Tap::new(
+    let mut tap = Tap::with_session(
         conn,
-        &format!("front-end connection {n}"),
-        opts.profile,
+        Session::with_caps(
+            &format!("front-end connection {n}"),
+            opts.profile,
+            opts.caps,
+        ),
         Direction::BackToFront,
     );
     let mut dev = Device { opts, status: 0 };
@@ -157,15 +190,11 @@ fn serve_connection(opts: &Options, conn: Conn, n: usize) -> (Tap, String) {
                 r.header.request, r.header.size
             );
         }
-        // Did the engine (which saw the request in recv) find it invalid?
-        // Then it gets a failure ack.
-        let seq = tap.session.messages().saturating_sub(1);
-        let invalid = tap
-            .session
-            .report()
-            .findings
-            .iter()
-            .any(|f| f.offset == Some(seq) && f.detail.starts_with("front-end:"));
+        // Must we refuse it (the engine, which saw the request in recv,
+        // found it invalid, or it is beyond our caps)? Then it gets a
+        // failure ack.
+        let refusal = tap.session.refusal().map(String::from);
+        let invalid = refusal.is_some();
         let info = request::lookup(Channel::Main, r.header.request);
         let negotiated = tap.session.protocol_features();
         let body = dev.body(&r);
@@ -179,16 +208,17 @@ fn serve_connection(opts: &Options, conn: Conn, n: usize) -> (Tap, String) {
             // No way to say "failed": close, as the spec allows on error.
             tap.closed(Some(Direction::BackToFront), true);
             break format!(
-                "invalid request {} from the front-end; closed the connection",
-                r.header.request
+                "refused request {} ({}); closed the connection",
+                r.header.request,
+                refusal.unwrap_or_default()
             );
         }
         let reply = if has_body {
             Some(body.unwrap_or(Payload::Empty))
         } else if can_ack {
-            Some(Payload::U64 {
+            Some(Payload::U64(payload::U64 {
                 value: invalid as u64,
-            })
+            }))
         } else {
             None
         };
@@ -249,18 +279,7 @@ pub fn run(opts: &Options, output: Output) -> i32 {
 /// reference back-end of replays, golden files and the matrix. The socket
 /// exists when this returns.
 pub fn spawn_quiet(socket: &std::path::Path, queues: u64) -> std::thread::JoinHandle<i32> {
-    let opts = Options {
-        socket: socket.to_path_buf(),
-        once: true,
-        features: DEFAULT_FEATURES,
-        protocol_features: default_protocol_features(),
-        queues,
-        max_mem_slots: 32,
-        config: blk_config(queues.min(u16::MAX as u64) as u16),
-        idle_timeout: Duration::from_secs(10),
-        profile: Profile::default(),
-        transcript: None,
-    };
+    let opts = Options::reference(socket.to_path_buf(), queues);
     let _ = std::fs::remove_file(socket);
     let (tx, rx) = std::sync::mpsc::channel();
     let handle = std::thread::spawn(move || {

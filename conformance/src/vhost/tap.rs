@@ -20,9 +20,13 @@ pub struct Tap {
 
 impl Tap {
     pub fn new(conn: Conn, name: &str, profile: Profile, ours: Direction) -> Tap {
+        Tap::with_session(conn, Session::new(name, profile), ours)
+    }
+
+    pub fn with_session(conn: Conn, session: Session, ours: Direction) -> Tap {
         Tap {
             conn,
-            session: Session::new(name, profile),
+            session,
             entries: Vec::new(),
             ours,
             start: Instant::now(),

@@ -9,87 +9,104 @@ pub const F_VERSION_1: u32 = 32;
 /// Virtio feature bit 33: VIRTIO_F_IOMMU_PLATFORM (gates IOTLB messages).
 pub const F_IOMMU_PLATFORM: u32 = 33;
 
-/// The protocol features of the current spec, by bit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub enum ProtocolFeature {
-    Mq = 0,
-    LogShmfd = 1,
-    Rarp = 2,
-    ReplyAck = 3,
-    Mtu = 4,
-    BackendReq = 5,
-    CrossEndian = 6,
-    CryptoSession = 7,
-    Pagefault = 8,
-    Config = 9,
-    BackendSendFd = 10,
-    HostNotifier = 11,
-    InflightShmfd = 12,
-    ResetDevice = 13,
-    InbandNotifications = 14,
-    ConfigureMemSlots = 15,
-    Status = 16,
-    XenMmap = 17,
-    SharedObject = 18,
-    DeviceState = 19,
-    GetVringBaseInflight = 20,
-    GpaAddresses = 21,
-    Shmem = 22,
-    GetVringBaseSkipDrain = 23,
+/// Declares the protocol features once, `Variant = bit, "NAME";` per row:
+/// the enum, its names and the mask of the bits the spec defines.
+macro_rules! protocol_features {
+    ($( $Variant:ident = $bit:literal, $name:literal; )*) => {
+        /// The protocol features of the current spec, by bit.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+        pub enum ProtocolFeature {
+            $( $Variant = $bit, )*
+        }
+
+        impl ProtocolFeature {
+            /// Every protocol feature, by bit.
+            pub const ALL: &'static [ProtocolFeature] = &[$( ProtocolFeature::$Variant ),*];
+
+            pub fn bit(self) -> u64 {
+                1 << (self as u32)
+            }
+            /// The name as the spec spells it, after VHOST_USER_PROTOCOL_F_.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $( ProtocolFeature::$Variant => $name, )*
+                }
+            }
+        }
+
+        /// Every protocol feature bit the current spec defines.
+        pub const KNOWN_PROTOCOL_FEATURES: u64 = 0 $( | 1 << $bit )*;
+    };
 }
 
-impl ProtocolFeature {
-    pub fn bit(self) -> u64 {
-        1 << (self as u32)
-    }
-    pub fn name(self) -> &'static str {
-        PROTOCOL_FEATURE_NAMES[self as usize]
-    }
+protocol_features! {
+    Mq = 0, "MQ";
+    LogShmfd = 1, "LOG_SHMFD";
+    Rarp = 2, "RARP";
+    ReplyAck = 3, "REPLY_ACK";
+    Mtu = 4, "MTU";
+    BackendReq = 5, "BACKEND_REQ";
+    CrossEndian = 6, "CROSS_ENDIAN";
+    CryptoSession = 7, "CRYPTO_SESSION";
+    Pagefault = 8, "PAGEFAULT";
+    Config = 9, "CONFIG";
+    BackendSendFd = 10, "BACKEND_SEND_FD";
+    HostNotifier = 11, "HOST_NOTIFIER";
+    InflightShmfd = 12, "INFLIGHT_SHMFD";
+    ResetDevice = 13, "RESET_DEVICE";
+    InbandNotifications = 14, "INBAND_NOTIFICATIONS";
+    ConfigureMemSlots = 15, "CONFIGURE_MEM_SLOTS";
+    Status = 16, "STATUS";
+    XenMmap = 17, "XEN_MMAP";
+    SharedObject = 18, "SHARED_OBJECT";
+    DeviceState = 19, "DEVICE_STATE";
+    GetVringBaseInflight = 20, "GET_VRING_BASE_INFLIGHT";
+    GpaAddresses = 21, "GPA_ADDRESSES";
+    Shmem = 22, "SHMEM";
+    GetVringBaseSkipDrain = 23, "GET_VRING_BASE_SKIP_DRAIN";
 }
-
-/// Names as the spec spells them, after VHOST_USER_PROTOCOL_F_.
-pub const PROTOCOL_FEATURE_NAMES: [&str; 24] = [
-    "MQ",
-    "LOG_SHMFD",
-    "RARP",
-    "REPLY_ACK",
-    "MTU",
-    "BACKEND_REQ",
-    "CROSS_ENDIAN",
-    "CRYPTO_SESSION",
-    "PAGEFAULT",
-    "CONFIG",
-    "BACKEND_SEND_FD",
-    "HOST_NOTIFIER",
-    "INFLIGHT_SHMFD",
-    "RESET_DEVICE",
-    "INBAND_NOTIFICATIONS",
-    "CONFIGURE_MEM_SLOTS",
-    "STATUS",
-    "XEN_MMAP",
-    "SHARED_OBJECT",
-    "DEVICE_STATE",
-    "GET_VRING_BASE_INFLIGHT",
-    "GPA_ADDRESSES",
-    "SHMEM",
-    "GET_VRING_BASE_SKIP_DRAIN",
-];
-
-/// Bits 0-23: every protocol feature the current spec defines.
-pub const KNOWN_PROTOCOL_FEATURES: u64 = (1 << 24) - 1;
 
 /// Names of the protocol feature bits set in `bits` ("bit N" for unknown ones).
 pub fn protocol_feature_names(bits: u64) -> Vec<String> {
     (0..64)
         .filter(|b| bits >> b & 1 == 1)
         .map(|b| {
-            PROTOCOL_FEATURE_NAMES
-                .get(b as usize)
-                .map_or_else(|| format!("bit {b}"), |n| n.to_string())
+            ProtocolFeature::ALL
+                .iter()
+                .find(|f| f.bit() == 1 << b)
+                .map_or_else(|| format!("bit {b}"), |f| f.name().to_string())
         })
         .collect()
 }
 
 pub fn has(bits: u64, f: ProtocolFeature) -> bool {
     bits & f.bit() != 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_protocol_feature_is_the_specs_define() {
+        let spec = include_str!("../../../specs/upstream/vhost-user.rst");
+        let defines: Vec<(String, u32)> = spec
+            .lines()
+            .filter_map(|l| {
+                let rest = l.trim().strip_prefix("#define VHOST_USER_PROTOCOL_F_")?;
+                let mut w = rest.split_whitespace();
+                Some((w.next()?.to_string(), w.next()?.parse().ok()?))
+            })
+            .collect();
+        let ours: Vec<(String, u32)> = ProtocolFeature::ALL
+            .iter()
+            .map(|f| (f.name().to_string(), f.bit().trailing_zeros()))
+            .collect();
+        assert_eq!(ours, defines);
+        assert_eq!(KNOWN_PROTOCOL_FEATURES, (1 << 24) - 1);
+        assert_eq!(
+            protocol_feature_names(0x9 | 1 << 40),
+            ["MQ", "REPLY_ACK", "bit 40"]
+        );
+    }
 }

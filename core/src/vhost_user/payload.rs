@@ -1,35 +1,18 @@
 //! Typed payloads (spec section "Payload") with their exact sizes.
 //!
+//! Every layout is a type implementing [`Codec`]: the size the message
+//! defines, how it decodes and how it encodes, side by side, all numbers in
+//! the machine's native byte order (spec: "All numbers are in the machine
+//! native byte order"). [`payloads!`] lists the layouts once and makes the
+//! [`PayloadKind`] the request table names, the [`Payload`] enum and the
+//! dispatch between them.
+//!
 //! Decoding takes the bytes actually received and checks them against the
 //! size the message type defines before reading a field; nothing is sized by
 //! a count in the payload.
 
 use super::wire::{VRING_INDEX_MASK, VRING_NOFD};
 use serde::Serialize;
-
-/// The payload layouts of the spec.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub enum PayloadKind {
-    Empty,
-    U64,
-    VringState,
-    VringAddr,
-    /// u32 nregions, u32 padding, nregions x region (32 bytes, 40 with XEN_MMAP).
-    MemTable,
-    /// u64 padding + one region.
-    SingleRegion,
-    Log,
-    Iotlb,
-    /// u32 offset, u32 size, u32 flags, then `size` bytes.
-    Config,
-    CryptoSession,
-    VringArea,
-    Inflight,
-    SharedObject,
-    DeviceState,
-    ShmemMap,
-    ShmemConfig,
-}
 
 /// At most 8 regions in one SET_MEM_TABLE (VHOST_MEMORY_BASELINE_NREGIONS).
 pub const MAX_MEM_TABLE_REGIONS: u32 = 8;
@@ -39,178 +22,6 @@ pub const MAX_CONFIG_SIZE: u32 = 256;
 pub const IOTLB_SIZE: usize = 32;
 pub const IOTLB_FIELDS_SIZE: usize = 26;
 pub const SHMEM_CONFIG_SIZE: usize = 8 + 256 * 8;
-
-/// The size a payload of `kind` must have, given its first bytes (which
-/// hold the region count or config size of variable payloads). `xen` is
-/// whether XEN_MMAP was negotiated (longer region descriptors).
-pub fn expected_size(kind: PayloadKind, bytes: &[u8], xen: bool) -> Option<usize> {
-    let region = if xen { 40 } else { 32 };
-    Some(match kind {
-        PayloadKind::Empty => 0,
-        PayloadKind::U64 | PayloadKind::VringState | PayloadKind::DeviceState => 8,
-        PayloadKind::VringAddr => 40,
-        PayloadKind::MemTable => 8 + region * (u32_at(bytes, 0)? as usize),
-        PayloadKind::SingleRegion => 8 + region,
-        PayloadKind::Log => 16,
-        PayloadKind::Iotlb => IOTLB_SIZE,
-        PayloadKind::Config => 12 + u32_at(bytes, 4)? as usize,
-        PayloadKind::CryptoSession => return None,
-        PayloadKind::VringArea => 24,
-        PayloadKind::Inflight => 24,
-        PayloadKind::SharedObject => 16,
-        PayloadKind::ShmemMap => 40,
-        PayloadKind::ShmemConfig => SHMEM_CONFIG_SIZE,
-    })
-}
-
-fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    b.get(at..at + 4)
-        .and_then(|s| s.try_into().ok())
-        .map(u32::from_ne_bytes)
-}
-fn u64_at(b: &[u8], at: usize) -> Option<u64> {
-    b.get(at..at + 8)
-        .and_then(|s| s.try_into().ok())
-        .map(u64::from_ne_bytes)
-}
-fn u16_at(b: &[u8], at: usize) -> Option<u16> {
-    b.get(at..at + 2)
-        .and_then(|s| s.try_into().ok())
-        .map(u16::from_ne_bytes)
-}
-
-/// A memory region description.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct Region {
-    pub guest_address: u64,
-    pub size: u64,
-    pub user_address: u64,
-    pub mmap_offset: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub xen_mmap_flags: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub domid: Option<u32>,
-}
-
-impl Region {
-    fn decode(b: &[u8], at: usize, xen: bool) -> Option<Region> {
-        Some(Region {
-            guest_address: u64_at(b, at)?,
-            size: u64_at(b, at + 8)?,
-            user_address: u64_at(b, at + 16)?,
-            mmap_offset: u64_at(b, at + 24)?,
-            xen_mmap_flags: if xen { Some(u32_at(b, at + 32)?) } else { None },
-            domid: if xen { Some(u32_at(b, at + 36)?) } else { None },
-        })
-    }
-    fn encode(&self, out: &mut Vec<u8>) {
-        for v in [
-            self.guest_address,
-            self.size,
-            self.user_address,
-            self.mmap_offset,
-        ] {
-            out.extend_from_slice(&v.to_ne_bytes());
-        }
-        if let (Some(f), Some(d)) = (self.xen_mmap_flags, self.domid) {
-            out.extend_from_slice(&f.to_ne_bytes());
-            out.extend_from_slice(&d.to_ne_bytes());
-        }
-    }
-    /// End of the guest range, None when it wraps.
-    pub fn guest_end(&self) -> Option<u64> {
-        self.guest_address.checked_add(self.size)
-    }
-    pub fn user_end(&self) -> Option<u64> {
-        self.user_address.checked_add(self.size)
-    }
-}
-
-/// A decoded payload.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum Payload {
-    Empty,
-    U64 {
-        value: u64,
-    },
-    VringState {
-        index: u32,
-        num: u32,
-    },
-    VringAddr {
-        index: u32,
-        flags: u32,
-        descriptor: u64,
-        used: u64,
-        available: u64,
-        log: u64,
-    },
-    MemTable {
-        regions: Vec<Region>,
-    },
-    SingleRegion {
-        region: Region,
-    },
-    Log {
-        size: u64,
-        offset: u64,
-    },
-    Iotlb {
-        iova: u64,
-        size: u64,
-        user_address: u64,
-        permissions: u8,
-        iotlb_type: u8,
-    },
-    Config {
-        offset: u32,
-        size: u32,
-        flags: u32,
-        #[serde(with = "hex_bytes")]
-        data: Vec<u8>,
-    },
-    CryptoSession {
-        #[serde(with = "hex_bytes")]
-        raw: Vec<u8>,
-    },
-    VringArea {
-        index_flags: u64,
-        size: u64,
-        offset: u64,
-    },
-    Inflight {
-        mmap_size: u64,
-        mmap_offset: u64,
-        num_queues: u16,
-        queue_size: u16,
-    },
-    SharedObject {
-        #[serde(with = "hex_bytes")]
-        uuid: Vec<u8>,
-    },
-    DeviceState {
-        direction: u32,
-        phase: u32,
-    },
-    ShmemMap {
-        shmid: u8,
-        fd_offset: u64,
-        shm_offset: u64,
-        len: u64,
-        flags: u64,
-    },
-    ShmemConfig {
-        nregions: u32,
-        sizes: Vec<u64>,
-    },
-}
-
-mod hex_bytes {
-    pub fn serialize<S: serde::Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&super::super::transcript::to_hex(b))
-    }
-}
 
 /// Why a payload does not decode.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -238,14 +49,262 @@ impl std::fmt::Display for PayloadError {
     }
 }
 
-/// Decodes `bytes` as a payload of `kind`, checking its exact size first.
-pub fn decode(kind: PayloadKind, bytes: &[u8], xen: bool) -> Result<Payload, PayloadError> {
-    let size_err = |expected: usize| PayloadError::Size {
-        expected,
-        got: bytes.len(),
+/// Reads native-order fields from a payload whose size was checked.
+pub struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+    /// XEN_MMAP negotiated: region descriptors are 40 bytes, not 32.
+    xen: bool,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], PayloadError> {
+        let end = self.at.checked_add(n);
+        let b = end.and_then(|e| self.bytes.get(self.at..e));
+        // Sizes are checked before decoding; a short read stays an error.
+        let b = b.ok_or(PayloadError::Size {
+            expected: self.at.saturating_add(n),
+            got: self.bytes.len(),
+        })?;
+        self.at += n;
+        Ok(b)
+    }
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], PayloadError> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N)?);
+        Ok(a)
+    }
+    pub fn u8(&mut self) -> Result<u8, PayloadError> {
+        Ok(self.array::<1>()?[0])
+    }
+    pub fn u16(&mut self) -> Result<u16, PayloadError> {
+        self.array().map(u16::from_ne_bytes)
+    }
+    pub fn u32(&mut self) -> Result<u32, PayloadError> {
+        self.array().map(u32::from_ne_bytes)
+    }
+    pub fn u64(&mut self) -> Result<u64, PayloadError> {
+        self.array().map(u64::from_ne_bytes)
+    }
+    /// Skips padding.
+    pub fn skip(&mut self, n: usize) -> Result<(), PayloadError> {
+        self.take(n).map(|_| ())
+    }
+    /// Everything left.
+    pub fn rest(&mut self) -> Vec<u8> {
+        let r = self.bytes.get(self.at..).unwrap_or(&[]).to_vec();
+        self.at = self.bytes.len();
+        r
+    }
+}
+
+/// Writes native-order fields.
+#[derive(Default)]
+pub struct Writer(Vec<u8>);
+
+impl Writer {
+    pub fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+    pub fn u16(&mut self, v: u16) {
+        self.0.extend_from_slice(&v.to_ne_bytes());
+    }
+    pub fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_ne_bytes());
+    }
+    pub fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_ne_bytes());
+    }
+    pub fn bytes(&mut self, b: &[u8]) {
+        self.0.extend_from_slice(b);
+    }
+    /// Zero padding up to `len` bytes in all.
+    pub fn pad_to(&mut self, len: usize) {
+        self.0.resize(len.max(self.0.len()), 0);
+    }
+}
+
+/// One payload layout: its size, its decoding and its encoding.
+pub trait Codec: Sized {
+    /// The size the layout defines, given its first bytes (which hold the
+    /// count or size of variable layouts); `None`: any size. An error when
+    /// a count is beyond what the spec allows.
+    fn size(bytes: &[u8], xen: bool) -> Result<Option<usize>, PayloadError>;
+    fn decode(r: &mut Reader<'_>) -> Result<Self, PayloadError>;
+    fn encode(&self, w: &mut Writer);
+}
+
+/// A u32 at `at` of a payload not yet decoded (a count that sizes it).
+fn peek_u32(b: &[u8], at: usize) -> Option<u32> {
+    b.get(at..at + 4)
+        .and_then(|s| s.try_into().ok())
+        .map(u32::from_ne_bytes)
+}
+
+/// A layout of fixed size whose fields are all numbers, read and written
+/// in the order given.
+macro_rules! fixed {
+    ($(#[$doc:meta])* $Name:ident = $size:expr; $( $field:ident: $ty:ident ),* $(; pad $pad:expr)?) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+        pub struct $Name {
+            $( pub $field: $ty, )*
+        }
+        impl Codec for $Name {
+            fn size(_: &[u8], _: bool) -> Result<Option<usize>, PayloadError> {
+                Ok(Some($size))
+            }
+            fn decode(r: &mut Reader<'_>) -> Result<Self, PayloadError> {
+                Ok($Name { $( $field: r.$ty()?, )* })
+            }
+            fn encode(&self, w: &mut Writer) {
+                $( w.$ty(self.$field); )*
+                $( w.pad_to($pad); )?
+            }
+        }
     };
-    if kind == PayloadKind::MemTable {
-        let n = u32_at(bytes, 0).ok_or(size_err(8))?;
+}
+
+fixed!(
+    /// A u64 (features, acks, vring fd payloads, status).
+    U64 = 8; value: u64
+);
+fixed!(
+    /// Vring state description.
+    VringState = 8; index: u32, num: u32
+);
+fixed!(
+    /// Vring address description.
+    VringAddr = 40; index: u32, flags: u32, descriptor: u64, used: u64, available: u64, log: u64
+);
+fixed!(
+    /// Log description.
+    Log = 16; size: u64, offset: u64
+);
+fixed!(
+    /// Vring area description.
+    VringArea = 24; index_flags: u64, size: u64, offset: u64
+);
+fixed!(
+    /// Device state transfer parameters.
+    DeviceState = 8; direction: u32, phase: u32
+);
+fixed!(
+    /// Inflight description: 20 bytes of fields, padded to 24.
+    Inflight = 24; mmap_size: u64, mmap_offset: u64, num_queues: u16, queue_size: u16; pad 24
+);
+
+/// IOTLB message (`struct vhost_iotlb_msg`): QEMU sends its C size with tail
+/// padding (32); the packed 26-byte form is accepted too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Iotlb {
+    pub iova: u64,
+    pub size: u64,
+    pub user_address: u64,
+    pub permissions: u8,
+    pub iotlb_type: u8,
+}
+impl Codec for Iotlb {
+    fn size(bytes: &[u8], _: bool) -> Result<Option<usize>, PayloadError> {
+        Ok(Some(if bytes.len() == IOTLB_FIELDS_SIZE {
+            IOTLB_FIELDS_SIZE
+        } else {
+            IOTLB_SIZE
+        }))
+    }
+    fn decode(r: &mut Reader<'_>) -> Result<Self, PayloadError> {
+        Ok(Iotlb {
+            iova: r.u64()?,
+            size: r.u64()?,
+            user_address: r.u64()?,
+            permissions: r.u8()?,
+            iotlb_type: r.u8()?,
+        })
+    }
+    fn encode(&self, w: &mut Writer) {
+        w.u64(self.iova);
+        w.u64(self.size);
+        w.u64(self.user_address);
+        w.u8(self.permissions);
+        w.u8(self.iotlb_type);
+        w.pad_to(IOTLB_SIZE);
+    }
+}
+
+/// A memory region description.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Region {
+    pub guest_address: u64,
+    pub size: u64,
+    pub user_address: u64,
+    pub mmap_offset: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub xen_mmap_flags: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub domid: Option<u32>,
+}
+
+impl Region {
+    /// 32 bytes, 40 with XEN_MMAP.
+    fn size(xen: bool) -> usize {
+        if xen {
+            40
+        } else {
+            32
+        }
+    }
+    /// End of the guest range, None when it wraps.
+    pub fn guest_end(&self) -> Option<u64> {
+        self.guest_address.checked_add(self.size)
+    }
+    pub fn user_end(&self) -> Option<u64> {
+        self.user_address.checked_add(self.size)
+    }
+}
+
+impl Codec for Region {
+    fn size(_: &[u8], xen: bool) -> Result<Option<usize>, PayloadError> {
+        Ok(Some(Region::size(xen)))
+    }
+    fn decode(r: &mut Reader<'_>) -> Result<Self, PayloadError> {
+        let xen = r.xen;
+        Ok(Region {
+            guest_address: r.u64()?,
+            size: r.u64()?,
+            user_address: r.u64()?,
+            mmap_offset: r.u64()?,
+            xen_mmap_flags: if xen { Some(r.u32()?) } else { None },
+            domid: if xen { Some(r.u32()?) } else { None },
+        })
+    }
+    fn encode(&self, w: &mut Writer) {
+        for v in [
+            self.guest_address,
+            self.size,
+            self.user_address,
+            self.mmap_offset,
+        ] {
+            w.u64(v);
+        }
+        if let (Some(f), Some(d)) = (self.xen_mmap_flags, self.domid) {
+            w.u32(f);
+            w.u32(d);
+        }
+    }
+}
+
+/// Multiple memory regions description: u32 nregions, u32 padding, then
+/// nregions regions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MemTable {
+    pub regions: Vec<Region>,
+}
+impl Codec for MemTable {
+    fn size(bytes: &[u8], xen: bool) -> Result<Option<usize>, PayloadError> {
+        let n = peek_u32(bytes, 0).ok_or(PayloadError::Size {
+            expected: 8,
+            got: bytes.len(),
+        })?;
         if n > MAX_MEM_TABLE_REGIONS {
             return Err(PayloadError::TooLarge {
                 what: "nregions",
@@ -253,9 +312,61 @@ pub fn decode(kind: PayloadKind, bytes: &[u8], xen: bool) -> Result<Payload, Pay
                 max: MAX_MEM_TABLE_REGIONS as u64,
             });
         }
+        Ok(Some(8 + Region::size(xen) * n as usize))
     }
-    if kind == PayloadKind::Config {
-        let size = u32_at(bytes, 4).ok_or(size_err(12))?;
+    fn decode(r: &mut Reader<'_>) -> Result<Self, PayloadError> {
+        let n = r.u32()?;
+        r.skip(4)?;
+        let regions = (0..n)
+            .map(|_| Region::decode(r))
+            .collect::<Result<_, _>>()?;
+        Ok(MemTable { regions })
+    }
+    fn encode(&self, w: &mut Writer) {
+        w.u32(self.regions.len() as u32);
+        w.u32(0);
+        for r in &self.regions {
+            r.encode(w);
+        }
+    }
+}
+
+/// Single memory region description: u64 padding, then one region.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct SingleRegion {
+    pub region: Region,
+}
+impl Codec for SingleRegion {
+    fn size(_: &[u8], xen: bool) -> Result<Option<usize>, PayloadError> {
+        Ok(Some(8 + Region::size(xen)))
+    }
+    fn decode(r: &mut Reader<'_>) -> Result<Self, PayloadError> {
+        r.skip(8)?;
+        Ok(SingleRegion {
+            region: Region::decode(r)?,
+        })
+    }
+    fn encode(&self, w: &mut Writer) {
+        w.u64(0);
+        self.region.encode(w);
+    }
+}
+
+/// Device config space: u32 offset, u32 size, u32 flags, then `size` bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Config {
+    pub offset: u32,
+    pub size: u32,
+    pub flags: u32,
+    #[serde(with = "hex_bytes")]
+    pub data: Vec<u8>,
+}
+impl Codec for Config {
+    fn size(bytes: &[u8], _: bool) -> Result<Option<usize>, PayloadError> {
+        let size = peek_u32(bytes, 4).ok_or(PayloadError::Size {
+            expected: 12,
+            got: bytes.len(),
+        })?;
         if size > MAX_CONFIG_SIZE {
             return Err(PayloadError::TooLarge {
                 what: "config size",
@@ -263,212 +374,220 @@ pub fn decode(kind: PayloadKind, bytes: &[u8], xen: bool) -> Result<Payload, Pay
                 max: MAX_CONFIG_SIZE as u64,
             });
         }
+        Ok(Some(12 + size as usize))
     }
-    if kind == PayloadKind::Iotlb && bytes.len() == IOTLB_FIELDS_SIZE {
-        // The packed 26-byte form: fields only, no tail padding.
-    } else if let Some(expected) = expected_size(kind, bytes, xen) {
-        if bytes.len() != expected {
-            return Err(size_err(expected));
-        }
+    fn decode(r: &mut Reader<'_>) -> Result<Self, PayloadError> {
+        Ok(Config {
+            offset: r.u32()?,
+            size: r.u32()?,
+            flags: r.u32()?,
+            data: r.rest(),
+        })
     }
-    // Sizes are checked; the accessors below cannot fail, but stay total.
-    let e = || size_err(bytes.len());
-    let u64f = |at| u64_at(bytes, at).ok_or_else(e);
-    let u32f = |at| u32_at(bytes, at).ok_or_else(e);
-    Ok(match kind {
-        PayloadKind::Empty => Payload::Empty,
-        PayloadKind::U64 => Payload::U64 { value: u64f(0)? },
-        PayloadKind::VringState => Payload::VringState {
-            index: u32f(0)?,
-            num: u32f(4)?,
-        },
-        PayloadKind::VringAddr => Payload::VringAddr {
-            index: u32f(0)?,
-            flags: u32f(4)?,
-            descriptor: u64f(8)?,
-            used: u64f(16)?,
-            available: u64f(24)?,
-            log: u64f(32)?,
-        },
-        PayloadKind::MemTable => {
-            let n = u32f(0)? as usize;
-            let size = if xen { 40 } else { 32 };
-            let regions = (0..n)
-                .map(|i| Region::decode(bytes, 8 + i * size, xen).ok_or_else(e))
-                .collect::<Result<_, _>>()?;
-            Payload::MemTable { regions }
-        }
-        PayloadKind::SingleRegion => Payload::SingleRegion {
-            region: Region::decode(bytes, 8, xen).ok_or_else(e)?,
-        },
-        PayloadKind::Log => Payload::Log {
-            size: u64f(0)?,
-            offset: u64f(8)?,
-        },
-        PayloadKind::Iotlb => Payload::Iotlb {
-            iova: u64f(0)?,
-            size: u64f(8)?,
-            user_address: u64f(16)?,
-            permissions: bytes.get(24).copied().ok_or_else(e)?,
-            iotlb_type: bytes.get(25).copied().ok_or_else(e)?,
-        },
-        PayloadKind::Config => Payload::Config {
-            offset: u32f(0)?,
-            size: u32f(4)?,
-            flags: u32f(8)?,
-            data: bytes.get(12..).unwrap_or(&[]).to_vec(),
-        },
-        PayloadKind::CryptoSession => Payload::CryptoSession {
-            raw: bytes.to_vec(),
-        },
-        PayloadKind::VringArea => Payload::VringArea {
-            index_flags: u64f(0)?,
-            size: u64f(8)?,
-            offset: u64f(16)?,
-        },
-        PayloadKind::Inflight => Payload::Inflight {
-            mmap_size: u64f(0)?,
-            mmap_offset: u64f(8)?,
-            num_queues: u16_at(bytes, 16).ok_or_else(e)?,
-            queue_size: u16_at(bytes, 18).ok_or_else(e)?,
-        },
-        PayloadKind::SharedObject => Payload::SharedObject {
-            uuid: bytes.to_vec(),
-        },
-        PayloadKind::DeviceState => Payload::DeviceState {
-            direction: u32f(0)?,
-            phase: u32f(4)?,
-        },
-        PayloadKind::ShmemMap => Payload::ShmemMap {
-            shmid: bytes.first().copied().ok_or_else(e)?,
-            fd_offset: u64f(8)?,
-            shm_offset: u64f(16)?,
-            len: u64f(24)?,
-            flags: u64f(32)?,
-        },
-        PayloadKind::ShmemConfig => Payload::ShmemConfig {
-            nregions: u32f(0)?,
-            sizes: (0..256)
-                .map(|i| u64f(8 + 8 * i))
-                .collect::<Result<_, _>>()?,
-        },
-    })
+    fn encode(&self, w: &mut Writer) {
+        w.u32(self.offset);
+        w.u32(self.size);
+        w.u32(self.flags);
+        w.bytes(&self.data);
+    }
 }
 
-/// Encodes a payload in the layout `decode` reads.
-pub fn encode(p: &Payload) -> Vec<u8> {
-    let mut out = Vec::new();
-    let put64 = |out: &mut Vec<u8>, v: u64| out.extend_from_slice(&v.to_ne_bytes());
-    match p {
-        Payload::Empty => {}
-        Payload::U64 { value } => put64(&mut out, *value),
-        Payload::VringState { index, num } => {
-            out.extend_from_slice(&index.to_ne_bytes());
-            out.extend_from_slice(&num.to_ne_bytes());
-        }
-        Payload::VringAddr {
-            index,
-            flags,
-            descriptor,
-            used,
-            available,
-            log,
-        } => {
-            out.extend_from_slice(&index.to_ne_bytes());
-            out.extend_from_slice(&flags.to_ne_bytes());
-            for v in [*descriptor, *used, *available, *log] {
-                put64(&mut out, v);
-            }
-        }
-        Payload::MemTable { regions } => {
-            out.extend_from_slice(&(regions.len() as u32).to_ne_bytes());
-            out.extend_from_slice(&0u32.to_ne_bytes());
-            for r in regions {
-                r.encode(&mut out);
-            }
-        }
-        Payload::SingleRegion { region } => {
-            put64(&mut out, 0);
-            region.encode(&mut out);
-        }
-        Payload::Log { size, offset } => {
-            put64(&mut out, *size);
-            put64(&mut out, *offset);
-        }
-        Payload::Iotlb {
-            iova,
-            size,
-            user_address,
-            permissions,
-            iotlb_type,
-        } => {
-            for v in [*iova, *size, *user_address] {
-                put64(&mut out, v);
-            }
-            out.push(*permissions);
-            out.push(*iotlb_type);
-            out.resize(IOTLB_SIZE, 0);
-        }
-        Payload::Config {
-            offset,
-            size,
-            flags,
-            data,
-        } => {
-            for v in [*offset, *size, *flags] {
-                out.extend_from_slice(&v.to_ne_bytes());
-            }
-            out.extend_from_slice(data);
-        }
-        Payload::CryptoSession { raw } => out.extend_from_slice(raw),
-        Payload::VringArea {
-            index_flags,
-            size,
-            offset,
-        } => {
-            for v in [*index_flags, *size, *offset] {
-                put64(&mut out, v);
-            }
-        }
-        Payload::Inflight {
-            mmap_size,
-            mmap_offset,
-            num_queues,
-            queue_size,
-        } => {
-            put64(&mut out, *mmap_size);
-            put64(&mut out, *mmap_offset);
-            out.extend_from_slice(&num_queues.to_ne_bytes());
-            out.extend_from_slice(&queue_size.to_ne_bytes());
-            out.resize(24, 0);
-        }
-        Payload::SharedObject { uuid } => out.extend_from_slice(uuid),
-        Payload::DeviceState { direction, phase } => {
-            out.extend_from_slice(&direction.to_ne_bytes());
-            out.extend_from_slice(&phase.to_ne_bytes());
-        }
-        Payload::ShmemMap {
+/// Bytes the engine does not look into, any size (crypto sessions).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CryptoSession {
+    #[serde(with = "hex_bytes")]
+    pub raw: Vec<u8>,
+}
+impl Codec for CryptoSession {
+    fn size(_: &[u8], _: bool) -> Result<Option<usize>, PayloadError> {
+        Ok(None)
+    }
+    fn decode(r: &mut Reader<'_>) -> Result<Self, PayloadError> {
+        Ok(CryptoSession { raw: r.rest() })
+    }
+    fn encode(&self, w: &mut Writer) {
+        w.bytes(&self.raw);
+    }
+}
+
+/// VhostUserShared: a 16-byte UUID.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SharedObject {
+    #[serde(with = "hex_bytes")]
+    pub uuid: Vec<u8>,
+}
+impl Codec for SharedObject {
+    fn size(_: &[u8], _: bool) -> Result<Option<usize>, PayloadError> {
+        Ok(Some(16))
+    }
+    fn decode(r: &mut Reader<'_>) -> Result<Self, PayloadError> {
+        Ok(SharedObject { uuid: r.rest() })
+    }
+    fn encode(&self, w: &mut Writer) {
+        w.bytes(&self.uuid);
+    }
+}
+
+/// MMAP request: u8 shmid, 7 bytes padding, then four u64.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ShmemMap {
+    pub shmid: u8,
+    pub fd_offset: u64,
+    pub shm_offset: u64,
+    pub len: u64,
+    pub flags: u64,
+}
+impl Codec for ShmemMap {
+    fn size(_: &[u8], _: bool) -> Result<Option<usize>, PayloadError> {
+        Ok(Some(40))
+    }
+    fn decode(r: &mut Reader<'_>) -> Result<Self, PayloadError> {
+        let shmid = r.u8()?;
+        r.skip(7)?;
+        Ok(ShmemMap {
             shmid,
-            fd_offset,
-            shm_offset,
-            len,
-            flags,
-        } => {
-            out.push(*shmid);
-            out.resize(8, 0);
-            for v in [*fd_offset, *shm_offset, *len, *flags] {
-                put64(&mut out, v);
-            }
-        }
-        Payload::ShmemConfig { nregions, sizes } => {
-            out.extend_from_slice(&nregions.to_ne_bytes());
-            out.extend_from_slice(&0u32.to_ne_bytes());
-            for i in 0..256 {
-                put64(&mut out, sizes.get(i).copied().unwrap_or(0));
-            }
+            fd_offset: r.u64()?,
+            shm_offset: r.u64()?,
+            len: r.u64()?,
+            flags: r.u64()?,
+        })
+    }
+    fn encode(&self, w: &mut Writer) {
+        w.u8(self.shmid);
+        w.pad_to(8);
+        for v in [self.fd_offset, self.shm_offset, self.len, self.flags] {
+            w.u64(v);
         }
     }
-    out
+}
+
+/// Shared memory configuration: u32 nregions, u32 padding, 256 u64 sizes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ShmemConfig {
+    pub nregions: u32,
+    pub sizes: Vec<u64>,
+}
+impl Codec for ShmemConfig {
+    fn size(_: &[u8], _: bool) -> Result<Option<usize>, PayloadError> {
+        Ok(Some(SHMEM_CONFIG_SIZE))
+    }
+    fn decode(r: &mut Reader<'_>) -> Result<Self, PayloadError> {
+        let nregions = r.u32()?;
+        r.skip(4)?;
+        Ok(ShmemConfig {
+            nregions,
+            sizes: (0..256).map(|_| r.u64()).collect::<Result<_, _>>()?,
+        })
+    }
+    fn encode(&self, w: &mut Writer) {
+        w.u32(self.nregions);
+        w.u32(0);
+        for i in 0..256 {
+            w.u64(self.sizes.get(i).copied().unwrap_or(0));
+        }
+    }
+}
+
+/// Lists every layout once: the kind the request table names, the
+/// variant of [`Payload`], and the dispatch to its [`Codec`].
+macro_rules! payloads {
+    ($( $Kind:ident ),* $(,)?) => {
+        /// The payload layouts of the spec.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+        pub enum PayloadKind {
+            Empty,
+            $( $Kind, )*
+        }
+
+        /// A decoded payload.
+        #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+        #[serde(tag = "type", rename_all = "snake_case")]
+        pub enum Payload {
+            Empty,
+            $( $Kind($Kind), )*
+        }
+
+        fn size_of(kind: PayloadKind, bytes: &[u8], xen: bool) -> Result<Option<usize>, PayloadError> {
+            match kind {
+                PayloadKind::Empty => Ok(Some(0)),
+                $( PayloadKind::$Kind => $Kind::size(bytes, xen), )*
+            }
+        }
+
+        fn decode_as(kind: PayloadKind, r: &mut Reader<'_>) -> Result<Payload, PayloadError> {
+            match kind {
+                PayloadKind::Empty => Ok(Payload::Empty),
+                $( PayloadKind::$Kind => $Kind::decode(r).map(Payload::$Kind), )*
+            }
+        }
+
+        /// Encodes a payload in the layout `decode` reads.
+        pub fn encode(p: &Payload) -> Vec<u8> {
+            let mut w = Writer::default();
+            match p {
+                Payload::Empty => {}
+                $( Payload::$Kind(v) => v.encode(&mut w), )*
+            }
+            w.0
+        }
+    };
+}
+
+payloads!(
+    U64,
+    VringState,
+    VringAddr,
+    MemTable,
+    SingleRegion,
+    Log,
+    Iotlb,
+    Config,
+    CryptoSession,
+    VringArea,
+    Inflight,
+    SharedObject,
+    DeviceState,
+    ShmemMap,
+    ShmemConfig,
+);
+
+mod hex_bytes {
+    pub fn serialize<S: serde::Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::super::transcript::to_hex(b))
+    }
+}
+
+/// The size a payload of `kind` must have, given its first bytes (which
+/// hold the region count or config size of variable payloads). `xen` is
+/// whether XEN_MMAP was negotiated (longer region descriptors).
+pub fn expected_size(kind: PayloadKind, bytes: &[u8], xen: bool) -> Option<usize> {
+    size_of(kind, bytes, xen).ok().flatten()
+}
+
+/// Decodes `bytes` as a payload of `kind`, checking its exact size first.
+pub fn decode(kind: PayloadKind, bytes: &[u8], xen: bool) -> Result<Payload, PayloadError> {
+    if let Some(expected) = size_of(kind, bytes, xen)? {
+        if bytes.len() != expected {
+            return Err(PayloadError::Size {
+                expected,
+                got: bytes.len(),
+            });
+        }
+    }
+    decode_as(kind, &mut Reader { bytes, at: 0, xen })
+}
+
+impl Payload {
+    /// The ring a ring request names: the index of a vring state or
+    /// address, or bits 0-7 of a vring fd payload.
+    pub fn ring_index(&self) -> Option<u32> {
+        match self {
+            Payload::VringState(VringState { index, .. })
+            | Payload::VringAddr(VringAddr { index, .. }) => Some(*index),
+            Payload::U64(U64 { value }) => Some(vring_fd_index(*value).0),
+            _ => None,
+        }
+    }
 }
 
 /// The ring index of a vring fd payload (u64: bits 0-7) and its NOFD bit.
@@ -494,122 +613,122 @@ mod tests {
             (PayloadKind::Empty, Payload::Empty, 0),
             (
                 PayloadKind::U64,
-                Payload::U64 {
+                Payload::U64(U64 {
                     value: 0x1_7500_7e46,
-                },
+                }),
                 8,
             ),
             (
                 PayloadKind::VringState,
-                Payload::VringState { index: 1, num: 256 },
+                Payload::VringState(VringState { index: 1, num: 256 }),
                 8,
             ),
             (
                 PayloadKind::VringAddr,
-                Payload::VringAddr {
+                Payload::VringAddr(VringAddr {
                     index: 0,
                     flags: 0,
                     descriptor: 1,
                     used: 2,
                     available: 3,
                     log: 4,
-                },
+                }),
                 40,
             ),
             (
                 PayloadKind::MemTable,
-                Payload::MemTable {
+                Payload::MemTable(MemTable {
                     regions: vec![region, region],
-                },
+                }),
                 8 + 64,
             ),
             (
                 PayloadKind::SingleRegion,
-                Payload::SingleRegion { region },
+                Payload::SingleRegion(SingleRegion { region }),
                 40,
             ),
             (
                 PayloadKind::Log,
-                Payload::Log {
+                Payload::Log(Log {
                     size: 4096,
                     offset: 0,
-                },
+                }),
                 16,
             ),
             (
                 PayloadKind::Iotlb,
-                Payload::Iotlb {
+                Payload::Iotlb(Iotlb {
                     iova: 1,
                     size: 2,
                     user_address: 3,
                     permissions: 3,
                     iotlb_type: 2,
-                },
+                }),
                 32,
             ),
             (
                 PayloadKind::Config,
-                Payload::Config {
+                Payload::Config(Config {
                     offset: 0,
                     size: 4,
                     flags: 0,
                     data: vec![1, 2, 3, 4],
-                },
+                }),
                 16,
             ),
             (
                 PayloadKind::VringArea,
-                Payload::VringArea {
+                Payload::VringArea(VringArea {
                     index_flags: 0x101,
                     size: 4096,
                     offset: 0,
-                },
+                }),
                 24,
             ),
             (
                 PayloadKind::Inflight,
-                Payload::Inflight {
+                Payload::Inflight(Inflight {
                     mmap_size: 4096,
                     mmap_offset: 0,
                     num_queues: 2,
                     queue_size: 128,
-                },
+                }),
                 24,
             ),
             (
                 PayloadKind::SharedObject,
-                Payload::SharedObject { uuid: vec![7; 16] },
+                Payload::SharedObject(SharedObject { uuid: vec![7; 16] }),
                 16,
             ),
             (
                 PayloadKind::DeviceState,
-                Payload::DeviceState {
+                Payload::DeviceState(DeviceState {
                     direction: 0,
                     phase: 0,
-                },
+                }),
                 8,
             ),
             (
                 PayloadKind::ShmemMap,
-                Payload::ShmemMap {
+                Payload::ShmemMap(ShmemMap {
                     shmid: 1,
                     fd_offset: 0,
                     shm_offset: 4096,
                     len: 8192,
                     flags: 1,
-                },
+                }),
                 40,
             ),
             (
                 PayloadKind::ShmemConfig,
-                Payload::ShmemConfig {
+                Payload::ShmemConfig(ShmemConfig {
                     nregions: 1,
                     sizes: {
                         let mut v = vec![0; 256];
                         v[0] = 1 << 20;
                         v
                     },
-                },
+                }),
                 2056,
             ),
         ];
@@ -631,6 +750,29 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn numbers_are_in_native_byte_order() {
+        // SET_VRING_NUM {ring 1, 256}, as a host of either byte order sends it.
+        let mut want = 1u32.to_ne_bytes().to_vec();
+        want.extend_from_slice(&256u32.to_ne_bytes());
+        let p = Payload::VringState(VringState { index: 1, num: 256 });
+        assert_eq!(encode(&p), want);
+        assert_eq!(decode(PayloadKind::VringState, &want, false), Ok(p));
+        // The packed 26-byte IOTLB form decodes like the padded one.
+        let iotlb = Payload::Iotlb(Iotlb {
+            iova: 1,
+            size: 2,
+            user_address: 3,
+            permissions: 3,
+            iotlb_type: 2,
+        });
+        let padded = encode(&iotlb);
+        assert_eq!(
+            decode(PayloadKind::Iotlb, &padded[..IOTLB_FIELDS_SIZE], false),
+            Ok(iotlb)
+        );
     }
 
     #[test]

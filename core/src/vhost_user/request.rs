@@ -1,8 +1,11 @@
 //! Every request of the current spec (sections "Front-end message types" and
-//! "Back-end message types"): its id, name, payload, reply, file descriptors
-//! and the protocol feature that gates it.
+//! "Back-end message types"), in one table per channel: its id, name,
+//! payload, reply, file descriptors and the feature that gates it. The
+//! [`requests!`] macro turns each table into a typed enum ([`FrontEnd`],
+//! [`BackEnd`]) and the rows callers look up ([`RequestInfo`]); ids, id
+//! ranges and counts all come from the table, so a new request is one line.
 
-use super::features::ProtocolFeature as PF;
+use super::features::{self as feat, ProtocolFeature as PF};
 use super::payload::PayloadKind as P;
 use serde::{Deserialize, Serialize};
 
@@ -56,11 +59,21 @@ pub enum Gate {
     VirtioFeature(u32),
 }
 
+/// A request of either channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Request {
+    Front(FrontEnd),
+    Back(BackEnd),
+}
+
 /// One row of the request tables.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestInfo {
+    pub request: Request,
+    /// The wire id (`request` as a number).
     pub id: u32,
     pub name: &'static str,
+    pub channel: Channel,
     pub payload: P,
     pub reply: Reply,
     pub fds: Fds,
@@ -69,448 +82,168 @@ pub struct RequestInfo {
     pub reply_fds: usize,
 }
 
-const fn req(
-    id: u32,
-    name: &'static str,
-    payload: P,
-    reply: Reply,
-    fds: Fds,
-    gate: Gate,
-) -> RequestInfo {
-    RequestInfo {
-        id,
-        name,
-        payload,
-        reply,
-        fds,
-        gate,
-        reply_fds: 0,
-    }
-}
-const fn with_reply_fd(mut r: RequestInfo) -> RequestInfo {
-    r.reply_fds = 1;
-    r
+/// Declares one channel's request table: `Variant = id, "NAME", payload
+/// kind, reply, fds, gate[, reply_fds n];` per row. It generates the enum
+/// (discriminant = wire id), its `ALL` list, and the static table of
+/// [`RequestInfo`] rows in the same order.
+macro_rules! requests {
+    (
+        $(#[$doc:meta])* $Enum:ident, $TABLE:ident, $channel:expr, $wrap:path;
+        $( $Variant:ident = $id:literal, $name:literal, $payload:ident, $reply:expr, $fds:expr, $gate:expr $(, reply_fds $rfds:literal)?; )*
+    ) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        #[repr(u32)]
+        pub enum $Enum {
+            $( $Variant = $id, )*
+        }
+
+        impl $Enum {
+            /// Every request of the channel, in id order.
+            pub const ALL: &'static [$Enum] = &[$( $Enum::$Variant ),*];
+
+            pub fn from_id(id: u32) -> Option<$Enum> {
+                match id {
+                    $( $id => Some($Enum::$Variant), )*
+                    _ => None,
+                }
+            }
+            pub const fn id(self) -> u32 {
+                self as u32
+            }
+            pub fn info(self) -> &'static RequestInfo {
+                // The table is in enum order: the position of `self` in ALL.
+                let i = $Enum::ALL.iter().position(|r| *r == self).unwrap_or(0);
+                &$TABLE[i]
+            }
+            pub fn name(self) -> &'static str {
+                self.info().name
+            }
+        }
+
+        impl From<$Enum> for Request {
+            fn from(r: $Enum) -> Request {
+                $wrap(r)
+            }
+        }
+
+        /// The wire id.
+        impl From<$Enum> for u32 {
+            fn from(r: $Enum) -> u32 {
+                r.id()
+            }
+        }
+
+        pub static $TABLE: [RequestInfo; $Enum::ALL.len()] = [
+            $( RequestInfo {
+                request: $wrap($Enum::$Variant),
+                id: $id,
+                name: $name,
+                channel: $channel,
+                payload: P::$payload,
+                reply: $reply,
+                fds: $fds,
+                gate: $gate,
+                reply_fds: 0 $( + $rfds )?,
+            }, )*
+        ];
+    };
 }
 
 use Fds as F;
 use Gate as G;
 use Reply as R;
 
-/// Front-end requests, ids 1-45 (index = id - 1).
-pub static FRONT_END: [RequestInfo; 45] = [
-    req(
-        1,
-        "GET_FEATURES",
-        P::Empty,
-        R::Always(P::U64),
-        F::None,
-        G::None,
-    ),
-    req(2, "SET_FEATURES", P::U64, R::None, F::None, G::None),
-    req(3, "SET_OWNER", P::Empty, R::None, F::None, G::None),
-    req(4, "RESET_OWNER", P::Empty, R::None, F::None, G::None),
-    req(
-        5,
-        "SET_MEM_TABLE",
-        P::MemTable,
-        R::None,
-        F::PerRegion,
-        G::None,
-    ),
-    req(
-        6,
-        "SET_LOG_BASE",
-        P::Log,
-        R::IfFeature(PF::LogShmfd, P::U64),
-        F::OneIfFeature(PF::LogShmfd),
-        G::None,
-    ),
-    req(7, "SET_LOG_FD", P::Empty, R::None, F::One, G::None),
-    req(8, "SET_VRING_NUM", P::VringState, R::None, F::None, G::None),
-    req(9, "SET_VRING_ADDR", P::VringAddr, R::None, F::None, G::None),
-    req(
-        10,
-        "SET_VRING_BASE",
-        P::VringState,
-        R::None,
-        F::None,
-        G::None,
-    ),
-    req(
-        11,
-        "GET_VRING_BASE",
-        P::VringState,
-        R::Always(P::VringState),
-        F::None,
-        G::None,
-    ),
-    req(
-        12,
-        "SET_VRING_KICK",
-        P::U64,
-        R::None,
-        F::OneUnlessNofd,
-        G::None,
-    ),
-    req(
-        13,
-        "SET_VRING_CALL",
-        P::U64,
-        R::None,
-        F::OneUnlessNofd,
-        G::None,
-    ),
-    req(
-        14,
-        "SET_VRING_ERR",
-        P::U64,
-        R::None,
-        F::OneUnlessNofd,
-        G::None,
-    ),
-    req(
-        15,
-        "GET_PROTOCOL_FEATURES",
-        P::Empty,
-        R::Always(P::U64),
-        F::None,
-        G::ProtocolFeaturesOffered,
-    ),
-    req(
-        16,
-        "SET_PROTOCOL_FEATURES",
-        P::U64,
-        R::None,
-        F::None,
-        G::ProtocolFeaturesOffered,
-    ),
-    req(
-        17,
-        "GET_QUEUE_NUM",
-        P::Empty,
-        R::Always(P::U64),
-        F::None,
-        G::Feature(PF::Mq),
-    ),
-    req(
-        18,
-        "SET_VRING_ENABLE",
-        P::VringState,
-        R::None,
-        F::None,
-        G::ProtocolFeaturesNegotiated,
-    ),
-    req(
-        19,
-        "SEND_RARP",
-        P::U64,
-        R::None,
-        F::None,
-        G::Feature(PF::Rarp),
-    ),
-    req(
-        20,
-        "NET_SET_MTU",
-        P::U64,
-        R::None,
-        F::None,
-        G::Feature(PF::Mtu),
-    ),
-    req(
-        21,
-        "SET_BACKEND_REQ_FD",
-        P::Empty,
-        R::None,
-        F::One,
-        G::Feature(PF::BackendReq),
-    ),
-    req(
-        22,
-        "IOTLB_MSG",
-        P::Iotlb,
-        R::Always(P::U64),
-        F::None,
-        G::VirtioFeature(super::features::F_IOMMU_PLATFORM),
-    ),
-    req(
-        23,
-        "SET_VRING_ENDIAN",
-        P::VringState,
-        R::None,
-        F::None,
-        G::Feature(PF::CrossEndian),
-    ),
-    req(
-        24,
-        "GET_CONFIG",
-        P::Config,
-        R::Always(P::Config),
-        F::None,
-        G::Feature(PF::Config),
-    ),
-    req(
-        25,
-        "SET_CONFIG",
-        P::Config,
-        R::None,
-        F::None,
-        G::Feature(PF::Config),
-    ),
-    req(
-        26,
-        "CREATE_CRYPTO_SESSION",
-        P::CryptoSession,
-        R::Always(P::CryptoSession),
-        F::None,
-        G::Feature(PF::CryptoSession),
-    ),
-    req(
-        27,
-        "CLOSE_CRYPTO_SESSION",
-        P::U64,
-        R::None,
-        F::None,
-        G::Feature(PF::CryptoSession),
-    ),
-    with_reply_fd(req(
-        28,
-        "POSTCOPY_ADVISE",
-        P::Empty,
-        R::Always(P::Empty),
-        F::None,
-        G::Feature(PF::Pagefault),
-    )),
-    req(
-        29,
-        "POSTCOPY_LISTEN",
-        P::Empty,
-        R::None,
-        F::None,
-        G::Feature(PF::Pagefault),
-    ),
-    req(
-        30,
-        "POSTCOPY_END",
-        P::Empty,
-        R::Always(P::U64),
-        F::None,
-        G::Feature(PF::Pagefault),
-    ),
-    with_reply_fd(req(
-        31,
-        "GET_INFLIGHT_FD",
-        P::Inflight,
-        R::IfFeature(PF::InflightShmfd, P::Inflight),
-        F::None,
-        G::Feature(PF::InflightShmfd),
-    )),
-    req(
-        32,
-        "SET_INFLIGHT_FD",
-        P::Inflight,
-        R::None,
-        F::One,
-        G::Feature(PF::InflightShmfd),
-    ),
-    req(33, "GPU_SET_SOCKET", P::Empty, R::None, F::One, G::None),
-    req(
-        34,
-        "RESET_DEVICE",
-        P::Empty,
-        R::None,
-        F::None,
-        G::Feature(PF::ResetDevice),
-    ),
-    req(
-        35,
-        "VRING_KICK",
-        P::VringState,
-        R::None,
-        F::None,
-        G::Feature(PF::InbandNotifications),
-    ),
-    req(
-        36,
-        "GET_MAX_MEM_SLOTS",
-        P::Empty,
-        R::Always(P::U64),
-        F::None,
-        G::Feature(PF::ConfigureMemSlots),
-    ),
-    req(
-        37,
-        "ADD_MEM_REG",
-        P::SingleRegion,
-        R::None,
-        F::One,
-        G::Feature(PF::ConfigureMemSlots),
-    ),
-    req(
-        38,
-        "REM_MEM_REG",
-        P::SingleRegion,
-        R::None,
-        F::NoneOrOne,
-        G::Feature(PF::ConfigureMemSlots),
-    ),
-    req(
-        39,
-        "SET_STATUS",
-        P::U64,
-        R::None,
-        F::None,
-        G::Feature(PF::Status),
-    ),
-    req(
-        40,
-        "GET_STATUS",
-        P::Empty,
-        R::Always(P::U64),
-        F::None,
-        G::Feature(PF::Status),
-    ),
-    with_reply_fd(req(
-        41,
-        "GET_SHARED_OBJECT",
-        P::SharedObject,
-        R::Always(P::U64),
-        F::None,
-        G::Feature(PF::SharedObject),
-    )),
-    with_reply_fd(req(
-        42,
-        "SET_DEVICE_STATE_FD",
-        P::DeviceState,
-        R::Always(P::U64),
-        F::One,
-        G::Feature(PF::DeviceState),
-    )),
-    req(
-        43,
-        "CHECK_DEVICE_STATE",
-        P::Empty,
-        R::Always(P::U64),
-        F::None,
-        G::Feature(PF::DeviceState),
-    ),
-    req(
-        44,
-        "GET_SHMEM_CONFIG",
-        P::Empty,
-        R::Always(P::ShmemConfig),
-        F::None,
-        G::Feature(PF::Shmem),
-    ),
-    req(
-        45,
-        "GET_VRING_BASE_SKIP_DRAIN",
-        P::VringState,
-        R::Always(P::VringState),
-        F::None,
-        G::Feature(PF::GetVringBaseSkipDrain),
-    ),
-];
+requests! {
+    /// Front-end requests (section "Front-end message types").
+    FrontEnd, FRONT_END, Channel::Main, Request::Front;
+    GetFeatures = 1, "GET_FEATURES", Empty, R::Always(P::U64), F::None, G::None;
+    SetFeatures = 2, "SET_FEATURES", U64, R::None, F::None, G::None;
+    SetOwner = 3, "SET_OWNER", Empty, R::None, F::None, G::None;
+    ResetOwner = 4, "RESET_OWNER", Empty, R::None, F::None, G::None;
+    SetMemTable = 5, "SET_MEM_TABLE", MemTable, R::None, F::PerRegion, G::None;
+    SetLogBase = 6, "SET_LOG_BASE", Log, R::IfFeature(PF::LogShmfd, P::U64), F::OneIfFeature(PF::LogShmfd), G::None;
+    SetLogFd = 7, "SET_LOG_FD", Empty, R::None, F::One, G::None;
+    SetVringNum = 8, "SET_VRING_NUM", VringState, R::None, F::None, G::None;
+    SetVringAddr = 9, "SET_VRING_ADDR", VringAddr, R::None, F::None, G::None;
+    SetVringBase = 10, "SET_VRING_BASE", VringState, R::None, F::None, G::None;
+    GetVringBase = 11, "GET_VRING_BASE", VringState, R::Always(P::VringState), F::None, G::None;
+    SetVringKick = 12, "SET_VRING_KICK", U64, R::None, F::OneUnlessNofd, G::None;
+    SetVringCall = 13, "SET_VRING_CALL", U64, R::None, F::OneUnlessNofd, G::None;
+    SetVringErr = 14, "SET_VRING_ERR", U64, R::None, F::OneUnlessNofd, G::None;
+    GetProtocolFeatures = 15, "GET_PROTOCOL_FEATURES", Empty, R::Always(P::U64), F::None, G::ProtocolFeaturesOffered;
+    SetProtocolFeatures = 16, "SET_PROTOCOL_FEATURES", U64, R::None, F::None, G::ProtocolFeaturesOffered;
+    GetQueueNum = 17, "GET_QUEUE_NUM", Empty, R::Always(P::U64), F::None, G::Feature(PF::Mq);
+    SetVringEnable = 18, "SET_VRING_ENABLE", VringState, R::None, F::None, G::ProtocolFeaturesNegotiated;
+    SendRarp = 19, "SEND_RARP", U64, R::None, F::None, G::Feature(PF::Rarp);
+    NetSetMtu = 20, "NET_SET_MTU", U64, R::None, F::None, G::Feature(PF::Mtu);
+    SetBackendReqFd = 21, "SET_BACKEND_REQ_FD", Empty, R::None, F::One, G::Feature(PF::BackendReq);
+    IotlbMsg = 22, "IOTLB_MSG", Iotlb, R::Always(P::U64), F::None, G::VirtioFeature(feat::F_IOMMU_PLATFORM);
+    SetVringEndian = 23, "SET_VRING_ENDIAN", VringState, R::None, F::None, G::Feature(PF::CrossEndian);
+    GetConfig = 24, "GET_CONFIG", Config, R::Always(P::Config), F::None, G::Feature(PF::Config);
+    SetConfig = 25, "SET_CONFIG", Config, R::None, F::None, G::Feature(PF::Config);
+    CreateCryptoSession = 26, "CREATE_CRYPTO_SESSION", CryptoSession, R::Always(P::CryptoSession), F::None, G::Feature(PF::CryptoSession);
+    CloseCryptoSession = 27, "CLOSE_CRYPTO_SESSION", U64, R::None, F::None, G::Feature(PF::CryptoSession);
+    PostcopyAdvise = 28, "POSTCOPY_ADVISE", Empty, R::Always(P::Empty), F::None, G::Feature(PF::Pagefault), reply_fds 1;
+    PostcopyListen = 29, "POSTCOPY_LISTEN", Empty, R::None, F::None, G::Feature(PF::Pagefault);
+    PostcopyEnd = 30, "POSTCOPY_END", Empty, R::Always(P::U64), F::None, G::Feature(PF::Pagefault);
+    GetInflightFd = 31, "GET_INFLIGHT_FD", Inflight, R::IfFeature(PF::InflightShmfd, P::Inflight), F::None, G::Feature(PF::InflightShmfd), reply_fds 1;
+    SetInflightFd = 32, "SET_INFLIGHT_FD", Inflight, R::None, F::One, G::Feature(PF::InflightShmfd);
+    GpuSetSocket = 33, "GPU_SET_SOCKET", Empty, R::None, F::One, G::None;
+    ResetDevice = 34, "RESET_DEVICE", Empty, R::None, F::None, G::Feature(PF::ResetDevice);
+    VringKick = 35, "VRING_KICK", VringState, R::None, F::None, G::Feature(PF::InbandNotifications);
+    GetMaxMemSlots = 36, "GET_MAX_MEM_SLOTS", Empty, R::Always(P::U64), F::None, G::Feature(PF::ConfigureMemSlots);
+    AddMemReg = 37, "ADD_MEM_REG", SingleRegion, R::None, F::One, G::Feature(PF::ConfigureMemSlots);
+    RemMemReg = 38, "REM_MEM_REG", SingleRegion, R::None, F::NoneOrOne, G::Feature(PF::ConfigureMemSlots);
+    SetStatus = 39, "SET_STATUS", U64, R::None, F::None, G::Feature(PF::Status);
+    GetStatus = 40, "GET_STATUS", Empty, R::Always(P::U64), F::None, G::Feature(PF::Status);
+    GetSharedObject = 41, "GET_SHARED_OBJECT", SharedObject, R::Always(P::U64), F::None, G::Feature(PF::SharedObject), reply_fds 1;
+    SetDeviceStateFd = 42, "SET_DEVICE_STATE_FD", DeviceState, R::Always(P::U64), F::One, G::Feature(PF::DeviceState), reply_fds 1;
+    CheckDeviceState = 43, "CHECK_DEVICE_STATE", Empty, R::Always(P::U64), F::None, G::Feature(PF::DeviceState);
+    GetShmemConfig = 44, "GET_SHMEM_CONFIG", Empty, R::Always(P::ShmemConfig), F::None, G::Feature(PF::Shmem);
+    GetVringBaseSkipDrain = 45, "GET_VRING_BASE_SKIP_DRAIN", VringState, R::Always(P::VringState), F::None, G::Feature(PF::GetVringBaseSkipDrain);
+}
 
-/// Back-end requests on the back-end channel, ids 1-10.
-pub static BACK_END: [RequestInfo; 10] = [
-    req(
-        1,
-        "BACKEND_IOTLB_MSG",
-        P::Iotlb,
-        R::None,
-        F::None,
-        G::VirtioFeature(super::features::F_IOMMU_PLATFORM),
-    ),
-    req(
-        2,
-        "BACKEND_CONFIG_CHANGE_MSG",
-        P::Empty,
-        R::None,
-        F::None,
-        G::Feature(PF::Config),
-    ),
-    req(
-        3,
-        "BACKEND_VRING_HOST_NOTIFIER_MSG",
-        P::VringArea,
-        R::None,
-        F::OneUnlessNofd,
-        G::Feature(PF::HostNotifier),
-    ),
-    req(
-        4,
-        "BACKEND_VRING_CALL",
-        P::VringState,
-        R::None,
-        F::None,
-        G::Feature(PF::InbandNotifications),
-    ),
-    req(
-        5,
-        "BACKEND_VRING_ERR",
-        P::VringState,
-        R::None,
-        F::None,
-        G::Feature(PF::InbandNotifications),
-    ),
-    req(
-        6,
-        "BACKEND_SHARED_OBJECT_ADD",
-        P::SharedObject,
-        R::None,
-        F::None,
-        G::Feature(PF::SharedObject),
-    ),
-    req(
-        7,
-        "BACKEND_SHARED_OBJECT_REMOVE",
-        P::SharedObject,
-        R::None,
-        F::None,
-        G::Feature(PF::SharedObject),
-    ),
-    with_reply_fd(req(
-        8,
-        "BACKEND_SHARED_OBJECT_LOOKUP",
-        P::SharedObject,
-        R::Always(P::U64),
-        F::None,
-        G::Feature(PF::SharedObject),
-    )),
-    req(
-        9,
-        "BACKEND_SHMEM_MAP",
-        P::ShmemMap,
-        R::None,
-        F::One,
-        G::Feature(PF::Shmem),
-    ),
-    req(
-        10,
-        "BACKEND_SHMEM_UNMAP",
-        P::ShmemMap,
-        R::None,
-        F::None,
-        G::Feature(PF::Shmem),
-    ),
-];
+requests! {
+    /// Back-end requests on the back-end channel (section "Back-end message types").
+    BackEnd, BACK_END, Channel::Backend, Request::Back;
+    BackendIotlbMsg = 1, "BACKEND_IOTLB_MSG", Iotlb, R::None, F::None, G::VirtioFeature(feat::F_IOMMU_PLATFORM);
+    BackendConfigChangeMsg = 2, "BACKEND_CONFIG_CHANGE_MSG", Empty, R::None, F::None, G::Feature(PF::Config);
+    BackendVringHostNotifierMsg = 3, "BACKEND_VRING_HOST_NOTIFIER_MSG", VringArea, R::None, F::OneUnlessNofd, G::Feature(PF::HostNotifier);
+    BackendVringCall = 4, "BACKEND_VRING_CALL", VringState, R::None, F::None, G::Feature(PF::InbandNotifications);
+    BackendVringErr = 5, "BACKEND_VRING_ERR", VringState, R::None, F::None, G::Feature(PF::InbandNotifications);
+    BackendSharedObjectAdd = 6, "BACKEND_SHARED_OBJECT_ADD", SharedObject, R::None, F::None, G::Feature(PF::SharedObject);
+    BackendSharedObjectRemove = 7, "BACKEND_SHARED_OBJECT_REMOVE", SharedObject, R::None, F::None, G::Feature(PF::SharedObject);
+    BackendSharedObjectLookup = 8, "BACKEND_SHARED_OBJECT_LOOKUP", SharedObject, R::Always(P::U64), F::None, G::Feature(PF::SharedObject), reply_fds 1;
+    BackendShmemMap = 9, "BACKEND_SHMEM_MAP", ShmemMap, R::None, F::One, G::Feature(PF::Shmem);
+    BackendShmemUnmap = 10, "BACKEND_SHMEM_UNMAP", ShmemMap, R::None, F::None, G::Feature(PF::Shmem);
+}
+
+/// The request table of a channel, in id order.
+pub fn table(channel: Channel) -> &'static [RequestInfo] {
+    match channel {
+        Channel::Main => &FRONT_END,
+        Channel::Backend => &BACK_END,
+    }
+}
 
 /// Looks a request up by channel and id.
 pub fn lookup(channel: Channel, id: u32) -> Option<&'static RequestInfo> {
-    let table: &'static [RequestInfo] = match channel {
-        Channel::Main => &FRONT_END,
-        Channel::Backend => &BACK_END,
-    };
-    id.checked_sub(1).and_then(|i| table.get(i as usize))
+    table(channel).iter().find(|r| r.id == id)
 }
 
-/// Finds a front-end request id by name (without the VHOST_USER_ prefix).
+/// Finds a request by name (without the VHOST_USER_ prefix).
 pub fn by_name(channel: Channel, name: &str) -> Option<&'static RequestInfo> {
-    let table: &'static [RequestInfo] = match channel {
-        Channel::Main => &FRONT_END,
-        Channel::Backend => &BACK_END,
-    };
-    table.iter().find(|r| r.name == name)
+    table(channel).iter().find(|r| r.name == name)
+}
+
+/// The ids a channel defines, as the spec numbers them ("1-45").
+pub fn id_range(channel: Channel) -> String {
+    let t = table(channel);
+    match (t.first(), t.last()) {
+        (Some(a), Some(b)) => format!("{}-{}", a.id, b.id),
+        _ => String::new(),
+    }
 }
 
 #[cfg(test)]
@@ -538,7 +271,19 @@ mod tests {
             assert_eq!(spec_id(spec, r.name), Some(r.id), "{}", r.name);
         }
         assert!(lookup(Channel::Main, 0).is_none());
-        assert!(lookup(Channel::Main, 46).is_none());
-        assert!(lookup(Channel::Backend, 11).is_none());
+        assert!(lookup(Channel::Main, FRONT_END.len() as u32 + 1).is_none());
+        assert!(lookup(Channel::Backend, BACK_END.len() as u32 + 1).is_none());
+        assert_eq!(id_range(Channel::Main), "1-45");
+        assert_eq!(id_range(Channel::Backend), "1-10");
+        // The enum, its table row and the wire id agree.
+        for r in FrontEnd::ALL {
+            assert_eq!(FrontEnd::from_id(r.id()), Some(*r));
+            assert_eq!(r.info().request, Request::Front(*r));
+            assert_eq!(r.info().id, r.id());
+        }
+        for r in BackEnd::ALL {
+            assert_eq!(BackEnd::from_id(r.id()), Some(*r));
+            assert_eq!(r.info().request, Request::Back(*r));
+        }
     }
 }

@@ -8,7 +8,7 @@
 
 use super::features::{self as feat, ProtocolFeature as PF};
 use super::payload::{self, Payload, PayloadError, PayloadKind, Region};
-use super::request::{self, Channel, Fds, Gate, Reply, RequestInfo};
+use super::request::{self, Channel, Fds, FrontEnd as Fe, Gate, Reply, Request, RequestInfo};
 use super::wire::{self, Header};
 use crate::limits::Limits;
 use crate::report::Report;
@@ -57,6 +57,22 @@ pub struct Profile {
     pub lenient: bool,
 }
 
+/// What a back-end knows about itself without asking: the values `serve`
+/// answers GET_FEATURES, GET_PROTOCOL_FEATURES, GET_QUEUE_NUM and
+/// GET_MAX_MEM_SLOTS with, and the largest ring it can hold (vhost-user has
+/// no message for that one). A session judging the conversation from the
+/// back-end's side is given them, so it knows the rings that exist before
+/// (or without) a GET_QUEUE_NUM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caps {
+    pub features: u64,
+    pub protocol_features: u64,
+    pub queues: u64,
+    pub max_mem_slots: u64,
+    /// The largest SET_VRING_NUM accepted.
+    pub max_ring_size: u32,
+}
+
 /// What the engine concluded about one reply (for a probe's robustness verdict).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReplyOutcome {
@@ -80,7 +96,10 @@ enum Expect {
 struct Pending {
     seq: u64,
     channel: Channel,
+    /// The id as sent (the reply must echo it).
     request: u32,
+    /// The request it is, when the id is defined.
+    kind: Option<Request>,
     name: &'static str,
     expect: Expect,
     reply_fds: usize,
@@ -117,6 +136,14 @@ pub struct Session {
     pending: VecDeque<Pending>,
     backend_channel: bool,
     closed: bool,
+    /// The back-end's own capabilities, when the session is the back-end's.
+    caps: Option<Caps>,
+    /// Why the back-end must refuse the latest front-end request, if it must.
+    refusal: Option<String>,
+    /// The request being judged (message number, the side that sent it).
+    judging: Option<(u64, &'static str)>,
+    /// The latest request sent (message number and name), for a close.
+    last_request: Option<(u64, &'static str)>,
 }
 
 impl Session {
@@ -136,7 +163,26 @@ impl Session {
             pending: VecDeque::new(),
             backend_channel: false,
             closed: false,
+            caps: None,
+            refusal: None,
+            judging: None,
+            last_request: None,
         }
+    }
+
+    /// A session on the back-end's side, which knows its own capabilities.
+    pub fn with_caps(name: &str, profile: Profile, caps: Caps) -> Session {
+        Session {
+            caps: Some(caps),
+            ..Session::new(name, profile)
+        }
+    }
+
+    /// Why the back-end must refuse the latest front-end request: the
+    /// request broke a rule, or names a ring or a ring size beyond the
+    /// back-end's capabilities. None when it can carry it out.
+    pub fn refusal(&self) -> Option<&str> {
+        self.refusal.as_deref()
     }
 
     /// The findings so far (the report's `offset` is the message number).
@@ -163,6 +209,11 @@ impl Session {
     pub fn queue_num(&self) -> Option<u64> {
         self.queue_num
     }
+    /// The number of queues the back-end has: its GET_QUEUE_NUM reply, or
+    /// on the back-end's side its own count.
+    fn queues(&self) -> Option<u64> {
+        self.queue_num.or(self.caps.map(|c| c.queues))
+    }
     /// Whether a reply is still awaited.
     pub fn awaiting_reply(&self) -> bool {
         self.pending.iter().any(|p| p.expect != Expect::OptionalAck)
@@ -170,6 +221,16 @@ impl Session {
 
     /// Records a finding about message `seq`.
     pub fn finding(&mut self, rule: &'static Rule, seq: u64, detail: String) {
+        // A rule the request being judged broke is a reason to refuse it
+        // (noted here, not looked up in the report, which keeps only the
+        // first findings of each rule).
+        if self.refusal.is_none()
+            && self
+                .judging
+                .is_some_and(|(at, side)| at == seq && detail.starts_with(side))
+        {
+            self.refusal = Some(detail.clone());
+        }
         self.report.add(rule, Some(seq), detail);
     }
 
@@ -200,6 +261,12 @@ impl Session {
             Channel::Backend => Direction::BackToFront,
         };
         let side = m.dir.side();
+        // A request is judged from its header on: every finding about it is
+        // a reason to refuse it.
+        self.judging = (m.dir == requester).then_some((seq, side));
+        if self.judging.is_some() {
+            self.refusal = None;
+        }
         let h = m.header;
         if h.version() != wire::VERSION {
             self.finding(
@@ -280,16 +347,16 @@ impl Session {
         let side = m.dir.side();
         let h = m.header;
         let Some(info) = request::lookup(m.channel, h.request) else {
-            let range = if m.channel == Channel::Main {
-                "1-45"
-            } else {
-                "1-10"
-            };
             self.finding(
                 &rule::HEADER_KNOWN,
                 seq,
-                format!("{side}: request id {} is not defined ({range})", h.request),
+                format!(
+                    "{side}: request id {} is not defined ({})",
+                    h.request,
+                    request::id_range(m.channel)
+                ),
             );
+            self.last_request = Some((seq, "an undefined request"));
             // need_reply still asks for an ack (a failure one, from a conforming peer).
             if h.need_reply() && self.pending.len() < MAX_PENDING {
                 let expect = if self.negotiated(PF::ReplyAck) {
@@ -301,6 +368,7 @@ impl Session {
                     seq,
                     channel: m.channel,
                     request: h.request,
+                    kind: None,
                     name: "an undefined request",
                     expect,
                     reply_fds: 0,
@@ -310,6 +378,9 @@ impl Session {
             return;
         };
         let name = info.name;
+        if m.channel == Channel::Main {
+            self.last_request = Some((seq, name));
+        }
         if m.channel == Channel::Backend {
             if !self.backend_channel {
                 self.finding(
@@ -382,13 +453,18 @@ impl Session {
         if let Some(expect) = expect {
             if self.pending.len() < MAX_PENDING {
                 let config_size = match &decoded {
-                    Some(Payload::Config { size, .. }) if info.id == 24 => Some(*size),
+                    Some(Payload::Config(payload::Config { size, .. }))
+                        if info.request == Request::Front(Fe::GetConfig) =>
+                    {
+                        Some(*size)
+                    }
                     _ => None,
                 };
                 self.pending.push_back(Pending {
                     seq,
                     channel: m.channel,
                     request: h.request,
+                    kind: Some(info.request),
                     name,
                     expect,
                     reply_fds: info.reply_fds,
@@ -446,10 +522,10 @@ impl Session {
                 }
             }
         }
-        if self.negotiated(PF::ConfigureMemSlots)
-            && (28..=30).contains(&info.id)
-            && info.gate == Gate::Feature(PF::Pagefault)
-        {
+        let postcopy = [Fe::PostcopyAdvise, Fe::PostcopyListen, Fe::PostcopyEnd]
+            .map(Request::Front)
+            .contains(&info.request);
+        if self.negotiated(PF::ConfigureMemSlots) && postcopy {
             self.finding(
                 &rule::NEG_POSTCOPY_SLOTS,
                 seq,
@@ -473,14 +549,16 @@ impl Session {
             Fds::NoneOrOne => Some((0, 1)),
             Fds::OneIfFeature(f) => Some(if self.negotiated(f) { (1, 1) } else { (0, 0) }),
             Fds::PerRegion => match p {
-                Some(Payload::MemTable { regions }) => Some((regions.len(), regions.len())),
+                Some(Payload::MemTable(payload::MemTable { regions })) => {
+                    Some((regions.len(), regions.len()))
+                }
                 _ => None,
             },
             Fds::OneUnlessNofd => match p {
-                Some(Payload::U64 { value })
-                | Some(Payload::VringArea {
+                Some(Payload::U64(payload::U64 { value }))
+                | Some(Payload::VringArea(payload::VringArea {
                     index_flags: value, ..
-                }) => {
+                })) => {
                     let (_, nofd) = payload::vring_fd_index(*value);
                     Some(if nofd { (0, 0) } else { (1, 1) })
                 }
@@ -516,7 +594,7 @@ impl Session {
     }
 
     fn check_index(&mut self, seq: u64, side: &str, name: &str, index: u32) -> bool {
-        if let Some(n) = self.queue_num {
+        if let Some(n) = self.queues() {
             if index as u64 >= n {
                 self.finding(
                     &rule::RING_INDEX,
@@ -531,8 +609,27 @@ impl Session {
 
     fn apply_request(&mut self, seq: u64, info: &RequestInfo, p: &Payload, side: &str) {
         let name = info.name;
-        match (info.id, p) {
-            (2, Payload::U64 { value }) if info.gate == Gate::None => {
+        if let (
+            Some(caps),
+            Request::Front(Fe::SetVringNum),
+            Payload::VringState(payload::VringState { num, .. }),
+        ) = (self.caps, info.request, p)
+        {
+            if *num == 0 || *num > caps.max_ring_size {
+                // Not the front-end's fault (no message tells it the
+                // maximum), so no finding; the back-end refuses it all the same.
+                self.refusal = Some(format!(
+                    "{name}: ring size {num}; this back-end holds 1 to {}",
+                    caps.max_ring_size
+                ));
+            }
+        }
+        let Request::Front(request) = info.request else {
+            // Back-end requests change no state the engine tracks.
+            return;
+        };
+        match (request, p) {
+            (Fe::SetFeatures, Payload::U64(payload::U64 { value })) => {
                 if let Some(offered) = self.offered_features {
                     let extra = value & !(offered | 1 << feat::F_PROTOCOL_FEATURES);
                     if extra != 0 {
@@ -551,7 +648,7 @@ impl Session {
                     }
                 }
             }
-            (16, Payload::U64 { value }) => {
+            (Fe::SetProtocolFeatures, Payload::U64(payload::U64 { value })) => {
                 if let Some(offered) = self.offered_protocol {
                     let extra = value & !offered;
                     if extra != 0 {
@@ -582,12 +679,19 @@ impl Session {
                 }
                 self.acked_protocol = Some(*value);
             }
-            (8 | 10, Payload::VringState { index, .. }) | (9, Payload::VringAddr { index, .. }) => {
+            (
+                Fe::SetVringNum | Fe::SetVringBase,
+                Payload::VringState(payload::VringState { index, .. }),
+            )
+            | (Fe::SetVringAddr, Payload::VringAddr(payload::VringAddr { index, .. })) => {
                 if self.check_index(seq, side, name, *index) {
                     self.ring(*index);
                 }
             }
-            (11 | 45, Payload::VringState { index, num }) => {
+            (
+                Fe::GetVringBase | Fe::GetVringBaseSkipDrain,
+                Payload::VringState(payload::VringState { index, num }),
+            ) => {
                 if *num != 0 {
                     self.finding(
                         &rule::RING_RESERVED,
@@ -609,7 +713,10 @@ impl Session {
                     }
                 }
             }
-            (12..=14, Payload::U64 { value }) => {
+            (
+                Fe::SetVringKick | Fe::SetVringCall | Fe::SetVringErr,
+                Payload::U64(payload::U64 { value }),
+            ) => {
                 let (index, _) = payload::vring_fd_index(*value);
                 if value & !(wire::VRING_INDEX_MASK | wire::VRING_NOFD) != 0 {
                     self.finding(
@@ -618,13 +725,13 @@ impl Session {
                         format!("{side}: {name} payload {value:#x} sets bits above 8"),
                     );
                 }
-                if self.check_index(seq, side, name, index) && info.id == 12 {
+                if self.check_index(seq, side, name, index) && request == Fe::SetVringKick {
                     if let Some(r) = self.ring(index) {
                         r.started = true;
                     }
                 }
             }
-            (35, Payload::VringState { index, num }) => {
+            (Fe::VringKick, Payload::VringState(payload::VringState { index, num })) => {
                 if *num != 0 {
                     self.finding(
                         &rule::RING_RESERVED,
@@ -634,7 +741,10 @@ impl Session {
                 }
                 self.check_index(seq, side, name, *index);
             }
-            (18 | 23, Payload::VringState { index, num }) => {
+            (
+                Fe::SetVringEnable | Fe::SetVringEndian,
+                Payload::VringState(payload::VringState { index, num }),
+            ) => {
                 if *num > 1 {
                     self.finding(
                         &rule::RING_ENABLE_VALUE,
@@ -642,19 +752,19 @@ impl Session {
                         format!("{side}: {name} num is {num}, must be 0 or 1"),
                     );
                 }
-                if self.check_index(seq, side, name, *index) && info.id == 18 {
+                if self.check_index(seq, side, name, *index) && request == Fe::SetVringEnable {
                     if let Some(r) = self.ring(*index) {
                         r.enabled = Some(*num == 1);
                     }
                 }
             }
-            (5, Payload::MemTable { regions }) => {
+            (Fe::SetMemTable, Payload::MemTable(payload::MemTable { regions })) => {
                 self.regions.clear();
                 for r in regions {
                     self.add_region(seq, side, name, *r);
                 }
             }
-            (37, Payload::SingleRegion { region }) => {
+            (Fe::AddMemReg, Payload::SingleRegion(payload::SingleRegion { region })) => {
                 if let Some(max) = self.max_mem_slots {
                     if self.regions.len() as u64 >= max {
                         self.finding(
@@ -668,7 +778,7 @@ impl Session {
                 }
                 self.add_region(seq, side, name, *region);
             }
-            (38, Payload::SingleRegion { region }) => {
+            (Fe::RemMemReg, Payload::SingleRegion(payload::SingleRegion { region })) => {
                 let live = self.regions.iter().position(|r| {
                     r.guest_address == region.guest_address
                         && r.user_address == region.user_address
@@ -682,7 +792,7 @@ impl Session {
                         "{side}: REM_MEM_REG of a region that is not live (guest {:#x}, size {:#x})", region.guest_address, region.size)),
                 }
             }
-            (21, _) => {
+            (Fe::SetBackendReqFd, _) => {
                 self.backend_channel = self.negotiated(PF::BackendReq);
             }
             _ => {}
@@ -778,7 +888,7 @@ impl Session {
                         "{side}: ack for {} with need_reply although REPLY_ACK is not negotiated", p.name));
                 }
                 match payload::decode(PayloadKind::U64, bytes, false) {
-                    Ok(Payload::U64 { value }) => ReplyOutcome::Ack(value),
+                    Ok(Payload::U64(payload::U64 { value })) => ReplyOutcome::Ack(value),
                     _ => {
                         if complete {
                             self.finding(
@@ -810,7 +920,7 @@ impl Session {
                     return ReplyOutcome::Body;
                 }
                 match payload::decode(kind, bytes, xen) {
-                    Ok(body) => self.apply_reply(seq, p.request, &body, side),
+                    Ok(body) => self.apply_reply(seq, p.kind, &body, side),
                     Err(e) if complete => self.finding(
                         &rule::HEADER_SIZE,
                         seq,
@@ -823,10 +933,15 @@ impl Session {
         }
     }
 
-    fn apply_reply(&mut self, seq: u64, request: u32, body: &Payload, side: &str) {
+    fn apply_reply(&mut self, seq: u64, request: Option<Request>, body: &Payload, side: &str) {
+        let Some(Request::Front(request)) = request else {
+            return;
+        };
         match (request, body) {
-            (1, Payload::U64 { value }) => self.offered_features = Some(*value),
-            (15, Payload::U64 { value }) => {
+            (Fe::GetFeatures, Payload::U64(payload::U64 { value })) => {
+                self.offered_features = Some(*value)
+            }
+            (Fe::GetProtocolFeatures, Payload::U64(payload::U64 { value })) => {
                 let unknown = value & !feat::KNOWN_PROTOCOL_FEATURES;
                 if unknown != 0 {
                     self.finding(
@@ -837,8 +952,10 @@ impl Session {
                 }
                 self.offered_protocol = Some(*value);
             }
-            (17, Payload::U64 { value }) => self.queue_num = Some(*value),
-            (36, Payload::U64 { value }) => {
+            (Fe::GetQueueNum, Payload::U64(payload::U64 { value })) => {
+                self.queue_num = Some(*value)
+            }
+            (Fe::GetMaxMemSlots, Payload::U64(payload::U64 { value })) => {
                 if let Some(prev) = self.max_mem_slots {
                     if *value < prev {
                         self.finding(
@@ -872,6 +989,23 @@ impl Session {
             .filter(|p| p.expect != Expect::OptionalAck)
             .cloned()
             .collect();
+        if by == Some(Direction::BackToFront) {
+            // One event, one finding, however the front-end noticed it: on
+            // a read (a reply was due) or on a write (none was). The reply
+            // that never came is named in it rather than counted apart.
+            let detail = match (missing.first(), self.last_request) {
+                (Some(p), _) => format!(
+                    "back-end: closed the connection instead of replying to {} (message {})",
+                    p.name, p.seq
+                ),
+                (None, Some((at, name))) => format!(
+                    "back-end: closed the connection during the conversation; the last request was {name} (message {at})"
+                ),
+                (None, None) => "back-end: closed the connection before any request".into(),
+            };
+            self.finding(&rule::PEER_CLOSED, seq, detail);
+            return;
+        }
         for p in &missing {
             let who = match p.channel {
                 Channel::Main => "back-end",
@@ -884,13 +1018,6 @@ impl Session {
                     "{who}: no reply to {} (message {}) before the connection ended",
                     p.name, p.seq
                 ),
-            );
-        }
-        if by == Some(Direction::BackToFront) && !missing.is_empty() {
-            self.finding(
-                &rule::PEER_CLOSED,
-                seq,
-                "back-end: closed the connection while a reply was due".into(),
             );
         }
     }
