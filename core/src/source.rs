@@ -251,6 +251,43 @@ pub fn read_u64_table(src: &dyn ReadAt, offset: u64, count: u64) -> Vec<u64> {
     raw.chunks_exact(8).map(|c| be_u64(c, 0)).collect()
 }
 
+/// Calls `f(index, bytes)` for each of `count` entries of `width` bytes at
+/// `offset` (entries past the end of the file read as zero), 64 KiB at a
+/// time; a chunk lying in a hole of the source is skipped (its entries are
+/// all zero), so the cost follows the bytes the file holds.
+pub fn for_each_entry(
+    src: &dyn ReadAt,
+    offset: u64,
+    count: u64,
+    width: u64,
+    mut f: impl FnMut(u64, &[u8]),
+) {
+    const CHUNK: u64 = 64 << 10;
+    let per_chunk = (CHUNK / width).max(1);
+    let mut buf = vec![0u8; (per_chunk.min(count) * width) as usize];
+    let mut i = 0u64;
+    while i < count {
+        let at = offset + i * width;
+        if let Some((true, hole)) = src.extent(at) {
+            // Whole entries inside the hole read as zero: skip them.
+            let skip = hole / width;
+            if skip > 0 {
+                i = i.saturating_add(skip);
+                continue;
+            }
+        }
+        let n = per_chunk.min(count - i);
+        let chunk = buf.get_mut(..(n * width) as usize).unwrap_or(&mut []);
+        if src.read_zero_padded(chunk, at).is_err() {
+            chunk.fill(0);
+        }
+        for (j, e) in chunk.chunks_exact(width as usize).enumerate() {
+            f(i + j as u64, e);
+        }
+        i += n;
+    }
+}
+
 /// Big-endian field access into a buffer already read from a source. Offsets
 /// are constants of the format; a short buffer reads as zeros rather than
 /// panicking, and callers size their buffers so that never happens.

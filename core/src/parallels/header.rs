@@ -209,49 +209,12 @@ pub fn parse(src: &dyn ReadAt, report: &mut Report) -> Option<Header> {
 /// 1 GiB BAT claimed over a hole costs neither memory nor reads.
 pub fn for_each_bat_entry(src: &dyn ReadAt, h: &Header, mut f: impl FnMut(u64, u32)) {
     let n = crate::source::entries_in_file(src, HEADER_SIZE, h.nb_bat_entries as u64, 4);
-    for_each_entry(src, HEADER_SIZE, n, 4, |i, raw| {
+    crate::source::for_each_entry(src, HEADER_SIZE, n, 4, |i, raw| {
         let e = le32(raw, 0);
         if e != 0 {
             f(i, e);
         }
     });
-}
-
-/// Calls `f(index, bytes)` for each of `count` entries of `width` bytes at
-/// `offset` (entries past the end of the file read as zero), 64 KiB at a
-/// time; a chunk lying in a hole of the source is skipped (its entries are
-/// all zero), so the cost follows the bytes the file holds.
-pub(crate) fn for_each_entry(
-    src: &dyn ReadAt,
-    offset: u64,
-    count: u64,
-    width: u64,
-    mut f: impl FnMut(u64, &[u8]),
-) {
-    const CHUNK: u64 = 64 << 10;
-    let per_chunk = (CHUNK / width).max(1);
-    let mut buf = vec![0u8; (per_chunk.min(count) * width) as usize];
-    let mut i = 0u64;
-    while i < count {
-        let at = offset + i * width;
-        if let Some((true, hole)) = src.extent(at) {
-            // Whole entries inside the hole read as zero: skip them.
-            let skip = hole / width;
-            if skip > 0 {
-                i = i.saturating_add(skip);
-                continue;
-            }
-        }
-        let n = per_chunk.min(count - i);
-        let chunk = buf.get_mut(..(n * width) as usize).unwrap_or(&mut []);
-        if src.read_zero_padded(chunk, at).is_err() {
-            chunk.fill(0);
-        }
-        for (j, e) in chunk.chunks_exact(width as usize).enumerate() {
-            f(i + j as u64, e);
-        }
-        i += n;
-    }
 }
 
 /// Reads the BAT for the reader: entries up to the last non-zero one (the

@@ -30,7 +30,7 @@ pub(crate) fn read_table(src: &dyn ReadAt, h: &Header, offset: u64) -> Vec<u64> 
 /// `offset`, as far as the file holds it, without holding the table.
 fn for_each_table_entry(src: &dyn ReadAt, h: &Header, offset: u64, mut f: impl FnMut(u64, u64)) {
     let n = entries_in_file(src, offset, h.table_entries(), 8);
-    crate::parallels::header::for_each_entry(src, offset, n, 8, |i, raw| {
+    crate::source::for_each_entry(src, offset, n, 8, |i, raw| {
         let e = crate::source::le_u64(raw, 0);
         if e != 0 {
             f(i, e);

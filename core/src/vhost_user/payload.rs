@@ -553,7 +553,7 @@ payloads!(
 
 mod hex_bytes {
     pub fn serialize<S: serde::Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&super::super::transcript::to_hex(b))
+        s.serialize_str(&hex::encode(b))
     }
 }
 

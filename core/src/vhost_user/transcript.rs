@@ -80,25 +80,15 @@ pub enum Event {
     Timeout { waited_ms: u64 },
 }
 
+/// Payload bytes as lowercase hex (the `hex` crate: one well-tested
+/// codec instead of a hand-written one in each module).
 pub fn to_hex(b: &[u8]) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(b.len() * 2);
-    for &x in b {
-        s.push(HEX[(x >> 4) as usize] as char);
-        s.push(HEX[(x & 15) as usize] as char);
-    }
-    s
+    hex::encode(b)
 }
 
+/// Hex back to bytes; None on an odd length or a non-hex digit.
 pub fn from_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
-        return None;
-    }
-    let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
-    s.as_bytes()
-        .chunks_exact(2)
-        .map(|p| Some(digit(p[0])? << 4 | digit(p[1])?))
-        .collect()
+    hex::decode(s).ok()
 }
 
 impl Entry {
