@@ -253,10 +253,11 @@ impl PageRef<'_> {
 /// The rebuilt reference count of every host cluster the image references.
 ///
 /// Memory follows the clusters actually referenced, never the file length:
-/// pages of [`PAGE`] clusters are created when first touched, sparse (a
-/// sorted list) until enough of their clusters are referenced to make two
-/// dense byte arrays cheaper. Counts saturate at 255 in a byte; larger ones
-/// spill into a map.
+/// the first FLAT_PAGES pages are flat arrays the OS commits page by page
+/// as they are touched; past them, pages of [`PAGE`] clusters are created
+/// when first touched, sparse (a sorted list) until enough of their
+/// clusters are referenced to make two dense byte arrays cheaper. Counts
+/// saturate at 255 in a byte; larger ones spill into a map.
 pub struct Census {
     /// The flat region (see FLAT_PAGES): counts and owners of clusters
     /// `0..flat_len`, and which of its pages were touched.
