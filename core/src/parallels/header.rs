@@ -149,7 +149,8 @@ pub fn parse(src: &dyn ReadAt, report: &mut Report) -> Option<Header> {
             format!(
                 "nb_sectors {:#x} ({} bytes) exceeds QEMU's largest disk ({MAX_DISK_BYTES} bytes)",
                 h.nb_sectors,
-                h.claimed_disk_size()
+                // The real product, not the saturated one.
+                h.nb_sectors as u128 * super::SECTOR as u128
             ),
         );
         return None;

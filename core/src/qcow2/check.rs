@@ -112,7 +112,8 @@ pub fn check(src: &dyn ReadAt, filename: &str, limits: &Limits) -> Report {
         h,
         limits,
         census: Census::new(h, src.size()),
-        refcount_is_one: Vec::new(),
+        ones_at: Vec::new(),
+        ones_words: Vec::new(),
         epb_shift: ondisk.entries_per_block().trailing_zeros(),
         ondisk,
         visits: Vec::new(),
@@ -180,15 +181,11 @@ struct L2Visit {
     guest_base: u64,
 }
 
-/// What the COPIED check knows of one refcount block.
-enum BlockOnes {
-    /// No block, or one whose refcounts are all zero.
-    None,
-    /// The block offset is unaligned or unreachable (QEMU cannot read it).
-    Unreadable,
-    /// One bit per refcount: set where it is exactly 1.
-    Bits(Box<[u64]>),
-}
+/// `Checker::ones_at` for a block that is absent, or has no refcount of 1.
+const ONES_NONE: u32 = u32::MAX - 1;
+/// `Checker::ones_at` for a block whose offset is unaligned or unreachable
+/// (QEMU cannot read it).
+const ONES_UNREADABLE: u32 = u32::MAX;
 
 /// Stop: a limit was hit and the check cannot be completed.
 struct Abort;
@@ -199,11 +196,14 @@ struct Checker<'a, 'r> {
     limits: &'a Limits,
     census: Census,
     ondisk: OnDisk<'a>,
-    /// Per refcount table entry (of those covering the file): one bit per
-    /// refcount of its block, set where the refcount is exactly 1. Lets the
+    /// Per refcount table entry (of those covering the file): where the
+    /// bits of its block start in `ones_words` (one bit per refcount, set
+    /// where it is exactly 1), or ONES_NONE / ONES_UNREADABLE. Lets the
     /// COPIED checks run without re-reading refcount blocks; blocks that
-    /// are absent, in a hole or all zero cost nothing.
-    refcount_is_one: Vec<BlockOnes>,
+    /// are absent, in a hole or all zero cost no bits. One contiguous
+    /// vector keeps the hot lookup to two loads.
+    ones_at: Vec<u32>,
+    ones_words: Vec<u64>,
     /// log2 of the refcounts per block (a power of two), for the hot path.
     epb_shift: u32,
     visits: Vec<L2Visit>,
@@ -347,16 +347,14 @@ impl Checker<'_, '_> {
     fn refcount_is_one(&self, cluster: u64) -> Option<bool> {
         // entries_per_block is a power of two: shift and mask, no division.
         let t = cluster >> self.epb_shift;
-        match self.refcount_is_one.get(t as usize) {
-            Some(BlockOnes::Bits(bits)) => {
+        match self.ones_at.get(t as usize).copied() {
+            Some(at) if at < ONES_NONE => {
                 let i = cluster & ((1u64 << self.epb_shift) - 1);
-                Some(
-                    bits.get((i / 64) as usize)
-                        .is_some_and(|w| w >> (i % 64) & 1 == 1),
-                )
+                let word = self.ones_words.get(at as usize + (i / 64) as usize);
+                Some(word.is_some_and(|w| w >> (i % 64) & 1 == 1))
             }
-            Some(BlockOnes::None) => Some(false),
-            Some(BlockOnes::Unreadable) => None,
+            Some(ONES_NONE) => Some(false),
+            Some(_) => None,
             // Past the blocks covering the file: read the one refcount.
             None => self.ondisk.get(cluster).ok().map(|rc| rc == 1),
         }
@@ -392,15 +390,19 @@ impl Checker<'_, '_> {
             .div_ceil(epb)
             .min(self.ondisk.table_entries)
             .min(self.ondisk.table.len() as u64);
-        let mut ones = Vec::with_capacity(blocks as usize);
+        let mut ones_at = Vec::with_capacity(blocks as usize);
+        let mut words: Vec<u64> = Vec::new();
         let mut buf = vec![0u8; self.h.cluster_size() as usize];
+        let per_block = epb.div_ceil(64) as usize;
         for t in 0..blocks {
-            let block = match self.ondisk.block_offset(t) {
-                Err(_) => BlockOnes::Unreadable,
-                Ok(0) => BlockOnes::None,
+            let at = match self.ondisk.block_offset(t) {
+                Err(_) => ONES_UNREADABLE,
+                Ok(0) => ONES_NONE,
                 Ok(off) => {
                     if self.read_refblock(off, &mut buf)? {
-                        let mut bits = vec![0u64; epb.div_ceil(64) as usize].into_boxed_slice();
+                        let start = words.len();
+                        words.resize(start + per_block, 0);
+                        let bits = words.get_mut(start..).unwrap_or(&mut []);
                         let mut any = false;
                         for_each_refcount(&buf, self.ondisk.order, 0, epb, |i, rc| {
                             if rc == 1 {
@@ -410,19 +412,23 @@ impl Checker<'_, '_> {
                                 }
                             }
                         });
-                        if any {
-                            BlockOnes::Bits(bits)
-                        } else {
-                            BlockOnes::None
+                        // (The budget bounds the words well below u32::MAX.)
+                        match u32::try_from(start) {
+                            Ok(at) if any && at < ONES_NONE => at,
+                            _ => {
+                                words.truncate(start);
+                                ONES_NONE
+                            }
                         }
                     } else {
-                        BlockOnes::None
+                        ONES_NONE
                     }
                 }
             };
-            ones.push(block);
+            ones_at.push(at);
         }
-        self.refcount_is_one = ones;
+        self.ones_at = ones_at;
+        self.ones_words = words;
         Ok(())
     }
 

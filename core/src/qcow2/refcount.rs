@@ -186,6 +186,14 @@ const PROMOTE: usize = PAGE / 16;
 /// clusters in order (every real image) never pays for sparse pages.
 const DENSE_PER_REFERENCE: u64 = 16;
 
+/// Pages of the flat region: the first FLAT_PAGES * PAGE clusters (32M,
+/// a 1 TiB image of 64 KiB clusters) are two flat byte arrays, the fast
+/// path of every real image. They are allocated zeroed (calloc), so the
+/// operating system commits only the 4 KiB pages a reference touches:
+/// resident memory still follows the clusters referenced, and the address
+/// space reserved is this constant, never the file length.
+const FLAT_PAGES: u64 = 8192;
+
 /// One referenced cluster of a sparse page: (index in the page, count, owners).
 type Slot = (u16, u8, u8);
 
@@ -217,19 +225,24 @@ fn zeroed() -> Box<[u8; PAGE]> {
 
 /// A census page as the comparison reads it: counts and owners by index.
 #[derive(Clone, Copy)]
-pub struct PageRef<'a>(Option<&'a Page>);
+pub enum PageRef<'a> {
+    None,
+    Sparse(&'a [Slot]),
+    /// Counts and owners, PAGE of each (a dense page or part of the flat region).
+    Dense(&'a [u8], &'a [u8]),
+}
 
 impl PageRef<'_> {
     /// (saturated count byte, owners) of index `i` of the page.
     #[inline]
     fn raw(self, i: usize) -> (u8, u8) {
-        match self.0 {
-            None => (0, 0),
-            Some(Page::Dense(d)) => (
-                d.counts.get(i).copied().unwrap_or(0),
-                d.owners.get(i).copied().unwrap_or(0),
+        match self {
+            PageRef::None => (0, 0),
+            PageRef::Dense(c, o) => (
+                c.get(i).copied().unwrap_or(0),
+                o.get(i).copied().unwrap_or(0),
             ),
-            Some(Page::Sparse(v)) => match v.binary_search_by_key(&(i as u16), |s| s.0) {
+            PageRef::Sparse(v) => match v.binary_search_by_key(&(i as u16), |s| s.0) {
                 Ok(at) => v.get(at).map_or((0, 0), |s| (s.1, s.2)),
                 Err(_) => (0, 0),
             },
@@ -240,11 +253,19 @@ impl PageRef<'_> {
 /// The rebuilt reference count of every host cluster the image references.
 ///
 /// Memory follows the clusters actually referenced, never the file length:
-/// pages of [`PAGE`] clusters are created when first touched, sparse (a
-/// sorted list) until enough of their clusters are referenced to make two
-/// dense byte arrays cheaper. Counts saturate at 255 in a byte; larger ones
-/// spill into a map.
+/// the first FLAT_PAGES pages are flat arrays the OS commits page by page
+/// as they are touched; past them, pages of [`PAGE`] clusters are created
+/// when first touched, sparse (a sorted list) until enough of their
+/// clusters are referenced to make two dense byte arrays cheaper. Counts
+/// saturate at 255 in a byte; larger ones spill into a map.
 pub struct Census {
+    /// The flat region (see FLAT_PAGES): counts and owners of clusters
+    /// `0..flat_len`, and which of its pages were touched.
+    flat_counts: Vec<u8>,
+    flat_owners: Vec<u8>,
+    flat_touched: Vec<bool>,
+    flat_len: u64,
+    /// Pages past the flat region.
     pages: Vec<Page>,
     /// Page number -> index into `pages`.
     index: HashMap<u64, usize>,
@@ -269,7 +290,13 @@ pub struct Census {
 impl Census {
     pub fn new(h: &Header, file_len: u64) -> Self {
         let nb = file_len.div_ceil(h.cluster_size());
+        let flat_pages = (nb + 1).div_ceil(PAGE as u64).min(FLAT_PAGES);
+        let flat_len = flat_pages * PAGE as u64;
         Census {
+            flat_counts: vec![0; flat_len as usize],
+            flat_owners: vec![0; flat_len as usize],
+            flat_touched: vec![false; flat_pages as usize],
+            flat_len,
             pages: Vec::new(),
             index: HashMap::new(),
             last: (u64::MAX, 0),
@@ -293,12 +320,26 @@ impl Census {
     #[inline]
     pub fn page(&self, k: u64) -> PageRef<'_> {
         let pn = k >> PAGE_BITS;
+        if k < self.flat_len {
+            if !self.flat_touched.get(pn as usize).copied().unwrap_or(false) {
+                return PageRef::None;
+            }
+            let r = (pn << PAGE_BITS) as usize..((pn + 1) << PAGE_BITS) as usize;
+            return match (self.flat_counts.get(r.clone()), self.flat_owners.get(r)) {
+                (Some(c), Some(o)) => PageRef::Dense(c, o),
+                _ => PageRef::None,
+            };
+        }
         let i = if self.last.0 == pn {
             Some(self.last.1)
         } else {
             self.index.get(&pn).copied()
         };
-        PageRef(i.and_then(|i| self.pages.get(i)))
+        match i.and_then(|i| self.pages.get(i)) {
+            None => PageRef::None,
+            Some(Page::Sparse(v)) => PageRef::Sparse(v),
+            Some(Page::Dense(d)) => PageRef::Dense(&d.counts[..], &d.owners[..]),
+        }
     }
 
     /// The count of cluster `k` given its page (from [`Census::page`]).
@@ -330,6 +371,10 @@ impl Census {
     /// cluster that may have been referenced in it (the whole page when it
     /// is dense), in no particular order.
     pub fn touched_ranges(&self, mut f: impl FnMut(u64, u64)) {
+        for (pn, _) in self.flat_touched.iter().enumerate().filter(|(_, &t)| t) {
+            let base = (pn as u64) << PAGE_BITS;
+            f(base, base + PAGE as u64 - 1);
+        }
         for (&pn, &i) in &self.index {
             let base = pn << PAGE_BITS;
             match self.pages.get(i) {
@@ -347,9 +392,9 @@ impl Census {
     /// The dense arrays (counts, owners) of `page`, if it is dense: the
     /// comparison's fast path.
     #[inline]
-    pub fn dense<'a>(&self, page: PageRef<'a>) -> Option<(&'a [u8; PAGE], &'a [u8; PAGE])> {
-        match page.0 {
-            Some(Page::Dense(d)) => Some((&*d.counts, &*d.owners)),
+    pub fn dense<'a>(&self, page: PageRef<'a>) -> Option<(&'a [u8], &'a [u8])> {
+        match page {
+            PageRef::Dense(c, o) => Some((c, o)),
             _ => None,
         }
     }
@@ -368,7 +413,9 @@ impl Census {
             return;
         }
         let (p0, p1) = (first >> PAGE_BITS, (end - 1) >> PAGE_BITS);
-        let pages: Vec<u64> = if p1 - p0 < self.index.len() as u64 {
+        let flat_end = (p1 + 1).min(self.flat_touched.len() as u64);
+        let flat = (p0..flat_end).filter(|&pn| self.flat_touched.get(pn as usize) == Some(&true));
+        let paged: Vec<u64> = if p1 - p0 < self.index.len() as u64 {
             (p0..=p1).filter(|pn| self.index.contains_key(pn)).collect()
         } else {
             let mut v: Vec<u64> = self
@@ -380,14 +427,15 @@ impl Census {
             v.sort_unstable();
             v
         };
-        for pn in pages {
+        // Flat pages come first: they are the lowest page numbers.
+        for pn in flat.chain(paged) {
             let page = self.page(pn << PAGE_BITS);
             let base = pn << PAGE_BITS;
             let lo = first.max(base) - base;
             let hi = end.min(base + PAGE as u64) - base;
-            match page.0 {
-                None => {}
-                Some(Page::Dense(_)) => {
+            match page {
+                PageRef::None => {}
+                PageRef::Dense(..) => {
                     for i in lo..hi {
                         let (c, o) = self.get_in(page, base + i);
                         if c > 0 || o > 0 {
@@ -395,7 +443,7 @@ impl Census {
                         }
                     }
                 }
-                Some(Page::Sparse(v)) => {
+                PageRef::Sparse(v) => {
                     for &(i, _, _) in v.iter().filter(|s| (lo..hi).contains(&(s.0 as u64))) {
                         let (c, o) = self.get_in(page, base + i as u64);
                         f(base + i as u64, c, o);
@@ -417,6 +465,12 @@ impl Census {
             return None;
         }
         let pn = k >> PAGE_BITS;
+        if k < self.flat_len {
+            *self.flat_touched.get_mut(pn as usize)? = true;
+            let c = self.flat_counts.get_mut(k as usize)?;
+            let o = self.flat_owners.get_mut(k as usize)?;
+            return Some((c, o));
+        }
         let i = (k as usize) & (PAGE - 1);
         let at = if self.last.0 == pn {
             self.last.1
@@ -504,12 +558,31 @@ impl Census {
     /// Counts one reference to the cluster at `offset` (one cluster long).
     /// The common case of a check, kept branch-light: an aligned cluster
     /// inside the file, in the page last touched, whose count is small.
-    #[inline]
+    #[inline(always)]
     pub fn reference_cluster(&mut self, report: &mut Report, offset: u64, owner: u8, what: &str) {
         let cs = 1u64 << self.cluster_bits;
         let k = offset >> self.cluster_bits;
         // `k < nb_clusters` keeps the spare slot out: k lies inside the file.
-        if offset & (cs - 1) == 0 && k < self.nb_clusters && self.last.0 == k >> PAGE_BITS {
+        // The flat region first: no page to find; a first reference marks
+        // its page touched (for the comparison).
+        if offset & (cs - 1) == 0 && k < self.nb_clusters && k < self.flat_len {
+            if let (Some(c), Some(o)) = (
+                self.flat_counts.get_mut(k as usize),
+                self.flat_owners.get_mut(k as usize),
+            ) {
+                if *c < u8::MAX - 1 && (*c as u64) < self.refcount_max {
+                    if *c == 0 {
+                        self.distinct += 1;
+                        if let Some(t) = self.flat_touched.get_mut((k >> PAGE_BITS) as usize) {
+                            *t = true;
+                        }
+                    }
+                    *c += 1;
+                    *o |= owner;
+                    return;
+                }
+            }
+        } else if offset & (cs - 1) == 0 && k < self.nb_clusters && self.last.0 == k >> PAGE_BITS {
             if let Some(Page::Dense(d)) = self.pages.get_mut(self.last.1) {
                 let i = (k as usize) & (PAGE - 1);
                 if let (Some(c), Some(o)) = (d.counts.get_mut(i), d.owners.get_mut(i)) {
