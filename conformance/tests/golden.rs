@@ -150,7 +150,7 @@ const TRIGGERED_BY_TESTS: &[(&str, &str)] = &[
     ),
     (
         "input.virtual-size",
-        "core/tests/hostile.rs: parallels_with_a_huge_claimed_disk_maps_in_bounded_time",
+        "core/src/disk/chain.rs: sizes_above_bdrv_max_length_are_refused",
     ),
 ];
 

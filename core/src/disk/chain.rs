@@ -23,7 +23,15 @@ fn open_layer(
         }
         None => (Box::new(raw::RawLayer::new(src)) as Box<dyn Layer>, None),
     };
-    let size = opened.0.size();
+    valid_size(opened.0.size())?;
+    Ok(opened)
+}
+
+/// Refuses a virtual size above QEMU's BDRV_MAX_LENGTH before anything is
+/// read or streamed. Each format's header rules already stop such sizes
+/// (qcow2's L1 cap, QED's image_size rule, Parallels' disk-size limit);
+/// this is the format-neutral backstop for every layer, raw files included.
+fn valid_size(size: u64) -> Result<(), ReadError> {
     if size > MAX_VIRTUAL_SIZE {
         return Err(ReadError::rule(
             &prule::VIRTUAL_SIZE,
@@ -31,7 +39,7 @@ fn open_layer(
             format!("virtual size {size} is larger than {MAX_VIRTUAL_SIZE} bytes"),
         ));
     }
-    Ok(opened)
+    Ok(())
 }
 
 /// Checks one image and refuses it at the first corruption or check error,
@@ -302,4 +310,17 @@ impl VirtualDisk {
 /// from its header without opening them, for [`policy::audit`].
 pub fn named_files(src: &dyn ReadAt) -> Vec<NamedFile> {
     formats::probe(src).map_or_else(Vec::new, |f| f.named_files(src))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_above_bdrv_max_length_are_refused() {
+        assert!(valid_size(MAX_VIRTUAL_SIZE).is_ok());
+        let e = valid_size(MAX_VIRTUAL_SIZE + 1).err();
+        assert_eq!(e.and_then(|e| e.rule_id()), Some("input.virtual-size"));
+        assert!(valid_size(u64::MAX).is_err());
+    }
 }

@@ -8,24 +8,6 @@ use crate::report::Report;
 use crate::rules::{general, qed as rule};
 use crate::source::{entries_in_file, ReadAt};
 
-/// A table's entries up to its last non-zero one, as far as the file holds
-/// them (read in chunks, holes skipped: a table in a hole costs nothing).
-/// Entries past the returned ones are 0, as a shorter table means.
-pub(crate) fn read_table(src: &dyn ReadAt, h: &Header, offset: u64) -> Vec<u64> {
-    let mut t = Vec::new();
-    for_each_table_entry(src, h, offset, |i, e| {
-        if let Ok(i) = usize::try_from(i) {
-            if t.len() <= i {
-                t.resize(i + 1, 0);
-            }
-            if let Some(slot) = t.get_mut(i) {
-                *slot = e;
-            }
-        }
-    });
-    t
-}
-
 /// Calls `f(index, entry)` for each non-zero entry of the table at
 /// `offset`, as far as the file holds it, without holding the table.
 fn for_each_table_entry(src: &dyn ReadAt, h: &Header, offset: u64, mut f: impl FnMut(u64, u64)) {

@@ -1,7 +1,6 @@
 //! What `qconform info` shows of a QED image: the header fields, the feature
 //! bits by name (spec "Feature bits"), the backing file, the L1 table.
 
-use super::check::read_table;
 use super::header::{self, Header, F_BACKING_FILE, F_BACKING_FORMAT_NO_PROBE, F_NEED_CHECK};
 use super::read::MAX_BACKING_NAME;
 use crate::limits::Limits;
@@ -84,7 +83,12 @@ pub fn info(src: &dyn ReadAt, filename: &str, limits: &Limits) -> Result<Info, R
     } else {
         None
     };
-    let l1 = read_table(src, &h, h.l1_table_offset);
+    // L2 tables named: counted as the table is walked, never held whole.
+    let in_file = crate::source::entries_in_file(src, h.l1_table_offset, h.table_entries(), 8);
+    let mut l2_tables = 0u64;
+    crate::source::for_each_entry(src, h.l1_table_offset, in_file, 8, |_, raw| {
+        l2_tables += (crate::source::le_u64(raw, 0) != 0) as u64;
+    });
     Ok(Info {
         cluster_size: h.cs(),
         table_bytes: h.table_bytes(),
@@ -107,7 +111,7 @@ pub fn info(src: &dyn ReadAt, filename: &str, limits: &Limits) -> Result<Info, R
             h.table_entries(),
             8,
         ),
-        l2_tables: l1.iter().filter(|&&e| e != 0).count() as u64,
+        l2_tables,
         need_check: h.features & F_NEED_CHECK != 0,
         header: h,
     })
