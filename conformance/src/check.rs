@@ -15,7 +15,7 @@ fn open_as(
     path: &Path,
     format: Option<&str>,
     limits: &Limits,
-) -> Result<(FileSource, &'static dyn ImageFormat), Report> {
+) -> Result<(FileSource, &'static dyn ImageFormat), Box<Report>> {
     let name = path.display().to_string();
     let src = FileSource::open(path).map_err(|e| {
         let mut r = Report::new(&name, format.unwrap_or("unknown"), limits);
@@ -26,7 +26,7 @@ fn open_as(
             &general::IO_ERROR
         };
         r.add(rule, None, format!("cannot open {name}: {e}"));
-        r
+        Box::new(r)
     })?;
     let found = match format {
         Some(f) => formats::by_name(f),
@@ -42,7 +42,7 @@ fn open_as(
             ),
         };
         r.add(&general::UNKNOWN_FORMAT, Some(0), what);
-        r
+        Box::new(r)
     })?;
     Ok((src, f))
 }
@@ -59,13 +59,13 @@ pub fn check_file(path: &Path, format: Option<&str>, limits: &Limits) -> Report 
             qconform_core::disk::policy::audit(&mut report, path, &names);
             report
         }
-        Err(r) => r,
+        Err(r) => *r,
     }
 }
 
 /// The metadata `qconform info` shows, for an image of any registered format.
-pub fn info_file(path: &Path, limits: &Limits) -> Result<Info, Report> {
-    let (src, f) = open_as(path, None, limits)?;
+pub fn info_file(path: &Path, limits: &Limits) -> qconform_core::Result<Info> {
+    let (src, f) = open_as(path, None, limits).map_err(|r| r.into_error())?;
     f.info(&src, &path.display().to_string(), limits)
 }
 
@@ -193,8 +193,8 @@ pub fn run_check(
 
 pub fn run_info(output: Output, path: &Path) -> i32 {
     match info_file(path, &Limits::default()) {
-        Err(report) => {
-            eprint!("{}", human(&report));
+        Err(e) => {
+            eprintln!("qconform: {}: {e}", path.display());
             1
         }
         Ok(info) => {

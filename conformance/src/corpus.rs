@@ -549,7 +549,7 @@ pub fn build_steps(
     if let Some(edit) = edit {
         let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         let info = qcow2::check::info(&bytes, name, &Limits::default())
-            .map_err(|r| format!("{name}: cannot parse the fresh image: {:?}", r.findings))?;
+            .map_err(|e| format!("{name}: cannot parse the fresh image: {e}"))?;
         let mut img = Image { bytes, info };
         edit(&mut img);
         std::fs::write(&path, &img.bytes).map_err(|e| format!("{}: {e}", path.display()))?;

@@ -168,7 +168,7 @@ pub fn replay_json(root: &Path, path: &Path) -> String {
 pub fn info_json(path: &Path) -> String {
     let v = match crate::check::info_file(path, &Limits::default()) {
         Ok(info) => serde_json::to_value(&info).unwrap_or_default(),
-        Err(r) => serde_json::json!({ "error": r.findings.first().map(|f| f.rule.id) }),
+        Err(e) => serde_json::json!({ "error": e.rule_id() }),
     };
     serde_json::to_string_pretty(&v).unwrap_or_default()
 }

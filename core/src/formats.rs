@@ -62,8 +62,8 @@ pub trait ImageFormat: Sync {
     fn probe(&self, src: &dyn ReadAt) -> bool;
     /// The consistency check (`qconform check`); never panics.
     fn check(&self, src: &dyn ReadAt, filename: &str, limits: &Limits) -> Report;
-    /// The parsed metadata (`qconform info`); on failure the report says why.
-    fn info(&self, src: &dyn ReadAt, filename: &str, limits: &Limits) -> Result<Info, Report>;
+    /// The parsed metadata (`qconform info`); the error names the rule that stopped it.
+    fn info(&self, src: &dyn ReadAt, filename: &str, limits: &Limits) -> crate::Result<Info>;
     /// The image as a layer of a virtual disk, and the file it names below.
     fn open_layer(
         &self,
@@ -110,7 +110,7 @@ macro_rules! image_format {
                 src: &dyn ReadAt,
                 filename: &str,
                 limits: &Limits,
-            ) -> Result<Info, Report> {
+            ) -> crate::Result<Info> {
                 $info(src, filename, limits).map(|i| Info::$ty(Box::new(i)))
             }
             fn open_layer(

@@ -145,6 +145,21 @@ impl Report {
         self.per_rule.contains_key(rule.id)
     }
 
+    /// Why parsing stopped, as the crate's error: the first check error
+    /// (else the first finding) with its rule and offset.
+    #[cold]
+    pub fn into_error(self) -> crate::Error {
+        let f = self
+            .findings
+            .iter()
+            .find(|f| f.severity == Severity::Error)
+            .or(self.findings.first());
+        match f {
+            Some(f) => crate::Error::rule(f.rule, f.offset, f.detail.clone()),
+            None => crate::Error::Unsupported(format!("{}: unreadable", self.filename)),
+        }
+    }
+
     /// Exit code with qemu-img check's meaning: 0 clean, 1 check not
     /// completed, 2 corruptions, 3 leaks only. `strict` counts violations as
     /// corruptions.

@@ -48,12 +48,12 @@ fn qed_invariants(img: &[u8]) -> Result<(), String> {
     let l1 = le64(img, 40);
     let per_table = ts * cs / 8;
     let len = img.len() as u64;
-    if len % cs != 0 {
+    if !len.is_multiple_of(cs) {
         return Err(format!("file length {len} is not whole clusters"));
     }
     let mut refs = vec![0u32; (len / cs) as usize];
     let mut take = |off: u64, n: u64, what: &str| -> Result<(), String> {
-        if off % cs != 0 || off + n * cs > len {
+        if !off.is_multiple_of(cs) || off + n * cs > len {
             return Err(format!("{what} at {off:#x}: unaligned or past EOF"));
         }
         for k in off / cs..off / cs + n {
@@ -97,7 +97,7 @@ fn bat_rules(img: &[u8]) -> Result<(), String> {
             continue;
         }
         let off = if ext { e * cs } else { e * 512 };
-        if off < data_off || off + cs > img.len() as u64 || (off - data_off) % cs != 0 {
+        if off < data_off || off + cs > img.len() as u64 || !(off - data_off).is_multiple_of(cs) {
             return Err(format!("BAT entry {i}: {off:#x} breaks a BAT rule"));
         }
         if !seen.insert(off) {

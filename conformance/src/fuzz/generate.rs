@@ -16,10 +16,10 @@ impl Rng {
     /// The generator of run `index` of a campaign seeded with `seed`.
     pub fn for_run(seed: u64, index: u64) -> Rng {
         let mut r = Rng(seed ^ index.wrapping_mul(0x9e37_79b9_7f4a_7c15));
-        r.next();
+        r.next_u64();
         r
     }
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -31,7 +31,7 @@ impl Rng {
         if n == 0 {
             0
         } else {
-            self.next() % n
+            self.next_u64() % n
         }
     }
     pub fn chance(&mut self, percent: u64) -> bool {
@@ -95,7 +95,7 @@ pub const BACKING: &str = "backing.raw";
 pub const DATA_FILE: &str = "image.data";
 
 fn bytes(rng: &mut Rng, n: usize) -> Vec<u8> {
-    let seed = rng.next() as u8;
+    let seed = rng.next_u64() as u8;
     // Mostly compressible, never constant: a pattern with a counter.
     (0..n)
         .map(|i| seed.wrapping_add((i / 97) as u8) ^ (i as u8 & 7))
@@ -124,10 +124,10 @@ fn qcow2_desc(rng: &mut Rng) -> qcow2::write::Description {
             0 => ClusterData::Zero,
             1 => ClusterData::Compressed(data),
             2 if d.extended_l2 => {
-                let alloc = rng.next() as u32;
+                let alloc = rng.next_u64() as u32;
                 ClusterData::Subclusters {
                     alloc,
-                    zero: !alloc & rng.next() as u32,
+                    zero: !alloc & rng.next_u64() as u32,
                     data,
                 }
             }
@@ -213,8 +213,8 @@ pub fn input(format: GenFormat, rng: &mut Rng) -> Input {
         .map(|_| {
             (
                 rng.below(kinds as u64) as usize,
-                rng.next() as usize,
-                rng.next() as u8,
+                rng.next_u64() as usize,
+                rng.next_u64() as u8,
             )
         })
         .collect();

@@ -124,7 +124,7 @@ impl Offer {
                 f.name()
             )),
             Gate::Feature(_) => None,
-            Gate::VirtioFeature(b) if !self.features.is_some_and(|f| f >> b & 1 == 1) => {
+            Gate::VirtioFeature(b) if self.features.is_none_or(|f| f >> b & 1 != 1) => {
                 Some(format!("virtio feature bit {b} not offered"))
             }
             Gate::VirtioFeature(_) => None,

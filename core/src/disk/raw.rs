@@ -27,7 +27,7 @@ impl Layer for RawLayer {
         Ok((Status::Data { host: guest }, end.saturating_sub(guest)))
     }
     fn read_data(&mut self, host: u64, buf: &mut [u8]) -> Result<(), ReadError> {
-        Ok(self.src.read_zero_padded(buf, host)?)
+        self.src.read_zero_padded(buf, host)
     }
     fn hole_source(&self) -> Option<&dyn ReadAt> {
         Some(self.src.as_ref())

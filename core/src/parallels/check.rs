@@ -23,10 +23,10 @@ pub struct Info {
     pub extension: Option<Extension>,
 }
 
-pub fn info(src: &dyn ReadAt, filename: &str, limits: &Limits) -> Result<Info, Report> {
+pub fn info(src: &dyn ReadAt, filename: &str, limits: &Limits) -> crate::Result<Info> {
     let mut report = Report::new(filename, "parallels", limits);
     let Some(h) = header::parse(src, &mut report) else {
-        return Err(report);
+        return Err(report.into_error());
     };
     let extension = (h.ext_off != 0)
         .then(|| ext::parse(src, &h, &mut report))
@@ -114,7 +114,7 @@ pub fn check(src: &dyn ReadAt, filename: &str, limits: &Limits) -> Report {
                 });
                 return;
             }
-            if (off - data_off) % cs != 0 {
+            if !(off - data_off).is_multiple_of(cs) {
                 report.add_with(&rule::BAT_ALIGNED, at, 1, || {
                     format!(
                         "{} at {off:#x} is not a whole number of clusters past the data offset",

@@ -83,6 +83,6 @@ impl Layer for ParallelsLayer {
     }
 
     fn read_data(&mut self, host: u64, buf: &mut [u8]) -> Result<(), ReadError> {
-        Ok(self.src.read_zero_padded(buf, host)?)
+        self.src.read_zero_padded(buf, host)
     }
 }

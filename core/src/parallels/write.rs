@@ -99,12 +99,12 @@ impl Description {
 pub fn write(d: &Description) -> Result<Vec<u8>, WriteError> {
     let err = |s: String| Err(WriteError(s));
     let cs = d.cluster_size;
-    if cs == 0 || cs % SECTOR != 0 || cs / SECTOR > super::header::MAX_TRACKS as u64 {
+    if cs == 0 || !cs.is_multiple_of(SECTOR) || cs / SECTOR > super::header::MAX_TRACKS as u64 {
         return err(format!(
             "cluster size {cs} is not a positive multiple of 512"
         ));
     }
-    if d.size % SECTOR != 0 || (!d.ext_magic && d.size / SECTOR > u32::MAX as u64) {
+    if !d.size.is_multiple_of(SECTOR) || (!d.ext_magic && d.size / SECTOR > u32::MAX as u64) {
         return err(format!("size {} does not fit this magic", d.size));
     }
     let nb_bat = d.bat_entries();

@@ -121,7 +121,7 @@ pub fn read_directory(
         let cs = h.cluster_size();
         let problem = if extra != 0 {
             Some("has extra data, which QEMU does not support".to_string())
-        } else if table_size == 0 || b_table_off == 0 || b_table_off % cs != 0 {
+        } else if table_size == 0 || b_table_off == 0 || !b_table_off.is_multiple_of(cs) {
             Some(format!(
                 "has an invalid bitmap table ({table_size} entries at {b_table_off:#x})"
             ))
@@ -206,7 +206,7 @@ pub fn table_entry_problem(entry: u64, cluster_size: u64) -> Option<&'static str
         if entry & TABLE_ENTRY_ALL_ONES != 0 {
             return Some("bit 0 (all ones) is set together with an offset");
         }
-        if offset % cluster_size != 0 {
+        if !offset.is_multiple_of(cluster_size) {
             return Some("the data offset is not cluster aligned");
         }
     }

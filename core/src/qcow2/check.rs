@@ -33,18 +33,18 @@ pub struct Info {
     pub bitmaps: Vec<bitmap::Bitmap>,
 }
 
-/// Parses the metadata for `qconform info`. On failure the report says why.
-pub fn info(src: &dyn ReadAt, filename: &str, limits: &Limits) -> Result<Info, Report> {
+/// Parses the metadata for `qconform info`; the error names the rule and offset that stopped it.
+pub fn info(src: &dyn ReadAt, filename: &str, limits: &Limits) -> crate::Result<Info> {
     let mut report = Report::new(filename, "qcow2", limits);
     let parsed = header::parse(src, &mut report);
     let Some(parsed) = parsed else {
-        return Err(report);
+        return Err(report.into_error());
     };
     let Some(extensions) = ext::parse(&parsed.header, &parsed.cluster0, limits, &mut report) else {
-        return Err(report);
+        return Err(report.into_error());
     };
     let Some(snapshots) = snapshot::read(src, &parsed.header, &mut report) else {
-        return Err(report);
+        return Err(report.into_error());
     };
     if !tables_fit(
         src,
@@ -54,7 +54,7 @@ pub fn info(src: &dyn ReadAt, filename: &str, limits: &Limits) -> Result<Info, R
         limits,
         &mut report,
     ) {
-        return Err(report);
+        return Err(report.into_error());
     }
     let bitmaps = match &extensions.bitmaps {
         Some(b) => bitmap::read_directory(src, &parsed.header, b, &mut report).unwrap_or_default(),
@@ -491,7 +491,7 @@ impl Checker<'_, '_> {
                 let l2 = e & L1E_OFFSET_MASK;
                 self.census
                     .reference(self.report, l2, cs, times, owner::L2, "L2 table");
-                if l2 % cs != 0 {
+                if !l2.is_multiple_of(cs) {
                     self.report
                         .add_with(&rule::L1_L2_ALIGNED, Some(entry_offset), times, || {
                             format!(
@@ -670,7 +670,7 @@ impl Checker<'_, '_> {
                         self.report.add_with(&rule::SUBCLUSTER_ALLOC_ZERO, Some(entry_offset), times, || format!(
                             "cluster at {offset:#x}: subclusters {:#x} are both allocated and zero", (bitmap >> 32) & bitmap));
                     }
-                    if offset % cs != 0 {
+                    if !offset.is_multiple_of(cs) {
                         self.report
                             .add_with(&rule::L2_ALIGNED, Some(entry_offset), times, || {
                                 format!("data cluster offset {offset:#x} is not cluster aligned")
@@ -861,7 +861,7 @@ impl Checker<'_, '_> {
                 continue;
             }
             let off = e & super::refcount::REFT_OFFSET_MASK;
-            if off % cs != 0 {
+            if !off.is_multiple_of(cs) {
                 self.report.add_with(&rule::REFBLOCK_ALIGNED, at, 1, || {
                     format!("refcount block {t} at {off:#x} is not cluster aligned")
                 });

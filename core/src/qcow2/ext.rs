@@ -127,7 +127,7 @@ pub fn parse(
                 exts.backing_format = Some(lossy(data));
             }
             EXT_FEATURE_TABLE => {
-                if len % 48 != 0 {
+                if !len.is_multiple_of(48) {
                     report.add_with(&rule::EXT_FEATURE_TABLE, Some(offset), 1, || {
                         format!("feature name table length {len} is not a multiple of 48")
                     });
@@ -173,7 +173,7 @@ pub fn parse(
                         Some("its reserved field is not zero".to_string())
                     } else if b.nb_bitmaps == 0 || b.nb_bitmaps > MAX_BITMAPS {
                         Some(format!("nb_bitmaps {} is outside 1..=65535", b.nb_bitmaps))
-                    } else if b.bitmap_directory_offset % h.cluster_size() != 0 {
+                    } else if !b.bitmap_directory_offset.is_multiple_of(h.cluster_size()) {
                         Some(format!(
                             "bitmap directory offset {:#x} is not cluster aligned",
                             b.bitmap_directory_offset
@@ -214,7 +214,7 @@ pub fn parse(
                     offset: be_u64(data, 0),
                     length: be_u64(data, 8),
                 };
-                if p.offset % h.cluster_size() != 0 {
+                if !p.offset.is_multiple_of(h.cluster_size()) {
                     report.add_with(&rule::EXT_FDE_LAYOUT, Some(offset), 1, || {
                         format!(
                             "encryption header offset {:#x} is not cluster aligned",

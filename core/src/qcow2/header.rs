@@ -202,7 +202,7 @@ pub fn parse(src: &dyn ReadAt, report: &mut Report) -> Option<Parsed> {
             );
             return None;
         }
-        if h.header_length % 8 != 0 {
+        if !h.header_length.is_multiple_of(8) {
             report.add(
                 &rule::HEADER_LENGTH_ALIGNED,
                 Some(100),
@@ -390,7 +390,7 @@ pub fn parse(src: &dyn ReadAt, report: &mut Report) -> Option<Parsed> {
         );
         return None;
     }
-    if h.l1_table_offset % cs != 0
+    if !h.l1_table_offset.is_multiple_of(cs)
         || h.l1_table_offset
             .checked_add(l1_bytes)
             .is_none_or(|e| e > i64::MAX as u64)
@@ -415,7 +415,7 @@ pub fn parse(src: &dyn ReadAt, report: &mut Report) -> Option<Parsed> {
         );
         return None;
     }
-    if h.refcount_table_offset % cs != 0
+    if !h.refcount_table_offset.is_multiple_of(cs)
         || h.refcount_table_offset
             .checked_add(reftable_bytes)
             .is_none_or(|e| e > i64::MAX as u64)

@@ -111,7 +111,7 @@ impl<'a> OnDisk<'a> {
         }
         let index = cluster % epb;
         let bit = index << self.order;
-        let width = ((1u64 << self.order) + 7) / 8;
+        let width = (1u64 << self.order).div_ceil(8);
         let mut buf = [0u8; 8];
         let slot = &mut buf[..width as usize];
         // Past the end of the file a block reads as zeros, as in QEMU.

@@ -55,7 +55,7 @@ pub fn read(src: &dyn ReadAt, h: &Header, report: &mut Report) -> Option<Snapsho
     }
     // The spec (and QEMU) require an aligned offset even for an empty table.
     let start = h.snapshots_offset;
-    if start % h.cluster_size() != 0
+    if !start.is_multiple_of(h.cluster_size())
         || start
             .checked_add(count as u64 * ENTRY_FIXED)
             .is_none_or(|e| e > i64::MAX as u64)
@@ -176,7 +176,7 @@ fn read_string(src: &dyn ReadAt, len: u64, offset: u64, report: &mut Report) -> 
 
 /// Whether a snapshot's L1 table can be walked; records why not.
 pub fn l1_usable(h: &Header, s: &Snapshot, report: &mut Report) -> bool {
-    if s.l1_table_offset % h.cluster_size() != 0 {
+    if !s.l1_table_offset.is_multiple_of(h.cluster_size()) {
         report.add(
             &rule::SNAPSHOT_L1_ALIGNED,
             Some(s.entry_offset),

@@ -63,7 +63,7 @@ pub fn check(src: &dyn ReadAt, filename: &str, limits: &Limits) -> Report {
         used.mark(cs, off, n)
     };
     let table_ok = |off: u64| {
-        off % cs == 0
+        off.is_multiple_of(cs)
             && off >= h.header_bytes()
             && off
                 .checked_add(h.table_bytes())

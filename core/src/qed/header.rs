@@ -105,7 +105,7 @@ pub fn parse(src: &dyn ReadAt, report: &mut Report) -> Option<Header> {
         return None;
     }
     let max = (h.table_entries() as u128).pow(2) * h.cs() as u128;
-    if h.image_size % 512 != 0 || h.image_size as u128 > max {
+    if !h.image_size.is_multiple_of(512) || h.image_size as u128 > max {
         report.add(
             &rule::IMAGE_SIZE,
             Some(48),
@@ -116,7 +116,7 @@ pub fn parse(src: &dyn ReadAt, report: &mut Report) -> Option<Header> {
         );
         return None;
     }
-    if h.l1_table_offset % h.cs() != 0 || h.l1_table_offset < h.header_bytes() {
+    if !h.l1_table_offset.is_multiple_of(h.cs()) || h.l1_table_offset < h.header_bytes() {
         report.add(
             &rule::L1_OFFSET,
             Some(40),

@@ -49,11 +49,11 @@ fn bits(v: u64) -> Vec<u8> {
     (0..64u8).filter(|b| v >> b & 1 == 1).collect()
 }
 
-/// Parses the metadata for `qconform info`. On failure the report says why.
-pub fn info(src: &dyn ReadAt, filename: &str, limits: &Limits) -> Result<Info, Report> {
+/// Parses the metadata for `qconform info`; the error names the rule and offset that stopped it.
+pub fn info(src: &dyn ReadAt, filename: &str, limits: &Limits) -> crate::Result<Info> {
     let mut report = Report::new(filename, "qed", limits);
     let Some(h) = header::parse(src, &mut report) else {
-        return Err(report);
+        return Err(report.into_error());
     };
     let backing_file = if h.features & F_BACKING_FILE != 0 {
         if h.backing_filename_size > MAX_BACKING_NAME {
@@ -65,7 +65,7 @@ pub fn info(src: &dyn ReadAt, filename: &str, limits: &Limits) -> Result<Info, R
                     h.backing_filename_size
                 ),
             );
-            return Err(report);
+            return Err(report.into_error());
         }
         let mut name = vec![0u8; h.backing_filename_size as usize];
         if src
@@ -77,7 +77,7 @@ pub fn info(src: &dyn ReadAt, filename: &str, limits: &Limits) -> Result<Info, R
                 Some(56),
                 "the backing file name lies past the end of the file",
             );
-            return Err(report);
+            return Err(report.into_error());
         }
         Some(String::from_utf8_lossy(&name).into_owned())
     } else {

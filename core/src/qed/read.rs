@@ -176,6 +176,6 @@ impl Layer for QedLayer {
     }
 
     fn read_data(&mut self, host: u64, buf: &mut [u8]) -> Result<(), ReadError> {
-        Ok(self.src.read_zero_padded(buf, host)?)
+        self.src.read_zero_padded(buf, host)
     }
 }

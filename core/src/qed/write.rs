@@ -83,7 +83,7 @@ pub fn write(d: &Description) -> Result<Vec<u8>, WriteError> {
     }
     let per_table = d.table_size as u64 * cs / 8;
     let table_bytes = d.table_size as u64 * cs;
-    if d.size % 512 != 0 || d.size as u128 > (per_table as u128).pow(2) * cs as u128 {
+    if !d.size.is_multiple_of(512) || d.size as u128 > (per_table as u128).pow(2) * cs as u128 {
         return err(format!(
             "size {} is not a multiple of 512 or too large",
             d.size

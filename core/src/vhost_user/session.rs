@@ -513,7 +513,7 @@ impl Session {
                 }
             }
             Gate::VirtioFeature(bit) => {
-                if !self.acked_features.is_some_and(|a| a >> bit & 1 == 1) {
+                if self.acked_features.is_none_or(|a| a >> bit & 1 != 1) {
                     self.finding(
                         &rule::NEG_GATED,
                         seq,
@@ -683,10 +683,10 @@ impl Session {
                 Fe::SetVringNum | Fe::SetVringBase,
                 Payload::VringState(payload::VringState { index, .. }),
             )
-            | (Fe::SetVringAddr, Payload::VringAddr(payload::VringAddr { index, .. })) => {
-                if self.check_index(seq, side, name, *index) {
-                    self.ring(*index);
-                }
+            | (Fe::SetVringAddr, Payload::VringAddr(payload::VringAddr { index, .. }))
+                if self.check_index(seq, side, name, *index) =>
+            {
+                self.ring(*index);
             }
             (
                 Fe::GetVringBase | Fe::GetVringBaseSkipDrain,
