@@ -326,6 +326,17 @@ fn deep_chains_are_read_and_cycles_are_refused_at_once() {
     let (code, out, err) = run(qconform().arg("cat").arg(dir.path().join("l40.qcow2")));
     assert_eq!(code, 0, "{err}");
     assert!(out.starts_with(b"BASEBASE"));
+    // qemu-img reads the same 41 images to the same bytes.
+    let raw = dir.path().join("qemu.raw");
+    qemu_img(
+        dir.path(),
+        &["convert", "-O", "raw", "l40.qcow2", raw.to_str().unwrap()],
+    );
+    assert_eq!(
+        std::fs::read(&raw).unwrap(),
+        out,
+        "cat differs from qemu-img convert"
+    );
     let (code, out, _) = run(qconform()
         .args(["map", "--output", "json"])
         .arg(dir.path().join("l40.qcow2")));
