@@ -118,6 +118,31 @@ pub struct Parsed {
 /// the image stops the check with an error finding (exit code 1, as
 /// qemu-img); other rule violations are recorded and parsing goes on.
 pub fn parse(src: &dyn ReadAt, report: &mut Report) -> Option<Parsed> {
+    let (mut h, fixed) = fixed_fields(src, report)?;
+    lengths(src, &mut h, &fixed, report)?;
+    let cs = h.cluster_size();
+    let mut cluster0 = vec![0u8; cs as usize];
+    if let Err(e) = src.read_zero_padded(&mut cluster0, 0) {
+        report.add(&crate::rules::general::IO_ERROR, Some(0), e.to_string());
+        return None;
+    }
+    padding_and_backing_name(&h, &cluster0, report)?;
+    features(&h, report)?;
+    field_values(&h, report)?;
+    tables(&h, report)?;
+    // refcount_table_clusters == 0 is accepted, as QEMU does in check mode:
+    // every cluster then has refcount 0 and each reference is a corruption.
+    Some(Parsed {
+        header: h,
+        cluster0,
+    })
+}
+
+/// The magic, the version and the fixed fields (spec "Header").
+fn fixed_fields(
+    src: &dyn ReadAt,
+    report: &mut Report,
+) -> Option<(Header, [u8; KNOWN_HEADER_LENGTH as usize])> {
     let mut fixed = [0u8; KNOWN_HEADER_LENGTH as usize];
     if src.size() < 4 || src.read_zero_padded(&mut fixed, 0).is_err() || fixed[..4] != MAGIC {
         report.add(
@@ -137,7 +162,7 @@ pub fn parse(src: &dyn ReadAt, report: &mut Report) -> Option<Parsed> {
         return None;
     }
     let v3 = version >= 3;
-    let mut h = Header {
+    let h = Header {
         version,
         backing_file_offset: be_u64(&fixed, 8),
         backing_file_size: be_u32(&fixed, 16),
@@ -161,14 +186,27 @@ pub fn parse(src: &dyn ReadAt, report: &mut Report) -> Option<Parsed> {
         },
         compression_type: 0,
     };
+    Some((h, fixed))
+}
+
+/// The file holds the whole header; cluster_bits, header_length and the
+/// version 3 fields (spec "Header", "Additional fields").
+fn lengths(
+    src: &dyn ReadAt,
+    h: &mut Header,
+    fixed: &[u8; KNOWN_HEADER_LENGTH as usize],
+    report: &mut Report,
+) -> Option<()> {
+    let v3 = h.version >= 3;
     let min_len = if v3 { 104 } else { V2_HEADER_LENGTH as u64 };
     if src.size() < min_len {
         report.add(
             &rule::TRUNCATED,
             Some(0),
             format!(
-                "the file is {} bytes long, shorter than a version {version} header",
-                src.size()
+                "the file is {} bytes long, shorter than a version {} header",
+                src.size(),
+                h.version
             ),
         );
         return None;
@@ -213,11 +251,14 @@ pub fn parse(src: &dyn ReadAt, report: &mut Report) -> Option<Parsed> {
             h.compression_type = fixed[104];
         }
     }
-    let mut cluster0 = vec![0u8; cs as usize];
-    if let Err(e) = src.read_zero_padded(&mut cluster0, 0) {
-        report.add(&crate::rules::general::IO_ERROR, Some(0), e.to_string());
-        return None;
-    }
+    Some(())
+}
+
+/// Header padding is zero and the backing file name lies in cluster 0
+/// (spec "Header padding", "Header").
+fn padding_and_backing_name(h: &Header, cluster0: &[u8], report: &mut Report) -> Option<()> {
+    let v3 = h.version >= 3;
+    let cs = h.cluster_size();
     if v3 {
         // Padding from the end of compression_type up to header_length must be zero.
         let pad_end = (h.header_length as usize).min(KNOWN_HEADER_LENGTH as usize);
@@ -267,6 +308,12 @@ pub fn parse(src: &dyn ReadAt, report: &mut Report) -> Option<Parsed> {
             );
         }
     }
+    Some(())
+}
+
+/// Feature bits: unknown incompatible bits stop the check; dirty, corrupt,
+/// unknown compatible and autoclear bits are reported (spec "Header").
+fn features(h: &Header, report: &mut Report) -> Option<()> {
     let unknown = h.incompatible_features & !INCOMPAT_KNOWN;
     if unknown != 0 {
         report.add(
@@ -307,6 +354,14 @@ pub fn parse(src: &dyn ReadAt, report: &mut Report) -> Option<Parsed> {
             ),
         );
     }
+    Some(())
+}
+
+/// Field values QEMU refuses: refcount order, compression type (and its
+/// bit), extended L2 with small clusters, the encryption method, raw data
+/// files without a data file.
+fn field_values(h: &Header, report: &mut Report) -> Option<()> {
+    let cs = h.cluster_size();
     if h.refcount_order > 6 {
         report.add(
             &rule::REFCOUNT_ORDER,
@@ -367,6 +422,13 @@ pub fn parse(src: &dyn ReadAt, report: &mut Report) -> Option<Parsed> {
             );
         }
     }
+    Some(())
+}
+
+/// The active L1 table and the refcount table fit QEMU's limits and are
+/// aligned (spec "Header", "Host cluster management").
+fn tables(h: &Header, report: &mut Report) -> Option<()> {
+    let cs = h.cluster_size();
     // Active L1 table.
     let l1_bytes = h.l1_size as u64 * 8;
     if l1_bytes > MAX_L1_BYTES {
@@ -430,10 +492,5 @@ pub fn parse(src: &dyn ReadAt, report: &mut Report) -> Option<Parsed> {
         );
         return None;
     }
-    // refcount_table_clusters == 0 is accepted, as QEMU does in check mode:
-    // every cluster then has refcount 0 and each reference is a corruption.
-    Some(Parsed {
-        header: h,
-        cluster0,
-    })
+    Some(())
 }
