@@ -616,11 +616,11 @@ fn qcow2_extended_l2() -> Vec<u8> {
     i[3 * cs..].fill(0);
     // 0: allocated and zero at once; 1: unallocated with allocation bits;
     // 2: compressed with a subcluster bitmap.
-    be64(&mut i, l2, (1 << 63) | 3 * cs as u64);
+    be64(&mut i, l2, (1 << 63) | (3 * cs as u64));
     be64(&mut i, l2 + 8, 0x0000_00ff_0000_00ff);
     be64(&mut i, l2 + 16, 0);
     be64(&mut i, l2 + 24, 0x0000_0000_0000_000f);
-    be64(&mut i, l2 + 32, (1 << 62) | 2 * cs as u64 + 64);
+    be64(&mut i, l2 + 32, (1 << 62) | (2 * cs as u64 + 64));
     be64(&mut i, l2 + 40, 1);
     i
 }
