@@ -4,7 +4,8 @@
 //! golden            rewrite golden/ from the current reports
 //! seeds             rewrite the vhost-user fuzz seeds from corpus/vhost-user
 //! peers             fetch QEMU 7.2 (front-end) and virtiofsd (back-end) into ~/.cache/qconform
-//! fuzz [--secs N] [--target T]   run fuzz targets (nightly + ASan when present, else -s none)
+//! fuzz [--secs N] [--target T]   replay regressions, then fuzz (nightly + ASan when present, else -s none)
+//! fuzz --bench | --seeds | --coverage   exec/s per target, seeds from code, coverage (xtask/src/fuzz.rs)
 //! bench             qconform check vs qemu-img check on a 1 TiB preallocated image
 //! test [ARGS...]    provision what the tests need (peers), then `cargo test --workspace ARGS...`
 //! ci                what .ci/run runs after installing tools
@@ -13,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 mod bench;
+mod fuzz;
 mod peers;
 
 type DynError = Box<dyn std::error::Error>;
@@ -34,13 +36,13 @@ fn main() -> ExitCode {
         "seeds" => vhost_seeds(&root()),
         "recordings" => recordings(&root()),
         "peers" => peers::run_peers(),
-        "fuzz" => fuzz(rest),
+        "fuzz" => fuzz::run(rest),
         "bench" => bench::run(rest),
         "test" => test(rest),
         "ci" => ci(),
         _ => {
             eprintln!(
-                "usage: cargo xtask corpus | golden | fuzz [--secs N] [--target T] | bench | test [ARGS...] | ci"
+                "usage: cargo xtask corpus | golden | fuzz [--secs N] [--target T] [--bench | --seeds | --coverage] | bench | test [ARGS...] | ci"
             );
             return ExitCode::from(2);
         }
@@ -116,24 +118,8 @@ fn corpus(args: &[String]) -> Result<(), DynError> {
     if only.is_empty() || only.contains(&"vhost-user") {
         transcripts(&root)?;
     }
-    // Fuzz seeds: every corpus image of the target's format (small ones;
-    // the fuzzer mutates them).
-    for f in qconform_core::formats::FORMATS {
-        let (target, ext) = (qconform_fuzz::check_target(f.name()), f.extension());
-        let seeds = root.join("corpus/fuzz").join(&target);
-        if seeds.exists() {
-            std::fs::remove_dir_all(&seeds)?;
-        }
-        std::fs::create_dir_all(&seeds)?;
-        for (name, path) in qconform::golden::corpus_images(&root) {
-            // Large images make slow seeds; their structure is in the small ones.
-            if path.extension().is_some_and(|x| x == ext)
-                && std::fs::metadata(&path)?.len() <= 1 << 20
-            {
-                std::fs::copy(&path, seeds.join(name))?;
-            }
-        }
-    }
+    // Fuzz seeds of the raw-format targets: small images built from code.
+    fuzz::write_seeds(&root)?;
     println!("{} cases under {}", cases.len(), dir.display());
     Ok(())
 }
@@ -446,75 +432,6 @@ fn golden() -> Result<(), DynError> {
     }
 }
 
-fn has_nightly() -> bool {
-    Command::new("cargo")
-        .args(["+nightly", "--version"])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-fn fuzz(args: &[String]) -> Result<(), DynError> {
-    let mut secs = 60u64;
-    let mut targets: Vec<String> = Vec::new();
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--secs" => secs = it.next().ok_or("--secs needs a value")?.parse()?,
-            "--target" => targets.push(it.next().ok_or("--target needs a value")?.clone()),
-            other => return Err(format!("unknown fuzz option {other}").into()),
-        }
-    }
-    if targets.is_empty() {
-        targets = list_targets()?;
-    }
-    let root = root();
-    let nightly = has_nightly();
-    for t in targets {
-        let work = root.join("fuzz/corpus").join(&t);
-        std::fs::create_dir_all(&work)?;
-        let seeds = root.join("corpus/fuzz").join(&t);
-        let dict = root.join("fuzz/dictionaries").join(format!("{t}.dict"));
-        let mut cmd = Command::new("cargo");
-        if nightly {
-            cmd.arg("+nightly");
-        } else {
-            // Stable rustc: no sanitizer, and cargo-fuzz's -Z flags need bootstrap.
-            cmd.env("RUSTC_BOOTSTRAP", "1");
-        }
-        cmd.args(["fuzz", "run"]);
-        if !nightly {
-            cmd.args(["-s", "none"]);
-        }
-        cmd.arg(&t)
-            .arg(&work)
-            .arg(&seeds)
-            .arg("--")
-            .arg(format!("-max_total_time={secs}"));
-        if dict.exists() {
-            cmd.arg(format!("-dict={}", dict.display()));
-        }
-        cmd.current_dir(&root);
-        println!("running {cmd:?}");
-        let status = cmd.status()?;
-        if !status.success() {
-            return Err(format!("fuzz target {t} failed (crash? see fuzz/artifacts/{t})").into());
-        }
-    }
-    Ok(())
-}
-
-fn list_targets() -> Result<Vec<String>, DynError> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(root().join("fuzz/fuzz_targets"))? {
-        let p = e?.path();
-        if let Some(s) = p.file_stem().and_then(|s| s.to_str()) {
-            out.push(s.to_owned());
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
 /// Runs `cargo ARGS...` at the repository root.
 fn cargo<S: AsRef<str>>(args: &[S]) -> Result<(), DynError> {
     let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
@@ -545,7 +462,7 @@ fn ci() -> Result<(), DynError> {
     cargo(&["fmt", "--all", "--", "--check"])?;
     test(&["--release".to_owned()])?;
     cargo(&["run", "--release", "-q", "-p", "qconform", "--", "conform"])?;
-    fuzz(&["--secs".into(), "20".into()])
+    fuzz::run(&["--secs".into(), "20".into()])
 }
 
 /// The Parallels cases: QEMU's sample images (from shared/samples, bzip2)
