@@ -86,8 +86,11 @@ pub fn qcow2_check(data: &[u8]) {
     format_check("qcow2", data)
 }
 
+/// A target's body: what it does with one input.
+pub type Body = fn(&[u8]);
+
 /// All targets by name, for the replay test and `main` of a plain build.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Body)] = &[
     ("qcow2_check", qcow2_check),
     ("vhost_user_decode", vhost_user_decode),
     ("vhost_user_session", vhost_user_session),

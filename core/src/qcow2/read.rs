@@ -200,6 +200,7 @@ impl Layer for Qcow2Layer {
         if l2_offset == 0 {
             return self.empty_l1_run(guest, l1_index);
         }
+        let disk_left = self.size.saturating_sub(guest);
         let table = self.l2_table(l2_offset)?;
         let (entry, bitmap) = l2_entry(&h, table, l2_index as usize);
         let entry_offset = l2_offset + l2_index * h.l2_entry_bytes();
@@ -209,9 +210,12 @@ impl Layer for Qcow2Layer {
             }
             return self.subcluster_run(guest, entry, bitmap, entry_offset);
         }
-        // A run of entries of one kind within this L2 table: one step.
+        // A run of entries of one kind within this L2 table: one step. The
+        // scan stops at the end of the disk (a table of 2 MiB clusters has
+        // 2^18 entries; a small disk uses a few).
+        let last = h.l2_entries().min(l2_index + disk_left.div_ceil(cs));
         let mut n = 1u64;
-        while l2_index + n < h.l2_entries() {
+        while l2_index + n < last {
             let (next, _) = l2_entry(&h, table, (l2_index + n) as usize);
             if !continues(&h, entry, n, next) {
                 break;
