@@ -193,7 +193,10 @@ fn matrix(root: &Path) -> (Option<Matrix>, usize) {
     });
     match cells {
         Ok((cells, names)) => {
-            let errors = cells.iter().filter(|c| c.verdict == "error").count();
+            let errors = cells
+                .iter()
+                .filter(|c| c.verdict == crate::vhost::matrix::Verdict::Error)
+                .count();
             (Some((cells, names)), errors)
         }
         Err(e) => {
@@ -231,7 +234,10 @@ fn print_human(rows: &[Row], matrix: Option<&Matrix>) {
     if let Some((cells, names)) = matrix {
         crate::outln!("\nvhost-user conformance matrix (recorded conversations replayed against the back-ends on this machine):");
         crate::out!("{}", crate::vhost::matrix::table(cells, names));
-        for c in cells.iter().filter(|c| c.verdict == "error") {
+        for c in cells
+            .iter()
+            .filter(|c| c.verdict == crate::vhost::matrix::Verdict::Error)
+        {
             crate::outln!(
                 "cannot run {} against {}: {}",
                 c.transcript,

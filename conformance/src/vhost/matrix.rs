@@ -16,12 +16,25 @@ use std::time::Duration;
 pub struct Cell {
     pub transcript: String,
     pub backend: String,
-    /// "conforming", "findings", "divergences" or "error".
-    pub verdict: String,
+    pub verdict: Verdict,
     pub findings: u64,
     pub divergences: usize,
     pub skipped: usize,
     pub detail: Option<String>,
+}
+
+/// How one transcript replayed against one back-end came out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// Every compared reply as recorded, no rule broken.
+    Conforming,
+    /// Rule findings on the back-end's side.
+    Findings,
+    /// Replies that differ from the recording.
+    Divergences,
+    /// The cell could not run (back-end did not start, transcript unreadable).
+    Error,
 }
 
 impl Cell {
@@ -31,10 +44,12 @@ impl Cell {
         } else {
             String::new()
         };
-        match self.verdict.as_str() {
-            "conforming" => format!("conforming{skipped}"),
-            "error" => "cannot run".into(),
-            _ => format!("{}F/{}D{skipped}", self.findings, self.divergences),
+        match self.verdict {
+            Verdict::Conforming => format!("conforming{skipped}"),
+            Verdict::Error => "cannot run".into(),
+            Verdict::Findings | Verdict::Divergences => {
+                format!("{}F/{}D{skipped}", self.findings, self.divergences)
+            }
         }
     }
 }
@@ -77,7 +92,7 @@ pub fn cell(
     let mut cell = Cell {
         transcript: name.clone(),
         backend: backend.into(),
-        verdict: "error".into(),
+        verdict: Verdict::Error,
         findings: 0,
         divergences: 0,
         skipped: 0,
@@ -111,13 +126,12 @@ pub fn cell(
             cell.skipped = r.skipped.len();
             cell.detail = r.stopped.clone();
             cell.verdict = if r.conforming() {
-                "conforming"
+                Verdict::Conforming
             } else if cell.divergences > 0 {
-                "divergences"
+                Verdict::Divergences
             } else {
-                "findings"
-            }
-            .into();
+                Verdict::Findings
+            };
             (cell, Some(r))
         }
         Err(e) => {
@@ -140,9 +154,9 @@ pub fn junit(cells: &[Cell], backends: &[String]) -> String {
         let mine: Vec<&Cell> = cells.iter().filter(|c| &c.backend == b).collect();
         let failures = mine
             .iter()
-            .filter(|c| c.verdict != "conforming" && c.verdict != "error")
+            .filter(|c| matches!(c.verdict, Verdict::Findings | Verdict::Divergences))
             .count();
-        let errors = mine.iter().filter(|c| c.verdict == "error").count();
+        let errors = mine.iter().filter(|c| c.verdict == Verdict::Error).count();
         out.push_str(&format!(
             "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{failures}\" errors=\"{errors}\">\n",
             xml_escape(b),
@@ -155,10 +169,12 @@ pub fn junit(cells: &[Cell], backends: &[String]) -> String {
                 xml_escape(&c.transcript)
             ));
             let detail = xml_escape(c.detail.as_deref().unwrap_or(""));
-            match c.verdict.as_str() {
-                "conforming" => {}
-                "error" => out.push_str(&format!("<error message=\"cannot run\">{detail}</error>")),
-                _ => out.push_str(&format!(
+            match c.verdict {
+                Verdict::Conforming => {}
+                Verdict::Error => {
+                    out.push_str(&format!("<error message=\"cannot run\">{detail}</error>"))
+                }
+                Verdict::Findings | Verdict::Divergences => out.push_str(&format!(
                     "<failure message=\"{} findings, {} divergences\">{detail}</failure>",
                     c.findings, c.divergences
                 )),
@@ -227,7 +243,7 @@ pub fn run(
             return 1;
         }
     }
-    if cells.iter().any(|c| c.verdict == "error") {
+    if cells.iter().any(|c| c.verdict == Verdict::Error) {
         1
     } else {
         0
