@@ -2,7 +2,7 @@
 //! our reader, and what counts as a finding.
 //!
 //! Our side decides validity: an image is valid when our checker, strict,
-//! reports no check error, corruption or violation (a leak does not change
+//! reports no check error, corruption or violation, names included (a leak does not change
 //! what the guest reads) and our reader (`VirtualDisk`, `verify: true`,
 //! `NoFiles`, backing ignored) reads all of it. Findings: the peer panics or
 //! hangs (on any image); the peer errors on a valid image; the peer's bytes
@@ -148,7 +148,11 @@ fn limits() -> Limits {
 /// Our verdict: the guest's bytes when the image is valid, else why not.
 pub fn ours(image: &[u8], bounds: &Bounds) -> Result<Vec<u8>, String> {
     let limits = limits();
-    let report = qcow2::check(&image, "peer-input", &limits);
+    let mut report = qcow2::check(&image, "peer-input", &limits);
+    // As `qconform check` does: names inside the image the path policy
+    // refuses (empty, not UTF-8, a protocol) are violations too.
+    let names = qconform_core::disk::named_files(&image);
+    qconform_core::disk::policy::audit(&mut report, std::path::Path::new("peer-input"), &names);
     if report.check_errors > 0 || report.corruptions > 0 || report.violations > 0 {
         let rules: Vec<&str> = report
             .findings
