@@ -10,6 +10,7 @@
 //! [`differential`] builds the inputs (writer-made images, then mutated, see
 //! [`generate`]) and decides what is a finding.
 
+pub mod backing;
 pub mod campaign;
 pub mod differential;
 pub mod generate;

@@ -6,6 +6,7 @@
 //! would open it): unallocated clusters read as zeros, as ours with
 //! `Backing::Ignore`. qcow2-rs never opens an external data file.
 
+use crate::backing::BackingFile;
 use crate::Bounds;
 use qcow2_rs::dev::Qcow2DevParams;
 use qcow2_rs::error::Qcow2Result;
@@ -46,22 +47,62 @@ const BLOCK: usize = 512;
 /// Reads the whole virtual disk of the qcow2 image `data`.
 pub fn read(data: &[u8], bounds: &Bounds) -> Result<Vec<u8>, String> {
     crate::precheck(data, bounds)?;
-    futures::executor::block_on(read_async(data.to_vec(), bounds))
+    futures::executor::block_on(read_async(data.to_vec(), None, bounds))
 }
 
-/// Reads the whole virtual disk of the qcow2 image at `path`.
+/// Reads the whole virtual disk of the qcow2 image at `path`, no backing
+/// image used.
 pub fn read_path(path: &Path, bounds: &Bounds) -> Result<Vec<u8>, String> {
-    let data = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    read(&data, bounds)
+    read_path_with(path, None, bounds)
 }
 
-async fn read_async(data: Vec<u8>, bounds: &Bounds) -> Result<Vec<u8>, String> {
+/// Reads the whole virtual disk of the qcow2 image at `path` over the
+/// backing file `backing`: qcow2-rs's backing device is a qcow2 device of
+/// the same IO type, so a raw backing file is refused (not supported).
+pub fn read_path_with(
+    path: &Path,
+    backing: Option<&BackingFile>,
+    bounds: &Bounds,
+) -> Result<Vec<u8>, String> {
+    let data = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    crate::precheck(&data, bounds)?;
+    let base = match backing {
+        None => None,
+        Some(BackingFile::Qcow2(p)) => {
+            let b = std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?;
+            crate::precheck(&b, bounds)?;
+            Some(b)
+        }
+        Some(BackingFile::Raw(p)) => {
+            return Err(format!(
+                "backing {}: qcow2-rs 0.1.6 opens only qcow2 backing files",
+                p.display()
+            ))
+        }
+    };
+    futures::executor::block_on(read_async(data, base, bounds))
+}
+
+async fn read_async(
+    data: Vec<u8>,
+    backing: Option<Vec<u8>>,
+    bounds: &Bounds,
+) -> Result<Vec<u8>, String> {
     // Read-only, buffered, default caches: what `rqcow2` uses to read.
     let params = Qcow2DevParams::new(9, None, None, true, false);
-    let (dev, _backing_name) =
+    let (mut dev, _backing_name) =
         qcow2_rs::utils::qcow2_alloc_dev(Path::new("memory.qcow2"), MemIo(data), &params)
             .await
             .map_err(|e| format!("open: {e:?}"))?;
+    if let Some(b) = backing {
+        // As qcow2-rs's own setup helpers mark a backing device.
+        let p = params.clone();
+        p.mark_backing_dev(Some(true));
+        let (bdev, _) = qcow2_rs::utils::qcow2_alloc_dev(Path::new("backing.qcow2"), MemIo(b), &p)
+            .await
+            .map_err(|e| format!("backing: {e:?}"))?;
+        dev.set_backing_dev(Box::new(bdev));
+    }
     dev.qcow2_prep_io()
         .await
         .map_err(|e| format!("open: {e:?}"))?;

@@ -45,3 +45,54 @@ fn reads_writes_errors_and_aborts() {
     let (st, _, _) = peer_read("nobody", &img);
     assert_eq!(st.code(), Some(2));
 }
+
+#[test]
+fn follows_a_backing_file_inside_the_image_directory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cs = 1u64 << 16;
+    // The base: raw, or qcow2 with every cluster allocated.
+    let base_bytes = vec![0xccu8; 4 * cs as usize];
+    std::fs::write(dir.path().join("base.raw"), &base_bytes).expect("write base");
+    let mut b = Description::new(4 * cs, 16);
+    for k in 0..4 {
+        b.clusters
+            .insert(k, ClusterData::Data(vec![0xcc; cs as usize]));
+    }
+    std::fs::write(
+        dir.path().join("base.qcow2"),
+        write(&b).expect("writer").image,
+    )
+    .expect("write base");
+    let mut want = base_bytes.clone();
+    want[..cs as usize].fill(0x11);
+    for (name, format, qcow2rs_reads) in [("base.raw", "raw", false), ("base.qcow2", "qcow2", true)]
+    {
+        let mut d = Description::new(4 * cs, 16);
+        d.clusters
+            .insert(0, ClusterData::Data(vec![0x11; cs as usize]));
+        d.backing = Some((name.into(), Some(format.into())));
+        let top = dir.path().join("top.qcow2");
+        std::fs::write(&top, write(&d).expect("writer").image).expect("write top");
+        for imp in ["imago", "qcow2-rs"] {
+            let out = dir.path().join("out.raw");
+            let _ = std::fs::remove_file(&out);
+            let st = Command::new(env!("CARGO_BIN_EXE_qconform-peer-read"))
+                .args(["--impl", imp])
+                .arg(&top)
+                .arg(&out)
+                .status()
+                .expect("run");
+            if imp == "qcow2-rs" && !qcow2rs_reads {
+                // qcow2-rs's backing device is qcow2 only.
+                assert_eq!(st.code(), Some(1), "{imp} {name}");
+                continue;
+            }
+            assert_eq!(st.code(), Some(0), "{imp} {name}");
+            assert_eq!(
+                std::fs::read(&out).unwrap_or_default(),
+                want,
+                "{imp} {name}"
+            );
+        }
+    }
+}

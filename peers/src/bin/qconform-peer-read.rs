@@ -2,6 +2,10 @@
 //! that implementation and writes the guest's bytes to OUT, for campaigns
 //! (`qconform fuzz image --oracle read --target '... {image} {out}'`).
 //!
+//! A backing file the image names is followed when qconform's default path
+//! policy allows it (relative, inside the image's directory; see
+//! `qconform_peers::backing`); one that is absent reads as zeros.
+//!
 //! Exit 0 with OUT written; 1 when the peer returns an error (the message
 //! on stderr); 2 on bad usage. A panic of the peer is reported on stderr
 //! and the process aborts (SIGABRT), so the campaign sees a crash; a hang
@@ -33,10 +37,17 @@ fn main() -> ExitCode {
         eprintln!("qconform-peer-read: peer panicked: {info}");
         std::process::abort();
     }));
-    let read = match imp {
-        Impl::Imago => qconform_peers::imago_peer::read_path(path, &bounds),
-        Impl::Qcow2Rs => qconform_peers::qcow2rs_peer::read_path(path, &bounds),
-    };
+    let read = std::fs::read(path)
+        .map_err(|e| format!("{image}: {e}"))
+        .and_then(|data| qconform_peers::backing::locate(path, &data))
+        .and_then(|backing| match imp {
+            Impl::Imago => {
+                qconform_peers::imago_peer::read_path_with(path, backing.as_ref(), &bounds)
+            }
+            Impl::Qcow2Rs => {
+                qconform_peers::qcow2rs_peer::read_path_with(path, backing.as_ref(), &bounds)
+            }
+        });
     match read {
         Ok(bytes) => match std::fs::write(out, bytes) {
             Ok(()) => ExitCode::SUCCESS,
