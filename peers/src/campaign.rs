@@ -1,0 +1,110 @@
+//! Fixed-seed campaigns through the differential bodies: inputs from a
+//! small deterministic generator, findings grouped by a signature, each
+//! group's first input minimised.
+
+use crate::differential::{find, known, Finding};
+use crate::Impl;
+
+/// splitmix64: a fixed seed gives the same inputs on every machine.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    /// One input: 16 to 79 bytes (the generator reads at most that many).
+    pub fn input(&mut self) -> Vec<u8> {
+        let n = 16 + (self.next_u64() % 64) as usize;
+        (0..n).map(|_| self.next_u64() as u8).collect()
+    }
+}
+
+/// What groups findings: the kind and the peer's message with numbers
+/// blanked (one bug at many offsets is one group).
+pub fn signature(f: &Finding) -> String {
+    // Offsets and lengths vary within one bug; feature bit numbers and
+    // other short numbers tell bugs apart.
+    let mut s = String::new();
+    for word in f.detail.split(' ') {
+        let digits = word.trim_matches(|c: char| !c.is_ascii_alphanumeric());
+        let numeric = digits.starts_with("0x")
+            || (digits.len() >= 3 && digits.chars().all(|c| c.is_ascii_digit()));
+        s.push_str(if numeric { "N" } else { word });
+        s.push(' ');
+    }
+    format!("{} {} {}", f.imp.name(), f.kind.name(), s.trim_end())
+}
+
+/// Shrinks `data` while `imp` still gives a finding of the same signature:
+/// drops trailing bytes, then zeroes bytes one at a time (0 is what a
+/// missing byte reads as, so zeros are the generator's defaults).
+pub fn minimise(imp: Impl, data: &[u8], sig: &str) -> Vec<u8> {
+    let same = |d: &[u8]| find(imp, d).is_some_and(|f| signature(&f) == sig);
+    let mut cur = data.to_vec();
+    while !cur.is_empty() {
+        let shorter = &cur[..cur.len() - 1];
+        if same(shorter) {
+            cur.pop();
+        } else {
+            break;
+        }
+    }
+    for i in 0..cur.len() {
+        if cur[i] != 0 {
+            let mut t = cur.clone();
+            t[i] = 0;
+            if same(&t) {
+                cur = t;
+            }
+        }
+    }
+    cur
+}
+
+/// One group of findings.
+pub struct Group {
+    pub signature: String,
+    pub count: u64,
+    pub first: Finding,
+    pub input: Vec<u8>,
+    pub known: Option<&'static str>,
+}
+
+/// Runs `runs` inputs from `seed` through `imp`'s differential body.
+pub fn campaign(imp: Impl, runs: u64, seed: u64) -> Vec<Group> {
+    let mut rng = Rng::new(seed);
+    let mut groups: Vec<Group> = Vec::new();
+    let slow = std::env::var_os("QCONFORM_PEERS_SLOW").is_some();
+    for _ in 0..runs {
+        let input = rng.input();
+        let t = std::time::Instant::now();
+        let found = find(imp, &input);
+        if slow && t.elapsed().as_millis() > 200 {
+            // Where a campaign spends its time, for tuning the generator.
+            let g = crate::generate::generate(&input).map(|g| g.summary());
+            eprintln!("slow {:?}: {g:?}", t.elapsed());
+        }
+        let Some(f) = found else {
+            continue;
+        };
+        let sig = signature(&f);
+        match groups.iter_mut().find(|g| g.signature == sig) {
+            Some(g) => g.count += 1,
+            None => groups.push(Group {
+                signature: sig,
+                count: 1,
+                known: known(&f).map(|k| k.why),
+                first: f,
+                input,
+            }),
+        }
+    }
+    groups
+}
