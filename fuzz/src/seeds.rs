@@ -19,6 +19,14 @@ pub const MAX_SEED: usize = 64 << 10;
 /// reported on some seed.
 pub const UNREACHABLE: &[(&Rule, &str)] = &[
     (
+        &rules::general::TABLE_LIMIT,
+        "a table over Limits::max_table_bytes (256 MiB) needs a file that large; core/tests/hostile_bounds.rs lowers the cap",
+    ),
+    (
+        &rules::policy::VIRTUAL_SIZE,
+        "each format's header rules refuse such sizes first; the format-neutral backstop is tested in core/src/disk/chain.rs",
+    ),
+    (
         &rules::general::IO_ERROR,
         "the fuzz input is a byte slice: reads inside it never fail",
     ),
