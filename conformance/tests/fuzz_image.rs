@@ -200,6 +200,30 @@ fn deliberately_broken_fakes_are_caught() {
             .any(|f| f["kind"] == "read" || f["kind"] == "accepts-corrupt"),
         "{v}"
     );
+    // A reader that refuses everything rejects images qconform reads.
+    let (_, v) = campaign(&[
+        "--format", "qed", "--target", "false", "--runs", "20", "--seed", "3", "--oracle", "read",
+    ]);
+    assert!(
+        findings(&v).iter().any(|f| f["kind"] == "rejects-valid"),
+        "{v}"
+    );
+    // A target that is not there is a campaign that cannot run, not "0 findings".
+    let st = qconform()
+        .args([
+            "fuzz",
+            "image",
+            "--format",
+            "qcow2",
+            "--target",
+            "/nonexistent/tool {image}",
+            "--runs",
+            "3",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(st.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&st.stderr).contains("not found"));
     // A campaign that cannot run (its expectations file is missing): exit 1.
     let st = qconform()
         .args([

@@ -64,6 +64,7 @@ pub enum Kind {
     Memory,
     Check,
     Read,
+    RejectsValid,
     AcceptsCorrupt,
 }
 
@@ -75,6 +76,7 @@ impl Kind {
             Kind::Memory => "memory",
             Kind::Check => "check",
             Kind::Read => "read",
+            Kind::RejectsValid => "rejects-valid",
             Kind::AcceptsCorrupt => "accepts-corrupt",
         }
     }
@@ -171,6 +173,14 @@ fn judge(
         .replace("{out}", &target::shell_quote(&out.display().to_string()))
         .replace("{dir}", &target::shell_quote(&dir.display().to_string()));
     let r = target::run(&command, dir, o.timeout, o.memory_mb)?;
+    // sh's "not found" / "not executable": the campaign cannot run at all.
+    if matches!(r.code, Some(126 | 127)) {
+        return Err(std::io::Error::other(format!(
+            "the target exits {}: {}",
+            r.code.unwrap_or(0),
+            r.stderr_tail.trim()
+        )));
+    }
     let rules: Vec<&'static str> = built.rules.iter().map(|r| r.id).collect();
     let verdict = if r.timed_out {
         Some(Verdict {
@@ -215,7 +225,18 @@ fn judge(
                 detail: format!("target exits {theirs}, qconform check {ours}"),
                 stderr_tail: r.stderr_tail.clone(),
             })
-        } else if o.oracle == Oracle::Read && theirs == 0 {
+        } else if o.oracle == Oracle::Read && theirs != 0 {
+            // A reader that refuses an image we call valid (and can read).
+            match (ours, bytes) {
+                (0 | 3, Some(_)) => Some(Verdict {
+                    kind: Kind::RejectsValid,
+                    signal: None,
+                    detail: format!("target exits {theirs} on an image qconform reads"),
+                    stderr_tail: r.stderr_tail.clone(),
+                }),
+                _ => None,
+            }
+        } else if o.oracle == Oracle::Read {
             let got = std::fs::read(&out).unwrap_or_default();
             match (ours, bytes) {
                 (0 | 3, Some(want)) if got != want => Some(Verdict {
@@ -292,9 +313,30 @@ fn expectations(path: Option<&Path>) -> Result<Vec<(String, Option<String>)>, St
         .collect())
 }
 
+/// `cmd` with its first word made absolute when it is a relative path
+/// (`target/debug/tool {image}` -> `/cwd/target/debug/tool {image}`).
+fn absolute_program(cmd: &str) -> String {
+    let trimmed = cmd.trim_start();
+    let first = trimmed.split_whitespace().next().unwrap_or("");
+    if first.contains('/') && !first.starts_with('/') {
+        if let Ok(cwd) = std::env::current_dir() {
+            let rest = &trimmed[first.len()..];
+            let abs = cwd.join(first).display().to_string();
+            return format!("{}{rest}", target::shell_quote(&abs));
+        }
+    }
+    cmd.to_owned()
+}
+
 /// Runs a campaign. Errors: the scratch space or the target cannot be used.
 pub fn campaign(o: &Options) -> Result<Summary, String> {
     let expect = expectations(o.expect.as_deref())?;
+    // The target runs in a scratch directory: a relative program path is
+    // made absolute against the directory the campaign was started from.
+    let o = &Options {
+        target: absolute_program(&o.target),
+        ..o.clone()
+    };
     let scratch = tempfile::tempdir().map_err(|e| format!("scratch directory: {e}"))?;
     let started = Instant::now();
     let next = AtomicU64::new(0);
