@@ -20,11 +20,12 @@ fn cases() -> Vec<(&'static str, Description)> {
         d.clusters.insert(3, ClusterData::Data(bytes(7, 1 << cb)));
         d
     };
-    let mut out = Vec::new();
-    out.push(("standard 64k", base(16)));
-    out.push(("standard 4k", base(12)));
-    out.push(("standard 512", base(9)));
-    out.push(("standard 2k", base(11)));
+    let mut out = vec![
+        ("standard 64k", base(16)),
+        ("standard 4k", base(12)),
+        ("standard 512", base(9)),
+        ("standard 2k", base(11)),
+    ];
     let mut d = base(16);
     d.clusters.insert(5, ClusterData::Zero);
     d.clusters.insert(0, ClusterData::Zero);
