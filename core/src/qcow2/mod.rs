@@ -5,7 +5,7 @@
 //! Additional fields, Header padding), [`ext`] (Header extensions),
 //! [`mapping`] (Cluster mapping, Extended L2 Entries), [`refcount`] (Host
 //! cluster management), [`snapshot`] (Snapshots), [`bitmap`] (Bitmaps), and
-//! [`check`], which ties them together the way `qemu-img check` does.
+//! [`check()`], which ties them together the way `qemu-img check` does.
 
 pub mod bitmap;
 pub mod check;

@@ -270,7 +270,7 @@ impl PageRef<'_> {
 ///
 /// Memory follows the clusters actually referenced, never the file length:
 /// the first FLAT_PAGES pages are flat arrays the OS commits page by page
-/// as they are touched; past them, pages of [`PAGE`] clusters are created
+/// as they are touched; past them, pages of `PAGE` clusters are created
 /// when first touched, sparse (a sorted list) until enough of their
 /// clusters are referenced to make two dense byte arrays cheaper. Counts
 /// saturate at 255 in a byte; larger ones spill into a map.

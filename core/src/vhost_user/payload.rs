@@ -3,7 +3,7 @@
 //! Every layout is a type implementing [`Codec`]: the size the message
 //! defines, how it decodes and how it encodes, side by side, all numbers in
 //! the machine's native byte order (spec: "All numbers are in the machine
-//! native byte order"). [`payloads!`] lists the layouts once and makes the
+//! native byte order"). `payloads!` lists the layouts once and makes the
 //! [`PayloadKind`] the request table names, the [`Payload`] enum and the
 //! dispatch between them.
 //!

@@ -1,7 +1,7 @@
 //! Every request of the current spec (sections "Front-end message types" and
 //! "Back-end message types"), in one table per channel: its id, name,
 //! payload, reply, file descriptors and the feature that gates it. The
-//! [`requests!`] macro turns each table into a typed enum ([`FrontEnd`],
+//! `requests!` macro turns each table into a typed enum ([`FrontEnd`],
 //! [`BackEnd`]) and the rows callers look up ([`RequestInfo`]); ids, id
 //! ranges and counts all come from the table, so a new request is one line.
 
