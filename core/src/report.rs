@@ -44,9 +44,11 @@ pub struct Report {
     pub leaks: u64,
     /// Findings of severity Violation: spec rules broken that qemu-img does not count.
     pub violations: u64,
-    /// Byte offset of the end of the last allocated cluster, as qemu-img check reports it; None when not computed.
+    /// Byte offset where the image's last used cluster ends, as qemu-img check
+    /// reports it; None when not computed.
     pub image_end_offset: Option<u64>,
-    /// Clusters of the virtual disk (virtual size / cluster size), when known.
+    /// Clusters of the virtual disk (virtual size / cluster size, rounded up;
+    /// Parallels: BAT entries), when known.
     pub total_clusters: Option<u64>,
     /// Guest clusters that are allocated, when known.
     pub allocated_clusters: Option<u64>,

@@ -37,7 +37,7 @@ pub enum Backing {
 /// What a name inside an image is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
-    /// The image's backing file (qcow2 and QED backing file name, Parallels' parent).
+    /// The image's backing file (the qcow2 and QED backing file name).
     BackingFile,
     /// qcow2's external data file (header extension 0x44415441).
     DataFile,

@@ -154,7 +154,8 @@ pub struct Session {
 }
 
 impl Session {
-    /// A session judging a conversation from the front-end's side; `name` is the report's filename.
+    /// A session that knows the back-end only from the conversation (see
+    /// [`Session::with_caps`] for the back-end's side); `name` is the report's filename.
     pub fn new(name: &str, profile: Profile) -> Session {
         Session {
             profile,

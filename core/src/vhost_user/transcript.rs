@@ -45,7 +45,7 @@ pub struct Preamble {
 /// One message or event line.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Entry {
-    /// Message number, from 1 in order.
+    /// Message (or event) number in the conversation, in order.
     pub seq: u64,
     #[serde(default)]
     /// Time since the start of the conversation, in nanoseconds (0 when not recorded).
