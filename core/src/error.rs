@@ -14,18 +14,28 @@ use crate::rules::Rule;
 #[non_exhaustive]
 pub enum Error {
     /// The operating system refused the read.
-    Io { offset: u64, message: String },
+    Io {
+        /// Byte offset of the read that failed.
+        offset: u64,
+        /// What the operating system said.
+        message: String,
+    },
     /// `len` bytes at `offset` do not lie inside a source of `source_len` bytes.
     OutOfBounds {
+        /// Byte offset of the read.
         offset: u64,
+        /// Bytes asked for.
         len: u64,
+        /// Size of the source in bytes.
         source_len: u64,
     },
     /// A rule the image (or the path policy) breaks stops the read.
     Rule {
+        /// The rule broken.
         rule: &'static Rule,
         /// Byte offset in the image of the structure concerned.
         offset: Option<u64>,
+        /// What was seen.
         detail: String,
     },
     /// Encrypted images are refused rather than returned as ciphertext.
@@ -36,8 +46,11 @@ pub enum Error {
     Open(String),
     /// A compressed cluster does not decompress to exactly one cluster.
     Decompress {
+        /// Guest offset of the cluster, in bytes.
         guest_offset: u64,
+        /// Host offset of the compressed data in the image, in bytes.
         host_offset: u64,
+        /// What the decompressor said (or the size it produced).
         detail: String,
     },
     /// Something this format or command does not do (a snapshot of a QED image).

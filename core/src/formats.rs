@@ -19,15 +19,20 @@ use serde::Serialize;
 /// Formats qconform knows; each has one entry in [`FORMATS`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
+    /// QEMU's qcow2 (versions 2 and 3; spec qcow2.rst).
     Qcow2,
+    /// QEMU Enhanced Disk (spec qed_spec.rst).
     Qed,
+    /// Parallels disk images (spec parallels.rst).
     Parallels,
 }
 
 impl Format {
+    /// The format's name as `-f` takes it ("qcow2", "qed", "parallels").
     pub fn name(self) -> &'static str {
         of(self).map_or("unknown", |f| f.name())
     }
+    /// The format `-f` names, None for a name qconform does not know.
     pub fn from_name(s: &str) -> Option<Format> {
         by_name(s).map(|f| f.format())
     }
@@ -38,8 +43,11 @@ impl Format {
 #[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]
 pub enum Info {
+    /// A qcow2 image's metadata.
     Qcow2(Box<qcow2::check::Info>),
+    /// A QED image's metadata.
     Qed(Box<qed::info::Info>),
+    /// A Parallels image's metadata.
     Parallels(Box<parallels::check::Info>),
 }
 
@@ -90,6 +98,7 @@ fn head(src: &dyn ReadAt) -> [u8; 16] {
 macro_rules! image_format {
     ($ty:ident, $name:literal, probe $probe:expr, check $check:path, info $info:path,
      open $open:path, names $names:expr) => {
+        #[doc = concat!("The `", $name, "` format: probe, checker, info parser and layer opener.")]
         pub struct $ty;
         impl ImageFormat for $ty {
             fn format(&self) -> Format {

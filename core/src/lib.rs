@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! qconform-core: reference parsers and checkers for QEMU disk image formats.
 //!
 //! Everything here works over a [`source::ReadAt`] byte source and never writes

@@ -14,10 +14,13 @@ pub use crate::rules::Severity;
 #[derive(Debug, Clone, Serialize)]
 pub struct Finding {
     #[serde(serialize_with = "rule_id")]
+    /// The rule the finding is about (serialized as its id).
     pub rule: &'static Rule,
+    /// The severity the finding counts under (the rule's default).
     pub severity: Severity,
     /// Byte offset in the image file of the structure the finding is about.
     pub offset: Option<u64>,
+    /// What was seen, in words (values found, the limit they break).
     pub detail: String,
 }
 
@@ -29,17 +32,31 @@ fn rule_id<S: Serializer>(rule: &&'static Rule, s: S) -> std::result::Result<S::
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct Report {
+    /// The name of the image checked, as given by the caller.
     pub filename: String,
+    /// The format name ("qcow2", "qed", "parallels", "vhost-user").
     pub format: String,
+    /// Findings of severity Error: checks that could not run (qemu-img's check-errors).
     pub check_errors: u64,
+    /// Findings of severity Corruption (qemu-img's corruptions).
     pub corruptions: u64,
+    /// Findings of severity Leak: clusters allocated but unreferenced (qemu-img's leaks).
     pub leaks: u64,
+    /// Findings of severity Violation: spec rules broken that qemu-img does not count.
     pub violations: u64,
+    /// Byte offset where the image's last used cluster ends, as qemu-img check
+    /// reports it; None when not computed.
     pub image_end_offset: Option<u64>,
+    /// Clusters of the virtual disk (virtual size / cluster size, rounded up;
+    /// Parallels: BAT entries), when known.
     pub total_clusters: Option<u64>,
+    /// Guest clusters that are allocated, when known.
     pub allocated_clusters: Option<u64>,
+    /// Allocated clusters not contiguous with the previous one in the file, when known.
     pub fragmented_clusters: Option<u64>,
+    /// Compressed clusters, when known.
     pub compressed_clusters: Option<u64>,
+    /// The findings kept, at most `Limits::max_findings_per_rule` per rule.
     pub findings: Vec<Finding>,
     /// Findings left out of `findings` per rule once a rule reached
     /// `Limits::max_findings_per_rule`; the counters include them.
@@ -60,6 +77,7 @@ struct RuleTally {
 }
 
 impl Report {
+    /// An empty report for `filename` of `format`, keeping at most `limits.max_findings_per_rule` findings per rule.
     pub fn new(filename: &str, format: &str, limits: &Limits) -> Self {
         Report {
             filename: filename.to_owned(),

@@ -48,9 +48,12 @@ impl std::fmt::Display for Rule {
 
 macro_rules! rules {
     ($( $name:ident = $id:literal, $spec:literal, $section:literal, $sev:ident, $summary:literal; )*) => {
-        $( pub static $name: Rule = Rule {
+        $(
+            #[doc = concat!("`", $id, "` (", $spec, ", \"", $section, "\"): ", $summary)]
+            pub static $name: Rule = Rule {
             id: $id, spec: $spec, section: $section, severity: Severity::$sev, summary: $summary,
-        }; )*
+            };
+        )*
         /// Every rule of this module, in registry order.
         pub static ALL: &[&Rule] = &[ $( &$name ),* ];
     };

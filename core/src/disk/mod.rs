@@ -39,6 +39,7 @@ pub use crate::error::Error as ReadError;
 
 /// A file a backing or data file name refers to.
 pub struct Resolved {
+    /// The opened file, read through [`ReadAt`].
     pub source: Box<dyn ReadAt>,
     /// Identity for cycle detection (a canonical path, say).
     pub key: String,
@@ -48,6 +49,7 @@ pub struct Resolved {
 
 /// Opens the files an image names.
 pub trait Resolver {
+    /// Opens `name`, as it appears in the image (backing or data file name field), for `role`; refuses names the resolver's policy does not allow.
     fn open(&self, name: &str, role: Role) -> Result<Resolved, ReadError>;
 }
 
@@ -70,14 +72,22 @@ impl Resolver for NoFiles {
 /// says it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct MapEntry {
+    /// Guest offset of the range, in bytes.
     pub start: u64,
+    /// Length of the range in bytes.
     pub length: u64,
+    /// How many layers below the top image the status comes from (0: the top image).
     pub depth: u32,
+    /// Whether some layer of the chain allocates the range (not past the bottom layer).
     pub present: bool,
+    /// Whether the range reads as zeros.
     pub zero: bool,
+    /// Whether the range holds data (allocated, not a zero cluster).
     pub data: bool,
+    /// Whether the range is a compressed cluster.
     pub compressed: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
+    /// Host offset of the data in the file of the layer at `depth`, when it has one.
     pub offset: Option<u64>,
 }
 
@@ -117,14 +127,23 @@ pub fn push_merged(out: &mut Vec<MapEntry>, e: MapEntry) {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
     /// Data at this host offset (in the image, or its data file).
-    Data { host: u64 },
+    Data {
+        /// Host offset in bytes of the data for the guest offset asked.
+        host: u64,
+    },
     /// Reads as zero; `host` when a cluster is preallocated there.
-    Zero { host: Option<u64> },
+    Zero {
+        /// Host offset in bytes of the preallocated cluster, if any.
+        host: Option<u64>,
+    },
     /// A compressed cluster: [`Layer::read_compressed`] reads it.
     Compressed,
     /// Not allocated here: the layer below decides (`host` as qemu reports
     /// it for an unallocated subcluster of an allocated cluster).
-    Unallocated { host: Option<u64> },
+    Unallocated {
+        /// Host offset in bytes qemu reports for the range, if any.
+        host: Option<u64>,
+    },
 }
 
 /// One image of a chain, as the virtual disk sees it. Each format
@@ -161,6 +180,7 @@ pub trait Layer {
 /// The file an image names below it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackingRef {
+    /// The file name exactly as the image stores it (not yet resolved or validated).
     pub name: String,
     /// The format the image fixes (`raw` included), or None to probe.
     pub format: Option<String>,
@@ -174,6 +194,7 @@ pub struct OpenOptions<'a> {
     pub backing: Backing,
     /// Read this internal snapshot (by id or name) instead of the active state.
     pub snapshot: Option<&'a str>,
+    /// Caps on table sizes, chain depth and findings for every image of the chain.
     pub limits: Limits,
     /// Check every image of the chain first and refuse to read one the
     /// checker calls corrupt (`--force` turns it off: best effort).

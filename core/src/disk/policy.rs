@@ -37,11 +37,14 @@ pub enum Backing {
 /// What a name inside an image is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
+    /// The image's backing file (the qcow2 and QED backing file name).
     BackingFile,
+    /// qcow2's external data file (header extension 0x44415441).
     DataFile,
 }
 
 impl Role {
+    /// The role as messages name it ("backing file", "external data file").
     pub fn label(self) -> &'static str {
         match self {
             Role::BackingFile => "backing file",
@@ -53,7 +56,9 @@ impl Role {
 /// Why a name is refused: the rule and what was seen.
 #[derive(Debug, Clone)]
 pub struct Refusal {
+    /// The path-policy rule the name breaks.
     pub rule: &'static Rule,
+    /// What was seen: the name and why the rule refuses it.
     pub detail: String,
 }
 
@@ -153,6 +158,7 @@ fn locate(
 /// Opens the files an image names from the file system, under a policy.
 #[derive(Debug, Clone)]
 pub struct FsResolver {
+    /// Which names may be opened at all.
     pub policy: Backing,
     /// The top image's directory (canonical): the confinement root.
     pub root: PathBuf,
@@ -247,8 +253,11 @@ pub fn open_image(path: &Path, holes: bool) -> Result<FileSource, ReadError> {
 /// A name an image carries, and where in the file it lies.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NamedFile {
+    /// What the name is for.
     pub role: Role,
+    /// The name as stored in the image (raw, unvalidated).
     pub name: String,
+    /// Byte offset in the image file where the name is stored.
     pub offset: u64,
 }
 

@@ -12,6 +12,7 @@ pub struct RawLayer {
 }
 
 impl RawLayer {
+    /// A raw layer over `src`.
     pub fn new(src: Box<dyn ReadAt>) -> RawLayer {
         RawLayer { src }
     }

@@ -16,13 +16,19 @@ use std::collections::HashMap;
 /// Parsed metadata for `qconform info`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Info {
+    /// The parsed header (spec "Header").
     pub header: Header,
+    /// Cluster size in bytes: tracks x 512.
     pub cluster_size: u64,
+    /// Byte offset of the data area (data_off in sectors, or for v1 with data_off 0 the end of the BAT).
     pub data_offset: u64,
+    /// Non-zero BAT entries: guest clusters allocated.
     pub allocated_clusters: u64,
+    /// The Format Extension, when ext_off is not 0 and it parses.
     pub extension: Option<Extension>,
 }
 
+/// Parses the header, BAT count and Format Extension for `qconform info`; the error names the rule that stopped the header parse.
 pub fn info(src: &dyn ReadAt, filename: &str, limits: &Limits) -> crate::Result<Info> {
     let mut report = Report::new(filename, "parallels", limits);
     let Some(h) = header::parse(src, &mut report) else {
@@ -57,6 +63,7 @@ fn user_name(who: u64) -> String {
     }
 }
 
+/// The consistency check (`qconform check`): header, BAT entries, cluster overlaps and leaks, Format Extension; never panics.
 pub fn check(src: &dyn ReadAt, filename: &str, limits: &Limits) -> Report {
     let mut report = Report::new(filename, "parallels", limits);
     let Some(h) = header::parse(src, &mut report) else {

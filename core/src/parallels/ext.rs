@@ -9,10 +9,15 @@ use crate::source::{le_u32 as le32, le_u64 as le64, ReadAt};
 use md5::{Digest, Md5};
 use serde::Serialize;
 
+/// Magic of the Format Extension cluster (spec "Format Extension", bytes 0-7).
 pub const EXT_MAGIC: u64 = 0xAB23_4CEF_23DC_EA87;
+/// Feature magic that ends the feature list.
 pub const FEATURE_END: u64 = 0;
+/// Feature magic of the dirty bitmap feature (spec "Dirty bitmaps feature").
 pub const FEATURE_DIRTY_BITMAP: u64 = 0x2038_5FAE_252C_B34A;
+/// Feature flag bit 0 (NECESSARY): software that cannot load the feature must not change the file.
 pub const FLAG_NECESSARY: u64 = 1;
+/// Feature flag bit 1 (TRANSIT): an unknown feature with this flag is left as is.
 pub const FLAG_TRANSIT: u64 = 2;
 
 /// A dirty bitmap of the Format Extension.
@@ -20,6 +25,7 @@ pub const FLAG_TRANSIT: u64 = 2;
 pub struct DirtyBitmap {
     /// Bitmap size in sectors (should equal the disk size).
     pub size: u64,
+    /// The bitmap's 16-byte id, as hex.
     pub id: String,
     /// Sectors per bit.
     pub granularity: u32,
@@ -32,6 +38,7 @@ pub struct DirtyBitmap {
 /// The parsed extension: features, and the clusters it owns.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Extension {
+    /// The dirty bitmaps the extension carries.
     pub bitmaps: Vec<DirtyBitmap>,
     /// Unknown features as (magic, flags).
     pub unknown: Vec<(u64, u64)>,

@@ -5,14 +5,19 @@ use crate::rules::parallels as rule;
 use crate::source::{le_u32 as le32, le_u64 as le64, ReadAt};
 use serde::Serialize;
 
+/// The magic of images whose BAT entries count sectors (spec "Header", bytes 0-15).
 pub const MAGIC_V1: &[u8; 16] = b"WithoutFreeSpace";
+/// The magic of images whose BAT entries count clusters (spec "Header", bytes 0-15).
 pub const MAGIC_V2: &[u8; 16] = b"WithouFreSpacExt";
+/// Size of the header in bytes.
 pub const HEADER_SIZE: u64 = 64;
 /// in_use values the spec allows: opened read-write, closed, or 0 (old software).
 pub const IN_USE_OPEN: u32 = 0x746F_6E59;
+/// in_use when the image was closed properly.
 pub const IN_USE_CLOSED: u32 = 0x312e_3276;
 /// QEMU's caps: tracks <= INT32_MAX / 513, BAT entries <= INT32_MAX / 4.
 pub const MAX_TRACKS: u32 = (i32::MAX / 513) as u32;
+/// Most BAT entries QEMU opens.
 pub const MAX_BAT_ENTRIES: u32 = (i32::MAX / 4) as u32;
 /// The largest disk QEMU opens: BDRV_MAX_LENGTH, INT64_MAX aligned down to
 /// BDRV_MAX_ALIGNMENT (1 GiB). qemu-img 10.0.2 opens nb_sectors up to
@@ -22,22 +27,34 @@ pub const MAX_DISK_BYTES: u64 = 0x7fff_ffff_c000_0000;
 pub const FLAG_EMPTY: u32 = 1;
 
 #[derive(Debug, Clone, Serialize)]
+/// The image header (spec "Header", 64 bytes, little endian), as [`parse`] returns it.
 pub struct Header {
     /// true for "WithouFreSpacExt" (BAT in clusters), false for "WithoutFreeSpace" (BAT in sectors).
     pub ext_magic: bool,
+    /// version (bytes 16-19); `parse` refuses anything but 2.
     pub version: u32,
+    /// heads (bytes 20-23): CHS geometry, informative only, not validated.
     pub heads: u32,
+    /// cylinders (bytes 24-27): CHS geometry, informative only, not validated.
     pub cylinders: u32,
+    /// tracks (bytes 28-31): sectors per cluster; `parse` refuses 0 and more than [`MAX_TRACKS`].
     pub tracks: u32,
+    /// nb_bat_entries (bytes 32-35): BAT entries; `parse` refuses more than [`MAX_BAT_ENTRIES`] and a BAT too small for the disk.
     pub nb_bat_entries: u32,
+    /// nb_sectors (bytes 36-43): virtual size in sectors (v1: low 32 bits only); `parse` refuses more than [`MAX_DISK_BYTES`].
     pub nb_sectors: u64,
+    /// in_use (bytes 44-47): [`IN_USE_OPEN`], [`IN_USE_CLOSED`] or 0; other values are a finding.
     pub in_use: u32,
+    /// data_off (bytes 48-51): offset of the data area in sectors (0: right after the BAT, v1 only).
     pub data_off: u32,
+    /// flags (bytes 52-55): bit 0 is [`FLAG_EMPTY`]; other bits are a finding.
     pub flags: u32,
+    /// ext_off (bytes 56-63): offset of the Format Extension cluster in sectors, 0 for none.
     pub ext_off: u64,
 }
 
 impl Header {
+    /// Cluster size in bytes: tracks x 512.
     pub fn cluster_size(&self) -> u64 {
         self.tracks as u64 * super::SECTOR
     }

@@ -14,13 +14,25 @@ use md5::{Digest, Md5};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mutation {
     /// A BAT entry below the data offset.
-    BatBelowData { nth: usize },
+    BatBelowData {
+        /// Which allocated BAT entry (modulo their count).
+        nth: usize,
+    },
     /// A BAT entry past the end of the file.
-    BatPastEof { nth: usize },
+    BatPastEof {
+        /// Which allocated BAT entry (modulo their count).
+        nth: usize,
+    },
     /// A BAT entry equal to another one.
-    BatDuplicate { nth: usize },
+    BatDuplicate {
+        /// Which allocated BAT entry (modulo their count).
+        nth: usize,
+    },
     /// A sector-based BAT entry moved back by one sector (WithoutFreeSpace, clusters > 512 bytes).
-    BatUnaligned { nth: usize },
+    BatUnaligned {
+        /// Which allocated BAT entry (modulo their count).
+        nth: usize,
+    },
     /// One unused cluster appended.
     Leak,
     /// in_use says open read-write.
@@ -32,7 +44,10 @@ pub enum Mutation {
     /// version 3.
     Version,
     /// An unused flags bit.
-    FlagsUnused { bit: u8 },
+    FlagsUnused {
+        /// The bit set (1-31; bit 0 is the Empty Image flag).
+        bit: u8,
+    },
     /// The Empty Image flag on an image with allocated clusters.
     EmptyWithData,
     /// The Format Extension magic broken (the checksum still right).

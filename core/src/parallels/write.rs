@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
 /// A dirty bitmap of the Format Extension.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BitmapDesc {
+    /// The bitmap's 16-byte id (UUID).
     pub id: [u8; 16],
     /// Sectors per bit (a power of two).
     pub granularity: u32,
@@ -37,10 +38,12 @@ pub struct Description {
     pub ext_magic: bool,
     /// Guest cluster index -> its bytes (one cluster); absent: unallocated.
     pub clusters: BTreeMap<u64, Vec<u8>>,
+    /// A dirty bitmap to store in a Format Extension cluster; None: no extension.
     pub bitmap: Option<BitmapDesc>,
 }
 
 impl Description {
+    /// An image of `size` bytes and clusters of `cluster_size` bytes, with no cluster allocated and no bitmap.
     pub fn new(size: u64, cluster_size: u64, ext_magic: bool) -> Description {
         Description {
             size,
@@ -51,6 +54,7 @@ impl Description {
         }
     }
 
+    /// BAT entries covering the guest: size / cluster_size, rounded up.
     pub fn bat_entries(&self) -> u64 {
         self.size.div_ceil(self.cluster_size)
     }
@@ -96,6 +100,7 @@ impl Description {
     }
 }
 
+/// Serializes `d` as a Parallels image (header, BAT, extension, data clusters); an error when `d` is inconsistent (sizes not multiples of 512, a cluster of the wrong length).
 pub fn write(d: &Description) -> Result<Vec<u8>, WriteError> {
     let err = |s: String| Err(WriteError(s));
     let cs = d.cluster_size;

@@ -8,41 +8,63 @@ use crate::rules::qcow2 as rule;
 use crate::source::{be_u16, be_u32, be_u64, ReadAt};
 use serde::Serialize;
 
+/// Bitmap directory entry flags bit 0 (in_use): the bitmap was not saved consistently (spec "Bitmap directory").
 pub const FLAG_IN_USE: u32 = 1 << 0;
+/// Flags bit 1 (auto): the bitmap tracks guest writes.
 pub const FLAG_AUTO: u32 = 1 << 1;
+/// Flags bit 2 (extra_data_compatible): unknown extra data may be ignored.
 pub const FLAG_EXTRA_DATA_COMPATIBLE: u32 = 1 << 2;
 /// QEMU treats bit 2 as reserved too (it never writes extra data).
 pub const RESERVED_FLAGS: u32 = !(FLAG_IN_USE | FLAG_AUTO);
+/// type 1: a dirty tracking bitmap, the only type the spec defines.
 pub const TYPE_DIRTY_TRACKING: u8 = 1;
+/// Smallest granularity_bits (512-byte granules).
 pub const MIN_GRANULARITY_BITS: u8 = 9;
+/// Largest granularity_bits (2 GiB granules).
 pub const MAX_GRANULARITY_BITS: u8 = 31;
+/// Longest bitmap name, in bytes.
 pub const MAX_NAME_SIZE: u16 = 1023;
 /// QEMU's limits on one bitmap: table entries and bytes of bitmap data.
 pub const MAX_TABLE_SIZE: u32 = 0x800_0000;
+/// Most bytes of bitmap data of one bitmap (QEMU's limit).
 pub const MAX_PHYS_SIZE: u64 = 0x2000_0000;
 
+/// Bitmap table entry bits 9-55: offset of the data cluster (spec "Bitmap table").
 pub const TABLE_ENTRY_OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
+/// Bitmap table entry bits 1-8 and 56-63: reserved, must be 0.
 pub const TABLE_ENTRY_RESERVED_MASK: u64 = 0xff00_0000_0000_01fe;
+/// Bitmap table entry bit 0 with offset 0: the cluster reads as all ones.
 pub const TABLE_ENTRY_ALL_ONES: u64 = 1;
 
 const ENTRY_FIXED: usize = 24;
 
 #[derive(Debug, Clone, Serialize)]
+/// One bitmap directory entry (spec "Bitmap directory"), as read from the file; fields are checked against the spec, with findings.
 pub struct Bitmap {
+    /// Byte offset of this entry in the file.
     pub entry_offset: u64,
+    /// The bitmap's name (at most [`MAX_NAME_SIZE`] bytes, unique in the directory).
     pub name: String,
+    /// Byte offset of the bitmap table (entry bytes 0-7).
     pub bitmap_table_offset: u64,
+    /// Entries of the bitmap table (entry bytes 8-11); checked against the bitmap's size and [`MAX_TABLE_SIZE`].
     pub bitmap_table_size: u32,
+    /// Flags (entry bytes 12-15): [`FLAG_IN_USE`], [`FLAG_AUTO`]; other bits are reserved.
     pub flags: u32,
+    /// type (entry byte 16): must be [`TYPE_DIRTY_TRACKING`].
     pub bitmap_type: u8,
+    /// granularity_bits (entry byte 17): each bit covers 2^granularity_bits guest bytes, in [9, 31].
     pub granularity_bits: u8,
+    /// Bytes of extra data after the fixed fields (entry bytes 20-23).
     pub extra_data_size: u32,
 }
 
 impl Bitmap {
+    /// Whether the in_use flag is set.
     pub fn in_use(&self) -> bool {
         self.flags & FLAG_IN_USE != 0
     }
+    /// Whether the auto flag is set.
     pub fn auto(&self) -> bool {
         self.flags & FLAG_AUTO != 0
     }

@@ -25,11 +25,15 @@ use std::collections::{HashMap, HashSet};
 /// consistency check.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Info {
+    /// The parsed header (spec "Header").
     pub header: Header,
     /// The backing file name (not NUL terminated in the file).
     pub backing_file: Option<String>,
+    /// The header extensions (spec "Header extensions").
     pub extensions: Extensions,
+    /// The internal snapshots (spec "Snapshots").
     pub snapshots: SnapshotTable,
+    /// The persistent dirty bitmaps of the bitmaps extension (spec "Bitmaps").
     pub bitmaps: Vec<bitmap::Bitmap>,
 }
 

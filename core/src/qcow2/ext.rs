@@ -10,11 +10,17 @@ use crate::rules::{general, qcow2 as rule};
 use crate::source::{be_u32, be_u64};
 use serde::Serialize;
 
+/// End of the header extension area (spec "Header extensions").
 pub const EXT_END: u32 = 0x0000_0000;
+/// Backing file format name extension.
 pub const EXT_BACKING_FORMAT: u32 = 0xe279_2aca;
+/// Feature name table extension.
 pub const EXT_FEATURE_TABLE: u32 = 0x6803_f857;
+/// Bitmaps extension.
 pub const EXT_BITMAPS: u32 = 0x2385_2875;
+/// Full disk encryption header pointer extension.
 pub const EXT_FDE: u32 = 0x0537_be77;
+/// External data file name extension.
 pub const EXT_DATA_FILE: u32 = 0x4441_5441;
 
 /// One entry of the feature name table.
@@ -22,22 +28,29 @@ pub const EXT_DATA_FILE: u32 = 0x4441_5441;
 pub struct FeatureName {
     /// 0 incompatible, 1 compatible, 2 autoclear.
     pub kind: u8,
+    /// The feature's bit number.
     pub bit: u8,
+    /// The feature's name (up to 46 bytes, NUL padded in the file).
     pub name: String,
 }
 
 /// The bitmaps extension.
 #[derive(Debug, Clone, Serialize)]
 pub struct BitmapsExt {
+    /// nb_bitmaps (bytes 0-3): bitmaps in the directory; checked against [`super::MAX_BITMAPS`].
     pub nb_bitmaps: u32,
+    /// bitmap_directory_size (bytes 8-15), in bytes; checked against [`super::MAX_BITMAP_DIRECTORY_BYTES`].
     pub bitmap_directory_size: u64,
+    /// bitmap_directory_offset (bytes 16-23), in bytes; checked to be cluster aligned.
     pub bitmap_directory_offset: u64,
 }
 
 /// The full disk encryption header pointer.
 #[derive(Debug, Clone, Serialize)]
 pub struct FdePointer {
+    /// Byte offset of the LUKS header (must be cluster aligned).
     pub offset: u64,
+    /// Length of the LUKS header, in bytes.
     pub length: u64,
 }
 
@@ -45,21 +58,31 @@ pub struct FdePointer {
 /// report can show it.
 #[derive(Debug, Clone, Serialize)]
 pub struct UnknownExt {
+    /// The extension type.
     pub ext_type: u32,
+    /// Byte offset of the extension's data in the file.
     pub offset: u64,
+    /// Bytes of data (the header's length field, before padding to 8).
     pub length: u32,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
+/// The header extensions found (spec "Header extensions"), each at most once.
 pub struct Extensions {
+    /// The backing file format name, if the extension is present.
     pub backing_format: Option<String>,
+    /// The feature name table entries.
     pub feature_names: Vec<FeatureName>,
+    /// The bitmaps extension, if present.
     pub bitmaps: Option<BitmapsExt>,
     /// True when the bitmaps extension is present but autoclear bit 0 is
     /// clear: QEMU then ignores the bitmaps (their clusters become leaks).
     pub bitmaps_inconsistent: bool,
+    /// The full disk encryption header pointer, if present.
     pub fde: Option<FdePointer>,
+    /// The external data file name, if the extension is present (not yet validated by the path policy).
     pub data_file: Option<String>,
+    /// Extensions of unknown type, kept to be reported.
     pub unknown: Vec<UnknownExt>,
 }
 

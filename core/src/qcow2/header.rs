@@ -7,17 +7,28 @@ use crate::rules::qcow2 as rule;
 use crate::source::{be_u32, be_u64, ReadAt};
 use serde::Serialize;
 
+/// incompatible_features bit 0: dirty (refcounts may be inconsistent).
 pub const INCOMPAT_DIRTY: u64 = 1 << 0;
+/// incompatible_features bit 1: corrupt (must not be written).
 pub const INCOMPAT_CORRUPT: u64 = 1 << 1;
+/// incompatible_features bit 2: external data file.
 pub const INCOMPAT_DATA_FILE: u64 = 1 << 2;
+/// incompatible_features bit 3: compression type field present.
 pub const INCOMPAT_COMPRESSION: u64 = 1 << 3;
+/// incompatible_features bit 4: extended L2 entries (subclusters).
 pub const INCOMPAT_EXTL2: u64 = 1 << 4;
+/// Every incompatible_features bit the spec defines.
 pub const INCOMPAT_KNOWN: u64 = 0x1f;
+/// compatible_features bit 0: lazy refcounts.
 pub const COMPAT_LAZY_REFCOUNTS: u64 = 1 << 0;
+/// autoclear_features bit 0: the bitmaps extension is consistent.
 pub const AUTOCLEAR_BITMAPS: u64 = 1 << 0;
+/// autoclear_features bit 1: the external data file is raw (data_file_raw).
 pub const AUTOCLEAR_DATA_FILE_RAW: u64 = 1 << 1;
 
+/// Header length of version 2, in bytes.
 pub const V2_HEADER_LENGTH: u32 = 72;
+/// Smallest header_length of version 3, in bytes.
 pub const V3_MIN_HEADER_LENGTH: u32 = 104;
 /// Length of the header fields this implementation knows (through
 /// compression_type and its padding).
@@ -42,33 +53,54 @@ pub fn feature_name(kind: u8, bit: u8) -> Option<&'static str> {
 /// refcount_order as 4 and header_length as 72, as the spec says.
 #[derive(Debug, Clone, Serialize)]
 pub struct Header {
+    /// version (spec "Header", bytes 4-7); validated: 2 or 3.
     pub version: u32,
+    /// backing_file_offset (bytes 8-15), in bytes; 0: no backing file; validated to lie in cluster 0.
     pub backing_file_offset: u64,
+    /// backing_file_size (bytes 16-19): name length in bytes; validated (at most 1023).
     pub backing_file_size: u32,
+    /// cluster_bits (bytes 20-23): clusters of 2^cluster_bits bytes; validated in [9, 21] (at least 14 with extended L2).
     pub cluster_bits: u32,
+    /// size (bytes 24-31): virtual disk size in bytes.
     pub size: u64,
+    /// crypt_method (bytes 32-35): 0 none, 1 AES, 2 LUKS; validated.
     pub crypt_method: u32,
+    /// l1_size (bytes 36-39): entries of the active L1 table; validated against [`super::MAX_L1_BYTES`] and the disk size.
     pub l1_size: u32,
+    /// l1_table_offset (bytes 40-47): offset of the active L1 table, in bytes; validated: cluster aligned.
     pub l1_table_offset: u64,
+    /// refcount_table_offset (bytes 48-55), in bytes; validated: cluster aligned.
     pub refcount_table_offset: u64,
+    /// refcount_table_clusters (bytes 56-59): size of the refcount table in clusters; validated against [`super::MAX_REFTABLE_BYTES`].
     pub refcount_table_clusters: u32,
+    /// nb_snapshots (bytes 60-63): entries of the snapshot table.
     pub nb_snapshots: u32,
+    /// snapshots_offset (bytes 64-71): offset of the snapshot table, in bytes.
     pub snapshots_offset: u64,
+    /// incompatible_features (bytes 72-79, v3); validated: an unknown bit refuses the image.
     pub incompatible_features: u64,
+    /// compatible_features (bytes 80-87, v3); unknown bits are a finding.
     pub compatible_features: u64,
+    /// autoclear_features (bytes 88-95, v3); unknown bits are a finding.
     pub autoclear_features: u64,
+    /// refcount_order (bytes 96-99, v3): refcounts of 2^refcount_order bits; validated at most 6.
     pub refcount_order: u32,
+    /// header_length (bytes 100-103, v3): header size in bytes; validated: at least 104, a multiple of 8, inside cluster 0.
     pub header_length: u32,
+    /// compression_type (byte 104, with incompatible bit 3): 0 deflate, 1 zstd; validated.
     pub compression_type: u8,
 }
 
 impl Header {
+    /// Cluster size in bytes.
     pub fn cluster_size(&self) -> u64 {
         1 << self.cluster_bits
     }
+    /// Whether incompatible bit 2 (external data file) is set.
     pub fn has_data_file(&self) -> bool {
         self.incompatible_features & INCOMPAT_DATA_FILE != 0
     }
+    /// Whether incompatible bit 4 (extended L2 entries) is set.
     pub fn extended_l2(&self) -> bool {
         self.incompatible_features & INCOMPAT_EXTL2 != 0
     }
@@ -80,9 +112,11 @@ impl Header {
             8
         }
     }
+    /// Entries per L2 table.
     pub fn l2_entries(&self) -> u64 {
         self.cluster_size() / self.l2_entry_bytes()
     }
+    /// Refcount width in bits (2^refcount_order).
     pub fn refcount_bits(&self) -> u32 {
         1 << self.refcount_order
     }
@@ -109,6 +143,7 @@ impl Header {
 /// The outcome of reading the header: the header and cluster 0, or nothing
 /// when the check cannot go on (the reason is in the report).
 pub struct Parsed {
+    /// The decoded header.
     pub header: Header,
     /// The whole first cluster (zero-padded past the end of the file).
     pub cluster0: Vec<u8>,

@@ -2,12 +2,19 @@
 
 use super::header::Header;
 
+/// L1 entry bits 9-55: offset of the L2 table (spec "Cluster mapping").
 pub const L1E_OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
+/// L1 entry bits 0-8 and 56-62: reserved, must be 0.
 pub const L1E_RESERVED_MASK: u64 = 0x7f00_0000_0000_01ff;
+/// Standard L2 entry bits 9-55: host cluster offset.
 pub const L2E_OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
+/// Standard L2 entry bits 1-8 and 56-61: reserved, must be 0.
 pub const L2E_STD_RESERVED_MASK: u64 = 0x3f00_0000_0000_01fe;
+/// Bit 63 of L1 and L2 entries (COPIED): refcount exactly 1.
 pub const OFLAG_COPIED: u64 = 1 << 63;
+/// L2 entry bit 62: a compressed cluster.
 pub const OFLAG_COMPRESSED: u64 = 1 << 62;
+/// Standard L2 entry bit 0: the cluster reads as zeros.
 pub const OFLAG_ZERO: u64 = 1;
 /// Subcluster bitmap: bits 0-31 allocated, 32-63 reads as zero.
 pub const L2_BITMAP_ALL_ALLOC: u64 = 0xffff_ffff;
@@ -56,6 +63,7 @@ pub fn classify(h: &Header, entry: u64) -> ClusterKind {
 /// Where a compressed cluster's data lies in the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CompressedRange {
+    /// Host byte offset where the compressed data starts.
     pub offset: u64,
     /// Bytes from `offset` to the end of the last sector the descriptor names.
     pub len: u64,

@@ -13,33 +13,79 @@ use crate::rules::{qcow2, Rule};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mutation {
     /// A data cluster's refcount one higher: a leak (and COPIED now wrong).
-    RefcountUp { nth: usize },
+    RefcountUp {
+        /// Which data cluster (modulo their count).
+        nth: usize,
+    },
     /// A data cluster's refcount set to 0.
-    RefcountZero { nth: usize },
+    RefcountZero {
+        /// Which data cluster (modulo their count).
+        nth: usize,
+    },
     /// A second L2 entry points at a data cluster already mapped.
-    DuplicateDataPointer { nth: usize },
+    DuplicateDataPointer {
+        /// Which data cluster (modulo their count).
+        nth: usize,
+    },
     /// A data cluster's offset moved by 512 bytes.
-    MisalignDataOffset { nth: usize },
+    MisalignDataOffset {
+        /// Which data cluster (modulo their count).
+        nth: usize,
+    },
     /// A data cluster's offset moved past the end of the file.
-    DataPastEof { nth: usize },
+    DataPastEof {
+        /// Which data cluster (modulo their count).
+        nth: usize,
+    },
     /// COPIED cleared on a data entry whose refcount is 1.
-    ClearCopied { nth: usize },
+    ClearCopied {
+        /// Which data entry with refcount 1 (modulo their count).
+        nth: usize,
+    },
     /// A reserved bit set in a standard L2 entry.
-    L2ReservedBit { nth: usize, bit: u8 },
+    L2ReservedBit {
+        /// Which standard L2 entry (modulo their count).
+        nth: usize,
+        /// The bit set (reduced to a reserved bit of the entry).
+        bit: u8,
+    },
     /// A reserved bit set in an L1 entry.
-    L1ReservedBit { nth: usize, bit: u8 },
+    L1ReservedBit {
+        /// Which L1 entry (modulo their count).
+        nth: usize,
+        /// The bit set (reduced to a reserved bit of the entry).
+        bit: u8,
+    },
     /// An incompatible feature bit no spec defines.
-    UnknownIncompatibleBit { bit: u8 },
+    UnknownIncompatibleBit {
+        /// The incompatible_features bit set (reduced to one the spec does not define).
+        bit: u8,
+    },
     /// The refcount table names an L2 table as a refcount block.
-    RefblockIsL2 { nth: usize },
+    RefblockIsL2 {
+        /// Which refcount table entry (modulo their count).
+        nth: usize,
+    },
     /// A compressed cluster's data moved past the end of the file.
-    CompressedPastEof { nth: usize },
+    CompressedPastEof {
+        /// Which compressed cluster (modulo their count).
+        nth: usize,
+    },
     /// A subcluster both allocated and reads-as-zero.
-    SubclusterAllocAndZero { nth: usize },
+    SubclusterAllocAndZero {
+        /// Which extended L2 entry (modulo their count).
+        nth: usize,
+    },
     /// A snapshot's L1 table offset moved off a cluster boundary.
-    SnapshotL1Unaligned { nth: usize },
+    SnapshotL1Unaligned {
+        /// Which snapshot (modulo their count).
+        nth: usize,
+    },
     /// A reserved bit in a bitmap table entry.
-    BitmapEntryReserved { nth: usize },
+    BitmapEntryReserved {
+        /// Which bitmap table entry (modulo their count).
+        nth: usize,
+    },
     /// refcount_order 7.
     RefcountOrderTooLarge,
 }

@@ -8,7 +8,9 @@ use crate::rules::qcow2 as rule;
 use crate::source::ReadAt;
 use std::collections::HashMap;
 
+/// Refcount table entry bits 9-63: offset of the refcount block (spec "Host cluster management").
 pub const REFT_OFFSET_MASK: u64 = 0xffff_ffff_ffff_fe00;
+/// Refcount table entry bits 0-8: reserved, must be 0.
 pub const REFT_RESERVED_MASK: u64 = 0x1ff;
 
 /// Decodes refcount `index` of a refcount block (big-endian; sub-byte widths
@@ -35,7 +37,9 @@ pub fn decode(block: &[u8], index: u64, order: u32) -> u64 {
 /// errors): its block offset is unaligned or beyond any file offset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UnalignedBlock {
+    /// Index of the refcount table entry.
     pub table_index: u64,
+    /// The refcount block offset that entry holds, in bytes.
     pub block_offset: u64,
 }
 
@@ -43,6 +47,7 @@ pub struct UnalignedBlock {
 pub struct OnDisk<'a> {
     src: &'a dyn ReadAt,
     cluster_bits: u32,
+    /// refcount_order: refcounts are 2^order bits wide.
     pub order: u32,
     /// The refcount table, as far as it lies inside the file: QEMU reads the
     /// part past the end as zeros (no refcount block), and so do we, without
@@ -141,15 +146,24 @@ impl<'a> OnDisk<'a> {
 /// Kinds of structure that own clusters, as bits, to detect one cluster
 /// owned by two different kinds.
 pub mod owner {
+    /// The header cluster.
     pub const HEADER: u8 = 1 << 0;
+    /// An L1 table (active or a snapshot's).
     pub const L1: u8 = 1 << 1;
+    /// An L2 table.
     pub const L2: u8 = 1 << 2;
+    /// The refcount table or a refcount block.
     pub const REFCOUNT: u8 = 1 << 3;
+    /// The snapshot table.
     pub const SNAPSHOT_TABLE: u8 = 1 << 4;
+    /// Bitmap directory or bitmap table/data clusters.
     pub const BITMAP: u8 = 1 << 5;
+    /// A standard data cluster.
     pub const DATA: u8 = 1 << 6;
+    /// A cluster holding compressed data.
     pub const COMPRESSED: u8 = 1 << 7;
 
+    /// The names of the owner kinds set in `bits`, for a finding.
     pub fn names(bits: u8) -> String {
         const NAMES: [&str; 8] = [
             "header",
@@ -226,7 +240,9 @@ fn zeroed() -> Box<[u8; PAGE]> {
 /// A census page as the comparison reads it: counts and owners by index.
 #[derive(Clone, Copy)]
 pub enum PageRef<'a> {
+    /// Nothing counted in this page.
     None,
+    /// A few counted clusters of the page, as sparse slots.
     Sparse(&'a [Slot]),
     /// Counts and owners, PAGE of each (a dense page or part of the flat region).
     Dense(&'a [u8], &'a [u8]),
@@ -254,7 +270,7 @@ impl PageRef<'_> {
 ///
 /// Memory follows the clusters actually referenced, never the file length:
 /// the first FLAT_PAGES pages are flat arrays the OS commits page by page
-/// as they are touched; past them, pages of [`PAGE`] clusters are created
+/// as they are touched; past them, pages of `PAGE` clusters are created
 /// when first touched, sparse (a sorted list) until enough of their
 /// clusters are referenced to make two dense byte arrays cheaper. Counts
 /// saturate at 255 in a byte; larger ones spill into a map.
@@ -288,6 +304,7 @@ pub struct Census {
 }
 
 impl Census {
+    /// An empty census for header `h` over a file of `file_len` bytes.
     pub fn new(h: &Header, file_len: u64) -> Self {
         let nb = file_len.div_ceil(h.cluster_size());
         let flat_pages = (nb + 1).div_ceil(PAGE as u64).min(FLAT_PAGES);
@@ -354,6 +371,7 @@ impl Census {
         (c, o)
     }
 
+    /// References counted to cluster `k` (cluster index).
     pub fn get(&self, k: u64) -> u64 {
         self.get_in(self.page(k), k).0
     }
@@ -363,6 +381,7 @@ impl Census {
         self.refcount_max
     }
 
+    /// The [`owner`] kinds that reference cluster `k`.
     pub fn owners(&self, k: u64) -> u8 {
         self.get_in(self.page(k), k).1
     }

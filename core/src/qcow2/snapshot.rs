@@ -11,17 +11,27 @@ use serde::Serialize;
 const ENTRY_FIXED: u64 = 40;
 
 #[derive(Debug, Clone, Serialize)]
+/// One snapshot table entry (spec "Snapshots"), as read from the file.
 pub struct Snapshot {
     /// Offset of this entry in the file.
     pub entry_offset: u64,
+    /// Byte offset of the snapshot's L1 table (entry bytes 0-7); checked to be cluster aligned.
     pub l1_table_offset: u64,
+    /// Entries of the snapshot's L1 table (entry bytes 8-11); checked against the L1 size limit.
     pub l1_size: u32,
+    /// The unique id string (entry bytes 12-13 give its length); checked to be unique.
     pub id: String,
+    /// The name (entry bytes 14-15 give its length).
     pub name: String,
+    /// Time the snapshot was taken, seconds (entry bytes 16-19).
     pub date_sec: u32,
+    /// Subsecond part of the time, nanoseconds (entry bytes 20-23).
     pub date_nsec: u32,
+    /// Guest run time when taken, nanoseconds (entry bytes 24-31).
     pub vm_clock_nsec: u64,
+    /// Size of the saved VM state, bytes (entry bytes 32-35); 0: no VM state.
     pub vm_state_size: u64,
+    /// Bytes of extra data (entry bytes 36-39); checked against the limit and, for v3, at least 16.
     pub extra_data_size: u32,
     /// Virtual disk size when the snapshot was taken (extra data bytes 8-15;
     /// the image's size when absent).
@@ -33,7 +43,9 @@ pub struct Snapshot {
 /// The snapshot table and the number of bytes it occupies.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct SnapshotTable {
+    /// The entries, in file order.
     pub snapshots: Vec<Snapshot>,
+    /// Bytes the table occupies in the file (its entries, each padded to a multiple of 8).
     pub size: u64,
 }
 

@@ -24,8 +24,11 @@ pub enum ClusterData {
     /// Extended L2 only: per-subcluster allocation and zero bits, with the
     /// cluster's bytes (only allocated subclusters are read from them).
     Subclusters {
+        /// Bits 0-31 of the extended L2 entry's bitmap: subcluster i is allocated.
         alloc: u32,
+        /// Bits 32-63: subcluster i reads as zero.
         zero: u32,
+        /// The cluster's bytes (exactly one cluster).
         data: Vec<u8>,
     },
 }
@@ -33,7 +36,9 @@ pub enum ClusterData {
 /// A persistent dirty bitmap: which guest bytes are dirty.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BitmapDesc {
+    /// The bitmap's name (bitmap directory entry).
     pub name: String,
+    /// granularity_bits: each bit covers 2^granularity_bits guest bytes.
     pub granularity_bits: u8,
     /// Dirty (start, length) byte ranges of the guest.
     pub dirty: Vec<(u64, u64)>,
@@ -42,10 +47,15 @@ pub struct BitmapDesc {
 /// The logical description of an image.
 #[derive(Debug, Clone)]
 pub struct Description {
+    /// Guest size in bytes.
     pub size: u64,
+    /// Header version: 2 or 3.
     pub version: u32,
+    /// cluster_bits: clusters of 2^cluster_bits bytes.
     pub cluster_bits: u32,
+    /// refcount_order: refcounts of 2^refcount_order bits (v3 only; 4 in v2).
     pub refcount_order: u32,
+    /// Extended L2 entries with subclusters (incompatible bit 4).
     pub extended_l2: bool,
     /// 0 deflate, 1 zstd.
     pub compression_type: u8,
@@ -53,15 +63,18 @@ pub struct Description {
     pub clusters: BTreeMap<u64, ClusterData>,
     /// Internal snapshots, each taken of the final state (all clusters shared).
     pub snapshots: Vec<String>,
+    /// Persistent dirty bitmaps (the bitmaps extension).
     pub bitmaps: Vec<BitmapDesc>,
     /// Backing file name and format.
     pub backing: Option<(String, Option<String>)>,
     /// External data file name and whether it is raw (data_file_raw).
     pub data_file: Option<(String, bool)>,
+    /// Set the lazy refcounts compatible bit (bit 0).
     pub lazy_refcounts: bool,
 }
 
 impl Description {
+    /// A v3 image of `size` bytes with clusters of 2^cluster_bits bytes, 16-bit refcounts, nothing allocated.
     pub fn new(size: u64, cluster_bits: u32) -> Description {
         Description {
             size,
@@ -79,6 +92,7 @@ impl Description {
         }
     }
 
+    /// Cluster size in bytes.
     pub fn cluster_size(&self) -> u64 {
         1 << self.cluster_bits
     }
@@ -114,7 +128,9 @@ impl Description {
 
 /// The written image, and its data file when the description has one.
 pub struct Written {
+    /// The image file's bytes.
     pub image: Vec<u8>,
+    /// The external data file's bytes, when the description names one.
     pub data_file: Option<Vec<u8>>,
 }
 

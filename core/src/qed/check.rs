@@ -41,6 +41,7 @@ impl Used {
     }
 }
 
+/// The consistency check (`qconform check`): header, L1 and L2 tables, cluster overlaps and leaks; never panics.
 pub fn check(src: &dyn ReadAt, filename: &str, limits: &Limits) -> Report {
     let mut report = Report::new(filename, "qed", limits);
     let Some(h) = header::parse(src, &mut report) else {

@@ -5,30 +5,48 @@ use crate::rules::qed as rule;
 use crate::source::{le_u32 as le32, le_u64 as le64, ReadAt};
 use serde::Serialize;
 
+/// magic (spec "Header", bytes 0-3): "QED\0".
 pub const MAGIC: [u8; 4] = *b"QED\0";
+/// Bytes of the header fields read (through backing_filename_size, bytes 0-63).
 pub const HEADER_FIELDS: usize = 64;
+/// QED_F_BACKING_FILE (features bit 0): the image has a backing file.
 pub const F_BACKING_FILE: u64 = 0x01;
+/// QED_F_NEED_CHECK (features bit 1): the image was not closed cleanly and needs a consistency check.
 pub const F_NEED_CHECK: u64 = 0x02;
+/// QED_F_BACKING_FORMAT_NO_PROBE (features bit 2): the backing file is raw, not probed.
 pub const F_BACKING_FORMAT_NO_PROBE: u64 = 0x04;
+/// Every `features` bit the spec defines; [`parse`] refuses others.
 pub const F_KNOWN: u64 = 0x07;
 /// Data cluster offset 1: a zero cluster.
 pub const ZERO_CLUSTER: u64 = 1;
 
 #[derive(Debug, Clone, Serialize)]
+/// The image header (spec "Header", little endian), as [`parse`] validates it.
 pub struct Header {
+    /// cluster_size (bytes 4-7), in bytes; validated: a power of 2 in [4 KiB, 64 MiB].
     pub cluster_size: u32,
+    /// table_size (bytes 8-11): L1 and L2 table size in clusters; validated: a power of 2 in [1, 16].
     pub table_size: u32,
+    /// header_size (bytes 12-15): header size in clusters; validated: non-zero, and header_size x cluster_size fits a u32.
     pub header_size: u32,
+    /// features (bytes 16-23): [`F_KNOWN`] bits; validated: an unknown bit refuses the image.
     pub features: u64,
+    /// compat_features (bytes 24-31): the spec defines none; not validated.
     pub compat_features: u64,
+    /// autoclear_features (bytes 32-39): the spec defines none; not validated.
     pub autoclear_features: u64,
+    /// l1_table_offset (bytes 40-47), in bytes; validated: cluster aligned and past the header.
     pub l1_table_offset: u64,
+    /// image_size (bytes 48-55): virtual disk size in bytes; validated: a multiple of 512 the tables can address.
     pub image_size: u64,
+    /// backing_filename_offset (bytes 56-59), in bytes; with QED_F_BACKING_FILE the name must lie inside the header.
     pub backing_filename_offset: u32,
+    /// backing_filename_size (bytes 60-63), in bytes; validated with the offset.
     pub backing_filename_size: u32,
 }
 
 impl Header {
+    /// cluster_size as a u64, in bytes.
     pub fn cs(&self) -> u64 {
         self.cluster_size as u64
     }
@@ -36,9 +54,11 @@ impl Header {
     pub fn table_entries(&self) -> u64 {
         self.table_size as u64 * self.cs() / 8
     }
+    /// Bytes of one L1 or L2 table: table_size x cluster_size.
     pub fn table_bytes(&self) -> u64 {
         self.table_size as u64 * self.cs()
     }
+    /// Bytes of the header: header_size x cluster_size (where data may start).
     pub fn header_bytes(&self) -> u64 {
         self.header_size as u64 * self.cs()
     }

@@ -19,7 +19,9 @@ pub const FEATURE_NAMES: &[(u64, &str)] = &[
 /// Parsed metadata of a QED image, without the consistency check.
 #[derive(Debug, Clone, Serialize)]
 pub struct Info {
+    /// The parsed header.
     pub header: Header,
+    /// Cluster size in bytes.
     pub cluster_size: u64,
     /// Bytes of one L1 or L2 table (table_size clusters).
     pub table_bytes: u64,
@@ -31,11 +33,13 @@ pub struct Info {
     pub features: Vec<&'static str>,
     /// Bits of `compat_features` and `autoclear_features` (the spec defines none).
     pub compat_feature_bits: Vec<u8>,
+    /// Bits set in `autoclear_features` (the spec defines none).
     pub autoclear_feature_bits: Vec<u8>,
     /// The backing file name (QED_F_BACKING_FILE), not NUL terminated in the file.
     pub backing_file: Option<String>,
     /// "raw" when QED_F_BACKING_FORMAT_NO_PROBE is set; otherwise the backing file is probed.
     pub backing_format: Option<&'static str>,
+    /// Byte offset of the L1 table (validated: cluster aligned, past the header).
     pub l1_table_offset: u64,
     /// L1 entries the file holds (at most `table_entries`).
     pub l1_entries_in_file: u64,

@@ -10,17 +10,32 @@ use crate::rules::{qed, Rule};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mutation {
     /// An unallocated L2 entry (or another data entry) names a data cluster already in use.
-    DuplicateData { nth: usize },
+    DuplicateData {
+        /// Which data cluster entry (modulo their count).
+        nth: usize,
+    },
     /// A data cluster offset moved by 512 bytes (its low 12 bits are reserved).
-    MisalignData { nth: usize },
+    MisalignData {
+        /// Which data cluster entry (modulo their count).
+        nth: usize,
+    },
     /// A data cluster offset past the end of the file.
-    DataPastEof { nth: usize },
+    DataPastEof {
+        /// Which data cluster entry (modulo their count).
+        nth: usize,
+    },
     /// An L2 table offset past the end of the file.
-    L2PastEof { nth: usize },
+    L2PastEof {
+        /// Which L1 entry naming an L2 table (modulo their count).
+        nth: usize,
+    },
     /// One unreferenced cluster appended.
     Leak,
     /// A `features` bit no spec defines.
-    UnknownFeature { bit: u8 },
+    UnknownFeature {
+        /// The bit set (3-63).
+        bit: u8,
+    },
     /// NEED_CHECK set.
     NeedCheck,
     /// cluster_size not a power of 2.

@@ -27,16 +27,20 @@ pub enum Cluster {
 pub struct Description {
     /// Guest size in bytes (a multiple of 512).
     pub size: u64,
+    /// Cluster size in bytes (a power of 2 in [4 KiB, 64 MiB]).
     pub cluster_size: u32,
+    /// L1 and L2 table size in clusters (a power of 2 in [1, 16]).
     pub table_size: u32,
     /// Guest cluster index -> contents; absent clusters are unallocated.
     pub clusters: BTreeMap<u64, Cluster>,
     /// Backing file name, and whether it is raw (BACKING_FORMAT_NO_PROBE).
     pub backing: Option<(String, bool)>,
+    /// Set QED_F_NEED_CHECK (a dirty image).
     pub need_check: bool,
 }
 
 impl Description {
+    /// An image of `size` bytes with the given cluster and table sizes, no cluster allocated, no backing file.
     pub fn new(size: u64, cluster_size: u32, table_size: u32) -> Description {
         Description {
             size,
@@ -67,6 +71,7 @@ impl Description {
     }
 }
 
+/// Serializes `d` as a QED image (header, backing name, L1, L2 tables, data clusters); an error when `d` is inconsistent.
 pub fn write(d: &Description) -> Result<Vec<u8>, WriteError> {
     let err = |s: String| Err(WriteError(s));
     let cs = d.cluster_size as u64;

@@ -16,13 +16,17 @@ macro_rules! protocol_features {
         /// The protocol features of the current spec, by bit.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
         pub enum ProtocolFeature {
-            $( $Variant = $bit, )*
+            $(
+                #[doc = concat!("`VHOST_USER_PROTOCOL_F_", $name, "` (bit ", stringify!($bit), ").")]
+                $Variant = $bit,
+            )*
         }
 
         impl ProtocolFeature {
             /// Every protocol feature, by bit.
             pub const ALL: &'static [ProtocolFeature] = &[$( ProtocolFeature::$Variant ),*];
 
+            /// The feature as a mask (`1 << bit`) of the protocol features u64.
             pub fn bit(self) -> u64 {
                 1 << (self as u32)
             }
@@ -79,6 +83,7 @@ pub fn protocol_feature_names(bits: u64) -> Vec<String> {
         .collect()
 }
 
+/// Whether the protocol features `bits` include `f`.
 pub fn has(bits: u64, f: ProtocolFeature) -> bool {
     bits & f.bit() != 0
 }

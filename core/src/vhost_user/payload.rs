@@ -3,7 +3,7 @@
 //! Every layout is a type implementing [`Codec`]: the size the message
 //! defines, how it decodes and how it encodes, side by side, all numbers in
 //! the machine's native byte order (spec: "All numbers are in the machine
-//! native byte order"). [`payloads!`] lists the layouts once and makes the
+//! native byte order"). `payloads!` lists the layouts once and makes the
 //! [`PayloadKind`] the request table names, the [`Payload`] enum and the
 //! dispatch between them.
 //!
@@ -20,18 +20,28 @@ pub const MAX_MEM_TABLE_REGIONS: u32 = 8;
 pub const MAX_CONFIG_SIZE: u32 = 256;
 /// `struct vhost_iotlb_msg` is 26 bytes of fields; QEMU sends its C size, 32.
 pub const IOTLB_SIZE: usize = 32;
+/// The packed size of `struct vhost_iotlb_msg` (26 bytes), accepted too.
 pub const IOTLB_FIELDS_SIZE: usize = 26;
+/// Size of the GET_SHMEM_CONFIG reply: u32 nregions, u32 padding, 256 u64 sizes (2056 bytes).
 pub const SHMEM_CONFIG_SIZE: usize = 8 + 256 * 8;
 
 /// Why a payload does not decode.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PayloadError {
     /// The message type defines `expected` bytes; `got` arrived.
-    Size { expected: usize, got: usize },
+    Size {
+        /// Bytes the message type defines for this payload.
+        expected: usize,
+        /// Bytes received.
+        got: usize,
+    },
     /// A count or size field is beyond what the spec allows.
     TooLarge {
+        /// The field ("nregions", "config size").
         what: &'static str,
+        /// The value the payload carries.
         value: u64,
+        /// The largest value accepted.
         max: u64,
     },
 }
@@ -74,15 +84,19 @@ impl<'a> Reader<'a> {
         a.copy_from_slice(self.take(N)?);
         Ok(a)
     }
+    /// Reads a u8.
     pub fn u8(&mut self) -> Result<u8, PayloadError> {
         Ok(self.array::<1>()?[0])
     }
+    /// Reads a native-order u16.
     pub fn u16(&mut self) -> Result<u16, PayloadError> {
         self.array().map(u16::from_ne_bytes)
     }
+    /// Reads a native-order u32.
     pub fn u32(&mut self) -> Result<u32, PayloadError> {
         self.array().map(u32::from_ne_bytes)
     }
+    /// Reads a native-order u64.
     pub fn u64(&mut self) -> Result<u64, PayloadError> {
         self.array().map(u64::from_ne_bytes)
     }
@@ -103,18 +117,23 @@ impl<'a> Reader<'a> {
 pub struct Writer(Vec<u8>);
 
 impl Writer {
+    /// Appends a u8.
     pub fn u8(&mut self, v: u8) {
         self.0.push(v);
     }
+    /// Appends a native-order u16.
     pub fn u16(&mut self, v: u16) {
         self.0.extend_from_slice(&v.to_ne_bytes());
     }
+    /// Appends a native-order u32.
     pub fn u32(&mut self, v: u32) {
         self.0.extend_from_slice(&v.to_ne_bytes());
     }
+    /// Appends a native-order u64.
     pub fn u64(&mut self, v: u64) {
         self.0.extend_from_slice(&v.to_ne_bytes());
     }
+    /// Appends raw bytes.
     pub fn bytes(&mut self, b: &[u8]) {
         self.0.extend_from_slice(b);
     }
@@ -130,7 +149,9 @@ pub trait Codec: Sized {
     /// count or size of variable layouts); `None`: any size. An error when
     /// a count is beyond what the spec allows.
     fn size(bytes: &[u8], xen: bool) -> Result<Option<usize>, PayloadError>;
+    /// Reads the layout from a payload whose size was checked.
     fn decode(r: &mut Reader<'_>) -> Result<Self, PayloadError>;
+    /// Appends the layout's bytes, padding included.
     fn encode(&self, w: &mut Writer);
 }
 
@@ -144,11 +165,11 @@ fn peek_u32(b: &[u8], at: usize) -> Option<u32> {
 /// A layout of fixed size whose fields are all numbers, read and written
 /// in the order given.
 macro_rules! fixed {
-    ($(#[$doc:meta])* $Name:ident = $size:expr; $( $field:ident: $ty:ident ),* $(; pad $pad:expr)?) => {
+    ($(#[$doc:meta])* $Name:ident = $size:expr; $( $(#[$fdoc:meta])* $field:ident: $ty:ident ),* $(; pad $pad:expr)?) => {
         $(#[$doc])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
         pub struct $Name {
-            $( pub $field: $ty, )*
+            $( $(#[$fdoc])* pub $field: $ty, )*
         }
         impl Codec for $Name {
             fn size(_: &[u8], _: bool) -> Result<Option<usize>, PayloadError> {
@@ -167,41 +188,87 @@ macro_rules! fixed {
 
 fixed!(
     /// A u64 (features, acks, vring fd payloads, status).
-    U64 = 8; value: u64
+    U64 = 8;
+    /// The number (feature bits, ack status, vring index and NOFD bit, device status).
+    value: u64
 );
 fixed!(
     /// Vring state description.
-    VringState = 8; index: u32, num: u32
+    VringState = 8;
+    /// The vring index.
+    index: u32,
+    /// Ring size in descriptors (SET_VRING_NUM) or the next available index (SET/GET_VRING_BASE); not validated here.
+    num: u32
 );
 fixed!(
     /// Vring address description.
-    VringAddr = 40; index: u32, flags: u32, descriptor: u64, used: u64, available: u64, log: u64
+    VringAddr = 40;
+    /// The vring index.
+    index: u32,
+    /// Flags; bit 0 asks for used-ring logging.
+    flags: u32,
+    /// User address of the descriptor table (front-end's address space).
+    descriptor: u64,
+    /// User address of the used ring.
+    used: u64,
+    /// User address of the available ring.
+    available: u64,
+    /// Guest address of the used-ring log (with flag bit 0).
+    log: u64
 );
 fixed!(
     /// Log description.
-    Log = 16; size: u64, offset: u64
+    Log = 16;
+    /// Size of the log area in bytes.
+    size: u64,
+    /// Offset of the log in the passed fd's mmap, in bytes.
+    offset: u64
 );
 fixed!(
     /// Vring area description.
-    VringArea = 24; index_flags: u64, size: u64, offset: u64
+    VringArea = 24;
+    /// Bits 0-7: the vring index; bit 8: no fd (the area is unmapped).
+    index_flags: u64,
+    /// Size of the area in bytes.
+    size: u64,
+    /// Offset of the area in the passed fd, in bytes.
+    offset: u64
 );
 fixed!(
     /// Device state transfer parameters.
-    DeviceState = 8; direction: u32, phase: u32
+    DeviceState = 8;
+    /// Transfer direction: 0 save (back-end to front-end), 1 load.
+    direction: u32,
+    /// Migration phase: 0 stopped.
+    phase: u32
 );
 fixed!(
     /// Inflight description: 20 bytes of fields, padded to 24.
-    Inflight = 24; mmap_size: u64, mmap_offset: u64, num_queues: u16, queue_size: u16; pad 24
+    Inflight = 24;
+    /// Size of the inflight shared memory area, in bytes.
+    mmap_size: u64,
+    /// Offset of the area in the passed fd, in bytes.
+    mmap_offset: u64,
+    /// Number of virtqueues the area covers.
+    num_queues: u16,
+    /// Size of each virtqueue, in descriptors.
+    queue_size: u16;
+    pad 24
 );
 
 /// IOTLB message (`struct vhost_iotlb_msg`): QEMU sends its C size with tail
 /// padding (32); the packed 26-byte form is accepted too.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Iotlb {
+    /// I/O virtual address of the mapping.
     pub iova: u64,
+    /// Size of the mapping in bytes.
     pub size: u64,
+    /// User address the IOVA maps to (front-end's address space).
     pub user_address: u64,
+    /// Access permissions (1 read, 2 write, 3 read-write); not validated when decoded.
     pub permissions: u8,
+    /// Message type (1 miss, 2 update, 3 invalidate, 4 access fail); not validated when decoded.
     pub iotlb_type: u8,
 }
 impl Codec for Iotlb {
@@ -234,12 +301,18 @@ impl Codec for Iotlb {
 /// A memory region description.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Region {
+    /// Guest physical address of the region.
     pub guest_address: u64,
+    /// Size of the region in bytes (untrusted: ranges are checked with [`Region::guest_end`]).
     pub size: u64,
+    /// User address of the region in the front-end's address space.
     pub user_address: u64,
+    /// Offset of the region in the passed fd's mmap, in bytes.
     pub mmap_offset: u64,
+    /// Xen mmap flags (only with XEN_MMAP negotiated).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub xen_mmap_flags: Option<u32>,
+    /// Xen domain id (only with XEN_MMAP negotiated).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub domid: Option<u32>,
 }
@@ -257,6 +330,7 @@ impl Region {
     pub fn guest_end(&self) -> Option<u64> {
         self.guest_address.checked_add(self.size)
     }
+    /// End of the user-address range, None when it wraps.
     pub fn user_end(&self) -> Option<u64> {
         self.user_address.checked_add(self.size)
     }
@@ -297,6 +371,7 @@ impl Codec for Region {
 /// nregions regions.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct MemTable {
+    /// The regions, at most [`MAX_MEM_TABLE_REGIONS`] (checked before decoding).
     pub regions: Vec<Region>,
 }
 impl Codec for MemTable {
@@ -334,6 +409,7 @@ impl Codec for MemTable {
 /// Single memory region description: u64 padding, then one region.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct SingleRegion {
+    /// The region added or removed.
     pub region: Region,
 }
 impl Codec for SingleRegion {
@@ -355,9 +431,13 @@ impl Codec for SingleRegion {
 /// Device config space: u32 offset, u32 size, u32 flags, then `size` bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Config {
+    /// Offset of the access in the device config space, in bytes.
     pub offset: u32,
+    /// Bytes accessed, at most [`MAX_CONFIG_SIZE`] (checked before decoding).
     pub size: u32,
+    /// 0 writable, 1 live migration.
     pub flags: u32,
+    /// The config bytes (`size` of them).
     #[serde(with = "hex_bytes")]
     pub data: Vec<u8>,
 }
@@ -395,6 +475,7 @@ impl Codec for Config {
 /// Bytes the engine does not look into, any size (crypto sessions).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CryptoSession {
+    /// The payload bytes, unparsed.
     #[serde(with = "hex_bytes")]
     pub raw: Vec<u8>,
 }
@@ -413,6 +494,7 @@ impl Codec for CryptoSession {
 /// VhostUserShared: a 16-byte UUID.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SharedObject {
+    /// The object's UUID (16 bytes).
     #[serde(with = "hex_bytes")]
     pub uuid: Vec<u8>,
 }
@@ -431,10 +513,15 @@ impl Codec for SharedObject {
 /// MMAP request: u8 shmid, 7 bytes padding, then four u64.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct ShmemMap {
+    /// Which shared memory region (VIRTIO Shared Memory Region id).
     pub shmid: u8,
+    /// Offset in the passed fd, in bytes.
     pub fd_offset: u64,
+    /// Offset in the shared memory region, in bytes.
     pub shm_offset: u64,
+    /// Length of the mapping in bytes.
     pub len: u64,
+    /// Mapping flags: 0 read-only, 1 read-write (spec "MMAP request").
     pub flags: u64,
 }
 impl Codec for ShmemMap {
@@ -464,7 +551,9 @@ impl Codec for ShmemMap {
 /// Shared memory configuration: u32 nregions, u32 padding, 256 u64 sizes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ShmemConfig {
+    /// Number of shared memory regions the back-end uses (not validated against 256).
     pub nregions: u32,
+    /// Size in bytes of each of the 256 region slots.
     pub sizes: Vec<u64>,
 }
 impl Codec for ShmemConfig {
@@ -495,16 +584,24 @@ macro_rules! payloads {
         /// The payload layouts of the spec.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
         pub enum PayloadKind {
+            /// No payload (size 0).
             Empty,
-            $( $Kind, )*
+            $(
+                #[doc = concat!("The [`", stringify!($Kind), "`] layout.")]
+                $Kind,
+            )*
         }
 
         /// A decoded payload.
         #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
         #[serde(tag = "type", rename_all = "snake_case")]
         pub enum Payload {
+            /// No payload (size 0).
             Empty,
-            $( $Kind($Kind), )*
+            $(
+                #[doc = concat!("A decoded [`", stringify!($Kind), "`].")]
+                $Kind($Kind),
+            )*
         }
 
         fn size_of(kind: PayloadKind, bytes: &[u8], xen: bool) -> Result<Option<usize>, PayloadError> {

@@ -1,7 +1,7 @@
 //! Every request of the current spec (sections "Front-end message types" and
 //! "Back-end message types"), in one table per channel: its id, name,
 //! payload, reply, file descriptors and the feature that gates it. The
-//! [`requests!`] macro turns each table into a typed enum ([`FrontEnd`],
+//! `requests!` macro turns each table into a typed enum ([`FrontEnd`],
 //! [`BackEnd`]) and the rows callers look up ([`RequestInfo`]); ids, id
 //! ranges and counts all come from the table, so a new request is one line.
 
@@ -34,7 +34,9 @@ pub enum Reply {
 /// File descriptors that travel with the request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fds {
+    /// No file descriptor.
     None,
+    /// Exactly one file descriptor.
     One,
     /// One, or none when the NOFD bit (8) of the u64 payload is set.
     OneUnlessNofd,
@@ -49,11 +51,13 @@ pub enum Fds {
 /// What must be negotiated before the request may be sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Gate {
+    /// Nothing: the request may always be sent.
     None,
     /// The back-end offered VHOST_USER_F_PROTOCOL_FEATURES (bit 30).
     ProtocolFeaturesOffered,
     /// Bit 30 negotiated (see the session's strictness profile).
     ProtocolFeaturesNegotiated,
+    /// The protocol feature negotiated with SET_PROTOCOL_FEATURES.
     Feature(PF),
     /// A virtio feature bit negotiated with SET_FEATURES.
     VirtioFeature(u32),
@@ -62,21 +66,30 @@ pub enum Gate {
 /// A request of either channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Request {
+    /// A front-end request (main channel).
     Front(FrontEnd),
+    /// A back-end request (back-end channel).
     Back(BackEnd),
 }
 
 /// One row of the request tables.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestInfo {
+    /// The request, typed.
     pub request: Request,
     /// The wire id (`request` as a number).
     pub id: u32,
+    /// The name as the spec spells it, after `VHOST_USER_`.
     pub name: &'static str,
+    /// The socket the request travels on.
     pub channel: Channel,
+    /// The layout of the request's payload.
     pub payload: P,
+    /// What the receiver sends back.
     pub reply: Reply,
+    /// File descriptors that travel with the request.
     pub fds: Fds,
+    /// What must be negotiated before the request may be sent.
     pub gate: Gate,
     /// Reply file descriptors: how many a successful reply may carry.
     pub reply_fds: usize,
@@ -95,27 +108,34 @@ macro_rules! requests {
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
         #[repr(u32)]
         pub enum $Enum {
-            $( $Variant = $id, )*
+            $(
+                #[doc = concat!("`VHOST_USER_", $name, "` (id ", stringify!($id), ", payload `", stringify!($payload), "`): see its entry in the spec.")]
+                $Variant = $id,
+            )*
         }
 
         impl $Enum {
             /// Every request of the channel, in id order.
             pub const ALL: &'static [$Enum] = &[$( $Enum::$Variant ),*];
 
+            /// The request with wire id `id`; `None` for an id the channel does not define.
             pub fn from_id(id: u32) -> Option<$Enum> {
                 match id {
                     $( $id => Some($Enum::$Variant), )*
                     _ => None,
                 }
             }
+            /// The wire id (the header's `request` field).
             pub const fn id(self) -> u32 {
                 self as u32
             }
+            /// The table row of this request.
             pub fn info(self) -> &'static RequestInfo {
                 // The table is in enum order: the position of `self` in ALL.
                 let i = $Enum::ALL.iter().position(|r| *r == self).unwrap_or(0);
                 &$TABLE[i]
             }
+            /// The name as the spec spells it, after `VHOST_USER_`.
             pub fn name(self) -> &'static str {
                 self.info().name
             }
@@ -134,6 +154,7 @@ macro_rules! requests {
             }
         }
 
+        #[doc = concat!("The [`RequestInfo`] rows of [`", stringify!($Enum), "`], in id order.")]
         pub static $TABLE: [RequestInfo; $Enum::ALL.len()] = [
             $( RequestInfo {
                 request: $wrap($Enum::$Variant),

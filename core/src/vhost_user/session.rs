@@ -39,8 +39,11 @@ impl Direction {
 /// One message as it travelled.
 #[derive(Debug, Clone, Copy)]
 pub struct Message<'a> {
+    /// The socket the message travelled on.
     pub channel: Channel,
+    /// Which side sent it.
     pub dir: Direction,
+    /// The decoded header (not yet validated: the session checks it).
     pub header: Header,
     /// The payload bytes actually received (at most `header.size`).
     pub payload: &'a [u8],
@@ -65,9 +68,13 @@ pub struct Profile {
 /// (or without) a GET_QUEUE_NUM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Caps {
+    /// Virtio feature bits answered to GET_FEATURES.
     pub features: u64,
+    /// Protocol feature bits answered to GET_PROTOCOL_FEATURES.
     pub protocol_features: u64,
+    /// Number of queues answered to GET_QUEUE_NUM.
     pub queues: u64,
+    /// Memory slots answered to GET_MAX_MEM_SLOTS.
     pub max_mem_slots: u64,
     /// The largest SET_VRING_NUM accepted.
     pub max_ring_size: u32,
@@ -147,6 +154,8 @@ pub struct Session {
 }
 
 impl Session {
+    /// A session that knows the back-end only from the conversation (see
+    /// [`Session::with_caps`] for the back-end's side); `name` is the report's filename.
     pub fn new(name: &str, profile: Profile) -> Session {
         Session {
             profile,
@@ -189,6 +198,7 @@ impl Session {
     pub fn report(&self) -> &Report {
         &self.report
     }
+    /// The findings of the whole conversation.
     pub fn into_report(self) -> Report {
         self.report
     }
@@ -196,9 +206,11 @@ impl Session {
     pub fn messages(&self) -> u64 {
         self.seq
     }
+    /// Virtio features the back-end offered (its GET_FEATURES reply), if seen.
     pub fn offered_features(&self) -> Option<u64> {
         self.offered_features
     }
+    /// Protocol features the back-end offered (its GET_PROTOCOL_FEATURES reply), if seen.
     pub fn offered_protocol_features(&self) -> Option<u64> {
         self.offered_protocol
     }
@@ -206,6 +218,7 @@ impl Session {
     pub fn protocol_features(&self) -> u64 {
         self.acked_protocol.unwrap_or(0)
     }
+    /// The back-end's GET_QUEUE_NUM reply, if seen.
     pub fn queue_num(&self) -> Option<u64> {
         self.queue_num
     }

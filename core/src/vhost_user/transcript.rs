@@ -10,7 +10,9 @@ use super::session::{Direction, Message, Profile, Session};
 use super::wire::Header;
 use serde::{Deserialize, Serialize};
 
+/// The `format` of a transcript's preamble line.
 pub const FORMAT: &str = "qconform-vhost-user-transcript";
+/// The transcript format version this crate writes and reads.
 pub const VERSION: u32 = 1;
 /// A transcript line longer than this is refused (a 4 KiB payload in hex and
 /// its decoded form fit many times over).
@@ -24,43 +26,59 @@ pub struct FdInfo {
     /// memfd, eventfd, socket, file, pipe, none (closed), unknown.
     pub kind: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// For memory (memfd, file): its size in bytes, when known.
     pub size: Option<u64>,
 }
 
 /// The first line.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Preamble {
+    /// Must be [`FORMAT`].
     pub format: String,
+    /// Must be [`VERSION`].
     pub version: u32,
     #[serde(default)]
+    /// Free text: what the conversation is.
     pub description: String,
 }
 
 /// One message or event line.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Entry {
+    /// Message (or event) number in the conversation, in order.
     pub seq: u64,
     #[serde(default)]
+    /// Time since the start of the conversation, in nanoseconds (0 when not recorded).
     pub t_ns: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Set on an event line; the message fields are then absent.
     pub event: Option<Event>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The socket the message travelled on.
     pub channel: Option<Channel>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Which side sent it.
     pub dir: Option<Direction>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The header's request field (a wire id, maybe unknown).
     pub request: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The request's spec name, when the id is known (informative: the id decides).
     pub name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The header's flags field.
     pub flags: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The header's size field, as claimed (the payload may be shorter).
     pub size: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The payload bytes received, in hex.
     pub payload_hex: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The payload decoded with the request's layout, for reading only (requests only; never read back).
     pub decoded: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// The file descriptors that travelled with it.
     pub fds: Vec<FdInfo>,
 }
 
@@ -71,13 +89,17 @@ pub enum Event {
     /// The connection ended; `by` is the side that closed it, if known.
     Closed {
         #[serde(default)]
+        /// The side that closed, when known.
         by: Option<Direction>,
         /// The close was provoked (invalid input on purpose).
         #[serde(default)]
         expected: bool,
     },
     /// A reply did not arrive within `waited_ms`.
-    Timeout { waited_ms: u64 },
+    Timeout {
+        /// How long the reply was waited for, in milliseconds.
+        waited_ms: u64,
+    },
 }
 
 /// Payload bytes as lowercase hex (the `hex` crate: one well-tested
@@ -131,6 +153,7 @@ impl Entry {
         }
     }
 
+    /// An event line.
     pub fn event(seq: u64, t_ns: u64, event: Event) -> Entry {
         Entry {
             seq,
@@ -152,7 +175,9 @@ impl Entry {
 /// Why a transcript cannot be read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TranscriptError {
+    /// The line number, from 1.
     pub line: usize,
+    /// What is wrong with it.
     pub message: String,
 }
 

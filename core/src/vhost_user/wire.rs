@@ -3,9 +3,11 @@
 
 use serde::Serialize;
 
+/// Size of the header in bytes: three u32.
 pub const HEADER_SIZE: usize = 12;
 /// Bits 0-1: the protocol version, currently 1.
 pub const VERSION_MASK: u32 = 0x3;
+/// The protocol version in bits 0-1 of every message.
 pub const VERSION: u32 = 0x1;
 /// Bit 2: set on every reply from the back-end.
 pub const FLAG_REPLY: u32 = 0x4;
@@ -17,6 +19,7 @@ pub const KNOWN_FLAGS: u32 = VERSION_MASK | FLAG_REPLY | FLAG_NEED_REPLY;
 pub const MAX_FDS: usize = 8;
 /// Vring fd payloads: bits 0-7 are the ring index, bit 8 says "no fd".
 pub const VRING_INDEX_MASK: u64 = 0xff;
+/// Bit 8 of a vring fd payload: no file descriptor is passed.
 pub const VRING_NOFD: u64 = 0x100;
 /// The largest payload any message of the current spec has is 2056 bytes
 /// (GET_SHMEM_CONFIG); we accept up to one page, as rust-vmm does, and treat
@@ -26,12 +29,16 @@ pub const MAX_PAYLOAD: u32 = 4096;
 /// A decoded header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Header {
+    /// The request id (the message type of its channel).
     pub request: u32,
+    /// Version and flag bits (see [`VERSION_MASK`], [`FLAG_REPLY`], [`FLAG_NEED_REPLY`]).
     pub flags: u32,
+    /// Size of the payload that follows, in bytes (untrusted: bounded by [`MAX_PAYLOAD`] when read).
     pub size: u32,
 }
 
 impl Header {
+    /// Decodes the three native-order u32; no field is validated here.
     pub fn parse(b: &[u8; HEADER_SIZE]) -> Header {
         let word = |i: usize| u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
         Header {
@@ -41,6 +48,7 @@ impl Header {
         }
     }
 
+    /// The 12 bytes on the wire.
     pub fn encode(&self) -> [u8; HEADER_SIZE] {
         let mut b = [0u8; HEADER_SIZE];
         b[0..4].copy_from_slice(&self.request.to_ne_bytes());
@@ -67,12 +75,15 @@ impl Header {
         }
     }
 
+    /// The protocol version (flags bits 0-1).
     pub fn version(&self) -> u32 {
         self.flags & VERSION_MASK
     }
+    /// Whether the reply flag (bit 2) is set.
     pub fn is_reply(&self) -> bool {
         self.flags & FLAG_REPLY != 0
     }
+    /// Whether the need-reply flag (bit 3) is set.
     pub fn need_reply(&self) -> bool {
         self.flags & FLAG_NEED_REPLY != 0
     }
