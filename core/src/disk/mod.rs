@@ -212,5 +212,15 @@ impl Default for OpenOptions<'_> {
     }
 }
 
+/// Refuses `snapshot` for a format that has no internal snapshots.
+pub fn no_snapshots(format: &str, snapshot: Option<&str>) -> Result<(), ReadError> {
+    match snapshot {
+        Some(_) => Err(ReadError::Unsupported(format!(
+            "{format} images have no internal snapshots"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// A layer just opened, and what it names below it.
 pub type Opened = (Box<dyn Layer>, Option<BackingRef>);

@@ -24,20 +24,9 @@ pub fn open_layer(
     _opts: &OpenOptions<'_>,
     snapshot: Option<&str>,
 ) -> Result<Opened, ReadError> {
-    if snapshot.is_some() {
-        return Err(ReadError::Unsupported(
-            "Parallels images have no internal snapshots".into(),
-        ));
-    }
+    crate::disk::no_snapshots("Parallels", snapshot)?;
     let mut r = Report::new("read", "parallels", &Limits::default());
-    let h = header::parse(src.as_ref(), &mut r).ok_or_else(|| match r.findings.first() {
-        Some(f) => ReadError::rule(f.rule, f.offset, f.detail.clone()),
-        None => ReadError::rule(
-            &crate::rules::parallels::MAGIC,
-            Some(0),
-            "unreadable Parallels header",
-        ),
-    })?;
+    let h = header::parse(src.as_ref(), &mut r).ok_or_else(|| r.into_error())?;
     let bat = Table::new(HEADER_SIZE, h.nb_bat_entries as u64, 4, Endian::Little);
     Ok((Box::new(ParallelsLayer { src, h, bat }), None))
 }

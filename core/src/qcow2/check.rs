@@ -64,16 +64,7 @@ pub fn info(src: &dyn ReadAt, filename: &str, limits: &Limits) -> crate::Result<
         Some(b) => bitmap::read_directory(src, &parsed.header, b, &mut report).unwrap_or_default(),
         None => Vec::new(),
     };
-    let h = &parsed.header;
-    // header::parse proved offset + size lie inside cluster 0.
-    let backing_file = (h.backing_file_offset != 0).then(|| {
-        let start = h.backing_file_offset as usize;
-        let name = parsed
-            .cluster0
-            .get(start..start + h.backing_file_size as usize)
-            .unwrap_or(&[]);
-        String::from_utf8_lossy(name).into_owned()
-    });
+    let backing_file = parsed.backing_name();
     Ok(Info {
         header: parsed.header,
         backing_file,

@@ -149,6 +149,22 @@ pub struct Parsed {
     pub cluster0: Vec<u8>,
 }
 
+impl Parsed {
+    /// The backing file name (not NUL terminated in the file), if the
+    /// header names one; [`parse`] proved it lies inside cluster 0.
+    pub fn backing_name(&self) -> Option<String> {
+        let h = &self.header;
+        (h.backing_file_offset != 0).then(|| {
+            let start = h.backing_file_offset as usize;
+            let name = self
+                .cluster0
+                .get(start..start + h.backing_file_size as usize)
+                .unwrap_or(&[]);
+            String::from_utf8_lossy(name).into_owned()
+        })
+    }
+}
+
 /// Reads and validates the header. Everything that stops QEMU from opening
 /// the image stops the check with an error finding (exit code 1, as
 /// qemu-img); other rule violations are recorded and parsing goes on.

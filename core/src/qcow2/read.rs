@@ -328,19 +328,6 @@ fn parse_metadata(
     Ok((parsed, exts, report))
 }
 
-fn backing_name(parsed: &header::Parsed) -> Option<String> {
-    let h = &parsed.header;
-    (h.backing_file_offset != 0).then(|| {
-        // header::parse proved offset + size lie inside cluster 0.
-        let start = h.backing_file_offset as usize;
-        let name = parsed
-            .cluster0
-            .get(start..start + h.backing_file_size as usize)
-            .unwrap_or(&[]);
-        String::from_utf8_lossy(name).into_owned()
-    })
-}
-
 /// The backing file and data file names of a qcow2 image, where they lie.
 pub fn named_files(src: &dyn ReadAt) -> Vec<NamedFile> {
     let Ok((parsed, exts, _)) = parse_metadata(src, &Limits::default()) else {
@@ -348,7 +335,7 @@ pub fn named_files(src: &dyn ReadAt) -> Vec<NamedFile> {
     };
     let h = &parsed.header;
     let mut out = Vec::new();
-    if let Some(name) = backing_name(&parsed) {
+    if let Some(name) = parsed.backing_name() {
         out.push(NamedFile {
             role: Role::BackingFile,
             name,
@@ -373,7 +360,7 @@ pub fn open_layer(
     snapshot: Option<&str>,
 ) -> Result<Opened, ReadError> {
     let (parsed, exts, mut report) = parse_metadata(src.as_ref(), &opts.limits)?;
-    let backing = backing_name(&parsed).map(|name| BackingRef {
+    let backing = parsed.backing_name().map(|name| BackingRef {
         name,
         format: exts.backing_format.clone(),
     });

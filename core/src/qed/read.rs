@@ -28,10 +28,7 @@ struct QedLayer {
 
 fn parse(src: &dyn ReadAt) -> Result<Header, ReadError> {
     let mut r = Report::new("read", "qed", &Limits::default());
-    header::parse(src, &mut r).ok_or_else(|| match r.findings.first() {
-        Some(f) => ReadError::rule(f.rule, f.offset, f.detail.clone()),
-        None => ReadError::rule(&rule::MAGIC, Some(0), "unreadable QED header"),
-    })
+    header::parse(src, &mut r).ok_or_else(|| r.into_error())
 }
 
 /// The backing file name a QED header names, bounded as QEMU bounds it.
@@ -76,11 +73,7 @@ pub fn open_layer(
     _opts: &OpenOptions<'_>,
     snapshot: Option<&str>,
 ) -> Result<Opened, ReadError> {
-    if snapshot.is_some() {
-        return Err(ReadError::Unsupported(
-            "QED images have no internal snapshots".into(),
-        ));
-    }
+    crate::disk::no_snapshots("QED", snapshot)?;
     let h = parse(src.as_ref())?;
     let format = (h.features & F_BACKING_FORMAT_NO_PROBE != 0).then(|| "raw".to_string());
     let backing = backing_name(src.as_ref(), &h)?.map(|name| BackingRef { name, format });
