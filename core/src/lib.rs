@@ -17,6 +17,7 @@ pub mod parallels;
 pub mod qcow2;
 pub mod qed;
 pub mod report;
+pub mod rng;
 pub mod rules;
 pub mod source;
 pub mod vhost_user;

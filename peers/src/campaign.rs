@@ -5,19 +5,17 @@
 use crate::differential::{find, known, Finding};
 use crate::Impl;
 
-/// splitmix64: a fixed seed gives the same inputs on every machine.
-pub struct Rng(u64);
+/// The campaign's generator: a fixed seed gives the same inputs on every machine.
+pub struct Rng(qconform_core::rng::SplitMix64);
 
 impl Rng {
+    /// The stream that starts at `seed`.
     pub fn new(seed: u64) -> Rng {
-        Rng(seed)
+        Rng(qconform_core::rng::SplitMix64::new(seed))
     }
+    /// The next 64 bits.
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
     /// One input: 16 to 79 bytes (the generator reads at most that many).
     pub fn input(&mut self) -> Vec<u8> {

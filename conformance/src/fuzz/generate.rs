@@ -8,23 +8,22 @@
 use qconform_core::rules::Rule;
 use qconform_core::{parallels, qcow2, qed};
 
-/// SplitMix64: tiny, fast and the same everywhere (no platform RNG).
+/// A run's generator (core's SplitMix64: the same everywhere).
 #[derive(Debug, Clone)]
-pub struct Rng(u64);
+pub struct Rng(qconform_core::rng::SplitMix64);
 
 impl Rng {
     /// The generator of run `index` of a campaign seeded with `seed`.
     pub fn for_run(seed: u64, index: u64) -> Rng {
-        let mut r = Rng(seed ^ index.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let mut r = Rng(qconform_core::rng::SplitMix64::new(
+            seed ^ index.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+        ));
         r.next_u64();
         r
     }
+    /// The next 64 bits.
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
     /// A number in `0..n` (0 when n is 0).
     pub fn below(&mut self, n: u64) -> u64 {
