@@ -11,6 +11,7 @@
 pub mod detect;
 pub mod disk;
 pub mod error;
+pub mod field;
 pub mod formats;
 pub mod limits;
 pub mod parallels;

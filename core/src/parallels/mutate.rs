@@ -1,14 +1,15 @@
 //! Parallels mutators: one structured corruption of a valid image at a
 //! time, each naming the rules the checker must then report.
 
-use super::ext::{EXT_MAGIC, FEATURE_DIRTY_BITMAP};
-use super::header::{self, HEADER_SIZE, IN_USE_OPEN};
+use super::ext::{
+    bitmap_field, feature_field, field as ext_field, EXT_MAGIC, FEATURE_DIRTY_BITMAP,
+};
+use super::header::{self, field as f, HEADER_SIZE, IN_USE_OPEN};
 use super::SECTOR;
+use crate::field::le_u32;
 use crate::limits::Limits;
 use crate::report::Report;
 use crate::rules::{parallels, Rule};
-use crate::source::{le_u32, le_u64};
-use md5::{Digest, Md5};
 
 /// One corruption. `nth` picks among the candidates (modulo their count).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,11 +99,11 @@ impl Mutation {
     }
 }
 
+/// A BAT entry at file offset `at`.
 fn put32(b: &mut [u8], at: u64, v: u32) {
-    crate::source::put_le32(b, at as usize, v)
-}
-fn put64(b: &mut [u8], at: u64, v: u64) {
-    crate::source::put_le64(b, at as usize, v)
+    if let Ok(at) = usize::try_from(at) {
+        crate::field::put_le32(b, at, v)
+    }
 }
 
 fn pick<T: Copy>(v: &[T], nth: usize) -> Option<T> {
@@ -111,10 +112,8 @@ fn pick<T: Copy>(v: &[T], nth: usize) -> Option<T> {
 
 /// Rewrites the extension cluster's MD5 after an edit of its body.
 fn fix_checksum(img: &mut [u8], ext_at: u64, cs: u64) {
-    let (a, b) = (ext_at as usize, (ext_at + cs) as usize);
-    if let Some(body) = img.get(a + 24..b) {
-        let sum = Md5::digest(body);
-        img[a + 8..a + 24].copy_from_slice(&sum);
+    if let Some(c) = img.get_mut(ext_at as usize..(ext_at + cs) as usize) {
+        super::ext::seal(c);
     }
 }
 
@@ -134,10 +133,11 @@ pub fn apply(m: Mutation, img: &mut Vec<u8>) -> Option<&'static [&'static Rule]>
         .collect();
     // The first feature of the extension, when it is a dirty bitmap: its data offset.
     let ext_at = h.ext_off.saturating_mul(SECTOR);
+    let feature = ext_at as usize + ext_field::FEATURES;
     let bitmap = (h.ext_off != 0
-        && le_u64(img, ext_at as usize) == EXT_MAGIC
-        && le_u64(img, ext_at as usize + 24) == FEATURE_DIRTY_BITMAP)
-        .then_some(ext_at + 48);
+        && ext_field::MAGIC.get_at(img, ext_at as usize) == EXT_MAGIC
+        && feature_field::MAGIC.get_at(img, feature) == FEATURE_DIRTY_BITMAP)
+        .then_some(feature + feature_field::DATA);
     // A BAT value naming `off` bytes into the file.
     let entry = |off: u64| -> u32 {
         if h.ext_magic {
@@ -191,33 +191,33 @@ pub fn apply(m: Mutation, img: &mut Vec<u8>) -> Option<&'static [&'static Rule]>
             crate::rule_set![parallels::LEAK]
         }
         Mutation::InUseOpen => {
-            put32(img, 44, IN_USE_OPEN);
+            f::IN_USE.put(img, IN_USE_OPEN);
             crate::rule_set![parallels::IN_USE_OPEN]
         }
         Mutation::InUseBad => {
-            put32(img, 44, 0x1234_5678);
+            f::IN_USE.put(img, 0x1234_5678);
             crate::rule_set![parallels::IN_USE_VALUE]
         }
         Mutation::TracksZero => {
-            put32(img, 28, 0);
+            f::TRACKS.put(img, 0);
             crate::rule_set![parallels::TRACKS]
         }
         Mutation::Version => {
-            put32(img, 16, 3);
+            f::VERSION.put(img, 3);
             crate::rule_set![parallels::VERSION]
         }
         Mutation::FlagsUnused { bit } => {
-            put32(img, 52, h.flags | 1 << bit.clamp(1, 31));
+            f::FLAGS.put(img, h.flags | 1 << bit.clamp(1, 31));
             crate::rule_set![parallels::FLAGS_UNUSED]
         }
         Mutation::EmptyWithData => {
             allocated.first()?;
-            put32(img, 52, h.flags | header::FLAG_EMPTY);
+            f::FLAGS.put(img, h.flags | header::FLAG_EMPTY);
             crate::rule_set![parallels::EMPTY_IMAGE]
         }
         Mutation::ExtMagic => {
             bitmap?;
-            put64(img, ext_at, EXT_MAGIC ^ 1);
+            ext_field::MAGIC.put_at(img, ext_at as usize, EXT_MAGIC ^ 1);
             crate::rule_set![parallels::EXT_MAGIC]
         }
         Mutation::ExtChecksum => {
@@ -228,20 +228,20 @@ pub fn apply(m: Mutation, img: &mut Vec<u8>) -> Option<&'static [&'static Rule]>
         }
         Mutation::BitmapGranularity => {
             let data = bitmap?;
-            put32(img, data + 24, 3);
+            bitmap_field::GRANULARITY.put_at(img, data, 3);
             fix_checksum(img, ext_at, cs);
             crate::rule_set![parallels::BITMAP_GRANULARITY]
         }
         Mutation::BitmapL1PastEof => {
             let data = bitmap?;
-            put64(img, data + 32, past_eof / SECTOR);
+            crate::field::put_le64(img, data + bitmap_field::L1, past_eof / SECTOR);
             fix_checksum(img, ext_at, cs);
             crate::rule_set![parallels::BITMAP_L1_ENTRY]
         }
         Mutation::BitmapSize => {
             let data = bitmap?;
-            let size = le_u64(img, data as usize);
-            put64(img, data, size + 1);
+            let size = bitmap_field::SIZE.get_at(img, data);
+            bitmap_field::SIZE.put_at(img, data, size + 1);
             fix_checksum(img, ext_at, cs);
             crate::rule_set![parallels::BITMAP_SIZE]
         }
@@ -249,16 +249,16 @@ pub fn apply(m: Mutation, img: &mut Vec<u8>) -> Option<&'static [&'static Rule]>
             if h.ext_magic {
                 return None;
             }
-            put64(img, 36, h.nb_sectors | 1 << 40);
+            f::NB_SECTORS.put(img, h.nb_sectors | 1 << 40);
             crate::rule_set![parallels::NB_SECTORS_HIGH]
         }
         Mutation::DataOffPastEof => {
-            put32(img, 48, (past_eof / SECTOR) as u32);
+            f::DATA_OFF.put(img, (past_eof / SECTOR) as u32);
             crate::rule_set![parallels::DATA_OFF]
         }
         Mutation::BatShort => {
             // One sector more than the BAT's clusters cover.
-            put64(img, 36, h.nb_bat_entries as u64 * (cs / SECTOR) + 1);
+            f::NB_SECTORS.put(img, h.nb_bat_entries as u64 * (cs / SECTOR) + 1);
             crate::rule_set![parallels::BAT_COVERS_DISK]
         }
     })

@@ -8,12 +8,13 @@
 //! then the data clusters in guest order. Every cluster past the data
 //! offset is used: nothing leaks.
 
-use super::ext::{EXT_MAGIC, FEATURE_DIRTY_BITMAP};
-use super::header::{HEADER_SIZE, IN_USE_CLOSED, MAGIC_V1, MAGIC_V2};
+use super::ext::{
+    bitmap_field, feature_field, field as ext_field, EXT_MAGIC, FEATURE_DIRTY_BITMAP,
+};
+use super::header::{field as f, HEADER_SIZE, IN_USE_CLOSED, MAGIC_V1, MAGIC_V2};
 use super::SECTOR;
 pub use crate::error::WriteError;
-use crate::source::{put_le32 as put32, put_le64 as put64};
-use md5::{Digest, Md5};
+use crate::field::{put_le32, put_le64};
 use std::collections::BTreeMap;
 
 /// A dirty bitmap of the Format Extension.
@@ -121,19 +122,16 @@ pub fn write(d: &Description) -> Result<Vec<u8>, WriteError> {
     }
     let data_off = (HEADER_SIZE + 4 * nb_bat).next_multiple_of(cs);
     let mut img = vec![0u8; data_off as usize];
-    img[..16].copy_from_slice(if d.ext_magic { MAGIC_V2 } else { MAGIC_V1 });
-    put32(&mut img, 16, 2);
-    put32(&mut img, 20, 16); // heads and cylinders: geometry hints only
-    put32(
-        &mut img,
-        24,
-        (d.size / SECTOR / 16 / (cs / SECTOR)).max(1) as u32,
-    );
-    put32(&mut img, 28, (cs / SECTOR) as u32);
-    put32(&mut img, 32, nb_bat as u32);
-    put64(&mut img, 36, d.size / SECTOR);
-    put32(&mut img, 44, IN_USE_CLOSED);
-    put32(&mut img, 48, (data_off / SECTOR) as u32);
+    img[f::MAGIC].copy_from_slice(if d.ext_magic { MAGIC_V2 } else { MAGIC_V1 });
+    f::VERSION.put(&mut img, 2);
+    f::HEADS.put(&mut img, 16); // heads and cylinders: geometry hints only
+    let cylinders = (d.size / SECTOR / 16 / (cs / SECTOR)).max(1) as u32;
+    f::CYLINDERS.put(&mut img, cylinders);
+    f::TRACKS.put(&mut img, (cs / SECTOR) as u32);
+    f::NB_BAT_ENTRIES.put(&mut img, nb_bat as u32);
+    f::NB_SECTORS.put(&mut img, d.size / SECTOR);
+    f::IN_USE.put(&mut img, IN_USE_CLOSED);
+    f::DATA_OFF.put(&mut img, (data_off / SECTOR) as u32);
     // A BAT entry names a cluster in clusters (ext magic) or sectors.
     let entry = |off: u64| -> u32 {
         if d.ext_magic {
@@ -148,13 +146,15 @@ pub fn write(d: &Description) -> Result<Vec<u8>, WriteError> {
         }
         let ext_at = img.len() as u64;
         img.resize(img.len() + cs as usize, 0);
-        put64(&mut img, 56, ext_at / SECTOR);
+        f::EXT_OFF.put(&mut img, ext_at / SECTOR);
         let sectors = d.size / SECTOR;
         let total_bits = sectors.div_ceil(b.granularity as u64);
         let bits_per_cluster = cs * 8;
         let l1_size = total_bits.div_ceil(bits_per_cluster);
-        let feature_size = 32 + 8 * l1_size;
-        if 24 + 24 + feature_size + 24 > cs {
+        let feature_size = bitmap_field::L1 as u64 + 8 * l1_size;
+        // The extension header, this feature, and the end-of-features header.
+        let needed = (ext_field::FEATURES + 2 * feature_field::DATA) as u64 + feature_size;
+        if needed > cs {
             return err("the bitmap's L1 table does not fit in the extension cluster".into());
         }
         // One L1 entry per cluster of bits: 0 clean, 1 all dirty, else a data cluster.
@@ -182,21 +182,21 @@ pub fn write(d: &Description) -> Result<Vec<u8>, WriteError> {
             };
         }
         let e = ext_at as usize;
-        put64(&mut img, e, EXT_MAGIC);
-        let f = e + 24;
-        put64(&mut img, f, FEATURE_DIRTY_BITMAP);
-        put32(&mut img, f + 16, feature_size as u32);
-        let data = f + 24;
-        put64(&mut img, data, sectors);
-        img[data + 8..data + 24].copy_from_slice(&b.id);
-        put32(&mut img, data + 24, b.granularity);
-        put32(&mut img, data + 28, l1_size as u32);
+        ext_field::MAGIC.put_at(&mut img, e, EXT_MAGIC);
+        let feature = e + ext_field::FEATURES;
+        feature_field::MAGIC.put_at(&mut img, feature, FEATURE_DIRTY_BITMAP);
+        feature_field::DATA_SIZE.put_at(&mut img, feature, feature_size as u32);
+        let data = feature + feature_field::DATA;
+        bitmap_field::SIZE.put_at(&mut img, data, sectors);
+        let id = data + bitmap_field::ID.start..data + bitmap_field::ID.end;
+        img[id].copy_from_slice(&b.id);
+        bitmap_field::GRANULARITY.put_at(&mut img, data, b.granularity);
+        bitmap_field::L1_SIZE.put_at(&mut img, data, l1_size as u32);
         for (i, v) in l1.iter().enumerate() {
-            put64(&mut img, data + 32 + 8 * i, *v);
+            put_le64(&mut img, data + bitmap_field::L1 + 8 * i, *v);
         }
         // The end-of-features entry is the zeros that follow; then the checksum.
-        let sum = Md5::digest(&img[e + 24..e + cs as usize]);
-        img[e + 8..e + 24].copy_from_slice(&sum);
+        super::ext::seal(&mut img[e..e + cs as usize]);
     }
     for (&k, bytes) in &d.clusters {
         if bytes.len() as u64 != cs {
@@ -207,7 +207,7 @@ pub fn write(d: &Description) -> Result<Vec<u8>, WriteError> {
         }
         let at = img.len() as u64;
         let v = entry(at);
-        put32(&mut img, (HEADER_SIZE + 4 * k) as usize, v);
+        put_le32(&mut img, (HEADER_SIZE + 4 * k) as usize, v);
         img.extend_from_slice(bytes);
     }
     Ok(img)

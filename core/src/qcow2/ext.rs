@@ -7,7 +7,6 @@ use super::{MAX_BITMAPS, MAX_BITMAP_DIRECTORY_BYTES};
 use crate::limits::Limits;
 use crate::report::Report;
 use crate::rules::{general, qcow2 as rule};
-use crate::source::{be_u32, be_u64};
 use serde::Serialize;
 
 /// End of the header extension area (spec "Header extensions").
@@ -22,6 +21,50 @@ pub const EXT_BITMAPS: u32 = 0x2385_2875;
 pub const EXT_FDE: u32 = 0x0537_be77;
 /// External data file name extension.
 pub const EXT_DATA_FILE: u32 = 0x4441_5441;
+
+/// The header extension header (spec "Header extensions"): big endian,
+/// offsets from the extension's first byte; its data follows at byte
+/// [`field::DATA`], padded to a multiple of 8.
+pub mod field {
+    crate::field::field_table! { Big;
+        /// Header extension type (bytes 0-3).
+        TYPE: u32 = "type" @ 0,
+        /// Length of the header extension data (bytes 4-7), before padding.
+        LENGTH: u32 = "length" @ 4,
+    }
+    /// Offset of the extension data from the extension's first byte.
+    pub const DATA: usize = LENGTH.end();
+}
+
+/// The bitmaps extension's data (spec "Bitmaps extension"): big endian,
+/// offsets from the first byte of the data.
+pub mod bitmaps_field {
+    crate::field::field_table! { Big;
+        /// nb_bitmaps (bytes 0-3).
+        NB_BITMAPS: u32 = "nb_bitmaps" @ 0,
+        /// Reserved, must be zero (bytes 4-7).
+        RESERVED: u32 = "reserved" @ 4,
+        /// bitmap_directory_size (bytes 8-15).
+        BITMAP_DIRECTORY_SIZE: u64 = "bitmap_directory_size" @ 8,
+        /// bitmap_directory_offset (bytes 16-23).
+        BITMAP_DIRECTORY_OFFSET: u64 = "bitmap_directory_offset" @ 16,
+    }
+    /// Length of the extension data.
+    pub const LEN: usize = BITMAP_DIRECTORY_OFFSET.end();
+}
+
+/// The full disk encryption header pointer's data (spec "Full disk
+/// encryption header pointer"): big endian, offsets from the data.
+pub mod fde_field {
+    crate::field::field_table! { Big;
+        /// Offset of the encryption header (bytes 0-7).
+        OFFSET: u64 = "offset" @ 0,
+        /// Length of the encryption header (bytes 8-15).
+        LENGTH: u64 = "length" @ 8,
+    }
+    /// Length of the extension data.
+    pub const LEN: usize = LENGTH.end();
+}
 
 /// One entry of the feature name table.
 #[derive(Debug, Clone, Serialize)]
@@ -116,9 +159,9 @@ pub fn parse(
             return None;
         }
         let at = offset as usize;
-        let ext_type = be_u32(cluster0, at);
-        let len = be_u32(cluster0, at + 4);
-        let data_start = offset + 8;
+        let ext_type = field::TYPE.get_at(cluster0, at);
+        let len = field::LENGTH.get_at(cluster0, at);
+        let data_start = offset + field::DATA as u64;
         if data_start > end || len as u64 > end - data_start {
             report.add_with(&rule::EXT_BOUNDS, Some(offset), 1, || format!(
                 "header extension {ext_type:#010x} of {len} bytes runs past the end of the extension area at {end:#x}"));
@@ -175,7 +218,7 @@ pub fn parse(
                 }
             }
             EXT_BITMAPS => {
-                if len != 24 {
+                if len as usize != bitmaps_field::LEN {
                     report.add_with(&rule::EXT_BITMAPS_LAYOUT, Some(offset), 1, || {
                         format!("bitmaps extension is {len} bytes, not 24")
                     });
@@ -187,11 +230,11 @@ pub fn parse(
                     exts.bitmaps_inconsistent = true;
                 } else {
                     let b = BitmapsExt {
-                        nb_bitmaps: be_u32(data, 0),
-                        bitmap_directory_size: be_u64(data, 8),
-                        bitmap_directory_offset: be_u64(data, 16),
+                        nb_bitmaps: bitmaps_field::NB_BITMAPS.get(data),
+                        bitmap_directory_size: bitmaps_field::BITMAP_DIRECTORY_SIZE.get(data),
+                        bitmap_directory_offset: bitmaps_field::BITMAP_DIRECTORY_OFFSET.get(data),
                     };
-                    let reserved = be_u32(data, 4);
+                    let reserved = bitmaps_field::RESERVED.get(data);
                     let problem = if reserved != 0 {
                         Some("its reserved field is not zero".to_string())
                     } else if b.nb_bitmaps == 0 || b.nb_bitmaps > MAX_BITMAPS {
@@ -227,15 +270,15 @@ pub fn parse(
                     );
                     return None;
                 }
-                if len != 16 {
+                if len as usize != fde_field::LEN {
                     report.add_with(&rule::EXT_FDE_LAYOUT, Some(offset), 1, || {
                         format!("encryption header pointer is {len} bytes, not 16")
                     });
                     return None;
                 }
                 let p = FdePointer {
-                    offset: be_u64(data, 0),
-                    length: be_u64(data, 8),
+                    offset: fde_field::OFFSET.get(data),
+                    length: fde_field::LENGTH.get(data),
                 };
                 if !p.offset.is_multiple_of(h.cluster_size()) {
                     report.add_with(&rule::EXT_FDE_LAYOUT, Some(offset), 1, || {
@@ -281,7 +324,7 @@ pub fn parse(
     if h.crypt_method == 2 && exts.fde.is_none() {
         report.add(
             &rule::EXT_FDE_PRESENCE,
-            Some(32),
+            Some(super::header::field::CRYPT_METHOD.pos()),
             "LUKS encryption without an encryption header pointer",
         );
         return None;
@@ -289,7 +332,7 @@ pub fn parse(
     if h.autoclear_features & AUTOCLEAR_BITMAPS != 0 && exts.bitmaps.is_none() {
         report.add(
             &rule::EXT_BITMAPS_AUTOCLEAR,
-            Some(88),
+            Some(super::header::field::AUTOCLEAR_FEATURES.pos()),
             "autoclear bit 0 (bitmaps) is set without a bitmaps extension",
         );
     }

@@ -4,7 +4,7 @@
 //! fuzzing a way deep into valid structure.
 
 use super::check::{info, Info};
-use super::header::Header;
+use super::header::{field as f, Header};
 use super::mapping::*;
 use crate::limits::Limits;
 use crate::rules::{qcow2, Rule};
@@ -124,15 +124,14 @@ struct Entry {
     bitmap: u64,
 }
 
+/// A table entry (L1, L2, refcount table) at file offset `at`.
 fn get64(b: &[u8], at: u64) -> u64 {
-    b.get(at as usize..at as usize + 8)
-        .and_then(|s| s.try_into().ok())
-        .map_or(0, u64::from_be_bytes)
+    usize::try_from(at).map_or(0, |at| crate::field::be_u64(b, at))
 }
 
 fn put64(b: &mut [u8], at: u64, v: u64) {
-    if let Some(s) = b.get_mut(at as usize..at as usize + 8) {
-        s.copy_from_slice(&v.to_be_bytes());
+    if let Ok(at) = usize::try_from(at) {
+        crate::field::put_be64(b, at, v)
     }
 }
 
@@ -188,18 +187,8 @@ fn set_refcount(img: &mut [u8], h: &Header, k: u64, value: u64) {
     let epb = (8 * h.cluster_size()) >> h.refcount_order;
     let block =
         get64(img, h.refcount_table_offset + 8 * (k / epb)) & super::refcount::REFT_OFFSET_MASK;
-    let bits = 1u64 << h.refcount_order;
-    let bit = (k % epb) * bits;
-    if bits >= 8 {
-        let n = (bits / 8) as usize;
-        let at = (block + bit / 8) as usize;
-        if let Some(s) = img.get_mut(at..at + n) {
-            s.copy_from_slice(&value.to_be_bytes()[8 - n..]);
-        }
-    } else if let Some(b) = img.get_mut((block + bit / 8) as usize) {
-        let shift = bit % 8;
-        let mask = (((1u64 << bits) - 1) << shift) as u8;
-        *b = (*b & !mask) | (((value << shift) as u8) & mask);
+    if let Some(b) = usize::try_from(block).ok().and_then(|at| img.get_mut(at..)) {
+        super::write::put_refcount(b, k % epb, h.refcount_order, value);
     }
 }
 
@@ -422,8 +411,8 @@ fn header_and_tables(t: &Target, m: Mutation, img: &mut [u8]) -> Option<RuleSet>
             if h.version < 3 {
                 return None;
             }
-            let v = get64(img, 72);
-            put64(img, 72, v | 1 << (bit.clamp(5, 63)));
+            let v = f::INCOMPATIBLE_FEATURES.get(img);
+            f::INCOMPATIBLE_FEATURES.put(img, v | 1 << (bit.clamp(5, 63)));
             crate::rule_set![qcow2::INCOMPATIBLE_UNKNOWN]
         }
         Mutation::SnapshotL1Unaligned { nth } => {
@@ -455,7 +444,7 @@ fn header_and_tables(t: &Target, m: Mutation, img: &mut [u8]) -> Option<RuleSet>
             if h.version < 3 {
                 return None;
             }
-            img[96..100].copy_from_slice(&7u32.to_be_bytes());
+            f::REFCOUNT_ORDER.put(img, 7);
             crate::rule_set![qcow2::REFCOUNT_ORDER]
         }
         _ => return None,

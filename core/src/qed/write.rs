@@ -7,10 +7,11 @@
 //! guest order. Every cluster is referenced exactly once; nothing leaks.
 
 use super::header::{
-    F_BACKING_FILE, F_BACKING_FORMAT_NO_PROBE, F_NEED_CHECK, HEADER_FIELDS, MAGIC, ZERO_CLUSTER,
+    field as f, F_BACKING_FILE, F_BACKING_FORMAT_NO_PROBE, F_NEED_CHECK, HEADER_FIELDS, MAGIC,
+    ZERO_CLUSTER,
 };
 pub use crate::error::WriteError;
-use crate::source::{put_le32 as put32, put_le64 as put64};
+use crate::field::put_le64;
 use std::collections::BTreeMap;
 
 /// What one guest cluster holds.
@@ -101,25 +102,25 @@ pub fn write(d: &Description) -> Result<Vec<u8>, WriteError> {
     let mut features = 0;
     let mut header = vec![0u8; cs as usize];
     header[..4].copy_from_slice(&MAGIC);
-    put32(&mut header, 4, d.cluster_size);
-    put32(&mut header, 8, d.table_size);
-    put32(&mut header, 12, 1);
+    f::CLUSTER_SIZE.put(&mut header, d.cluster_size);
+    f::TABLE_SIZE.put(&mut header, d.table_size);
+    f::HEADER_SIZE.put(&mut header, 1);
     if let Some((name, raw)) = &d.backing {
         let at = HEADER_FIELDS;
         let Some(dst) = header.get_mut(at..at + name.len()) else {
             return err("the backing file name does not fit in the header cluster".into());
         };
         dst.copy_from_slice(name.as_bytes());
-        put32(&mut header, 56, at as u32);
-        put32(&mut header, 60, name.len() as u32);
+        f::BACKING_FILENAME_OFFSET.put(&mut header, at as u32);
+        f::BACKING_FILENAME_SIZE.put(&mut header, name.len() as u32);
         features |= F_BACKING_FILE | if *raw { F_BACKING_FORMAT_NO_PROBE } else { 0 };
     }
     if d.need_check {
         features |= F_NEED_CHECK;
     }
-    put64(&mut header, 16, features);
-    put64(&mut header, 40, cs);
-    put64(&mut header, 48, d.size);
+    f::FEATURES.put(&mut header, features);
+    f::L1_TABLE_OFFSET.put(&mut header, cs);
+    f::IMAGE_SIZE.put(&mut header, d.size);
     let mut img = header;
     let l1_at = img.len();
     img.resize(l1_at + table_bytes as usize, 0);
@@ -130,7 +131,7 @@ pub fn write(d: &Description) -> Result<Vec<u8>, WriteError> {
     }
     for (i, entries) in by_table {
         let l2_at = img.len() as u64;
-        put64(&mut img, l1_at + 8 * i as usize, l2_at);
+        put_le64(&mut img, l1_at + 8 * i as usize, l2_at);
         img.resize(img.len() + table_bytes as usize, 0);
         for (k, c) in entries {
             let entry_at = (l2_at + 8 * (k % per_table)) as usize;
@@ -148,7 +149,7 @@ pub fn write(d: &Description) -> Result<Vec<u8>, WriteError> {
                     at
                 }
             };
-            put64(&mut img, entry_at, value);
+            put_le64(&mut img, entry_at, value);
         }
     }
     Ok(img)
