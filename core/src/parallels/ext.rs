@@ -145,12 +145,26 @@ pub fn parse(src: &dyn ReadAt, h: &Header, report: &mut Report) -> Option<Extens
         clusters: vec![at],
         ..Extension::default()
     };
+    features(src, h, &c, at, report, &mut ext);
+    Some(ext)
+}
+
+/// The feature list of extension cluster `c` (at file offset `at`): each
+/// feature header inside the cluster, up to the End of features entry.
+fn features(
+    src: &dyn ReadAt,
+    h: &Header,
+    c: &[u8],
+    at: u64,
+    report: &mut Report,
+    ext: &mut Extension,
+) {
     let mut pos = field::FEATURES;
     let mut ended = false;
     while pos + feature_field::DATA <= c.len() {
-        let magic = feature_field::MAGIC.get_at(&c, pos);
-        let flags = feature_field::FLAGS.get_at(&c, pos);
-        let size = feature_field::DATA_SIZE.get_at(&c, pos) as usize;
+        let magic = feature_field::MAGIC.get_at(c, pos);
+        let flags = feature_field::FLAGS.get_at(c, pos);
+        let size = feature_field::DATA_SIZE.get_at(c, pos) as usize;
         if magic == FEATURE_END {
             ended = true;
             break;
@@ -162,7 +176,7 @@ pub fn parse(src: &dyn ReadAt, h: &Header, report: &mut Report) -> Option<Extens
                 Some(at + pos as u64),
                 format!("feature {magic:#018x} of {size} bytes runs past the extension cluster"),
             );
-            return Some(ext);
+            return;
         };
         match magic {
             FEATURE_DIRTY_BITMAP => {
@@ -197,7 +211,6 @@ pub fn parse(src: &dyn ReadAt, h: &Header, report: &mut Report) -> Option<Extens
             "the feature list has no End of features entry",
         );
     }
-    Some(ext)
 }
 
 fn dirty_bitmap(
@@ -247,6 +260,29 @@ fn dirty_bitmap(
         );
         return None;
     }
+    let mut b = DirtyBitmap {
+        size,
+        id,
+        granularity,
+        l1,
+        dirty: Vec::new(),
+    };
+    b.dirty = dirty_ranges(src, h, &b, at, report, owned);
+    Some(b)
+}
+
+/// The dirty guest byte ranges a bitmap's L1 table says (spec "Dirty
+/// bitmaps feature"): entry 0 all clean, 1 all dirty, else the sector of a
+/// data cluster of bits, which `owned` then records.
+fn dirty_ranges(
+    src: &dyn ReadAt,
+    h: &Header,
+    b: &DirtyBitmap,
+    at: u64,
+    report: &mut Report,
+    owned: &mut Vec<u64>,
+) -> Vec<(u64, u64)> {
+    let (l1, size, granularity) = (&b.l1, b.size, b.granularity);
     let cs = h.cluster_size();
     let bits_per_cluster = cs * 8;
     let gran_bytes = granularity as u64 * SECTOR;
@@ -301,11 +337,5 @@ fn dirty_bitmap(
             }
         }
     }
-    Some(DirtyBitmap {
-        size,
-        id,
-        granularity,
-        l1,
-        dirty,
-    })
+    dirty
 }

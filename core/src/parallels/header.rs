@@ -168,6 +168,14 @@ pub fn parse(src: &dyn ReadAt, report: &mut Report) -> Option<Header> {
         }
     };
     let h = decode(&b, ext_magic);
+    limits(&h, report)?;
+    findings(&h, report);
+    Some(h)
+}
+
+/// version, and the sizes QEMU refuses to open (tracks, BAT entries, the
+/// disk size).
+fn limits(h: &Header, report: &mut Report) -> Option<()> {
     if h.version != 2 {
         report.add(
             &rule::VERSION,
@@ -208,7 +216,13 @@ pub fn parse(src: &dyn ReadAt, report: &mut Report) -> Option<Header> {
         );
         return None;
     }
-    if !ext_magic && h.nb_sectors >> 32 != 0 {
+    Some(())
+}
+
+/// What QEMU opens but the spec forbids or flags: high nb_sectors bits
+/// with the old magic, a BAT short of the disk, unused flags, in_use.
+fn findings(h: &Header, report: &mut Report) {
+    if !h.ext_magic && h.nb_sectors >> 32 != 0 {
         report.add(
             &rule::NB_SECTORS_HIGH,
             Some(f::NB_SECTORS.pos()),
@@ -254,7 +268,6 @@ pub fn parse(src: &dyn ReadAt, report: &mut Report) -> Option<Header> {
             format!("in_use {v:#x} is none of 0, 0x746F6E59, 0x312e3276"),
         ),
     }
-    Some(h)
 }
 
 /// Calls `f(index, entry)` for every non-zero BAT entry, in order. The BAT

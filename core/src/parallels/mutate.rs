@@ -4,7 +4,7 @@
 use super::ext::{
     bitmap_field, feature_field, field as ext_field, EXT_MAGIC, FEATURE_DIRTY_BITMAP,
 };
-use super::header::{self, field as f, HEADER_SIZE, IN_USE_OPEN};
+use super::header::{self, field as f, Header, HEADER_SIZE, IN_USE_OPEN};
 use super::SECTOR;
 use crate::field::le_u32;
 use crate::limits::Limits;
@@ -120,51 +120,114 @@ fn fix_checksum(img: &mut [u8], ext_at: u64, cs: u64) {
 /// Applies `m` to a valid image. Returns the rules the checker must report,
 /// or None when the image has nothing to mutate that way (the image is then
 /// unchanged).
-pub fn apply(m: Mutation, img: &mut Vec<u8>) -> Option<&'static [&'static Rule]> {
-    let mut scratch = Report::new("mutate", "parallels", &Limits::default());
-    let h = header::parse(&img.as_slice(), &mut scratch)?;
-    let cs = h.cluster_size();
-    let bat = header::read_bat(&img.as_slice(), &h);
-    let allocated: Vec<(u64, u32)> = bat
-        .iter()
-        .enumerate()
-        .filter(|(_, &e)| e != 0)
-        .map(|(i, &e)| (HEADER_SIZE + 4 * i as u64, e))
-        .collect();
-    // The first feature of the extension, when it is a dirty bitmap: its data offset.
-    let ext_at = h.ext_off.saturating_mul(SECTOR);
-    let feature = ext_at as usize + ext_field::FEATURES;
-    let bitmap = (h.ext_off != 0
-        && ext_field::MAGIC.get_at(img, ext_at as usize) == EXT_MAGIC
-        && feature_field::MAGIC.get_at(img, feature) == FEATURE_DIRTY_BITMAP)
-        .then_some(feature + feature_field::DATA);
-    // A BAT value naming `off` bytes into the file.
-    let entry = |off: u64| -> u32 {
-        if h.ext_magic {
-            (off / cs) as u32
+pub fn apply(m: Mutation, img: &mut Vec<u8>) -> Option<RuleSet> {
+    let t = Target::of(img)?;
+    match m {
+        Mutation::BatBelowData { .. }
+        | Mutation::BatPastEof { .. }
+        | Mutation::BatDuplicate { .. }
+        | Mutation::BatUnaligned { .. }
+        | Mutation::Leak => bat(&t, m, img),
+        Mutation::ExtMagic
+        | Mutation::ExtChecksum
+        | Mutation::BitmapGranularity
+        | Mutation::BitmapL1PastEof
+        | Mutation::BitmapSize => extension(&t, m, img),
+        _ => header_fields(&t, m, img),
+    }
+}
+
+/// The rules a mutation must trip.
+type RuleSet = &'static [&'static Rule];
+
+/// What the mutators aim at in a valid image.
+struct Target {
+    h: Header,
+    cs: u64,
+    /// BAT entries as read (up to the last allocated one).
+    bat: Vec<u32>,
+    /// Allocated BAT entries: (file offset of the entry, value).
+    allocated: Vec<(u64, u32)>,
+    /// File offset of the extension cluster (0: none).
+    ext_at: u64,
+    /// Offset of the dirty bitmap's feature data, when the extension's
+    /// first feature is one.
+    bitmap: Option<usize>,
+    /// A cluster-aligned offset past the end of the file.
+    past_eof: u64,
+}
+
+impl Target {
+    fn of(img: &[u8]) -> Option<Target> {
+        let mut scratch = Report::new("mutate", "parallels", &Limits::default());
+        let h = header::parse(&img, &mut scratch)?;
+        let cs = h.cluster_size();
+        let bat = header::read_bat(&img, &h);
+        let allocated = bat
+            .iter()
+            .enumerate()
+            .filter(|(_, &e)| e != 0)
+            .map(|(i, &e)| (HEADER_SIZE + 4 * i as u64, e))
+            .collect();
+        let ext_at = h.ext_off.saturating_mul(SECTOR);
+        let at = usize::try_from(ext_at).unwrap_or(usize::MAX);
+        let feature = at.saturating_add(ext_field::FEATURES);
+        let bitmap = (h.ext_off != 0
+            && ext_field::MAGIC.get_at(img, at) == EXT_MAGIC
+            && feature_field::MAGIC.get_at(img, feature) == FEATURE_DIRTY_BITMAP)
+            .then_some(feature + feature_field::DATA);
+        let past_eof = (img.len() as u64).next_multiple_of(cs) + 4 * cs;
+        Some(Target {
+            h,
+            cs,
+            bat,
+            allocated,
+            ext_at,
+            bitmap,
+            past_eof,
+        })
+    }
+
+    /// A BAT value naming `off` bytes into the file.
+    fn entry(&self, off: u64) -> u32 {
+        if self.h.ext_magic {
+            (off / self.cs) as u32
         } else {
             (off / SECTOR) as u32
         }
-    };
-    let past_eof = (img.len() as u64).next_multiple_of(cs) + 4 * cs;
+    }
+}
+
+/// Mutations of the BAT (and the file's length): below the data, past the
+/// end, duplicated, unaligned, a leaked cluster.
+fn bat(t: &Target, m: Mutation, img: &mut Vec<u8>) -> Option<RuleSet> {
+    let Target {
+        h,
+        cs,
+        bat,
+        allocated,
+        past_eof,
+        ..
+    } = t;
+    let (cs, past_eof) = (*cs, *past_eof);
     Some(match m {
         Mutation::BatBelowData { nth } => {
-            let (at, _) = pick(&allocated, nth)?;
+            let (at, _) = pick(allocated, nth)?;
             // The lowest non-zero value: the first sector, or the first cluster.
             let low = if h.ext_magic { cs } else { SECTOR };
             if low >= h.data_offset() {
                 return None;
             }
-            put32(img, at, entry(low));
+            put32(img, at, t.entry(low));
             crate::rule_set![parallels::BAT_BELOW_DATA]
         }
         Mutation::BatPastEof { nth } => {
-            let (at, _) = pick(&allocated, nth)?;
-            put32(img, at, entry(past_eof));
+            let (at, _) = pick(allocated, nth)?;
+            put32(img, at, t.entry(past_eof));
             crate::rule_set![parallels::BAT_INSIDE_FILE]
         }
         Mutation::BatDuplicate { nth } => {
-            let (_, e) = pick(&allocated, nth)?;
+            let (_, e) = pick(allocated, nth)?;
             let others: Vec<u64> = (0..bat.len() as u64)
                 .map(|i| HEADER_SIZE + 4 * i)
                 .filter(|&at| le_u32(img, at as usize) != e)
@@ -190,6 +253,21 @@ pub fn apply(m: Mutation, img: &mut Vec<u8>) -> Option<&'static [&'static Rule]>
             img.resize(img.len() + cs as usize, 0xAA);
             crate::rule_set![parallels::LEAK]
         }
+        _ => return None,
+    })
+}
+
+/// Mutations of the header's fields.
+fn header_fields(t: &Target, m: Mutation, img: &mut [u8]) -> Option<RuleSet> {
+    let Target {
+        h,
+        cs,
+        allocated,
+        past_eof,
+        ..
+    } = t;
+    let (cs, past_eof) = (*cs, *past_eof);
+    Some(match m {
         Mutation::InUseOpen => {
             f::IN_USE.put(img, IN_USE_OPEN);
             crate::rule_set![parallels::IN_USE_OPEN]
@@ -215,6 +293,31 @@ pub fn apply(m: Mutation, img: &mut Vec<u8>) -> Option<&'static [&'static Rule]>
             f::FLAGS.put(img, h.flags | header::FLAG_EMPTY);
             crate::rule_set![parallels::EMPTY_IMAGE]
         }
+        Mutation::NbSectorsHigh => {
+            if h.ext_magic {
+                return None;
+            }
+            f::NB_SECTORS.put(img, h.nb_sectors | 1 << 40);
+            crate::rule_set![parallels::NB_SECTORS_HIGH]
+        }
+        Mutation::DataOffPastEof => {
+            f::DATA_OFF.put(img, (past_eof / SECTOR) as u32);
+            crate::rule_set![parallels::DATA_OFF]
+        }
+        Mutation::BatShort => {
+            // One sector more than the BAT's clusters cover.
+            f::NB_SECTORS.put(img, h.nb_bat_entries as u64 * (cs / SECTOR) + 1);
+            crate::rule_set![parallels::BAT_COVERS_DISK]
+        }
+        _ => return None,
+    })
+}
+
+/// Mutations of the Format Extension cluster and its dirty bitmap (the
+/// checksum repaired where the edit is not of the checksum itself).
+fn extension(t: &Target, m: Mutation, img: &mut [u8]) -> Option<RuleSet> {
+    let (bitmap, ext_at, cs, past_eof) = (t.bitmap, t.ext_at, t.cs, t.past_eof);
+    Some(match m {
         Mutation::ExtMagic => {
             bitmap?;
             ext_field::MAGIC.put_at(img, ext_at as usize, EXT_MAGIC ^ 1);
@@ -245,21 +348,6 @@ pub fn apply(m: Mutation, img: &mut Vec<u8>) -> Option<&'static [&'static Rule]>
             fix_checksum(img, ext_at, cs);
             crate::rule_set![parallels::BITMAP_SIZE]
         }
-        Mutation::NbSectorsHigh => {
-            if h.ext_magic {
-                return None;
-            }
-            f::NB_SECTORS.put(img, h.nb_sectors | 1 << 40);
-            crate::rule_set![parallels::NB_SECTORS_HIGH]
-        }
-        Mutation::DataOffPastEof => {
-            f::DATA_OFF.put(img, (past_eof / SECTOR) as u32);
-            crate::rule_set![parallels::DATA_OFF]
-        }
-        Mutation::BatShort => {
-            // One sector more than the BAT's clusters cover.
-            f::NB_SECTORS.put(img, h.nb_bat_entries as u64 * (cs / SECTOR) + 1);
-            crate::rule_set![parallels::BAT_COVERS_DISK]
-        }
+        _ => return None,
     })
 }

@@ -182,6 +182,12 @@ fn pick<T: Copy>(v: &[T], nth: usize) -> Option<T> {
     (!v.is_empty()).then(|| v[nth % v.len()])
 }
 
+/// The `nth` (modulo their count) of the entries that satisfy `keep`.
+fn pick_where(v: &[Entry], nth: usize, keep: impl Fn(&Entry) -> bool) -> Option<Entry> {
+    let kept: Vec<Entry> = v.iter().copied().filter(|e| keep(e)).collect();
+    pick(&kept, nth)
+}
+
 /// Sets the on-disk refcount of host cluster `k`.
 fn set_refcount(img: &mut [u8], h: &Header, k: u64, value: u64) {
     let epb = (8 * h.cluster_size()) >> h.refcount_order;
@@ -350,24 +356,14 @@ fn l2_entries(t: &Target, m: Mutation, img: &mut [u8]) -> Option<RuleSet> {
             crate::rule_set![qcow2::L2_COPIED]
         }
         Mutation::L2ReservedBit { nth, bit } => {
-            let std: Vec<Entry> = entries
-                .iter()
-                .copied()
-                .filter(|e| e.value & OFLAG_COMPRESSED == 0)
-                .collect();
-            let e = pick(&std, nth)?;
+            let e = pick_where(entries, nth, |e| e.value & OFLAG_COMPRESSED == 0)?;
             let reserved: Vec<u8> = (1..=8).chain(56..=61).collect();
             let b = reserved[bit as usize % reserved.len()];
             put64(img, e.at, e.value | 1 << b);
             crate::rule_set![qcow2::L2_RESERVED]
         }
         Mutation::CompressedPastEof { nth } => {
-            let comp: Vec<Entry> = entries
-                .iter()
-                .copied()
-                .filter(|e| e.value & OFLAG_COMPRESSED != 0)
-                .collect();
-            let e = pick(&comp, nth)?;
+            let e = pick_where(entries, nth, |e| e.value & OFLAG_COMPRESSED != 0)?;
             let shift = 62 - (h.cluster_bits - 8);
             let offset_mask = (1u64 << shift) - 1;
             if far > offset_mask {
@@ -380,8 +376,7 @@ fn l2_entries(t: &Target, m: Mutation, img: &mut [u8]) -> Option<RuleSet> {
             if !h.extended_l2() {
                 return None;
             }
-            let ext: Vec<Entry> = entries.iter().copied().filter(|e| is_data(h, e)).collect();
-            let e = pick(&ext, nth)?;
+            let e = pick_where(entries, nth, |e| is_data(h, e))?;
             put64(img, e.at + 8, e.bitmap | (e.bitmap & 0xffff_ffff) << 32);
             crate::rule_set![qcow2::SUBCLUSTER_ALLOC_ZERO]
         }

@@ -74,54 +74,11 @@ impl Description {
 
 /// Serializes `d` as a QED image (header, backing name, L1, L2 tables, data clusters); an error when `d` is inconsistent.
 pub fn write(d: &Description) -> Result<Vec<u8>, WriteError> {
-    let err = |s: String| Err(WriteError(s));
+    validate(d)?;
     let cs = d.cluster_size as u64;
-    if !d.cluster_size.is_power_of_two() || !(1 << 12..=1 << 26).contains(&d.cluster_size) {
-        return err(format!(
-            "cluster size {cs} is not a power of 2 in [4 KiB, 64 MiB]"
-        ));
-    }
-    if !d.table_size.is_power_of_two() || d.table_size > 16 {
-        return err(format!(
-            "table size {} is not a power of 2 in [1, 16]",
-            d.table_size
-        ));
-    }
     let per_table = d.table_size as u64 * cs / 8;
     let table_bytes = d.table_size as u64 * cs;
-    if !d.size.is_multiple_of(512) || d.size as u128 > (per_table as u128).pow(2) * cs as u128 {
-        return err(format!(
-            "size {} is not a multiple of 512 or too large",
-            d.size
-        ));
-    }
-    let guest_clusters = d.size.div_ceil(cs);
-    if let Some((&k, _)) = d.clusters.range(guest_clusters..).next() {
-        return err(format!("cluster {k} lies past the end of the disk"));
-    }
-    let mut features = 0;
-    let mut header = vec![0u8; cs as usize];
-    header[..4].copy_from_slice(&MAGIC);
-    f::CLUSTER_SIZE.put(&mut header, d.cluster_size);
-    f::TABLE_SIZE.put(&mut header, d.table_size);
-    f::HEADER_SIZE.put(&mut header, 1);
-    if let Some((name, raw)) = &d.backing {
-        let at = HEADER_FIELDS;
-        let Some(dst) = header.get_mut(at..at + name.len()) else {
-            return err("the backing file name does not fit in the header cluster".into());
-        };
-        dst.copy_from_slice(name.as_bytes());
-        f::BACKING_FILENAME_OFFSET.put(&mut header, at as u32);
-        f::BACKING_FILENAME_SIZE.put(&mut header, name.len() as u32);
-        features |= F_BACKING_FILE | if *raw { F_BACKING_FORMAT_NO_PROBE } else { 0 };
-    }
-    if d.need_check {
-        features |= F_NEED_CHECK;
-    }
-    f::FEATURES.put(&mut header, features);
-    f::L1_TABLE_OFFSET.put(&mut header, cs);
-    f::IMAGE_SIZE.put(&mut header, d.size);
-    let mut img = header;
+    let mut img = header(d)?;
     let l1_at = img.len();
     img.resize(l1_at + table_bytes as usize, 0);
     // L2 tables and data, one L1 entry at a time, in guest order.
@@ -153,4 +110,65 @@ pub fn write(d: &Description) -> Result<Vec<u8>, WriteError> {
         }
     }
     Ok(img)
+}
+
+fn err<T>(s: String) -> Result<T, WriteError> {
+    Err(WriteError(s))
+}
+
+/// Refuses descriptions no image QEMU opens can have.
+fn validate(d: &Description) -> Result<(), WriteError> {
+    let cs = d.cluster_size as u64;
+    if !d.cluster_size.is_power_of_two() || !(1 << 12..=1 << 26).contains(&d.cluster_size) {
+        return err(format!(
+            "cluster size {cs} is not a power of 2 in [4 KiB, 64 MiB]"
+        ));
+    }
+    if !d.table_size.is_power_of_two() || d.table_size > 16 {
+        return err(format!(
+            "table size {} is not a power of 2 in [1, 16]",
+            d.table_size
+        ));
+    }
+    let per_table = d.table_size as u64 * cs / 8;
+    if !d.size.is_multiple_of(512) || d.size as u128 > (per_table as u128).pow(2) * cs as u128 {
+        return err(format!(
+            "size {} is not a multiple of 512 or too large",
+            d.size
+        ));
+    }
+    let guest_clusters = d.size.div_ceil(cs);
+    if let Some((&k, _)) = d.clusters.range(guest_clusters..).next() {
+        return err(format!("cluster {k} lies past the end of the disk"));
+    }
+    Ok(())
+}
+
+/// The header cluster: the fields, the backing file name after them, the
+/// L1 table right after the cluster.
+fn header(d: &Description) -> Result<Vec<u8>, WriteError> {
+    let cs = d.cluster_size as u64;
+    let mut features = 0;
+    let mut header = vec![0u8; cs as usize];
+    header[..4].copy_from_slice(&MAGIC);
+    f::CLUSTER_SIZE.put(&mut header, d.cluster_size);
+    f::TABLE_SIZE.put(&mut header, d.table_size);
+    f::HEADER_SIZE.put(&mut header, 1);
+    if let Some((name, raw)) = &d.backing {
+        let at = HEADER_FIELDS;
+        let Some(dst) = header.get_mut(at..at + name.len()) else {
+            return err("the backing file name does not fit in the header cluster".into());
+        };
+        dst.copy_from_slice(name.as_bytes());
+        f::BACKING_FILENAME_OFFSET.put(&mut header, at as u32);
+        f::BACKING_FILENAME_SIZE.put(&mut header, name.len() as u32);
+        features |= F_BACKING_FILE | if *raw { F_BACKING_FORMAT_NO_PROBE } else { 0 };
+    }
+    if d.need_check {
+        features |= F_NEED_CHECK;
+    }
+    f::FEATURES.put(&mut header, features);
+    f::L1_TABLE_OFFSET.put(&mut header, cs);
+    f::IMAGE_SIZE.put(&mut header, d.size);
+    Ok(header)
 }
