@@ -21,6 +21,8 @@ pub mod report;
 pub mod rng;
 pub mod rules;
 pub mod source;
+#[cfg(feature = "arbitrary")]
+pub mod structured;
 pub mod vhost_user;
 
 pub use error::{Error, Result};

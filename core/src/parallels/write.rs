@@ -241,3 +241,33 @@ fn bitmap_l1(
     }
     Ok(l1)
 }
+
+/// Valid, bounded descriptions for structure-aware fuzzing (see
+/// [`crate::structured`]): both magics, 512 B to 16 KiB clusters, up to
+/// 256 guest clusters (the last one partial), and with the extension magic
+/// a dirty bitmap of any power-of-2 granularity.
+#[cfg(feature = "arbitrary")]
+impl<'a> arbitrary::Arbitrary<'a> for Description {
+    fn arbitrary(u: &mut arbitrary::Unstructured<'a>) -> arbitrary::Result<Self> {
+        use crate::structured::{allocate, contents, guest_size, MAX_GUEST_CLUSTERS};
+        let cs = *u.choose(&[512u64, 1024, 4096, 16384])?;
+        let ext_magic = u.arbitrary()?;
+        let (size, n) = guest_size(u, cs, MAX_GUEST_CLUSTERS.min((1 << 20) / cs))?;
+        let mut d = Description::new(size, cs, ext_magic);
+        d.clusters = allocate(u, n, |u| contents(u, cs as usize))?;
+        if ext_magic && u.arbitrary()? {
+            let granularity = 1u32 << u.int_in_range(0..=7)?;
+            let total = (size / SECTOR).div_ceil(granularity as u64);
+            let mut dirty_bits = Vec::new();
+            for _ in 0..u.int_in_range(0..=24)? {
+                dirty_bits.push(u.int_in_range(0..=total - 1)?);
+            }
+            d.bitmap = Some(BitmapDesc {
+                id: u.arbitrary()?,
+                granularity,
+                dirty_bits,
+            });
+        }
+        Ok(d)
+    }
+}

@@ -734,3 +734,77 @@ pub(crate) fn put_refcount(block: &mut [u8], index: u64, order: u32, value: u64)
         }
     }
 }
+
+/// Valid, bounded descriptions for structure-aware fuzzing (see
+/// [`crate::structured`]): clusters of 512 B to 16 KiB (extended L2 at
+/// 16 KiB), both versions, every refcount width, every cluster kind,
+/// snapshots, bitmaps, backing and data files, within what the writer and
+/// the checker accept together.
+#[cfg(feature = "arbitrary")]
+impl<'a> arbitrary::Arbitrary<'a> for Description {
+    fn arbitrary(u: &mut arbitrary::Unstructured<'a>) -> arbitrary::Result<Self> {
+        use crate::structured::{allocate, contents, guest_size, MAX_GUEST_CLUSTERS};
+        let cluster_bits = *u.choose(&[9u32, 10, 11, 12, 14])?;
+        let cs = 1u64 << cluster_bits;
+        let (size, n) = guest_size(u, cs, MAX_GUEST_CLUSTERS.min((1 << 20) / cs))?;
+        let mut d = Description::new(size, cluster_bits);
+        d.version = if u.ratio(1, 4)? { 2 } else { 3 };
+        let v3 = d.version == 3;
+        d.extended_l2 = v3 && cluster_bits >= 14 && u.arbitrary()?;
+        d.refcount_order = if v3 { u.int_in_range(0..=6)? } else { 4 };
+        d.compression_type = if v3 { u.int_in_range(0..=1)? } else { 0 };
+        let ext = d.extended_l2;
+        d.clusters = allocate(u, n, |u| {
+            let data = contents(u, cs as usize)?;
+            Ok(match u.int_in_range(0..=3)? {
+                0 => ClusterData::Data(data),
+                1 => ClusterData::Zero,
+                2 => ClusterData::Compressed(data),
+                _ if ext => {
+                    let alloc: u32 = u.arbitrary()?;
+                    let zero = u.arbitrary::<u32>()? & !alloc;
+                    ClusterData::Subclusters { alloc, zero, data }
+                }
+                _ => ClusterData::Data(data),
+            })
+        })?;
+        if v3 && u.ratio(1, 4)? {
+            // A data file: no compressed clusters, no snapshots; a raw one
+            // cannot have a backing file.
+            d.clusters
+                .retain(|_, c| !matches!(c, ClusterData::Compressed(_)));
+            d.data_file = Some(("img.data".into(), u.arbitrary()?));
+        } else if d.refcount_order > 0 {
+            // Snapshots share clusters: a 1-bit refcount cannot count them;
+            // a 2-bit one counts the active state and two snapshots.
+            let snaps = u.int_in_range(0..=2)?;
+            d.snapshots = (0..snaps).map(|i| format!("snap{i}")).collect();
+        }
+        if u.ratio(1, 3)? && !d.data_file.as_ref().is_some_and(|(_, raw)| *raw) {
+            let format = match u.int_in_range(0..=2)? {
+                0 => None,
+                1 => Some("qcow2".to_string()),
+                _ => Some("raw".to_string()),
+            };
+            d.backing = Some(("base.img".into(), format));
+        }
+        if v3 {
+            let bitmaps = u.int_in_range(0..=2)?;
+            for i in 0..bitmaps {
+                let granularity_bits = u.int_in_range(9..=20)?;
+                let mut dirty = Vec::new();
+                for _ in 0..u.int_in_range(0..=3)? {
+                    let start = u.int_in_range(0..=size - 1)?;
+                    dirty.push((start, u.int_in_range(1..=size - start)?));
+                }
+                d.bitmaps.push(BitmapDesc {
+                    name: format!("b{i}"),
+                    granularity_bits,
+                    dirty,
+                });
+            }
+            d.lazy_refcounts = u.arbitrary()?;
+        }
+        Ok(d)
+    }
+}

@@ -53,6 +53,16 @@ pub enum Mutation {
 /// All mutation shapes, for generators.
 pub const KINDS: usize = 12;
 
+/// Any mutation, drawn as [`Mutation::from_parts`] builds it (see
+/// [`crate::structured`]).
+#[cfg(feature = "arbitrary")]
+impl<'a> arbitrary::Arbitrary<'a> for Mutation {
+    fn arbitrary(u: &mut arbitrary::Unstructured<'a>) -> arbitrary::Result<Self> {
+        let (kind, a, b) = crate::structured::parts(u, KINDS)?;
+        Ok(Mutation::from_parts(kind, a, b))
+    }
+}
+
 impl Mutation {
     /// Builds mutation `kind` (0..KINDS) with the selector values `a`, `b`.
     pub fn from_parts(kind: usize, a: usize, b: u8) -> Mutation {

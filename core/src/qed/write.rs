@@ -172,3 +172,30 @@ fn header(d: &Description) -> Result<Vec<u8>, WriteError> {
     f::IMAGE_SIZE.put(&mut header, d.size);
     Ok(header)
 }
+
+/// Valid, bounded descriptions for structure-aware fuzzing (see
+/// [`crate::structured`]): 4 or 8 KiB clusters, tables of 1-4 clusters, up
+/// to 256 guest clusters (the last one partial), data and zero clusters, a
+/// backing file or not; never NEED_CHECK (a clean image does not have it).
+#[cfg(feature = "arbitrary")]
+impl<'a> arbitrary::Arbitrary<'a> for Description {
+    fn arbitrary(u: &mut arbitrary::Unstructured<'a>) -> arbitrary::Result<Self> {
+        use crate::structured::{allocate, contents, guest_size, MAX_GUEST_CLUSTERS};
+        let cluster_size = *u.choose(&[4096u32, 8192])?;
+        let table_size = *u.choose(&[1u32, 2, 4])?;
+        let cs = cluster_size as u64;
+        let (size, n) = guest_size(u, cs, MAX_GUEST_CLUSTERS)?;
+        let mut d = Description::new(size, cluster_size, table_size);
+        d.clusters = allocate(u, n, |u| {
+            Ok(if u.ratio(1, 4)? {
+                Cluster::Zero
+            } else {
+                Cluster::Data(contents(u, cluster_size as usize)?)
+            })
+        })?;
+        if u.arbitrary()? {
+            d.backing = Some(("base.img".into(), u.arbitrary()?));
+        }
+        Ok(d)
+    }
+}
