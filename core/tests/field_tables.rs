@@ -66,39 +66,44 @@ fn round_trip(
     }
 }
 
-/// The byte ranges of the fields whose parsed value differs between two
-/// decodes must cover every byte of `header_len` that differs.
-fn edits_land_on_fields(
-    what: &str,
+/// Applies mutation kind 0..`kinds` (through `mutate`, which names the
+/// mutation it applied) to copies of `img`: the byte ranges of the fields
+/// whose parsed value then differs must cover every byte of the first
+/// `header_len` that differs. Returns how many mutations edit the header.
+fn header_mutations(
     table: &[&dyn AnyField],
-    before: &[u8],
-    after: &[u8],
+    img: &[u8],
     header_len: usize,
+    kinds: usize,
+    mutate: impl Fn(usize, &mut Vec<u8>) -> Option<String>,
     parse: impl Fn(&[u8]) -> Value,
-) {
-    let (pb, pa) = (parse(before), parse(after));
-    let moved: Vec<&&dyn AnyField> = table
-        .iter()
-        .filter(|f| pb[f.name()] != pa[f.name()])
-        .collect();
-    let changed: Vec<usize> = (0..header_len)
-        .filter(|&i| before.get(i) != after.get(i))
-        .collect();
-    if changed.is_empty() {
-        return; // the mutation edits tables, not the header
+) -> usize {
+    let mut header_edits = 0;
+    for kind in 0..kinds {
+        let mut after = img.to_vec();
+        let Some(what) = mutate(kind, &mut after) else {
+            continue;
+        };
+        let (pb, pa) = (parse(img), parse(&after));
+        let moved: Vec<&&dyn AnyField> = table
+            .iter()
+            .filter(|f| pb[f.name()] != pa[f.name()])
+            .collect();
+        let changed: Vec<usize> = (0..header_len).filter(|&i| img[i] != after[i]).collect();
+        if changed.is_empty() {
+            continue; // the mutation edits tables, not the header
+        }
+        header_edits += 1;
+        for i in changed {
+            assert!(
+                moved
+                    .iter()
+                    .any(|f| (f.offset()..f.offset() + f.width()).contains(&i)),
+                "{what}: header byte {i} changed outside every field the parser saw change"
+            );
+        }
     }
-    assert!(
-        !moved.is_empty(),
-        "{what}: header bytes {changed:?} changed, no field did"
-    );
-    for i in changed {
-        assert!(
-            moved
-                .iter()
-                .any(|f| (f.offset()..f.offset() + f.width()).contains(&i)),
-            "{what}: header byte {i} changed outside every field the parser saw change"
-        );
-    }
+    header_edits
 }
 
 fn qcow2_image() -> Vec<u8> {
@@ -158,25 +163,18 @@ fn qcow2_extension_header_fields_round_trip_through_the_table() {
 
 #[test]
 fn qcow2_header_mutations_land_on_parsed_fields() {
-    let img = qcow2_image();
-    let mut header_edits = 0;
-    for kind in 0..qcow2::mutate::KINDS {
-        let mut m_img = img.clone();
-        let m = qcow2::mutate::Mutation::from_parts(kind, 0, 3);
-        if qcow2::mutate::apply(m, &mut m_img).is_some() {
-            header_edits += (img[..112] != m_img[..112]) as usize;
-            let len = qcow2::header::KNOWN_HEADER_LENGTH as usize;
-            edits_land_on_fields(
-                &format!("{m:?}"),
-                qcow2::header::field::ALL,
-                &img,
-                &m_img,
-                len,
-                qcow2_decode,
-            );
-        }
-    }
-    assert_eq!(header_edits, 2, "incompatible bit and refcount_order");
+    let edits = header_mutations(
+        qcow2::header::field::ALL,
+        &qcow2_image(),
+        qcow2::header::KNOWN_HEADER_LENGTH as usize,
+        qcow2::mutate::KINDS,
+        |kind, img| {
+            let m = qcow2::mutate::Mutation::from_parts(kind, 0, 3);
+            qcow2::mutate::apply(m, img).map(|_| format!("{m:?}"))
+        },
+        qcow2_decode,
+    );
+    assert_eq!(edits, 2, "incompatible bit and refcount_order");
 }
 
 fn qed_image() -> Vec<u8> {
@@ -202,27 +200,18 @@ fn qed_header_fields_round_trip_through_the_table() {
 
 #[test]
 fn qed_header_mutations_land_on_parsed_fields() {
-    let img = qed_image();
-    let mut header_edits = 0;
-    for kind in 0..qed::mutate::KINDS {
-        let mut m_img = img.clone();
-        let m = qed::mutate::Mutation::from_parts(kind, 0, 3);
-        if qed::mutate::apply(m, &mut m_img).is_some() {
-            header_edits += (img[..64] != m_img[..64]) as usize;
-            edits_land_on_fields(
-                &format!("{m:?}"),
-                qed::header::field::ALL,
-                &img,
-                &m_img,
-                qed::header::HEADER_FIELDS,
-                qed_decode,
-            );
-        }
-    }
-    assert!(
-        header_edits >= 7,
-        "only {header_edits} QED mutations edit the header"
+    let edits = header_mutations(
+        qed::header::field::ALL,
+        &qed_image(),
+        qed::header::HEADER_FIELDS,
+        qed::mutate::KINDS,
+        |kind, img| {
+            let m = qed::mutate::Mutation::from_parts(kind, 0, 3);
+            qed::mutate::apply(m, img).map(|_| format!("{m:?}"))
+        },
+        qed_decode,
     );
+    assert!(edits >= 7, "only {edits} QED mutations edit the header");
 }
 
 fn parallels_image() -> Vec<u8> {
@@ -258,27 +247,20 @@ fn parallels_header_fields_round_trip_through_the_table() {
 
 #[test]
 fn parallels_header_mutations_land_on_parsed_fields() {
-    let img = parallels_image();
-    let mut header_edits = 0;
-    for kind in 0..parallels::mutate::KINDS {
-        let mut m_img = img.clone();
-        let m = parallels::mutate::Mutation::from_parts(kind, 0, 3);
-        if parallels::mutate::apply(m, &mut m_img).is_some() {
-            header_edits += (img[..64] != m_img[..64]) as usize;
-            let len = parallels::header::HEADER_SIZE as usize;
-            edits_land_on_fields(
-                &format!("{m:?}"),
-                parallels::header::field::ALL,
-                &img,
-                &m_img,
-                len,
-                parallels_decode,
-            );
-        }
-    }
+    let edits = header_mutations(
+        parallels::header::field::ALL,
+        &parallels_image(),
+        parallels::header::HEADER_SIZE as usize,
+        parallels::mutate::KINDS,
+        |kind, img| {
+            let m = parallels::mutate::Mutation::from_parts(kind, 0, 3);
+            parallels::mutate::apply(m, img).map(|_| format!("{m:?}"))
+        },
+        parallels_decode,
+    );
     assert!(
-        header_edits >= 8,
-        "only {header_edits} Parallels mutations edit the header"
+        edits >= 8,
+        "only {edits} Parallels mutations edit the header"
     );
 }
 

@@ -4,7 +4,9 @@
 //! fixed SplitMix64 seed, so a failure names its input.
 
 use arbitrary::{Arbitrary, Unstructured};
+use qconform_core::report::Report;
 use qconform_core::rng::SplitMix64;
+use qconform_core::rules::Rule;
 use qconform_core::{parallels, qcow2, qed, Limits};
 use std::collections::BTreeSet;
 
@@ -39,60 +41,70 @@ fn run(
     applied
 }
 
-#[test]
-fn qcow2_arbitrary_descriptions_are_clean_and_mutations_caught() {
-    let limits = Limits::default();
-    let applied = run(0x5eed_0001, |data| {
-        let mut u = Unstructured::new(data);
-        let Ok((d, m)) = <(qcow2::write::Description, qcow2::mutate::Mutation)>::arbitrary(&mut u)
-        else {
+/// One format's run: `(description, mutation)` drawn from each input, the
+/// written image clean (and under 1 MiB), the applied mutation caught
+/// (and, when `fails`, the exit code non-zero). Returns the kinds applied.
+fn format_run<D, M>(
+    seed: u64,
+    write: impl Fn(&D) -> Result<Vec<u8>, String>,
+    check: impl Fn(&[u8]) -> Report,
+    apply: impl Fn(M, &mut Vec<u8>) -> Option<&'static [&'static Rule]>,
+    fails: bool,
+) -> BTreeSet<String>
+where
+    D: for<'a> Arbitrary<'a> + std::fmt::Debug,
+    M: for<'a> Arbitrary<'a> + std::fmt::Debug + Copy,
+{
+    run(seed, |data| {
+        let Ok((d, m)) = <(D, M)>::arbitrary(&mut Unstructured::new(data)) else {
             return Ok(None);
         };
-        let w = qcow2::write::write(&d).map_err(|e| format!("{d:?}: {e}"))?;
-        if w.image.len() > 1 << 20 {
-            return Err(format!("{} bytes written", w.image.len()));
+        let mut img = write(&d).map_err(|e| format!("{d:?}: {e}"))?;
+        if img.len() > 1 << 20 {
+            return Err(format!("{} bytes written", img.len()));
         }
-        let r = qcow2::check(&w.image.as_slice(), "arbitrary", &limits);
-        oracle::clean(&r, w.image.len()).map_err(|e| format!("{d:?}: {e}"))?;
-        let mut img = w.image;
-        let Some(rules) = qcow2::mutate::apply(m, &mut img) else {
+        oracle::clean(&check(&img), img.len()).map_err(|e| format!("{d:?}: {e}"))?;
+        let Some(rules) = apply(m, &mut img) else {
             return Ok(None);
         };
-        let r = qcow2::check(&img.as_slice(), "mutated", &limits);
+        let r = check(&img);
         oracle::caught(&m, rules, &r)?;
-        if r.exit_code(false) == 0 {
+        if fails && r.exit_code(false) == 0 {
             return Err(format!("{m:?} left the image clean"));
         }
         Ok(Some(format!("{m:?}")))
-    });
-    assert!(
-        applied.len() >= qcow2::mutate::KINDS - 1,
+    })
+}
+
+#[test]
+fn qcow2_arbitrary_descriptions_are_clean_and_mutations_caught() {
+    let applied = format_run(
+        0x5eed_0001,
+        |d| {
+            qcow2::write::write(d)
+                .map(|w| w.image)
+                .map_err(|e| e.to_string())
+        },
+        |img| qcow2::check(&img, "arbitrary", &Limits::default()),
+        |m, img| qcow2::mutate::apply(m, img),
+        true,
+    );
+    assert_eq!(
+        applied.len(),
+        qcow2::mutate::KINDS,
         "only {applied:?} applied"
     );
 }
 
 #[test]
 fn qed_arbitrary_descriptions_are_clean_and_mutations_caught() {
-    let limits = Limits::default();
-    let applied = run(0x5eed_0002, |data| {
-        let mut u = Unstructured::new(data);
-        let Ok((d, m)) = <(qed::write::Description, qed::mutate::Mutation)>::arbitrary(&mut u)
-        else {
-            return Ok(None);
-        };
-        let mut img = qed::write::write(&d).map_err(|e| format!("{d:?}: {e}"))?;
-        if img.len() > 1 << 20 {
-            return Err(format!("{} bytes written", img.len()));
-        }
-        let r = qed::check(&img.as_slice(), "arbitrary", &limits);
-        oracle::clean(&r, img.len()).map_err(|e| format!("{d:?}: {e}"))?;
-        let Some(rules) = qed::mutate::apply(m, &mut img) else {
-            return Ok(None);
-        };
-        let r = qed::check(&img.as_slice(), "mutated", &limits);
-        oracle::caught(&m, rules, &r)?;
-        Ok(Some(format!("{m:?}")))
-    });
+    let applied = format_run(
+        0x5eed_0002,
+        |d| qed::write::write(d).map_err(|e| e.to_string()),
+        |img| qed::check(&img, "arbitrary", &Limits::default()),
+        qed::mutate::apply,
+        false,
+    );
     assert_eq!(
         applied.len(),
         qed::mutate::KINDS,
@@ -102,27 +114,13 @@ fn qed_arbitrary_descriptions_are_clean_and_mutations_caught() {
 
 #[test]
 fn parallels_arbitrary_descriptions_are_clean_and_mutations_caught() {
-    let limits = Limits::default();
-    let applied = run(0x5eed_0003, |data| {
-        let mut u = Unstructured::new(data);
-        let Ok((d, m)) =
-            <(parallels::write::Description, parallels::mutate::Mutation)>::arbitrary(&mut u)
-        else {
-            return Ok(None);
-        };
-        let mut img = parallels::write::write(&d).map_err(|e| format!("{d:?}: {e}"))?;
-        if img.len() > 1 << 20 {
-            return Err(format!("{} bytes written", img.len()));
-        }
-        let r = parallels::check(&img.as_slice(), "arbitrary", &limits);
-        oracle::clean(&r, img.len()).map_err(|e| format!("{d:?}: {e}"))?;
-        let Some(rules) = parallels::mutate::apply(m, &mut img) else {
-            return Ok(None);
-        };
-        let r = parallels::check(&img.as_slice(), "mutated", &limits);
-        oracle::caught(&m, rules, &r)?;
-        Ok(Some(format!("{m:?}")))
-    });
+    let applied = format_run(
+        0x5eed_0003,
+        |d| parallels::write::write(d).map_err(|e| e.to_string()),
+        |img| parallels::check(&img, "arbitrary", &Limits::default()),
+        parallels::mutate::apply,
+        false,
+    );
     assert_eq!(
         applied.len(),
         parallels::mutate::KINDS,
