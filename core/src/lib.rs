@@ -11,6 +11,7 @@
 pub mod detect;
 pub mod disk;
 pub mod error;
+pub mod field;
 pub mod formats;
 pub mod limits;
 pub mod parallels;
@@ -20,6 +21,8 @@ pub mod report;
 pub mod rng;
 pub mod rules;
 pub mod source;
+#[cfg(feature = "arbitrary")]
+pub mod structured;
 pub mod vhost_user;
 
 pub use error::{Error, Result};

@@ -288,47 +288,9 @@ pub fn for_each_entry(
     }
 }
 
-/// Big-endian field access into a buffer already read from a source. Offsets
-/// are constants of the format; a short buffer reads as zeros rather than
-/// panicking, and callers size their buffers so that never happens.
-pub(crate) fn be_u64(b: &[u8], at: usize) -> u64 {
-    b.get(at..at + 8)
-        .and_then(|s| s.try_into().ok())
-        .map_or(0, u64::from_be_bytes)
-}
-pub(crate) fn be_u32(b: &[u8], at: usize) -> u32 {
-    b.get(at..at + 4)
-        .and_then(|s| s.try_into().ok())
-        .map_or(0, u32::from_be_bytes)
-}
-/// Little-endian field access (QED, Parallels), with the same zero-for-short rule.
-pub(crate) fn le_u64(b: &[u8], at: usize) -> u64 {
-    b.get(at..at + 8)
-        .and_then(|s| s.try_into().ok())
-        .map_or(0, u64::from_le_bytes)
-}
-pub(crate) fn le_u32(b: &[u8], at: usize) -> u32 {
-    b.get(at..at + 4)
-        .and_then(|s| s.try_into().ok())
-        .map_or(0, u32::from_le_bytes)
-}
-/// Little-endian field stores for the writers and mutators: a field that
-/// does not fit the buffer is not written.
-pub(crate) fn put_le32(b: &mut [u8], at: usize, v: u32) {
-    if let Some(s) = b.get_mut(at..at + 4) {
-        s.copy_from_slice(&v.to_le_bytes());
-    }
-}
-pub(crate) fn put_le64(b: &mut [u8], at: usize, v: u64) {
-    if let Some(s) = b.get_mut(at..at + 8) {
-        s.copy_from_slice(&v.to_le_bytes());
-    }
-}
-pub(crate) fn be_u16(b: &[u8], at: usize) -> u16 {
-    b.get(at..at + 2)
-        .and_then(|s| s.try_into().ok())
-        .map_or(0, u16::from_be_bytes)
-}
+// The byte-field helpers live once, in crate::field; these names stay for
+// the modules that read table entries through them.
+pub(crate) use crate::field::{be_u16, be_u32, be_u64, le_u64};
 
 #[cfg(test)]
 mod tests {

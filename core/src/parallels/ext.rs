@@ -5,7 +5,7 @@ use super::header::Header;
 use super::SECTOR;
 use crate::report::Report;
 use crate::rules::parallels as rule;
-use crate::source::{le_u32 as le32, le_u64 as le64, ReadAt};
+use crate::source::ReadAt;
 use md5::{Digest, Md5};
 use serde::Serialize;
 
@@ -19,6 +19,65 @@ pub const FEATURE_DIRTY_BITMAP: u64 = 0x2038_5FAE_252C_B34A;
 pub const FLAG_NECESSARY: u64 = 1;
 /// Feature flag bit 1 (TRANSIT): an unknown feature with this flag is left as is.
 pub const FLAG_TRANSIT: u64 = 2;
+
+/// The Format Extension cluster's header (spec "Format Extension"): little
+/// endian, offsets from the cluster's first byte; the features follow.
+pub mod field {
+    crate::field::field_table! { Little;
+        /// Magic (bytes 0-7): [`super::EXT_MAGIC`].
+        MAGIC: u64 = "magic" @ 0,
+    }
+    /// The MD5 checksum of the rest of the cluster (bytes 8-23).
+    pub const CHECKSUM: std::ops::Range<usize> = 8..24;
+    /// Offset of the first feature header.
+    pub const FEATURES: usize = CHECKSUM.end;
+}
+
+/// A feature header of the Format Extension (spec "Format Extension"):
+/// little endian, offsets from the feature's first byte; its data follows
+/// at [`feature_field::DATA`], padded to a multiple of 8.
+pub mod feature_field {
+    crate::field::field_table! { Little;
+        /// Feature magic (bytes 0-7); 0 ends the feature list.
+        MAGIC: u64 = "magic" @ 0,
+        /// Feature flags (bytes 8-15).
+        FLAGS: u64 = "flags" @ 8,
+        /// Bytes of feature data (bytes 16-19).
+        DATA_SIZE: u32 = "data_size" @ 16,
+        /// Reserved (bytes 20-23).
+        RESERVED: u32 = "reserved" @ 20,
+    }
+    /// Offset of the feature data from the feature's first byte.
+    pub const DATA: usize = RESERVED.end();
+}
+
+/// The dirty bitmap feature's data (spec "Dirty bitmaps feature"): little
+/// endian, offsets from the first byte of the feature data.
+pub mod bitmap_field {
+    crate::field::field_table! { Little;
+        /// Bitmap size in sectors (bytes 0-7).
+        SIZE: u64 = "size" @ 0,
+        /// Sectors per bit (bytes 24-27).
+        GRANULARITY: u32 = "granularity" @ 24,
+        /// Entries of the L1 table that follows (bytes 28-31).
+        L1_SIZE: u32 = "l1_size" @ 28,
+    }
+    /// The bitmap's 16-byte id (bytes 8-23).
+    pub const ID: std::ops::Range<usize> = 8..24;
+    /// Offset of the L1 table (8-byte entries).
+    pub const L1: usize = L1_SIZE.end();
+}
+
+/// Stores the MD5 checksum of an extension cluster `c` (its bytes past the
+/// checksum), as the writer and the mutators that edit the cluster must.
+pub(crate) fn seal(c: &mut [u8]) {
+    if let Some(body) = c.get(field::CHECKSUM.end..) {
+        let sum = Md5::digest(body);
+        if let Some(dst) = c.get_mut(field::CHECKSUM) {
+            dst.copy_from_slice(&sum);
+        }
+    }
+}
 
 /// A dirty bitmap of the Format Extension.
 #[derive(Debug, Clone, Serialize)]
@@ -57,7 +116,7 @@ pub fn parse(src: &dyn ReadAt, h: &Header, report: &mut Report) -> Option<Extens
     if !src.contains(at, cs) {
         report.add(
             &rule::EXT_PLACEMENT,
-            Some(56),
+            Some(super::header::field::EXT_OFF.pos()),
             format!("the Format Extension cluster at {at:#x} lies past the end of the file"),
         );
         return None;
@@ -65,19 +124,20 @@ pub fn parse(src: &dyn ReadAt, h: &Header, report: &mut Report) -> Option<Extens
     // At most one cluster (tracks <= INT32_MAX/513 sectors), inside the file.
     let mut c = vec![0u8; cs as usize];
     src.read_exact_at(&mut c, at).ok()?;
-    if le64(&c, 0) != EXT_MAGIC {
+    let magic = field::MAGIC.get(&c);
+    if magic != EXT_MAGIC {
         report.add(
             &rule::EXT_MAGIC,
             Some(at),
-            format!("Format Extension magic is {:#018x}", le64(&c, 0)),
+            format!("Format Extension magic is {magic:#018x}"),
         );
         return None;
     }
-    let sum = Md5::digest(c.get(24..).unwrap_or(&[]));
-    if c.get(8..24) != Some(&sum[..]) {
+    let sum = Md5::digest(c.get(field::CHECKSUM.end..).unwrap_or(&[]));
+    if c.get(field::CHECKSUM) != Some(&sum[..]) {
         report.add(
             &rule::EXT_CHECKSUM,
-            Some(at + 8),
+            Some(at + field::CHECKSUM.start as u64),
             "the MD5 checksum of the Format Extension cluster does not match",
         );
     }
@@ -85,24 +145,38 @@ pub fn parse(src: &dyn ReadAt, h: &Header, report: &mut Report) -> Option<Extens
         clusters: vec![at],
         ..Extension::default()
     };
-    let mut pos = 24usize;
+    features(src, h, &c, at, report, &mut ext);
+    Some(ext)
+}
+
+/// The feature list of extension cluster `c` (at file offset `at`): each
+/// feature header inside the cluster, up to the End of features entry.
+fn features(
+    src: &dyn ReadAt,
+    h: &Header,
+    c: &[u8],
+    at: u64,
+    report: &mut Report,
+    ext: &mut Extension,
+) {
+    let mut pos = field::FEATURES;
     let mut ended = false;
-    while pos + 24 <= c.len() {
-        let magic = le64(&c, pos);
-        let flags = le64(&c, pos + 8);
-        let size = le32(&c, pos + 16) as usize;
+    while pos + feature_field::DATA <= c.len() {
+        let magic = feature_field::MAGIC.get_at(c, pos);
+        let flags = feature_field::FLAGS.get_at(c, pos);
+        let size = feature_field::DATA_SIZE.get_at(c, pos) as usize;
         if magic == FEATURE_END {
             ended = true;
             break;
         }
-        let data_at = pos + 24;
+        let data_at = pos + feature_field::DATA;
         let Some(data) = c.get(data_at..data_at + size) else {
             report.add(
                 &rule::EXT_FEATURES,
                 Some(at + pos as u64),
                 format!("feature {magic:#018x} of {size} bytes runs past the extension cluster"),
             );
-            return Some(ext);
+            return;
         };
         match magic {
             FEATURE_DIRTY_BITMAP => {
@@ -137,7 +211,6 @@ pub fn parse(src: &dyn ReadAt, h: &Header, report: &mut Report) -> Option<Extens
             "the feature list has no End of features entry",
         );
     }
-    Some(ext)
 }
 
 fn dirty_bitmap(
@@ -148,15 +221,18 @@ fn dirty_bitmap(
     report: &mut Report,
     owned: &mut Vec<u64>,
 ) -> Option<DirtyBitmap> {
-    let size = le64(data, 0);
+    let size = bitmap_field::SIZE.get(data);
     let id = data
-        .get(8..24)
+        .get(bitmap_field::ID)
         .map(|b| b.iter().map(|x| format!("{x:02x}")).collect::<String>())
         .unwrap_or_default();
-    let granularity = le32(data, 24);
-    let l1_size = le32(data, 28) as usize;
+    let granularity = bitmap_field::GRANULARITY.get(data);
+    let l1_size = bitmap_field::L1_SIZE.get(data) as usize;
     let l1: Vec<u64> = (0..l1_size)
-        .map_while(|i| data.get(32 + 8 * i..40 + 8 * i).map(|s| le64(s, 0)))
+        .map_while(|i| {
+            let e = bitmap_field::L1 + 8 * i;
+            data.get(e..e + 8).map(|s| crate::field::le_u64(s, 0))
+        })
         .collect();
     if l1.len() != l1_size {
         report.add(
@@ -179,11 +255,34 @@ fn dirty_bitmap(
     if granularity == 0 || !granularity.is_power_of_two() {
         report.add(
             &rule::BITMAP_GRANULARITY,
-            Some(at + 24),
+            Some(bitmap_field::GRANULARITY.at(at)),
             format!("granularity {granularity} is not a power of two"),
         );
         return None;
     }
+    let mut b = DirtyBitmap {
+        size,
+        id,
+        granularity,
+        l1,
+        dirty: Vec::new(),
+    };
+    b.dirty = dirty_ranges(src, h, &b, at, report, owned);
+    Some(b)
+}
+
+/// The dirty guest byte ranges a bitmap's L1 table says (spec "Dirty
+/// bitmaps feature"): entry 0 all clean, 1 all dirty, else the sector of a
+/// data cluster of bits, which `owned` then records.
+fn dirty_ranges(
+    src: &dyn ReadAt,
+    h: &Header,
+    b: &DirtyBitmap,
+    at: u64,
+    report: &mut Report,
+    owned: &mut Vec<u64>,
+) -> Vec<(u64, u64)> {
+    let (l1, size, granularity) = (&b.l1, b.size, b.granularity);
     let cs = h.cluster_size();
     let bits_per_cluster = cs * 8;
     let gran_bytes = granularity as u64 * SECTOR;
@@ -217,7 +316,7 @@ fn dirty_bitmap(
                 if !src.contains(byte, cs) {
                     report.add(
                         &rule::BITMAP_L1_ENTRY,
-                        Some(at + 32 + 8 * i as u64),
+                        Some(at + (bitmap_field::L1 + 8 * i) as u64),
                         format!("bitmap L1 entry {i} points past the end of the file ({byte:#x})"),
                     );
                     continue;
@@ -238,11 +337,5 @@ fn dirty_bitmap(
             }
         }
     }
-    Some(DirtyBitmap {
-        size,
-        id,
-        granularity,
-        l1,
-        dirty,
-    })
+    dirty
 }

@@ -2,15 +2,45 @@
 
 use crate::report::Report;
 use crate::rules::parallels as rule;
-use crate::source::{le_u32 as le32, le_u64 as le64, ReadAt};
+use crate::source::ReadAt;
+use field as f;
 use serde::Serialize;
 
 /// The magic of images whose BAT entries count sectors (spec "Header", bytes 0-15).
 pub const MAGIC_V1: &[u8; 16] = b"WithoutFreeSpace";
 /// The magic of images whose BAT entries count clusters (spec "Header", bytes 0-15).
 pub const MAGIC_V2: &[u8; 16] = b"WithouFreSpacExt";
-/// Size of the header in bytes.
-pub const HEADER_SIZE: u64 = 64;
+/// The header's field table (spec "Header"): little endian, offsets from
+/// byte 0 of the file (the magic is bytes 0-15); the parser, the writer and
+/// the mutators go through it.
+pub mod field {
+    crate::field::field_table! { Little;
+        /// version (bytes 16-19).
+        VERSION: u32 = "version" @ 16,
+        /// heads (bytes 20-23).
+        HEADS: u32 = "heads" @ 20,
+        /// cylinders (bytes 24-27).
+        CYLINDERS: u32 = "cylinders" @ 24,
+        /// tracks (bytes 28-31).
+        TRACKS: u32 = "tracks" @ 28,
+        /// nb_bat_entries (bytes 32-35).
+        NB_BAT_ENTRIES: u32 = "nb_bat_entries" @ 32,
+        /// nb_sectors (bytes 36-43).
+        NB_SECTORS: u64 = "nb_sectors" @ 36,
+        /// in_use (bytes 44-47).
+        IN_USE: u32 = "in_use" @ 44,
+        /// data_off (bytes 48-51).
+        DATA_OFF: u32 = "data_off" @ 48,
+        /// flags (bytes 52-55).
+        FLAGS: u32 = "flags" @ 52,
+        /// ext_off (bytes 56-63).
+        EXT_OFF: u64 = "ext_off" @ 56,
+    }
+    /// Bytes of the magic (bytes 0-15).
+    pub const MAGIC: std::ops::Range<usize> = 0..16;
+}
+/// Size of the header in bytes; the BAT follows.
+pub const HEADER_SIZE: u64 = field::EXT_OFF.end() as u64;
 /// in_use values the spec allows: opened read-write, closed, or 0 (old software).
 pub const IN_USE_OPEN: u32 = 0x746F_6E59;
 /// in_use when the image was closed properly.
@@ -92,6 +122,24 @@ impl Header {
     }
 }
 
+/// The header fields of `b` (the first [`HEADER_SIZE`] bytes of the file)
+/// as they are, before any validation; `ext_magic` is what the magic says.
+pub fn decode(b: &[u8], ext_magic: bool) -> Header {
+    Header {
+        ext_magic,
+        version: f::VERSION.get(b),
+        heads: f::HEADS.get(b),
+        cylinders: f::CYLINDERS.get(b),
+        tracks: f::TRACKS.get(b),
+        nb_bat_entries: f::NB_BAT_ENTRIES.get(b),
+        nb_sectors: f::NB_SECTORS.get(b),
+        in_use: f::IN_USE.get(b),
+        data_off: f::DATA_OFF.get(b),
+        flags: f::FLAGS.get(b),
+        ext_off: f::EXT_OFF.get(b),
+    }
+}
+
 /// Reads and validates the header; None (with an error finding) when the
 /// image cannot be read at all.
 pub fn parse(src: &dyn ReadAt, report: &mut Report) -> Option<Header> {
@@ -107,7 +155,7 @@ pub fn parse(src: &dyn ReadAt, report: &mut Report) -> Option<Header> {
         );
         return None;
     }
-    let ext_magic = match &b[..16] {
+    let ext_magic = match &b[f::MAGIC] {
         m if m == MAGIC_V2 => true,
         m if m == MAGIC_V1 => false,
         _ => {
@@ -119,23 +167,19 @@ pub fn parse(src: &dyn ReadAt, report: &mut Report) -> Option<Header> {
             return None;
         }
     };
-    let h = Header {
-        ext_magic,
-        version: le32(&b, 16),
-        heads: le32(&b, 20),
-        cylinders: le32(&b, 24),
-        tracks: le32(&b, 28),
-        nb_bat_entries: le32(&b, 32),
-        nb_sectors: le64(&b, 36),
-        in_use: le32(&b, 44),
-        data_off: le32(&b, 48),
-        flags: le32(&b, 52),
-        ext_off: le64(&b, 56),
-    };
+    let h = decode(&b, ext_magic);
+    limits(&h, report)?;
+    findings(&h, report);
+    Some(h)
+}
+
+/// version, and the sizes QEMU refuses to open (tracks, BAT entries, the
+/// disk size).
+fn limits(h: &Header, report: &mut Report) -> Option<()> {
     if h.version != 2 {
         report.add(
             &rule::VERSION,
-            Some(16),
+            Some(f::VERSION.pos()),
             format!("version {} (must be 2)", h.version),
         );
         return None;
@@ -143,7 +187,7 @@ pub fn parse(src: &dyn ReadAt, report: &mut Report) -> Option<Header> {
     if h.tracks == 0 || h.tracks > MAX_TRACKS {
         report.add(
             &rule::TRACKS,
-            Some(28),
+            Some(f::TRACKS.pos()),
             format!("tracks (cluster size in sectors) is {}", h.tracks),
         );
         return None;
@@ -151,7 +195,7 @@ pub fn parse(src: &dyn ReadAt, report: &mut Report) -> Option<Header> {
     if h.nb_bat_entries > MAX_BAT_ENTRIES {
         report.add(
             &rule::BAT_SIZE,
-            Some(32),
+            Some(f::NB_BAT_ENTRIES.pos()),
             format!(
                 "{} BAT entries (QEMU's limit is {MAX_BAT_ENTRIES})",
                 h.nb_bat_entries
@@ -162,7 +206,7 @@ pub fn parse(src: &dyn ReadAt, report: &mut Report) -> Option<Header> {
     if h.claimed_disk_size() > MAX_DISK_BYTES {
         report.add(
             &rule::DISK_SIZE_LIMIT,
-            Some(36),
+            Some(f::NB_SECTORS.pos()),
             format!(
                 "nb_sectors {:#x} ({} bytes) exceeds QEMU's largest disk ({MAX_DISK_BYTES} bytes)",
                 h.nb_sectors,
@@ -172,10 +216,16 @@ pub fn parse(src: &dyn ReadAt, report: &mut Report) -> Option<Header> {
         );
         return None;
     }
-    if !ext_magic && h.nb_sectors >> 32 != 0 {
+    Some(())
+}
+
+/// What QEMU opens but the spec forbids or flags: high nb_sectors bits
+/// with the old magic, a BAT short of the disk, unused flags, in_use.
+fn findings(h: &Header, report: &mut Report) {
+    if !h.ext_magic && h.nb_sectors >> 32 != 0 {
         report.add(
             &rule::NB_SECTORS_HIGH,
-            Some(36),
+            Some(f::NB_SECTORS.pos()),
             format!(
                 "nb_sectors {:#x} uses its high 32 bits in a WithoutFreeSpace image",
                 h.nb_sectors
@@ -186,7 +236,7 @@ pub fn parse(src: &dyn ReadAt, report: &mut Report) -> Option<Header> {
         // QEMU opens such images and reads the uncovered tail as zeros; so do we.
         report.add(
             &rule::BAT_COVERS_DISK,
-            Some(32),
+            Some(f::NB_BAT_ENTRIES.pos()),
             format!(
                 "{} BAT entries of {} bytes do not cover the {}-byte disk",
                 h.nb_bat_entries,
@@ -198,7 +248,7 @@ pub fn parse(src: &dyn ReadAt, report: &mut Report) -> Option<Header> {
     if h.flags & !FLAG_EMPTY != 0 {
         report.add(
             &rule::FLAGS_UNUSED,
-            Some(52),
+            Some(f::FLAGS.pos()),
             format!(
                 "flags {:#x}: bits 1-31 are unused and must be zero",
                 h.flags
@@ -209,16 +259,15 @@ pub fn parse(src: &dyn ReadAt, report: &mut Report) -> Option<Header> {
         0 | IN_USE_CLOSED => {}
         IN_USE_OPEN => report.add(
             &rule::IN_USE_OPEN,
-            Some(44),
+            Some(f::IN_USE.pos()),
             "in_use says the image is open read-write: it was not closed correctly",
         ),
         v => report.add(
             &rule::IN_USE_VALUE,
-            Some(44),
+            Some(f::IN_USE.pos()),
             format!("in_use {v:#x} is none of 0, 0x746F6E59, 0x312e3276"),
         ),
     }
-    Some(h)
 }
 
 /// Calls `f(index, entry)` for every non-zero BAT entry, in order. The BAT
@@ -228,7 +277,7 @@ pub fn parse(src: &dyn ReadAt, report: &mut Report) -> Option<Header> {
 pub fn for_each_bat_entry(src: &dyn ReadAt, h: &Header, mut f: impl FnMut(u64, u32)) {
     let n = crate::source::entries_in_file(src, HEADER_SIZE, h.nb_bat_entries as u64, 4);
     crate::source::for_each_entry(src, HEADER_SIZE, n, 4, |i, raw| {
-        let e = le32(raw, 0);
+        let e = crate::field::le_u32(raw, 0);
         if e != 0 {
             f(i, e);
         }

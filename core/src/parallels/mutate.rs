@@ -1,14 +1,15 @@
 //! Parallels mutators: one structured corruption of a valid image at a
 //! time, each naming the rules the checker must then report.
 
-use super::ext::{EXT_MAGIC, FEATURE_DIRTY_BITMAP};
-use super::header::{self, HEADER_SIZE, IN_USE_OPEN};
+use super::ext::{
+    bitmap_field, feature_field, field as ext_field, EXT_MAGIC, FEATURE_DIRTY_BITMAP,
+};
+use super::header::{self, field as f, Header, HEADER_SIZE, IN_USE_OPEN};
 use super::SECTOR;
+use crate::field::le_u32;
 use crate::limits::Limits;
 use crate::report::Report;
 use crate::rules::{parallels, Rule};
-use crate::source::{le_u32, le_u64};
-use md5::{Digest, Md5};
 
 /// One corruption. `nth` picks among the candidates (modulo their count).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +72,16 @@ pub enum Mutation {
 /// All mutation shapes, for generators.
 pub const KINDS: usize = 19;
 
+/// Any mutation, drawn as [`Mutation::from_parts`] builds it (see
+/// [`crate::structured`]).
+#[cfg(feature = "arbitrary")]
+impl<'a> arbitrary::Arbitrary<'a> for Mutation {
+    fn arbitrary(u: &mut arbitrary::Unstructured<'a>) -> arbitrary::Result<Self> {
+        let (kind, a, b) = crate::structured::parts(u, KINDS)?;
+        Ok(Mutation::from_parts(kind, a, b))
+    }
+}
+
 impl Mutation {
     /// Builds mutation `kind` (0..KINDS) with the selector values `a`, `b`.
     pub fn from_parts(kind: usize, a: usize, b: u8) -> Mutation {
@@ -98,11 +109,11 @@ impl Mutation {
     }
 }
 
+/// A BAT entry at file offset `at`.
 fn put32(b: &mut [u8], at: u64, v: u32) {
-    crate::source::put_le32(b, at as usize, v)
-}
-fn put64(b: &mut [u8], at: u64, v: u64) {
-    crate::source::put_le64(b, at as usize, v)
+    if let Ok(at) = usize::try_from(at) {
+        crate::field::put_le32(b, at, v)
+    }
 }
 
 fn pick<T: Copy>(v: &[T], nth: usize) -> Option<T> {
@@ -111,60 +122,122 @@ fn pick<T: Copy>(v: &[T], nth: usize) -> Option<T> {
 
 /// Rewrites the extension cluster's MD5 after an edit of its body.
 fn fix_checksum(img: &mut [u8], ext_at: u64, cs: u64) {
-    let (a, b) = (ext_at as usize, (ext_at + cs) as usize);
-    if let Some(body) = img.get(a + 24..b) {
-        let sum = Md5::digest(body);
-        img[a + 8..a + 24].copy_from_slice(&sum);
+    if let Some(c) = img.get_mut(ext_at as usize..(ext_at + cs) as usize) {
+        super::ext::seal(c);
     }
 }
 
 /// Applies `m` to a valid image. Returns the rules the checker must report,
 /// or None when the image has nothing to mutate that way (the image is then
 /// unchanged).
-pub fn apply(m: Mutation, img: &mut Vec<u8>) -> Option<&'static [&'static Rule]> {
-    let mut scratch = Report::new("mutate", "parallels", &Limits::default());
-    let h = header::parse(&img.as_slice(), &mut scratch)?;
-    let cs = h.cluster_size();
-    let bat = header::read_bat(&img.as_slice(), &h);
-    let allocated: Vec<(u64, u32)> = bat
-        .iter()
-        .enumerate()
-        .filter(|(_, &e)| e != 0)
-        .map(|(i, &e)| (HEADER_SIZE + 4 * i as u64, e))
-        .collect();
-    // The first feature of the extension, when it is a dirty bitmap: its data offset.
-    let ext_at = h.ext_off.saturating_mul(SECTOR);
-    let bitmap = (h.ext_off != 0
-        && le_u64(img, ext_at as usize) == EXT_MAGIC
-        && le_u64(img, ext_at as usize + 24) == FEATURE_DIRTY_BITMAP)
-        .then_some(ext_at + 48);
-    // A BAT value naming `off` bytes into the file.
-    let entry = |off: u64| -> u32 {
-        if h.ext_magic {
-            (off / cs) as u32
+pub fn apply(m: Mutation, img: &mut Vec<u8>) -> Option<RuleSet> {
+    let t = Target::of(img)?;
+    match m {
+        Mutation::BatBelowData { .. }
+        | Mutation::BatPastEof { .. }
+        | Mutation::BatDuplicate { .. }
+        | Mutation::BatUnaligned { .. }
+        | Mutation::Leak => bat(&t, m, img),
+        Mutation::ExtMagic
+        | Mutation::ExtChecksum
+        | Mutation::BitmapGranularity
+        | Mutation::BitmapL1PastEof
+        | Mutation::BitmapSize => extension(&t, m, img),
+        _ => header_fields(&t, m, img),
+    }
+}
+
+/// The rules a mutation must trip.
+type RuleSet = &'static [&'static Rule];
+
+/// What the mutators aim at in a valid image.
+struct Target {
+    h: Header,
+    cs: u64,
+    /// BAT entries as read (up to the last allocated one).
+    bat: Vec<u32>,
+    /// Allocated BAT entries: (file offset of the entry, value).
+    allocated: Vec<(u64, u32)>,
+    /// File offset of the extension cluster (0: none).
+    ext_at: u64,
+    /// Offset of the dirty bitmap's feature data, when the extension's
+    /// first feature is one.
+    bitmap: Option<usize>,
+    /// A cluster-aligned offset past the end of the file.
+    past_eof: u64,
+}
+
+impl Target {
+    fn of(img: &[u8]) -> Option<Target> {
+        let mut scratch = Report::new("mutate", "parallels", &Limits::default());
+        let h = header::parse(&img, &mut scratch)?;
+        let cs = h.cluster_size();
+        let bat = header::read_bat(&img, &h);
+        let allocated = bat
+            .iter()
+            .enumerate()
+            .filter(|(_, &e)| e != 0)
+            .map(|(i, &e)| (HEADER_SIZE + 4 * i as u64, e))
+            .collect();
+        let ext_at = h.ext_off.saturating_mul(SECTOR);
+        let at = usize::try_from(ext_at).unwrap_or(usize::MAX);
+        let feature = at.saturating_add(ext_field::FEATURES);
+        let bitmap = (h.ext_off != 0
+            && ext_field::MAGIC.get_at(img, at) == EXT_MAGIC
+            && feature_field::MAGIC.get_at(img, feature) == FEATURE_DIRTY_BITMAP)
+            .then_some(feature + feature_field::DATA);
+        let past_eof = (img.len() as u64).next_multiple_of(cs) + 4 * cs;
+        Some(Target {
+            h,
+            cs,
+            bat,
+            allocated,
+            ext_at,
+            bitmap,
+            past_eof,
+        })
+    }
+
+    /// A BAT value naming `off` bytes into the file.
+    fn entry(&self, off: u64) -> u32 {
+        if self.h.ext_magic {
+            (off / self.cs) as u32
         } else {
             (off / SECTOR) as u32
         }
-    };
-    let past_eof = (img.len() as u64).next_multiple_of(cs) + 4 * cs;
+    }
+}
+
+/// Mutations of the BAT (and the file's length): below the data, past the
+/// end, duplicated, unaligned, a leaked cluster.
+fn bat(t: &Target, m: Mutation, img: &mut Vec<u8>) -> Option<RuleSet> {
+    let Target {
+        h,
+        cs,
+        bat,
+        allocated,
+        past_eof,
+        ..
+    } = t;
+    let (cs, past_eof) = (*cs, *past_eof);
     Some(match m {
         Mutation::BatBelowData { nth } => {
-            let (at, _) = pick(&allocated, nth)?;
+            let (at, _) = pick(allocated, nth)?;
             // The lowest non-zero value: the first sector, or the first cluster.
             let low = if h.ext_magic { cs } else { SECTOR };
             if low >= h.data_offset() {
                 return None;
             }
-            put32(img, at, entry(low));
+            put32(img, at, t.entry(low));
             crate::rule_set![parallels::BAT_BELOW_DATA]
         }
         Mutation::BatPastEof { nth } => {
-            let (at, _) = pick(&allocated, nth)?;
-            put32(img, at, entry(past_eof));
+            let (at, _) = pick(allocated, nth)?;
+            put32(img, at, t.entry(past_eof));
             crate::rule_set![parallels::BAT_INSIDE_FILE]
         }
         Mutation::BatDuplicate { nth } => {
-            let (_, e) = pick(&allocated, nth)?;
+            let (_, e) = pick(allocated, nth)?;
             let others: Vec<u64> = (0..bat.len() as u64)
                 .map(|i| HEADER_SIZE + 4 * i)
                 .filter(|&at| le_u32(img, at as usize) != e)
@@ -190,34 +263,74 @@ pub fn apply(m: Mutation, img: &mut Vec<u8>) -> Option<&'static [&'static Rule]>
             img.resize(img.len() + cs as usize, 0xAA);
             crate::rule_set![parallels::LEAK]
         }
+        _ => return None,
+    })
+}
+
+/// Mutations of the header's fields.
+fn header_fields(t: &Target, m: Mutation, img: &mut [u8]) -> Option<RuleSet> {
+    let Target {
+        h,
+        cs,
+        allocated,
+        past_eof,
+        ..
+    } = t;
+    let (cs, past_eof) = (*cs, *past_eof);
+    Some(match m {
         Mutation::InUseOpen => {
-            put32(img, 44, IN_USE_OPEN);
+            f::IN_USE.put(img, IN_USE_OPEN);
             crate::rule_set![parallels::IN_USE_OPEN]
         }
         Mutation::InUseBad => {
-            put32(img, 44, 0x1234_5678);
+            f::IN_USE.put(img, 0x1234_5678);
             crate::rule_set![parallels::IN_USE_VALUE]
         }
         Mutation::TracksZero => {
-            put32(img, 28, 0);
+            f::TRACKS.put(img, 0);
             crate::rule_set![parallels::TRACKS]
         }
         Mutation::Version => {
-            put32(img, 16, 3);
+            f::VERSION.put(img, 3);
             crate::rule_set![parallels::VERSION]
         }
         Mutation::FlagsUnused { bit } => {
-            put32(img, 52, h.flags | 1 << bit.clamp(1, 31));
+            f::FLAGS.put(img, h.flags | 1 << bit.clamp(1, 31));
             crate::rule_set![parallels::FLAGS_UNUSED]
         }
         Mutation::EmptyWithData => {
             allocated.first()?;
-            put32(img, 52, h.flags | header::FLAG_EMPTY);
+            f::FLAGS.put(img, h.flags | header::FLAG_EMPTY);
             crate::rule_set![parallels::EMPTY_IMAGE]
         }
+        Mutation::NbSectorsHigh => {
+            if h.ext_magic {
+                return None;
+            }
+            f::NB_SECTORS.put(img, h.nb_sectors | 1 << 40);
+            crate::rule_set![parallels::NB_SECTORS_HIGH]
+        }
+        Mutation::DataOffPastEof => {
+            f::DATA_OFF.put(img, (past_eof / SECTOR) as u32);
+            crate::rule_set![parallels::DATA_OFF]
+        }
+        Mutation::BatShort => {
+            // One sector more than the BAT's clusters cover.
+            f::NB_SECTORS.put(img, h.nb_bat_entries as u64 * (cs / SECTOR) + 1);
+            crate::rule_set![parallels::BAT_COVERS_DISK]
+        }
+        _ => return None,
+    })
+}
+
+/// Mutations of the Format Extension cluster and its dirty bitmap (the
+/// checksum repaired where the edit is not of the checksum itself).
+fn extension(t: &Target, m: Mutation, img: &mut [u8]) -> Option<RuleSet> {
+    let (bitmap, ext_at, cs, past_eof) = (t.bitmap, t.ext_at, t.cs, t.past_eof);
+    Some(match m {
         Mutation::ExtMagic => {
             bitmap?;
-            put64(img, ext_at, EXT_MAGIC ^ 1);
+            ext_field::MAGIC.put_at(img, ext_at as usize, EXT_MAGIC ^ 1);
             crate::rule_set![parallels::EXT_MAGIC]
         }
         Mutation::ExtChecksum => {
@@ -228,38 +341,23 @@ pub fn apply(m: Mutation, img: &mut Vec<u8>) -> Option<&'static [&'static Rule]>
         }
         Mutation::BitmapGranularity => {
             let data = bitmap?;
-            put32(img, data + 24, 3);
+            bitmap_field::GRANULARITY.put_at(img, data, 3);
             fix_checksum(img, ext_at, cs);
             crate::rule_set![parallels::BITMAP_GRANULARITY]
         }
         Mutation::BitmapL1PastEof => {
             let data = bitmap?;
-            put64(img, data + 32, past_eof / SECTOR);
+            crate::field::put_le64(img, data + bitmap_field::L1, past_eof / SECTOR);
             fix_checksum(img, ext_at, cs);
             crate::rule_set![parallels::BITMAP_L1_ENTRY]
         }
         Mutation::BitmapSize => {
             let data = bitmap?;
-            let size = le_u64(img, data as usize);
-            put64(img, data, size + 1);
+            let size = bitmap_field::SIZE.get_at(img, data);
+            bitmap_field::SIZE.put_at(img, data, size + 1);
             fix_checksum(img, ext_at, cs);
             crate::rule_set![parallels::BITMAP_SIZE]
         }
-        Mutation::NbSectorsHigh => {
-            if h.ext_magic {
-                return None;
-            }
-            put64(img, 36, h.nb_sectors | 1 << 40);
-            crate::rule_set![parallels::NB_SECTORS_HIGH]
-        }
-        Mutation::DataOffPastEof => {
-            put32(img, 48, (past_eof / SECTOR) as u32);
-            crate::rule_set![parallels::DATA_OFF]
-        }
-        Mutation::BatShort => {
-            // One sector more than the BAT's clusters cover.
-            put64(img, 36, h.nb_bat_entries as u64 * (cs / SECTOR) + 1);
-            crate::rule_set![parallels::BAT_COVERS_DISK]
-        }
+        _ => return None,
     })
 }

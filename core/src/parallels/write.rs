@@ -8,12 +8,13 @@
 //! then the data clusters in guest order. Every cluster past the data
 //! offset is used: nothing leaks.
 
-use super::ext::{EXT_MAGIC, FEATURE_DIRTY_BITMAP};
-use super::header::{HEADER_SIZE, IN_USE_CLOSED, MAGIC_V1, MAGIC_V2};
+use super::ext::{
+    bitmap_field, feature_field, field as ext_field, EXT_MAGIC, FEATURE_DIRTY_BITMAP,
+};
+use super::header::{field as f, HEADER_SIZE, IN_USE_CLOSED, MAGIC_V1, MAGIC_V2};
 use super::SECTOR;
 pub use crate::error::WriteError;
-use crate::source::{put_le32 as put32, put_le64 as put64};
-use md5::{Digest, Md5};
+use crate::field::{put_le32, put_le64};
 use std::collections::BTreeMap;
 
 /// A dirty bitmap of the Format Extension.
@@ -102,7 +103,34 @@ impl Description {
 
 /// Serializes `d` as a Parallels image (header, BAT, extension, data clusters); an error when `d` is inconsistent (sizes not multiples of 512, a cluster of the wrong length).
 pub fn write(d: &Description) -> Result<Vec<u8>, WriteError> {
-    let err = |s: String| Err(WriteError(s));
+    let nb_bat = validate(d)?;
+    let mut img = header(d, nb_bat);
+    if let Some(b) = &d.bitmap {
+        extension(d, b, &mut img)?;
+    }
+    let cs = d.cluster_size;
+    for (&k, bytes) in &d.clusters {
+        if bytes.len() as u64 != cs {
+            return err(format!(
+                "cluster {k}: {} bytes, not one cluster",
+                bytes.len()
+            ));
+        }
+        // A BAT entry names a cluster in clusters (ext magic) or sectors.
+        let at = img.len() as u64;
+        let v = if d.ext_magic { at / cs } else { at / SECTOR } as u32;
+        put_le32(&mut img, (HEADER_SIZE + 4 * k) as usize, v);
+        img.extend_from_slice(bytes);
+    }
+    Ok(img)
+}
+
+fn err<T>(s: impl Into<String>) -> Result<T, WriteError> {
+    Err(WriteError(s.into()))
+}
+
+/// Refuses descriptions no image QEMU opens can have; the BAT entries.
+fn validate(d: &Description) -> Result<u64, WriteError> {
     let cs = d.cluster_size;
     if cs == 0 || !cs.is_multiple_of(SECTOR) || cs / SECTOR > super::header::MAX_TRACKS as u64 {
         return err(format!(
@@ -119,96 +147,127 @@ pub fn write(d: &Description) -> Result<Vec<u8>, WriteError> {
     if let Some((&k, _)) = d.clusters.range(nb_bat..).next() {
         return err(format!("cluster {k} lies past the end of the disk"));
     }
+    Ok(nb_bat)
+}
+
+/// The header and an empty BAT, padded to the data offset (a cluster).
+fn header(d: &Description, nb_bat: u64) -> Vec<u8> {
+    let cs = d.cluster_size;
     let data_off = (HEADER_SIZE + 4 * nb_bat).next_multiple_of(cs);
     let mut img = vec![0u8; data_off as usize];
-    img[..16].copy_from_slice(if d.ext_magic { MAGIC_V2 } else { MAGIC_V1 });
-    put32(&mut img, 16, 2);
-    put32(&mut img, 20, 16); // heads and cylinders: geometry hints only
-    put32(
-        &mut img,
-        24,
-        (d.size / SECTOR / 16 / (cs / SECTOR)).max(1) as u32,
-    );
-    put32(&mut img, 28, (cs / SECTOR) as u32);
-    put32(&mut img, 32, nb_bat as u32);
-    put64(&mut img, 36, d.size / SECTOR);
-    put32(&mut img, 44, IN_USE_CLOSED);
-    put32(&mut img, 48, (data_off / SECTOR) as u32);
-    // A BAT entry names a cluster in clusters (ext magic) or sectors.
-    let entry = |off: u64| -> u32 {
-        if d.ext_magic {
-            (off / cs) as u32
+    img[f::MAGIC].copy_from_slice(if d.ext_magic { MAGIC_V2 } else { MAGIC_V1 });
+    f::VERSION.put(&mut img, 2);
+    f::HEADS.put(&mut img, 16); // heads and cylinders: geometry hints only
+    let cylinders = (d.size / SECTOR / 16 / (cs / SECTOR)).max(1) as u32;
+    f::CYLINDERS.put(&mut img, cylinders);
+    f::TRACKS.put(&mut img, (cs / SECTOR) as u32);
+    f::NB_BAT_ENTRIES.put(&mut img, nb_bat as u32);
+    f::NB_SECTORS.put(&mut img, d.size / SECTOR);
+    f::IN_USE.put(&mut img, IN_USE_CLOSED);
+    f::DATA_OFF.put(&mut img, (data_off / SECTOR) as u32);
+    img
+}
+
+/// The Format Extension cluster with one dirty bitmap feature, appended to
+/// `img` with the bitmap's data clusters, and ext_off pointing at it.
+fn extension(d: &Description, b: &BitmapDesc, img: &mut Vec<u8>) -> Result<(), WriteError> {
+    let cs = d.cluster_size;
+    if !b.granularity.is_power_of_two() {
+        return err(format!("granularity {} is not a power of 2", b.granularity));
+    }
+    let ext_at = img.len() as u64;
+    img.resize(img.len() + cs as usize, 0);
+    f::EXT_OFF.put(img, ext_at / SECTOR);
+    let sectors = d.size / SECTOR;
+    let total_bits = sectors.div_ceil(b.granularity as u64);
+    let l1_size = total_bits.div_ceil(cs * 8);
+    let feature_size = bitmap_field::L1 as u64 + 8 * l1_size;
+    // The extension header, this feature, and the end-of-features header.
+    let needed = (ext_field::FEATURES + 2 * feature_field::DATA) as u64 + feature_size;
+    if needed > cs {
+        return err("the bitmap's L1 table does not fit in the extension cluster");
+    }
+    let l1 = bitmap_l1(b, cs, total_bits, img)?;
+    let e = ext_at as usize;
+    ext_field::MAGIC.put_at(img, e, EXT_MAGIC);
+    let feature = e + ext_field::FEATURES;
+    feature_field::MAGIC.put_at(img, feature, FEATURE_DIRTY_BITMAP);
+    feature_field::DATA_SIZE.put_at(img, feature, feature_size as u32);
+    let data = feature + feature_field::DATA;
+    bitmap_field::SIZE.put_at(img, data, sectors);
+    let id = data + bitmap_field::ID.start..data + bitmap_field::ID.end;
+    img[id].copy_from_slice(&b.id);
+    bitmap_field::GRANULARITY.put_at(img, data, b.granularity);
+    bitmap_field::L1_SIZE.put_at(img, data, l1_size as u32);
+    for (i, v) in l1.iter().enumerate() {
+        put_le64(img, data + bitmap_field::L1 + 8 * i, *v);
+    }
+    // The end-of-features entry is the zeros that follow; then the checksum.
+    super::ext::seal(&mut img[e..e + cs as usize]);
+    Ok(())
+}
+
+/// The bitmap's L1 table, one entry per cluster of bits: 0 clean, 1 all
+/// dirty, else the sector of a data cluster of bits appended to `img`.
+fn bitmap_l1(
+    b: &BitmapDesc,
+    cs: u64,
+    total_bits: u64,
+    img: &mut Vec<u8>,
+) -> Result<Vec<u64>, WriteError> {
+    let bits_per_cluster = cs * 8;
+    let mut l1 = vec![0u64; total_bits.div_ceil(bits_per_cluster) as usize];
+    let mut chunks: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
+    for &bit in &b.dirty_bits {
+        if bit >= total_bits {
+            return err(format!("dirty bit {bit} lies past the disk"));
+        }
+        let c = chunks
+            .entry(bit / bits_per_cluster)
+            .or_insert_with(|| vec![0u8; cs as usize]);
+        let i = bit % bits_per_cluster;
+        c[(i / 8) as usize] |= 1 << (i % 8);
+    }
+    for (i, bytes) in chunks {
+        let bits_here = bits_per_cluster.min(total_bits - i * bits_per_cluster);
+        let all = (0..bits_here).all(|k| bytes[(k / 8) as usize] >> (k % 8) & 1 == 1);
+        l1[i as usize] = if all {
+            1
         } else {
-            (off / SECTOR) as u32
-        }
-    };
-    if let Some(b) = &d.bitmap {
-        if !b.granularity.is_power_of_two() {
-            return err(format!("granularity {} is not a power of 2", b.granularity));
-        }
-        let ext_at = img.len() as u64;
-        img.resize(img.len() + cs as usize, 0);
-        put64(&mut img, 56, ext_at / SECTOR);
-        let sectors = d.size / SECTOR;
-        let total_bits = sectors.div_ceil(b.granularity as u64);
-        let bits_per_cluster = cs * 8;
-        let l1_size = total_bits.div_ceil(bits_per_cluster);
-        let feature_size = 32 + 8 * l1_size;
-        if 24 + 24 + feature_size + 24 > cs {
-            return err("the bitmap's L1 table does not fit in the extension cluster".into());
-        }
-        // One L1 entry per cluster of bits: 0 clean, 1 all dirty, else a data cluster.
-        let mut l1 = vec![0u64; l1_size as usize];
-        let mut chunks: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
-        for &bit in &b.dirty_bits {
-            if bit >= total_bits {
-                return err(format!("dirty bit {bit} lies past the disk"));
+            let at = img.len() as u64;
+            img.extend_from_slice(&bytes);
+            at / SECTOR
+        };
+    }
+    Ok(l1)
+}
+
+/// Valid, bounded descriptions for structure-aware fuzzing (see
+/// [`crate::structured`]): both magics, 512 B to 16 KiB clusters, up to
+/// 256 guest clusters (the last one partial), and with the extension magic
+/// a dirty bitmap of any power-of-2 granularity.
+#[cfg(feature = "arbitrary")]
+impl<'a> arbitrary::Arbitrary<'a> for Description {
+    fn arbitrary(u: &mut arbitrary::Unstructured<'a>) -> arbitrary::Result<Self> {
+        use crate::structured::{allocate, contents, guest_size, MAX_GUEST_CLUSTERS};
+        let cs = *u.choose(&[512u64, 1024, 4096, 16384])?;
+        let ext_magic = u.arbitrary()?;
+        let (size, n) = guest_size(u, cs, MAX_GUEST_CLUSTERS.min((1 << 20) / cs))?;
+        let mut d = Description::new(size, cs, ext_magic);
+        d.clusters = allocate(u, n, |u| contents(u, cs as usize))?;
+        if ext_magic && u.arbitrary()? {
+            let granularity = 1u32 << u.int_in_range(0..=7)?;
+            let total = (size / SECTOR).div_ceil(granularity as u64);
+            let mut dirty_bits = Vec::new();
+            for _ in 0..u.int_in_range(0..=24)? {
+                dirty_bits.push(u.int_in_range(0..=total - 1)?);
             }
-            let c = chunks
-                .entry(bit / bits_per_cluster)
-                .or_insert_with(|| vec![0u8; cs as usize]);
-            let i = bit % bits_per_cluster;
-            c[(i / 8) as usize] |= 1 << (i % 8);
+            d.bitmap = Some(BitmapDesc {
+                id: u.arbitrary()?,
+                granularity,
+                dirty_bits,
+            });
         }
-        for (i, bytes) in chunks {
-            let bits_here = bits_per_cluster.min(total_bits - i * bits_per_cluster);
-            let all = (0..bits_here).all(|k| bytes[(k / 8) as usize] >> (k % 8) & 1 == 1);
-            l1[i as usize] = if all {
-                1
-            } else {
-                let at = img.len() as u64;
-                img.extend_from_slice(&bytes);
-                at / SECTOR
-            };
-        }
-        let e = ext_at as usize;
-        put64(&mut img, e, EXT_MAGIC);
-        let f = e + 24;
-        put64(&mut img, f, FEATURE_DIRTY_BITMAP);
-        put32(&mut img, f + 16, feature_size as u32);
-        let data = f + 24;
-        put64(&mut img, data, sectors);
-        img[data + 8..data + 24].copy_from_slice(&b.id);
-        put32(&mut img, data + 24, b.granularity);
-        put32(&mut img, data + 28, l1_size as u32);
-        for (i, v) in l1.iter().enumerate() {
-            put64(&mut img, data + 32 + 8 * i, *v);
-        }
-        // The end-of-features entry is the zeros that follow; then the checksum.
-        let sum = Md5::digest(&img[e + 24..e + cs as usize]);
-        img[e + 8..e + 24].copy_from_slice(&sum);
+        Ok(d)
     }
-    for (&k, bytes) in &d.clusters {
-        if bytes.len() as u64 != cs {
-            return err(format!(
-                "cluster {k}: {} bytes, not one cluster",
-                bytes.len()
-            ));
-        }
-        let at = img.len() as u64;
-        let v = entry(at);
-        put32(&mut img, (HEADER_SIZE + 4 * k) as usize, v);
-        img.extend_from_slice(bytes);
-    }
-    Ok(img)
 }

@@ -4,7 +4,8 @@
 use super::*;
 use crate::report::Report;
 use crate::rules::qcow2 as rule;
-use crate::source::{be_u32, be_u64, ReadAt};
+use crate::source::ReadAt;
+use field as f;
 use serde::Serialize;
 
 /// incompatible_features bit 0: dirty (refcounts may be inconsistent).
@@ -25,6 +26,50 @@ pub const COMPAT_LAZY_REFCOUNTS: u64 = 1 << 0;
 pub const AUTOCLEAR_BITMAPS: u64 = 1 << 0;
 /// autoclear_features bit 1: the external data file is raw (data_file_raw).
 pub const AUTOCLEAR_DATA_FILE_RAW: u64 = 1 << 1;
+
+/// The header's field table (spec "Header", "Additional fields"): big
+/// endian, offsets from byte 0 of the file. The parser, the writer and the
+/// mutators all go through it.
+pub mod field {
+    crate::field::field_table! { Big;
+        /// version (bytes 4-7).
+        VERSION: u32 = "version" @ 4,
+        /// backing_file_offset (bytes 8-15).
+        BACKING_FILE_OFFSET: u64 = "backing_file_offset" @ 8,
+        /// backing_file_size (bytes 16-19).
+        BACKING_FILE_SIZE: u32 = "backing_file_size" @ 16,
+        /// cluster_bits (bytes 20-23).
+        CLUSTER_BITS: u32 = "cluster_bits" @ 20,
+        /// size (bytes 24-31).
+        SIZE: u64 = "size" @ 24,
+        /// crypt_method (bytes 32-35).
+        CRYPT_METHOD: u32 = "crypt_method" @ 32,
+        /// l1_size (bytes 36-39).
+        L1_SIZE: u32 = "l1_size" @ 36,
+        /// l1_table_offset (bytes 40-47).
+        L1_TABLE_OFFSET: u64 = "l1_table_offset" @ 40,
+        /// refcount_table_offset (bytes 48-55).
+        REFCOUNT_TABLE_OFFSET: u64 = "refcount_table_offset" @ 48,
+        /// refcount_table_clusters (bytes 56-59).
+        REFCOUNT_TABLE_CLUSTERS: u32 = "refcount_table_clusters" @ 56,
+        /// nb_snapshots (bytes 60-63).
+        NB_SNAPSHOTS: u32 = "nb_snapshots" @ 60,
+        /// snapshots_offset (bytes 64-71).
+        SNAPSHOTS_OFFSET: u64 = "snapshots_offset" @ 64,
+        /// incompatible_features (bytes 72-79, version 3).
+        INCOMPATIBLE_FEATURES: u64 = "incompatible_features" @ 72,
+        /// compatible_features (bytes 80-87, version 3).
+        COMPATIBLE_FEATURES: u64 = "compatible_features" @ 80,
+        /// autoclear_features (bytes 88-95, version 3).
+        AUTOCLEAR_FEATURES: u64 = "autoclear_features" @ 88,
+        /// refcount_order (bytes 96-99, version 3).
+        REFCOUNT_ORDER: u32 = "refcount_order" @ 96,
+        /// header_length (bytes 100-103, version 3).
+        HEADER_LENGTH: u32 = "header_length" @ 100,
+        /// compression_type (byte 104, when header_length > 104).
+        COMPRESSION_TYPE: u8 = "compression_type" @ 104,
+    }
+}
 
 /// Header length of version 2, in bytes.
 pub const V2_HEADER_LENGTH: u32 = 72;
@@ -169,8 +214,8 @@ impl Parsed {
 /// the image stops the check with an error finding (exit code 1, as
 /// qemu-img); other rule violations are recorded and parsing goes on.
 pub fn parse(src: &dyn ReadAt, report: &mut Report) -> Option<Parsed> {
-    let (mut h, fixed) = fixed_fields(src, report)?;
-    lengths(src, &mut h, &fixed, report)?;
+    let h = fixed_fields(src, report)?;
+    lengths(src, &h, report)?;
     let cs = h.cluster_size();
     let mut cluster0 = vec![0u8; cs as usize];
     if let Err(e) = src.read_zero_padded(&mut cluster0, 0) {
@@ -189,11 +234,43 @@ pub fn parse(src: &dyn ReadAt, report: &mut Report) -> Option<Parsed> {
     })
 }
 
+/// The header fields of `b` (the first [`KNOWN_HEADER_LENGTH`] bytes of
+/// the file) as they are, before any validation. For version 2 the
+/// version 3 fields take their defaults; compression_type is read only when
+/// header_length says the field is there.
+pub fn decode(b: &[u8]) -> Header {
+    let version = f::VERSION.get(b);
+    let v3 = version >= 3;
+    let v3_or = |v: u64, default: u64| if v3 { v } else { default };
+    let header_length = v3_or(f::HEADER_LENGTH.get(b) as u64, V2_HEADER_LENGTH as u64) as u32;
+    Header {
+        version,
+        backing_file_offset: f::BACKING_FILE_OFFSET.get(b),
+        backing_file_size: f::BACKING_FILE_SIZE.get(b),
+        cluster_bits: f::CLUSTER_BITS.get(b),
+        size: f::SIZE.get(b),
+        crypt_method: f::CRYPT_METHOD.get(b),
+        l1_size: f::L1_SIZE.get(b),
+        l1_table_offset: f::L1_TABLE_OFFSET.get(b),
+        refcount_table_offset: f::REFCOUNT_TABLE_OFFSET.get(b),
+        refcount_table_clusters: f::REFCOUNT_TABLE_CLUSTERS.get(b),
+        nb_snapshots: f::NB_SNAPSHOTS.get(b),
+        snapshots_offset: f::SNAPSHOTS_OFFSET.get(b),
+        incompatible_features: v3_or(f::INCOMPATIBLE_FEATURES.get(b), 0),
+        compatible_features: v3_or(f::COMPATIBLE_FEATURES.get(b), 0),
+        autoclear_features: v3_or(f::AUTOCLEAR_FEATURES.get(b), 0),
+        refcount_order: v3_or(f::REFCOUNT_ORDER.get(b) as u64, 4) as u32,
+        header_length,
+        compression_type: if v3 && header_length as usize > f::COMPRESSION_TYPE.offset {
+            f::COMPRESSION_TYPE.get(b)
+        } else {
+            0
+        },
+    }
+}
+
 /// The magic, the version and the fixed fields (spec "Header").
-fn fixed_fields(
-    src: &dyn ReadAt,
-    report: &mut Report,
-) -> Option<(Header, [u8; KNOWN_HEADER_LENGTH as usize])> {
+fn fixed_fields(src: &dyn ReadAt, report: &mut Report) -> Option<Header> {
     let mut fixed = [0u8; KNOWN_HEADER_LENGTH as usize];
     if src.size() < 4 || src.read_zero_padded(&mut fixed, 0).is_err() || fixed[..4] != MAGIC {
         report.add(
@@ -203,53 +280,27 @@ fn fixed_fields(
         );
         return None;
     }
-    let version = be_u32(&fixed, 4);
+    let version = f::VERSION.get(&fixed);
     if !(2..=3).contains(&version) {
         report.add(
             &rule::VERSION,
-            Some(4),
+            Some(f::VERSION.pos()),
             format!("unsupported qcow2 version {version}"),
         );
         return None;
     }
-    let v3 = version >= 3;
-    let h = Header {
-        version,
-        backing_file_offset: be_u64(&fixed, 8),
-        backing_file_size: be_u32(&fixed, 16),
-        cluster_bits: be_u32(&fixed, 20),
-        size: be_u64(&fixed, 24),
-        crypt_method: be_u32(&fixed, 32),
-        l1_size: be_u32(&fixed, 36),
-        l1_table_offset: be_u64(&fixed, 40),
-        refcount_table_offset: be_u64(&fixed, 48),
-        refcount_table_clusters: be_u32(&fixed, 56),
-        nb_snapshots: be_u32(&fixed, 60),
-        snapshots_offset: be_u64(&fixed, 64),
-        incompatible_features: if v3 { be_u64(&fixed, 72) } else { 0 },
-        compatible_features: if v3 { be_u64(&fixed, 80) } else { 0 },
-        autoclear_features: if v3 { be_u64(&fixed, 88) } else { 0 },
-        refcount_order: if v3 { be_u32(&fixed, 96) } else { 4 },
-        header_length: if v3 {
-            be_u32(&fixed, 100)
-        } else {
-            V2_HEADER_LENGTH
-        },
-        compression_type: 0,
-    };
-    Some((h, fixed))
+    Some(decode(&fixed))
 }
 
 /// The file holds the whole header; cluster_bits, header_length and the
 /// version 3 fields (spec "Header", "Additional fields").
-fn lengths(
-    src: &dyn ReadAt,
-    h: &mut Header,
-    fixed: &[u8; KNOWN_HEADER_LENGTH as usize],
-    report: &mut Report,
-) -> Option<()> {
+fn lengths(src: &dyn ReadAt, h: &Header, report: &mut Report) -> Option<()> {
     let v3 = h.version >= 3;
-    let min_len = if v3 { 104 } else { V2_HEADER_LENGTH as u64 };
+    let min_len = if v3 {
+        V3_MIN_HEADER_LENGTH
+    } else {
+        V2_HEADER_LENGTH
+    } as u64;
     if src.size() < min_len {
         report.add(
             &rule::TRUNCATED,
@@ -265,7 +316,7 @@ fn lengths(
     if !(MIN_CLUSTER_BITS..=MAX_CLUSTER_BITS).contains(&h.cluster_bits) {
         report.add(
             &rule::CLUSTER_BITS,
-            Some(20),
+            Some(f::CLUSTER_BITS.pos()),
             format!("cluster_bits {} is outside 9..=21", h.cluster_bits),
         );
         return None;
@@ -275,15 +326,18 @@ fn lengths(
         if h.header_length < V3_MIN_HEADER_LENGTH {
             report.add(
                 &rule::HEADER_LENGTH,
-                Some(100),
-                format!("header_length {} is below 104", h.header_length),
+                Some(f::HEADER_LENGTH.pos()),
+                format!(
+                    "header_length {} is below {V3_MIN_HEADER_LENGTH}",
+                    h.header_length
+                ),
             );
             return None;
         }
         if h.header_length as u64 > cs {
             report.add(
                 &rule::HEADER_LENGTH,
-                Some(100),
+                Some(f::HEADER_LENGTH.pos()),
                 format!(
                     "header_length {} exceeds the cluster size {cs}",
                     h.header_length
@@ -294,12 +348,9 @@ fn lengths(
         if !h.header_length.is_multiple_of(8) {
             report.add(
                 &rule::HEADER_LENGTH_ALIGNED,
-                Some(100),
+                Some(f::HEADER_LENGTH.pos()),
                 format!("header_length {} is not a multiple of 8", h.header_length),
             );
-        }
-        if h.header_length > 104 {
-            h.compression_type = fixed[104];
         }
     }
     Some(())
@@ -313,11 +364,12 @@ fn padding_and_backing_name(h: &Header, cluster0: &[u8], report: &mut Report) ->
     if v3 {
         // Padding from the end of compression_type up to header_length must be zero.
         let pad_end = (h.header_length as usize).min(KNOWN_HEADER_LENGTH as usize);
-        if let Some(pad) = cluster0.get(105..pad_end) {
+        let pad_start = f::COMPRESSION_TYPE.end();
+        if let Some(pad) = cluster0.get(pad_start..pad_end) {
             if let Some(pos) = pad.iter().position(|&b| b != 0) {
                 report.add(
                     &rule::HEADER_PADDING,
-                    Some(105 + pos as u64),
+                    Some((pad_start + pos) as u64),
                     "header padding after compression_type is not zero",
                 );
             }
@@ -326,7 +378,7 @@ fn padding_and_backing_name(h: &Header, cluster0: &[u8], report: &mut Report) ->
     if h.backing_file_offset > cs {
         report.add(
             &rule::BACKING_FILE_OFFSET,
-            Some(8),
+            Some(f::BACKING_FILE_OFFSET.pos()),
             format!(
                 "backing_file_offset {:#x} is past the first cluster",
                 h.backing_file_offset
@@ -339,7 +391,7 @@ fn padding_and_backing_name(h: &Header, cluster0: &[u8], report: &mut Report) ->
         if h.backing_file_size > 1023 || h.backing_file_size as u64 > room {
             report.add(
                 &rule::BACKING_FILE_SIZE,
-                Some(16),
+                Some(f::BACKING_FILE_SIZE.pos()),
                 format!(
                     "backing file name of {} bytes does not fit (at most {} bytes)",
                     h.backing_file_size,
@@ -351,7 +403,7 @@ fn padding_and_backing_name(h: &Header, cluster0: &[u8], report: &mut Report) ->
         if h.backing_file_offset < h.header_length as u64 {
             report.add(
                 &rule::BACKING_FILE_OFFSET,
-                Some(8),
+                Some(f::BACKING_FILE_OFFSET.pos()),
                 format!(
                     "backing file name at {:#x} overlaps the header",
                     h.backing_file_offset
@@ -369,7 +421,7 @@ fn features(h: &Header, report: &mut Report) -> Option<()> {
     if unknown != 0 {
         report.add(
             &rule::INCOMPATIBLE_UNKNOWN,
-            Some(72),
+            Some(f::INCOMPATIBLE_FEATURES.pos()),
             format!("unknown incompatible feature bits {unknown:#x}; the image cannot be checked"),
         );
         return None;
@@ -377,17 +429,21 @@ fn features(h: &Header, report: &mut Report) -> Option<()> {
     if h.incompatible_features & INCOMPAT_DIRTY != 0 {
         report.add(
             &rule::DIRTY,
-            Some(72),
+            Some(f::INCOMPATIBLE_FEATURES.pos()),
             "the dirty bit is set (lazy refcounts were in use); refcounts may be stale",
         );
     }
     if h.incompatible_features & INCOMPAT_CORRUPT != 0 {
-        report.add(&rule::CORRUPT, Some(72), "the corrupt bit is set");
+        report.add(
+            &rule::CORRUPT,
+            Some(f::INCOMPATIBLE_FEATURES.pos()),
+            "the corrupt bit is set",
+        );
     }
     if h.compatible_features & !COMPAT_LAZY_REFCOUNTS != 0 {
         report.add(
             &rule::COMPATIBLE_RESERVED,
-            Some(80),
+            Some(f::COMPATIBLE_FEATURES.pos()),
             format!(
                 "reserved compatible feature bits {:#x}",
                 h.compatible_features & !COMPAT_LAZY_REFCOUNTS
@@ -398,7 +454,7 @@ fn features(h: &Header, report: &mut Report) -> Option<()> {
     if h.autoclear_features & !known_autoclear != 0 {
         report.add(
             &rule::AUTOCLEAR_RESERVED,
-            Some(88),
+            Some(f::AUTOCLEAR_FEATURES.pos()),
             format!(
                 "reserved autoclear feature bits {:#x}",
                 h.autoclear_features & !known_autoclear
@@ -416,7 +472,7 @@ fn field_values(h: &Header, report: &mut Report) -> Option<()> {
     if h.refcount_order > 6 {
         report.add(
             &rule::REFCOUNT_ORDER,
-            Some(96),
+            Some(f::REFCOUNT_ORDER.pos()),
             format!("refcount_order {} exceeds 6", h.refcount_order),
         );
         return None;
@@ -425,7 +481,7 @@ fn field_values(h: &Header, report: &mut Report) -> Option<()> {
     if h.compression_type > 1 {
         report.add(
             &rule::COMPRESSION_TYPE,
-            Some(104),
+            Some(f::COMPRESSION_TYPE.pos()),
             format!("unknown compression_type {}", h.compression_type),
         );
         return None;
@@ -433,7 +489,7 @@ fn field_values(h: &Header, report: &mut Report) -> Option<()> {
     if compression_bit != (h.compression_type != 0) {
         report.add(
             &rule::COMPRESSION_TYPE,
-            Some(72),
+            Some(f::INCOMPATIBLE_FEATURES.pos()),
             format!(
                 "compression type bit is {} but compression_type is {}",
                 if compression_bit { "set" } else { "clear" },
@@ -445,7 +501,7 @@ fn field_values(h: &Header, report: &mut Report) -> Option<()> {
     if h.extended_l2() && h.cluster_bits < 14 {
         report.add(
             &rule::CLUSTER_BITS_EXTENDED_L2,
-            Some(20),
+            Some(f::CLUSTER_BITS.pos()),
             format!("extended L2 entries with {cs}-byte clusters make subclusters below 512 bytes"),
         );
         return None;
@@ -453,7 +509,7 @@ fn field_values(h: &Header, report: &mut Report) -> Option<()> {
     if h.crypt_method > 2 {
         report.add(
             &rule::CRYPT_METHOD,
-            Some(32),
+            Some(f::CRYPT_METHOD.pos()),
             format!("unknown crypt_method {}", h.crypt_method),
         );
         return None;
@@ -462,13 +518,13 @@ fn field_values(h: &Header, report: &mut Report) -> Option<()> {
         if !h.has_data_file() {
             report.add(
                 &rule::DATA_FILE_RAW,
-                Some(88),
+                Some(f::AUTOCLEAR_FEATURES.pos()),
                 "raw external data bit without the external data file bit",
             );
         } else if h.backing_file_offset != 0 {
             report.add(
                 &rule::DATA_FILE_RAW_BACKING,
-                Some(8),
+                Some(f::BACKING_FILE_OFFSET.pos()),
                 "raw external data file together with a backing file",
             );
         }
@@ -485,7 +541,7 @@ fn tables(h: &Header, report: &mut Report) -> Option<()> {
     if l1_bytes > MAX_L1_BYTES {
         report.add(
             &rule::L1_SIZE_LIMIT,
-            Some(36),
+            Some(f::L1_SIZE.pos()),
             format!("active L1 table of {} entries exceeds 32 MiB", h.l1_size),
         );
         return None;
@@ -493,7 +549,7 @@ fn tables(h: &Header, report: &mut Report) -> Option<()> {
     if (h.l1_size as u64) < h.l1_entries_needed() {
         report.add(
             &rule::L1_COVERS_DISK,
-            Some(36),
+            Some(f::L1_SIZE.pos()),
             format!(
                 "l1_size {} is too small for a {}-byte virtual disk (needs {})",
                 h.l1_size,
@@ -510,7 +566,7 @@ fn tables(h: &Header, report: &mut Report) -> Option<()> {
     {
         report.add(
             &rule::L1_ALIGNED,
-            Some(40),
+            Some(f::L1_TABLE_OFFSET.pos()),
             format!("active L1 table offset {:#x} is invalid", h.l1_table_offset),
         );
         return None;
@@ -520,7 +576,7 @@ fn tables(h: &Header, report: &mut Report) -> Option<()> {
     if reftable_bytes > MAX_REFTABLE_BYTES {
         report.add(
             &rule::REFTABLE_SIZE,
-            Some(56),
+            Some(f::REFCOUNT_TABLE_CLUSTERS.pos()),
             format!(
                 "refcount table of {} clusters exceeds 8 MiB",
                 h.refcount_table_clusters
@@ -535,7 +591,7 @@ fn tables(h: &Header, report: &mut Report) -> Option<()> {
     {
         report.add(
             &rule::REFTABLE_ALIGNED,
-            Some(48),
+            Some(f::REFCOUNT_TABLE_OFFSET.pos()),
             format!(
                 "refcount table offset {:#x} is invalid",
                 h.refcount_table_offset

@@ -4,7 +4,7 @@
 //! fuzzing a way deep into valid structure.
 
 use super::check::{info, Info};
-use super::header::Header;
+use super::header::{field as f, Header};
 use super::mapping::*;
 use crate::limits::Limits;
 use crate::rules::{qcow2, Rule};
@@ -93,6 +93,16 @@ pub enum Mutation {
 /// All mutation shapes, for generators.
 pub const KINDS: usize = 15;
 
+/// Any mutation, drawn as [`Mutation::from_parts`] builds it (see
+/// [`crate::structured`]).
+#[cfg(feature = "arbitrary")]
+impl<'a> arbitrary::Arbitrary<'a> for Mutation {
+    fn arbitrary(u: &mut arbitrary::Unstructured<'a>) -> arbitrary::Result<Self> {
+        let (kind, a, b) = crate::structured::parts(u, KINDS)?;
+        Ok(Mutation::from_parts(kind, a, b))
+    }
+}
+
 impl Mutation {
     /// Builds mutation `kind` (0..KINDS) with the selector values `a`, `b`.
     pub fn from_parts(kind: usize, a: usize, b: u8) -> Mutation {
@@ -124,15 +134,14 @@ struct Entry {
     bitmap: u64,
 }
 
+/// A table entry (L1, L2, refcount table) at file offset `at`.
 fn get64(b: &[u8], at: u64) -> u64 {
-    b.get(at as usize..at as usize + 8)
-        .and_then(|s| s.try_into().ok())
-        .map_or(0, u64::from_be_bytes)
+    usize::try_from(at).map_or(0, |at| crate::field::be_u64(b, at))
 }
 
 fn put64(b: &mut [u8], at: u64, v: u64) {
-    if let Some(s) = b.get_mut(at as usize..at as usize + 8) {
-        s.copy_from_slice(&v.to_be_bytes());
+    if let Ok(at) = usize::try_from(at) {
+        crate::field::put_be64(b, at, v)
     }
 }
 
@@ -183,23 +192,19 @@ fn pick<T: Copy>(v: &[T], nth: usize) -> Option<T> {
     (!v.is_empty()).then(|| v[nth % v.len()])
 }
 
+/// The `nth` (modulo their count) of the entries that satisfy `keep`.
+fn pick_where(v: &[Entry], nth: usize, keep: impl Fn(&Entry) -> bool) -> Option<Entry> {
+    let kept: Vec<Entry> = v.iter().copied().filter(|e| keep(e)).collect();
+    pick(&kept, nth)
+}
+
 /// Sets the on-disk refcount of host cluster `k`.
 fn set_refcount(img: &mut [u8], h: &Header, k: u64, value: u64) {
     let epb = (8 * h.cluster_size()) >> h.refcount_order;
     let block =
         get64(img, h.refcount_table_offset + 8 * (k / epb)) & super::refcount::REFT_OFFSET_MASK;
-    let bits = 1u64 << h.refcount_order;
-    let bit = (k % epb) * bits;
-    if bits >= 8 {
-        let n = (bits / 8) as usize;
-        let at = (block + bit / 8) as usize;
-        if let Some(s) = img.get_mut(at..at + n) {
-            s.copy_from_slice(&value.to_be_bytes()[8 - n..]);
-        }
-    } else if let Some(b) = img.get_mut((block + bit / 8) as usize) {
-        let shift = bit % 8;
-        let mask = (((1u64 << bits) - 1) << shift) as u8;
-        *b = (*b & !mask) | (((value << shift) as u8) & mask);
+    if let Some(b) = usize::try_from(block).ok().and_then(|at| img.get_mut(at..)) {
+        super::write::put_refcount(b, k % epb, h.refcount_order, value);
     }
 }
 
@@ -361,24 +366,14 @@ fn l2_entries(t: &Target, m: Mutation, img: &mut [u8]) -> Option<RuleSet> {
             crate::rule_set![qcow2::L2_COPIED]
         }
         Mutation::L2ReservedBit { nth, bit } => {
-            let std: Vec<Entry> = entries
-                .iter()
-                .copied()
-                .filter(|e| e.value & OFLAG_COMPRESSED == 0)
-                .collect();
-            let e = pick(&std, nth)?;
+            let e = pick_where(entries, nth, |e| e.value & OFLAG_COMPRESSED == 0)?;
             let reserved: Vec<u8> = (1..=8).chain(56..=61).collect();
             let b = reserved[bit as usize % reserved.len()];
             put64(img, e.at, e.value | 1 << b);
             crate::rule_set![qcow2::L2_RESERVED]
         }
         Mutation::CompressedPastEof { nth } => {
-            let comp: Vec<Entry> = entries
-                .iter()
-                .copied()
-                .filter(|e| e.value & OFLAG_COMPRESSED != 0)
-                .collect();
-            let e = pick(&comp, nth)?;
+            let e = pick_where(entries, nth, |e| e.value & OFLAG_COMPRESSED != 0)?;
             let shift = 62 - (h.cluster_bits - 8);
             let offset_mask = (1u64 << shift) - 1;
             if far > offset_mask {
@@ -391,8 +386,7 @@ fn l2_entries(t: &Target, m: Mutation, img: &mut [u8]) -> Option<RuleSet> {
             if !h.extended_l2() {
                 return None;
             }
-            let ext: Vec<Entry> = entries.iter().copied().filter(|e| is_data(h, e)).collect();
-            let e = pick(&ext, nth)?;
+            let e = pick_where(entries, nth, |e| is_data(h, e))?;
             put64(img, e.at + 8, e.bitmap | (e.bitmap & 0xffff_ffff) << 32);
             crate::rule_set![qcow2::SUBCLUSTER_ALLOC_ZERO]
         }
@@ -422,8 +416,8 @@ fn header_and_tables(t: &Target, m: Mutation, img: &mut [u8]) -> Option<RuleSet>
             if h.version < 3 {
                 return None;
             }
-            let v = get64(img, 72);
-            put64(img, 72, v | 1 << (bit.clamp(5, 63)));
+            let v = f::INCOMPATIBLE_FEATURES.get(img);
+            f::INCOMPATIBLE_FEATURES.put(img, v | 1 << (bit.clamp(5, 63)));
             crate::rule_set![qcow2::INCOMPATIBLE_UNKNOWN]
         }
         Mutation::SnapshotL1Unaligned { nth } => {
@@ -455,7 +449,7 @@ fn header_and_tables(t: &Target, m: Mutation, img: &mut [u8]) -> Option<RuleSet>
             if h.version < 3 {
                 return None;
             }
-            img[96..100].copy_from_slice(&7u32.to_be_bytes());
+            f::REFCOUNT_ORDER.put(img, 7);
             crate::rule_set![qcow2::REFCOUNT_ORDER]
         }
         _ => return None,

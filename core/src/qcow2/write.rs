@@ -8,8 +8,10 @@
 //! (sized to cover themselves). Refcounts are computed from the references,
 //! and COPIED is set exactly where the refcount is 1.
 
-use super::header::*;
+use super::ext::{bitmaps_field, field as ext_field};
+use super::header::{field as f, *};
 use super::mapping::{L2E_OFFSET_MASK, OFLAG_COMPRESSED, OFLAG_COPIED, OFLAG_ZERO};
+use crate::field::{push, put_be64, write as put_field, Endian::Big};
 use std::collections::BTreeMap;
 
 /// What one guest cluster holds.
@@ -319,9 +321,9 @@ impl Writer<'_> {
                 .get_mut(&l1[l1i])
                 .ok_or_else(|| WriteError("internal: missing L2".into()))?;
             let at = l2i * self.l2_entry_bytes as usize;
-            t[at..at + 8].copy_from_slice(&entry.to_be_bytes());
+            put_be64(t, at, entry);
             if self.d.extended_l2 {
-                t[at + 8..at + 16].copy_from_slice(&bitmap.to_be_bytes());
+                put_be64(t, at + 8, bitmap);
             }
         }
         for (&off, t) in &l2s {
@@ -430,10 +432,10 @@ impl Writer<'_> {
     /// The active L1 table: COPIED where nothing else shares the L2 table.
     fn active_l1(&mut self, l1_offset: u64, l1: &[u64]) {
         let copied = if self.shared == 1 { OFLAG_COPIED } else { 0 };
-        let bytes: Vec<u8> = l1
-            .iter()
-            .flat_map(|&e| (if e != 0 { e | copied } else { 0 }).to_be_bytes())
-            .collect();
+        let mut bytes = Vec::with_capacity(l1.len() * 8);
+        for &e in l1 {
+            push(&mut bytes, Big, if e != 0 { e | copied } else { 0 });
+        }
         self.lay.put(l1_offset, &bytes);
         self.lay.reference(l1_offset, (self.l1_size * 8).max(1), 1);
     }
@@ -445,21 +447,24 @@ impl Writer<'_> {
         let mut table = Vec::new();
         for (i, name) in d.snapshots.iter().enumerate() {
             let off = self.lay.alloc((l1_size * 8).div_ceil(cs).max(1)) * cs;
-            let plain: Vec<u8> = l1.iter().flat_map(|e| e.to_be_bytes()).collect();
+            let mut plain = Vec::with_capacity(l1.len() * 8);
+            for &e in l1 {
+                push(&mut plain, Big, e);
+            }
             self.lay.put(off, &plain);
             self.lay.reference(off, (l1_size * 8).max(1), 1);
             let id = (i + 1).to_string();
             let mut e = Vec::new();
-            e.extend_from_slice(&off.to_be_bytes());
-            e.extend_from_slice(&(l1_size as u32).to_be_bytes());
-            e.extend_from_slice(&(id.len() as u16).to_be_bytes());
-            e.extend_from_slice(&(name.len() as u16).to_be_bytes());
+            push(&mut e, Big, off);
+            push(&mut e, Big, l1_size as u32);
+            push(&mut e, Big, id.len() as u16);
+            push(&mut e, Big, name.len() as u16);
             e.extend_from_slice(&[0u8; 16]); // date and vm clock
-            e.extend_from_slice(&0u32.to_be_bytes()); // vm_state_size
-            e.extend_from_slice(&24u32.to_be_bytes()); // extra data: vm state size, disk size, icount
-            e.extend_from_slice(&0u64.to_be_bytes());
-            e.extend_from_slice(&d.size.to_be_bytes());
-            e.extend_from_slice(&u64::MAX.to_be_bytes());
+            push(&mut e, Big, 0u32); // vm_state_size
+            push(&mut e, Big, 24u32); // extra data: vm state size, disk size, icount
+            push(&mut e, Big, 0u64);
+            push(&mut e, Big, d.size);
+            push(&mut e, Big, u64::MAX);
             e.extend_from_slice(id.as_bytes());
             e.extend_from_slice(name.as_bytes());
             e.resize(e.len().next_multiple_of(8), 0);
@@ -491,13 +496,13 @@ impl Writer<'_> {
             }
             let (t_off, table_size) = self.bitmap_table(b);
             let mut e = Vec::new();
-            e.extend_from_slice(&t_off.to_be_bytes());
-            e.extend_from_slice(&(table_size as u32).to_be_bytes());
-            e.extend_from_slice(&super::bitmap::FLAG_AUTO.to_be_bytes());
+            push(&mut e, Big, t_off);
+            push(&mut e, Big, table_size as u32);
+            push(&mut e, Big, super::bitmap::FLAG_AUTO);
             e.push(super::bitmap::TYPE_DIRTY_TRACKING);
             e.push(b.granularity_bits);
-            e.extend_from_slice(&(b.name.len() as u16).to_be_bytes());
-            e.extend_from_slice(&0u32.to_be_bytes());
+            push(&mut e, Big, b.name.len() as u16);
+            push(&mut e, Big, 0u32);
             e.extend_from_slice(b.name.as_bytes());
             e.resize(e.len().next_multiple_of(8), 0);
             dir.extend_from_slice(&e);
@@ -555,7 +560,7 @@ impl Writer<'_> {
                 self.lay.reference(off, cs, 1);
                 off
             };
-            table.extend_from_slice(&entry.to_be_bytes());
+            push(&mut table, Big, entry);
         }
         (self.place_table(&table), table_size)
     }
@@ -602,7 +607,7 @@ impl Writer<'_> {
         let mut reftable = Vec::new();
         for (b, block) in block_bytes.iter().enumerate() {
             let at = (blocks_first + b as u64) * cs;
-            reftable.extend_from_slice(&at.to_be_bytes());
+            push(&mut reftable, Big, at);
             self.lay.put(at, block);
         }
         self.lay.put(table_off, &reftable);
@@ -612,29 +617,31 @@ impl Writer<'_> {
     /// Header, extensions and backing file name: the bytes of cluster 0.
     fn header(&self, p: &Placed) -> Result<Vec<u8>, WriteError> {
         let d = self.d;
-        let mut h = vec![0u8; if d.version >= 3 { 112 } else { 72 }];
-        let be32 =
-            |b: &mut Vec<u8>, at: usize, v: u32| b[at..at + 4].copy_from_slice(&v.to_be_bytes());
-        let be64 =
-            |b: &mut Vec<u8>, at: usize, v: u64| b[at..at + 8].copy_from_slice(&v.to_be_bytes());
+        let v3 = d.version >= 3;
+        let len = if v3 {
+            KNOWN_HEADER_LENGTH
+        } else {
+            V2_HEADER_LENGTH
+        };
+        let mut h = vec![0u8; len as usize];
         h[0..4].copy_from_slice(&super::MAGIC);
-        be32(&mut h, 4, d.version);
-        be32(&mut h, 20, d.cluster_bits);
-        be64(&mut h, 24, d.size);
-        be32(&mut h, 36, self.l1_size as u32);
-        be64(&mut h, 40, p.l1_offset);
-        be64(&mut h, 48, p.reftable.0);
-        be32(&mut h, 56, p.reftable.1 as u32);
-        be32(&mut h, 60, d.snapshots.len() as u32);
-        be64(&mut h, 64, p.snapshots_offset);
-        if d.version >= 3 {
-            be64(&mut h, 72, self.incompatible_features());
+        f::VERSION.put(&mut h, d.version);
+        f::CLUSTER_BITS.put(&mut h, d.cluster_bits);
+        f::SIZE.put(&mut h, d.size);
+        f::L1_SIZE.put(&mut h, self.l1_size as u32);
+        f::L1_TABLE_OFFSET.put(&mut h, p.l1_offset);
+        f::REFCOUNT_TABLE_OFFSET.put(&mut h, p.reftable.0);
+        f::REFCOUNT_TABLE_CLUSTERS.put(&mut h, p.reftable.1 as u32);
+        f::NB_SNAPSHOTS.put(&mut h, d.snapshots.len() as u32);
+        f::SNAPSHOTS_OFFSET.put(&mut h, p.snapshots_offset);
+        if v3 {
+            f::INCOMPATIBLE_FEATURES.put(&mut h, self.incompatible_features());
             let compat = if d.lazy_refcounts {
                 COMPAT_LAZY_REFCOUNTS
             } else {
                 0
             };
-            be64(&mut h, 80, compat);
+            f::COMPATIBLE_FEATURES.put(&mut h, compat);
             let mut autoclear = 0;
             if p.bitmap_dir.is_some() {
                 autoclear |= AUTOCLEAR_BITMAPS;
@@ -642,10 +649,10 @@ impl Writer<'_> {
             if d.data_file.as_ref().is_some_and(|(_, raw)| *raw) {
                 autoclear |= AUTOCLEAR_DATA_FILE_RAW;
             }
-            be64(&mut h, 88, autoclear);
-            be32(&mut h, 96, d.refcount_order);
-            be32(&mut h, 100, 112);
-            h[104] = d.compression_type;
+            f::AUTOCLEAR_FEATURES.put(&mut h, autoclear);
+            f::REFCOUNT_ORDER.put(&mut h, d.refcount_order);
+            f::HEADER_LENGTH.put(&mut h, len);
+            f::COMPRESSION_TYPE.put(&mut h, d.compression_type);
         }
         self.extensions(&mut h, p);
         if let Some((name, _)) = &d.backing {
@@ -654,8 +661,8 @@ impl Writer<'_> {
             }
             let at = h.len() as u64;
             h.extend_from_slice(name.as_bytes());
-            be64(&mut h, 8, at);
-            be32(&mut h, 16, name.len() as u32);
+            f::BACKING_FILE_OFFSET.put(&mut h, at);
+            f::BACKING_FILE_SIZE.put(&mut h, name.len() as u32);
         }
         if h.len() as u64 > self.cs {
             return err("header, extensions and backing name do not fit in the first cluster");
@@ -683,8 +690,10 @@ impl Writer<'_> {
     fn extensions(&self, h: &mut Vec<u8>, p: &Placed) {
         let d = self.d;
         let ext = |h: &mut Vec<u8>, kind: u32, data: &[u8]| {
-            h.extend_from_slice(&kind.to_be_bytes());
-            h.extend_from_slice(&(data.len() as u32).to_be_bytes());
+            let at = h.len();
+            h.resize(at + ext_field::DATA, 0);
+            ext_field::TYPE.put_at(h, at, kind);
+            ext_field::LENGTH.put_at(h, at, data.len() as u32);
             h.extend_from_slice(data);
             h.resize(h.len().next_multiple_of(8), 0);
         };
@@ -695,28 +704,107 @@ impl Writer<'_> {
             ext(h, super::ext::EXT_DATA_FILE, name.as_bytes());
         }
         if let Some((off, len)) = p.bitmap_dir {
-            let mut b = Vec::new();
-            b.extend_from_slice(&(d.bitmaps.len() as u32).to_be_bytes());
-            b.extend_from_slice(&0u32.to_be_bytes());
-            b.extend_from_slice(&len.to_be_bytes());
-            b.extend_from_slice(&off.to_be_bytes());
+            let mut b = vec![0u8; bitmaps_field::LEN];
+            bitmaps_field::NB_BITMAPS.put(&mut b, d.bitmaps.len() as u32);
+            bitmaps_field::BITMAP_DIRECTORY_SIZE.put(&mut b, len);
+            bitmaps_field::BITMAP_DIRECTORY_OFFSET.put(&mut b, off);
             ext(h, super::ext::EXT_BITMAPS, &b);
         }
         h.extend_from_slice(&[0u8; 8]); // end of the extension area
     }
 }
 
-fn put_refcount(block: &mut [u8], index: u64, order: u32, value: u64) {
+/// Stores refcount `index` of a refcount block of 2^order-bit entries (big
+/// endian, sub-byte entries from the least significant bit, as spec "Host
+/// cluster management" says); an entry past the block is not written.
+pub(crate) fn put_refcount(block: &mut [u8], index: u64, order: u32, value: u64) {
     let bits = 1u64 << order;
-    if bits >= 8 {
-        let bytes = (bits / 8) as usize;
-        let at = index as usize * bytes;
-        block[at..at + bytes].copy_from_slice(&value.to_be_bytes()[8 - bytes..]);
-    } else {
-        let bit = index * bits;
-        let at = (bit / 8) as usize;
-        let shift = bit % 8;
-        let mask = (((1u64 << bits) - 1) << shift) as u8;
-        block[at] = (block[at] & !mask) | (((value << shift) as u8) & mask);
+    let at = (index * bits / 8) as usize;
+    match bits {
+        64 => put_field(block, at, Big, value),
+        32 => put_field(block, at, Big, value as u32),
+        16 => put_field(block, at, Big, value as u16),
+        8 => put_field(block, at, Big, value as u8),
+        _ => {
+            if let Some(byte) = block.get_mut(at) {
+                let shift = index * bits % 8;
+                let mask = (((1u64 << bits) - 1) << shift) as u8;
+                *byte = (*byte & !mask) | (((value << shift) as u8) & mask);
+            }
+        }
+    }
+}
+
+/// Valid, bounded descriptions for structure-aware fuzzing (see
+/// [`crate::structured`]): clusters of 512 B to 16 KiB (extended L2 at
+/// 16 KiB), both versions, every refcount width, every cluster kind,
+/// snapshots, bitmaps, backing and data files, within what the writer and
+/// the checker accept together.
+#[cfg(feature = "arbitrary")]
+impl<'a> arbitrary::Arbitrary<'a> for Description {
+    fn arbitrary(u: &mut arbitrary::Unstructured<'a>) -> arbitrary::Result<Self> {
+        use crate::structured::{allocate, contents, guest_size, MAX_GUEST_CLUSTERS};
+        let cluster_bits = *u.choose(&[9u32, 10, 11, 12, 14])?;
+        let cs = 1u64 << cluster_bits;
+        let (size, n) = guest_size(u, cs, MAX_GUEST_CLUSTERS.min((1 << 20) / cs))?;
+        let mut d = Description::new(size, cluster_bits);
+        d.version = if u.ratio(1, 4)? { 2 } else { 3 };
+        let v3 = d.version == 3;
+        d.extended_l2 = v3 && cluster_bits >= 14 && u.arbitrary()?;
+        d.refcount_order = if v3 { u.int_in_range(0..=6)? } else { 4 };
+        d.compression_type = if v3 { u.int_in_range(0..=1)? } else { 0 };
+        let ext = d.extended_l2;
+        d.clusters = allocate(u, n, |u| {
+            let data = contents(u, cs as usize)?;
+            Ok(match u.int_in_range(0..=3)? {
+                0 => ClusterData::Data(data),
+                1 => ClusterData::Zero,
+                2 => ClusterData::Compressed(data),
+                _ if ext => {
+                    let alloc: u32 = u.arbitrary()?;
+                    let zero = u.arbitrary::<u32>()? & !alloc;
+                    ClusterData::Subclusters { alloc, zero, data }
+                }
+                _ => ClusterData::Data(data),
+            })
+        })?;
+        if v3 && u.ratio(1, 4)? {
+            // A data file: no compressed clusters, no snapshots; a raw one
+            // cannot have a backing file.
+            d.clusters
+                .retain(|_, c| !matches!(c, ClusterData::Compressed(_)));
+            d.data_file = Some(("img.data".into(), u.arbitrary()?));
+        } else if d.refcount_order > 0 {
+            // Snapshots share clusters: a 1-bit refcount cannot count them;
+            // a 2-bit one counts the active state and two snapshots.
+            let snaps = u.int_in_range(0..=2)?;
+            d.snapshots = (0..snaps).map(|i| format!("snap{i}")).collect();
+        }
+        if u.ratio(1, 3)? && !d.data_file.as_ref().is_some_and(|(_, raw)| *raw) {
+            let format = match u.int_in_range(0..=2)? {
+                0 => None,
+                1 => Some("qcow2".to_string()),
+                _ => Some("raw".to_string()),
+            };
+            d.backing = Some(("base.img".into(), format));
+        }
+        if v3 {
+            let bitmaps = u.int_in_range(0..=2)?;
+            for i in 0..bitmaps {
+                let granularity_bits = u.int_in_range(9..=20)?;
+                let mut dirty = Vec::new();
+                for _ in 0..u.int_in_range(0..=3)? {
+                    let start = u.int_in_range(0..=size - 1)?;
+                    dirty.push((start, u.int_in_range(1..=size - start)?));
+                }
+                d.bitmaps.push(BitmapDesc {
+                    name: format!("b{i}"),
+                    granularity_bits,
+                    dirty,
+                });
+            }
+            d.lazy_refcounts = u.arbitrary()?;
+        }
+        Ok(d)
     }
 }

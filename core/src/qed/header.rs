@@ -2,13 +2,40 @@
 
 use crate::report::Report;
 use crate::rules::qed as rule;
-use crate::source::{le_u32 as le32, le_u64 as le64, ReadAt};
+use crate::source::ReadAt;
+use field as f;
 use serde::Serialize;
 
 /// magic (spec "Header", bytes 0-3): "QED\0".
 pub const MAGIC: [u8; 4] = *b"QED\0";
+/// The header's field table (spec "Header"): little endian, offsets from
+/// byte 0 of the file; the parser, the writer and the mutators go through it.
+pub mod field {
+    crate::field::field_table! { Little;
+        /// cluster_size (bytes 4-7).
+        CLUSTER_SIZE: u32 = "cluster_size" @ 4,
+        /// table_size (bytes 8-11).
+        TABLE_SIZE: u32 = "table_size" @ 8,
+        /// header_size (bytes 12-15).
+        HEADER_SIZE: u32 = "header_size" @ 12,
+        /// features (bytes 16-23).
+        FEATURES: u64 = "features" @ 16,
+        /// compat_features (bytes 24-31).
+        COMPAT_FEATURES: u64 = "compat_features" @ 24,
+        /// autoclear_features (bytes 32-39).
+        AUTOCLEAR_FEATURES: u64 = "autoclear_features" @ 32,
+        /// l1_table_offset (bytes 40-47).
+        L1_TABLE_OFFSET: u64 = "l1_table_offset" @ 40,
+        /// image_size (bytes 48-55).
+        IMAGE_SIZE: u64 = "image_size" @ 48,
+        /// backing_filename_offset (bytes 56-59).
+        BACKING_FILENAME_OFFSET: u32 = "backing_filename_offset" @ 56,
+        /// backing_filename_size (bytes 60-63).
+        BACKING_FILENAME_SIZE: u32 = "backing_filename_size" @ 60,
+    }
+}
 /// Bytes of the header fields read (through backing_filename_size, bytes 0-63).
-pub const HEADER_FIELDS: usize = 64;
+pub const HEADER_FIELDS: usize = field::BACKING_FILENAME_SIZE.end();
 /// QED_F_BACKING_FILE (features bit 0): the image has a backing file.
 pub const F_BACKING_FILE: u64 = 0x01;
 /// QED_F_NEED_CHECK (features bit 1): the image was not closed cleanly and needs a consistency check.
@@ -64,6 +91,23 @@ impl Header {
     }
 }
 
+/// The header fields of `b` (the first [`HEADER_FIELDS`] bytes of the
+/// file) as they are, before any validation.
+pub fn decode(b: &[u8]) -> Header {
+    Header {
+        cluster_size: f::CLUSTER_SIZE.get(b),
+        table_size: f::TABLE_SIZE.get(b),
+        header_size: f::HEADER_SIZE.get(b),
+        features: f::FEATURES.get(b),
+        compat_features: f::COMPAT_FEATURES.get(b),
+        autoclear_features: f::AUTOCLEAR_FEATURES.get(b),
+        l1_table_offset: f::L1_TABLE_OFFSET.get(b),
+        image_size: f::IMAGE_SIZE.get(b),
+        backing_filename_offset: f::BACKING_FILENAME_OFFSET.get(b),
+        backing_filename_size: f::BACKING_FILENAME_SIZE.get(b),
+    }
+}
+
 /// Reads and validates the header: what stops QEMU from opening the image
 /// stops the check with an error finding.
 pub fn parse(src: &dyn ReadAt, report: &mut Report) -> Option<Header> {
@@ -76,22 +120,19 @@ pub fn parse(src: &dyn ReadAt, report: &mut Report) -> Option<Header> {
         );
         return None;
     }
-    let h = Header {
-        cluster_size: le32(&b, 4),
-        table_size: le32(&b, 8),
-        header_size: le32(&b, 12),
-        features: le64(&b, 16),
-        compat_features: le64(&b, 24),
-        autoclear_features: le64(&b, 32),
-        l1_table_offset: le64(&b, 40),
-        image_size: le64(&b, 48),
-        backing_filename_offset: le32(&b, 56),
-        backing_filename_size: le32(&b, 60),
-    };
+    let h = decode(&b);
+    geometry(&h, report)?;
+    layout(&h, report)?;
+    Some(h)
+}
+
+/// cluster_size, table_size and header_size: the sizes every other field is
+/// measured in.
+fn geometry(h: &Header, report: &mut Report) -> Option<()> {
     if !h.cluster_size.is_power_of_two() || !(1 << 12..=1 << 26).contains(&h.cluster_size) {
         report.add(
             &rule::CLUSTER_SIZE,
-            Some(4),
+            Some(f::CLUSTER_SIZE.pos()),
             format!(
                 "cluster_size {} is not a power of 2 in [4 KiB, 64 MiB]",
                 h.cluster_size
@@ -102,7 +143,7 @@ pub fn parse(src: &dyn ReadAt, report: &mut Report) -> Option<Header> {
     if !h.table_size.is_power_of_two() || !(1..=16).contains(&h.table_size) {
         report.add(
             &rule::TABLE_SIZE,
-            Some(8),
+            Some(f::TABLE_SIZE.pos()),
             format!("table_size {} is not a power of 2 in [1, 16]", h.table_size),
         );
         return None;
@@ -110,16 +151,22 @@ pub fn parse(src: &dyn ReadAt, report: &mut Report) -> Option<Header> {
     if h.header_size == 0 || h.header_size.checked_mul(h.cluster_size).is_none() {
         report.add(
             &rule::HEADER_SIZE,
-            Some(12),
+            Some(f::HEADER_SIZE.pos()),
             format!("header_size {} clusters is invalid", h.header_size),
         );
         return None;
     }
+    Some(())
+}
+
+/// Features, image_size, the L1 table offset and the backing file name: what
+/// QEMU refuses, and NEED_CHECK reported.
+fn layout(h: &Header, report: &mut Report) -> Option<()> {
     let unknown = h.features & !F_KNOWN;
     if unknown != 0 {
         report.add(
             &rule::FEATURES,
-            Some(16),
+            Some(f::FEATURES.pos()),
             format!("unknown feature bits {unknown:#x}: the image must not be opened"),
         );
         return None;
@@ -128,7 +175,7 @@ pub fn parse(src: &dyn ReadAt, report: &mut Report) -> Option<Header> {
     if !h.image_size.is_multiple_of(512) || h.image_size as u128 > max {
         report.add(
             &rule::IMAGE_SIZE,
-            Some(48),
+            Some(f::IMAGE_SIZE.pos()),
             format!(
                 "image_size {} is not a multiple of 512 or exceeds {max}",
                 h.image_size
@@ -139,7 +186,7 @@ pub fn parse(src: &dyn ReadAt, report: &mut Report) -> Option<Header> {
     if !h.l1_table_offset.is_multiple_of(h.cs()) || h.l1_table_offset < h.header_bytes() {
         report.add(
             &rule::L1_OFFSET,
-            Some(40),
+            Some(f::L1_TABLE_OFFSET.pos()),
             format!(
                 "l1_table_offset {:#x} is not a cluster past the header",
                 h.l1_table_offset
@@ -152,7 +199,7 @@ pub fn parse(src: &dyn ReadAt, report: &mut Report) -> Option<Header> {
         if end > h.header_bytes() {
             report.add(
                 &rule::BACKING_NAME,
-                Some(56),
+                Some(f::BACKING_FILENAME_OFFSET.pos()),
                 format!("the backing file name ends at {end:#x}, past the header clusters"),
             );
             return None;
@@ -161,9 +208,9 @@ pub fn parse(src: &dyn ReadAt, report: &mut Report) -> Option<Header> {
     if h.features & F_NEED_CHECK != 0 {
         report.add(
             &rule::NEED_CHECK,
-            Some(16),
+            Some(f::FEATURES.pos()),
             "NEED_CHECK is set: the image needs a consistency check before use",
         );
     }
-    Some(h)
+    Some(())
 }

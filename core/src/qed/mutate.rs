@@ -1,7 +1,7 @@
 //! QED mutators: one structured corruption of a valid image at a time, each
 //! naming the rules the checker must then report (as qcow2's mutators do).
 
-use super::header::{self, Header, F_BACKING_FILE, ZERO_CLUSTER};
+use super::header::{self, field as f, Header, F_BACKING_FILE, ZERO_CLUSTER};
 use crate::limits::Limits;
 use crate::report::Report;
 use crate::rules::{qed, Rule};
@@ -53,6 +53,16 @@ pub enum Mutation {
 /// All mutation shapes, for generators.
 pub const KINDS: usize = 12;
 
+/// Any mutation, drawn as [`Mutation::from_parts`] builds it (see
+/// [`crate::structured`]).
+#[cfg(feature = "arbitrary")]
+impl<'a> arbitrary::Arbitrary<'a> for Mutation {
+    fn arbitrary(u: &mut arbitrary::Unstructured<'a>) -> arbitrary::Result<Self> {
+        let (kind, a, b) = crate::structured::parts(u, KINDS)?;
+        Ok(Mutation::from_parts(kind, a, b))
+    }
+}
+
 impl Mutation {
     /// Builds mutation `kind` (0..KINDS) with the selector values `a`, `b`.
     pub fn from_parts(kind: usize, a: usize, b: u8) -> Mutation {
@@ -73,14 +83,14 @@ impl Mutation {
     }
 }
 
+/// A table entry (L1 or L2) at file offset `at`.
 fn get64(b: &[u8], at: u64) -> u64 {
-    crate::source::le_u64(b, at as usize)
+    usize::try_from(at).map_or(0, |at| crate::field::le_u64(b, at))
 }
 fn put64(b: &mut [u8], at: u64, v: u64) {
-    crate::source::put_le64(b, at as usize, v)
-}
-fn put32(b: &mut [u8], at: u64, v: u32) {
-    crate::source::put_le32(b, at as usize, v)
+    if let Ok(at) = usize::try_from(at) {
+        crate::field::put_le64(b, at, v)
+    }
 }
 
 /// Most table entries a mutator looks at: mutators take any bytes, and
@@ -164,37 +174,34 @@ pub fn apply(m: Mutation, img: &mut Vec<u8>) -> Option<&'static [&'static Rule]>
             crate::rule_set![qed::LEAK]
         }
         Mutation::UnknownFeature { bit } => {
-            put64(img, 16, h.features | 1 << (bit.clamp(3, 63)));
+            f::FEATURES.put(img, h.features | 1 << (bit.clamp(3, 63)));
             crate::rule_set![qed::FEATURES]
         }
         Mutation::NeedCheck => {
-            put64(img, 16, h.features | header::F_NEED_CHECK);
+            f::FEATURES.put(img, h.features | header::F_NEED_CHECK);
             crate::rule_set![qed::NEED_CHECK]
         }
         Mutation::BadClusterSize => {
-            put32(img, 4, h.cluster_size + 512);
+            f::CLUSTER_SIZE.put(img, h.cluster_size + 512);
             crate::rule_set![qed::CLUSTER_SIZE]
         }
         Mutation::BadTableSize => {
-            put32(img, 8, 3);
+            f::TABLE_SIZE.put(img, 3);
             crate::rule_set![qed::TABLE_SIZE]
         }
         Mutation::UnalignedImageSize => {
-            put64(
-                img,
-                48,
-                h.image_size.checked_sub(1).filter(|_| h.image_size > 0)?,
-            );
+            let size = h.image_size.checked_sub(1)?;
+            f::IMAGE_SIZE.put(img, size);
             crate::rule_set![qed::IMAGE_SIZE]
         }
         Mutation::UnalignedL1 => {
-            put64(img, 40, h.l1_table_offset + 512);
+            f::L1_TABLE_OFFSET.put(img, h.l1_table_offset + 512);
             crate::rule_set![qed::L1_OFFSET]
         }
         Mutation::BackingNamePastHeader => {
-            put64(img, 16, h.features | F_BACKING_FILE);
-            put32(img, 56, (h.header_bytes() - 8) as u32);
-            put32(img, 60, 64);
+            f::FEATURES.put(img, h.features | F_BACKING_FILE);
+            f::BACKING_FILENAME_OFFSET.put(img, (h.header_bytes() - 8) as u32);
+            f::BACKING_FILENAME_SIZE.put(img, 64);
             crate::rule_set![qed::BACKING_NAME]
         }
     })

@@ -7,10 +7,11 @@
 //! guest order. Every cluster is referenced exactly once; nothing leaks.
 
 use super::header::{
-    F_BACKING_FILE, F_BACKING_FORMAT_NO_PROBE, F_NEED_CHECK, HEADER_FIELDS, MAGIC, ZERO_CLUSTER,
+    field as f, F_BACKING_FILE, F_BACKING_FORMAT_NO_PROBE, F_NEED_CHECK, HEADER_FIELDS, MAGIC,
+    ZERO_CLUSTER,
 };
 pub use crate::error::WriteError;
-use crate::source::{put_le32 as put32, put_le64 as put64};
+use crate::field::put_le64;
 use std::collections::BTreeMap;
 
 /// What one guest cluster holds.
@@ -73,54 +74,11 @@ impl Description {
 
 /// Serializes `d` as a QED image (header, backing name, L1, L2 tables, data clusters); an error when `d` is inconsistent.
 pub fn write(d: &Description) -> Result<Vec<u8>, WriteError> {
-    let err = |s: String| Err(WriteError(s));
+    validate(d)?;
     let cs = d.cluster_size as u64;
-    if !d.cluster_size.is_power_of_two() || !(1 << 12..=1 << 26).contains(&d.cluster_size) {
-        return err(format!(
-            "cluster size {cs} is not a power of 2 in [4 KiB, 64 MiB]"
-        ));
-    }
-    if !d.table_size.is_power_of_two() || d.table_size > 16 {
-        return err(format!(
-            "table size {} is not a power of 2 in [1, 16]",
-            d.table_size
-        ));
-    }
     let per_table = d.table_size as u64 * cs / 8;
     let table_bytes = d.table_size as u64 * cs;
-    if !d.size.is_multiple_of(512) || d.size as u128 > (per_table as u128).pow(2) * cs as u128 {
-        return err(format!(
-            "size {} is not a multiple of 512 or too large",
-            d.size
-        ));
-    }
-    let guest_clusters = d.size.div_ceil(cs);
-    if let Some((&k, _)) = d.clusters.range(guest_clusters..).next() {
-        return err(format!("cluster {k} lies past the end of the disk"));
-    }
-    let mut features = 0;
-    let mut header = vec![0u8; cs as usize];
-    header[..4].copy_from_slice(&MAGIC);
-    put32(&mut header, 4, d.cluster_size);
-    put32(&mut header, 8, d.table_size);
-    put32(&mut header, 12, 1);
-    if let Some((name, raw)) = &d.backing {
-        let at = HEADER_FIELDS;
-        let Some(dst) = header.get_mut(at..at + name.len()) else {
-            return err("the backing file name does not fit in the header cluster".into());
-        };
-        dst.copy_from_slice(name.as_bytes());
-        put32(&mut header, 56, at as u32);
-        put32(&mut header, 60, name.len() as u32);
-        features |= F_BACKING_FILE | if *raw { F_BACKING_FORMAT_NO_PROBE } else { 0 };
-    }
-    if d.need_check {
-        features |= F_NEED_CHECK;
-    }
-    put64(&mut header, 16, features);
-    put64(&mut header, 40, cs);
-    put64(&mut header, 48, d.size);
-    let mut img = header;
+    let mut img = header(d)?;
     let l1_at = img.len();
     img.resize(l1_at + table_bytes as usize, 0);
     // L2 tables and data, one L1 entry at a time, in guest order.
@@ -130,7 +88,7 @@ pub fn write(d: &Description) -> Result<Vec<u8>, WriteError> {
     }
     for (i, entries) in by_table {
         let l2_at = img.len() as u64;
-        put64(&mut img, l1_at + 8 * i as usize, l2_at);
+        put_le64(&mut img, l1_at + 8 * i as usize, l2_at);
         img.resize(img.len() + table_bytes as usize, 0);
         for (k, c) in entries {
             let entry_at = (l2_at + 8 * (k % per_table)) as usize;
@@ -148,8 +106,96 @@ pub fn write(d: &Description) -> Result<Vec<u8>, WriteError> {
                     at
                 }
             };
-            put64(&mut img, entry_at, value);
+            put_le64(&mut img, entry_at, value);
         }
     }
     Ok(img)
+}
+
+fn err<T>(s: String) -> Result<T, WriteError> {
+    Err(WriteError(s))
+}
+
+/// Refuses descriptions no image QEMU opens can have.
+fn validate(d: &Description) -> Result<(), WriteError> {
+    let cs = d.cluster_size as u64;
+    if !d.cluster_size.is_power_of_two() || !(1 << 12..=1 << 26).contains(&d.cluster_size) {
+        return err(format!(
+            "cluster size {cs} is not a power of 2 in [4 KiB, 64 MiB]"
+        ));
+    }
+    if !d.table_size.is_power_of_two() || d.table_size > 16 {
+        return err(format!(
+            "table size {} is not a power of 2 in [1, 16]",
+            d.table_size
+        ));
+    }
+    let per_table = d.table_size as u64 * cs / 8;
+    if !d.size.is_multiple_of(512) || d.size as u128 > (per_table as u128).pow(2) * cs as u128 {
+        return err(format!(
+            "size {} is not a multiple of 512 or too large",
+            d.size
+        ));
+    }
+    let guest_clusters = d.size.div_ceil(cs);
+    if let Some((&k, _)) = d.clusters.range(guest_clusters..).next() {
+        return err(format!("cluster {k} lies past the end of the disk"));
+    }
+    Ok(())
+}
+
+/// The header cluster: the fields, the backing file name after them, the
+/// L1 table right after the cluster.
+fn header(d: &Description) -> Result<Vec<u8>, WriteError> {
+    let cs = d.cluster_size as u64;
+    let mut features = 0;
+    let mut header = vec![0u8; cs as usize];
+    header[..4].copy_from_slice(&MAGIC);
+    f::CLUSTER_SIZE.put(&mut header, d.cluster_size);
+    f::TABLE_SIZE.put(&mut header, d.table_size);
+    f::HEADER_SIZE.put(&mut header, 1);
+    if let Some((name, raw)) = &d.backing {
+        let at = HEADER_FIELDS;
+        let Some(dst) = header.get_mut(at..at + name.len()) else {
+            return err("the backing file name does not fit in the header cluster".into());
+        };
+        dst.copy_from_slice(name.as_bytes());
+        f::BACKING_FILENAME_OFFSET.put(&mut header, at as u32);
+        f::BACKING_FILENAME_SIZE.put(&mut header, name.len() as u32);
+        features |= F_BACKING_FILE | if *raw { F_BACKING_FORMAT_NO_PROBE } else { 0 };
+    }
+    if d.need_check {
+        features |= F_NEED_CHECK;
+    }
+    f::FEATURES.put(&mut header, features);
+    f::L1_TABLE_OFFSET.put(&mut header, cs);
+    f::IMAGE_SIZE.put(&mut header, d.size);
+    Ok(header)
+}
+
+/// Valid, bounded descriptions for structure-aware fuzzing (see
+/// [`crate::structured`]): 4 or 8 KiB clusters, tables of 1-4 clusters, up
+/// to 256 guest clusters (the last one partial), data and zero clusters, a
+/// backing file or not; never NEED_CHECK (a clean image does not have it).
+#[cfg(feature = "arbitrary")]
+impl<'a> arbitrary::Arbitrary<'a> for Description {
+    fn arbitrary(u: &mut arbitrary::Unstructured<'a>) -> arbitrary::Result<Self> {
+        use crate::structured::{allocate, contents, guest_size, MAX_GUEST_CLUSTERS};
+        let cluster_size = *u.choose(&[4096u32, 8192])?;
+        let table_size = *u.choose(&[1u32, 2, 4])?;
+        let cs = cluster_size as u64;
+        let (size, n) = guest_size(u, cs, MAX_GUEST_CLUSTERS)?;
+        let mut d = Description::new(size, cluster_size, table_size);
+        d.clusters = allocate(u, n, |u| {
+            Ok(if u.ratio(1, 4)? {
+                Cluster::Zero
+            } else {
+                Cluster::Data(contents(u, cluster_size as usize)?)
+            })
+        })?;
+        if u.arbitrary()? {
+            d.backing = Some(("base.img".into(), u.arbitrary()?));
+        }
+        Ok(d)
+    }
 }
