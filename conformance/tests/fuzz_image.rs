@@ -65,11 +65,11 @@ fn finds_qemu_img_aborting_on_a_parallels_bat_entry_past_eof() {
     assert_eq!(crash["signal"], 6, "{crash}");
     // The reproducer holds the minimised image and reproduces with qemu-img.
     let dir = Path::new(crash["reproducer"].as_str().unwrap_or_default());
-    let st = Command::new("qemu-img")
-        .args(["check", "-f", "parallels"])
-        .arg(dir.join("image.parallels"))
-        .output()
-        .expect("qemu-img is required (Debian qemu-utils)");
+    let st = qconform_testkit::tools::output(
+        Command::new("qemu-img")
+            .args(["check", "-f", "parallels"])
+            .arg(dir.join("image.parallels")),
+    );
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(
         st.status.signal(),

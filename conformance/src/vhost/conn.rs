@@ -4,7 +4,8 @@
 //! finding, not an allocation).
 
 use qconform_core::vhost_user::transcript::FdInfo;
-use qconform_core::vhost_user::wire::{Header, HEADER_SIZE, MAX_FDS, MAX_PAYLOAD};
+use qconform_core::vhost_user::wire::{Header, HEADER_SIZE, MAX_FDS};
+use qconform_core::Limits;
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::net::{
     RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
@@ -16,9 +17,12 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// File descriptors accepted with one message before the kernel truncates;
-/// more than MAX_FDS is already a finding, this only sizes the buffer.
-const RECV_FDS: usize = 32;
+/// File descriptors accepted with one message before the kernel truncates
+/// (see [`Limits::vhost_max_fds`]); more than MAX_FDS is already a finding,
+/// this only sizes the buffer.
+const RECV_FDS: usize = Limits::DEFAULT.vhost_max_fds;
+/// A claimed payload larger than this is not read (see [`Limits::vhost_max_payload`]).
+const MAX_PAYLOAD: u32 = Limits::DEFAULT.vhost_max_payload;
 
 /// A message as received.
 pub struct Received {

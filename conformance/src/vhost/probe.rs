@@ -62,8 +62,6 @@ const GUEST_MEMORY: u64 = 2 << 20;
 const USER_BASE: u64 = 0x7f00_0000_0000;
 /// The ring size tried first; each refusal halves it, down to 1.
 const RING_SIZE: u32 = 256;
-/// Rings the probe sets up at most (devices may report 128 queues).
-const MAX_RINGS: u64 = 8;
 
 #[derive(Debug)]
 enum Stop {
@@ -282,7 +280,7 @@ impl<'a> Prober<'a> {
             .session
             .queue_num()
             .unwrap_or(1)
-            .clamp(1, MAX_RINGS);
+            .clamp(1, Limits::DEFAULT.vhost_probe_rings);
         let mut notifiers: Vec<OwnedFd> = Vec::new();
         for i in 0..rings as u32 {
             let ring_base = USER_BASE + 0x10000 * (i as u64 + 1);
