@@ -5,7 +5,7 @@ use super::conn::{fd_info, Conn, Received, RecvError};
 use qconform_core::vhost_user::request::Channel;
 use qconform_core::vhost_user::session::{Direction, Message, Profile, ReplyOutcome, Session};
 use qconform_core::vhost_user::transcript::{self, Entry, Event, FdInfo};
-use qconform_core::vhost_user::wire::Header;
+use qconform_core::vhost_user::wire::{self, Header};
 use rustix::fd::BorrowedFd;
 use std::time::Instant;
 
@@ -71,6 +71,44 @@ impl Tap {
             fds: fds.len(),
         });
         self.conn.send(header, payload, fds)
+    }
+
+    /// Sends only the first `cut` bytes of the message (header included),
+    /// as a front-end that stops mid-message would, and records what was
+    /// sent: the header (whole or not, as it claims) and the payload bytes
+    /// that went out.
+    pub fn send_cut(
+        &mut self,
+        header: Header,
+        payload: &[u8],
+        fds: &[BorrowedFd<'_>],
+        cut: usize,
+    ) -> std::io::Result<()> {
+        let sent = payload
+            .get(..cut.saturating_sub(wire::HEADER_SIZE).min(payload.len()))
+            .unwrap_or_default();
+        let infos: Vec<FdInfo> = fds.iter().map(|fd| fd_info(*fd)).collect();
+        let seq = self.session.messages();
+        self.entries.push(Entry::message(
+            seq,
+            self.t_ns(),
+            Channel::Main,
+            self.ours,
+            header,
+            sent,
+            infos,
+        ));
+        self.session.on_message(Message {
+            channel: Channel::Main,
+            dir: self.ours,
+            header,
+            payload: sent,
+            fds: fds.len(),
+        });
+        let mut all = header.encode().to_vec();
+        all.extend_from_slice(payload);
+        all.truncate(cut);
+        self.conn.send_bytes(&all, fds)
     }
 
     /// Receives one message (or the reason none came) and records it.
