@@ -138,7 +138,17 @@ fn converse(
         drop(borrowed);
         keep.extend(fds);
         if !tap.session.awaiting_reply() {
-            continue;
+            if m.probes.is_empty() {
+                continue;
+            }
+            // Nothing is due for a mutated message: a GET_FEATURES round
+            // trip (valid at any time) shows whether the back-end came
+            // through it, so a crash or a hang is laid at its door.
+            let h = Header::request(Fe::GetFeatures.id(), 0, false);
+            if tap.send(h, &[], &[]).is_err() {
+                tap.closed(Some(Direction::BackToFront), mutated);
+                return Ok((End::Closed, last, false_ack));
+            }
         }
         match tap.recv(Instant::now() + timeout) {
             Ok((r, _)) if r.oversize => return Ok((End::Closed, last, false_ack)),
