@@ -4,6 +4,7 @@
 //! against qconform itself (which must give no finding), and against fakes
 //! that crash or hang on purpose.
 
+use qconform_testkit::tools::{findings, has_rule, run_json};
 use std::path::Path;
 use std::process::Command;
 
@@ -13,32 +14,11 @@ fn qconform() -> Command {
 
 /// Runs a campaign; returns (exit code, the JSON summary).
 fn campaign(args: &[&str]) -> (i32, serde_json::Value) {
-    let out = qconform()
-        .args(["fuzz", "image", "--output", "json"])
-        .args(args)
-        .output()
-        .expect("run qconform");
-    let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}): {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (out.status.code().unwrap_or(-1), v)
-}
-
-fn findings(v: &serde_json::Value) -> Vec<&serde_json::Value> {
-    v["findings"]
-        .as_array()
-        .map(|a| a.iter().collect())
-        .unwrap_or_default()
-}
-
-fn has_rule(f: &serde_json::Value, rule: &str) -> bool {
-    f["rules"]
-        .as_array()
-        .is_some_and(|r| r.iter().any(|x| x == rule))
+    run_json(
+        qconform()
+            .args(["fuzz", "image", "--output", "json"])
+            .args(args),
+    )
 }
 
 #[test]

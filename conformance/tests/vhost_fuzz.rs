@@ -9,6 +9,7 @@
 use qconform::vhost::conn::Conn;
 use qconform::vhost::matrix::peers_dir;
 use qconform_core::vhost_user::wire::{Header, VERSION};
+use qconform_testkit::tools::{findings, has_rule, run_json};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -20,7 +21,7 @@ fn qconform() -> Command {
 /// Runs a campaign against `backend` (a command with {socket}); returns
 /// (exit code, the JSON summary).
 fn campaign(backend: &str, args: &[&str]) -> (i32, serde_json::Value) {
-    let out = qconform_testkit::tools::output(
+    run_json(
         qconform()
             .args([
                 "vhost-user",
@@ -31,28 +32,7 @@ fn campaign(backend: &str, args: &[&str]) -> (i32, serde_json::Value) {
                 backend,
             ])
             .args(args),
-    );
-    let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}): {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (out.status.code().unwrap_or(-1), v)
-}
-
-fn findings(v: &serde_json::Value) -> Vec<&serde_json::Value> {
-    v["findings"]
-        .as_array()
-        .map(|a| a.iter().collect())
-        .unwrap_or_default()
-}
-
-fn has_rule(f: &serde_json::Value, rule: &str) -> bool {
-    f["rules"]
-        .as_array()
-        .is_some_and(|r| r.iter().any(|x| x == rule))
+    )
 }
 
 /// qemu-storage-daemon exporting a fresh 1 MiB raw disk in `dir`.

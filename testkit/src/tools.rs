@@ -23,6 +23,11 @@ pub fn run(cmd: &mut Command) -> (i32, Vec<u8>, String) {
 
 /// [`run`], returning the whole output (its status says how it ended).
 pub fn output(cmd: &mut Command) -> Output {
+    output_within(cmd, HANG)
+}
+
+/// [`output`] with another hang limit (a fuzz campaign runs for a while).
+pub fn output_within(cmd: &mut Command, limit: Duration) -> Output {
     let child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -36,9 +41,9 @@ pub fn output(cmd: &mut Command) -> Output {
     std::thread::spawn(move || {
         let _ = tx.send(child.wait_with_output());
     });
-    let Ok(out) = rx.recv_timeout(HANG) else {
+    let Ok(out) = rx.recv_timeout(limit) else {
         let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
-        panic!("{cmd:?} hung (killed after {} s)", HANG.as_secs());
+        panic!("{cmd:?} hung (killed after {} s)", limit.as_secs());
     };
     out.expect("output")
 }
@@ -106,4 +111,34 @@ pub fn qemu_map(dir: &Path, file: &str, extra: &[&str]) -> serde_json::Value {
         .arg(file)
         .current_dir(dir));
     serde_json::from_slice(&out).unwrap_or_default()
+}
+
+/// Runs `cmd` (a qconform command with `--output json`, a campaign of up
+/// to a few minutes on a loaded machine) and parses its stdout: (exit
+/// code, the JSON). Output that is not JSON fails the test.
+pub fn run_json(cmd: &mut Command) -> (i32, serde_json::Value) {
+    let out = output_within(cmd, Duration::from_secs(300));
+    let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code().unwrap_or(-1), v)
+}
+
+/// The `findings` of a fuzz campaign's JSON summary.
+pub fn findings(v: &serde_json::Value) -> Vec<&serde_json::Value> {
+    v["findings"]
+        .as_array()
+        .map(|a| a.iter().collect())
+        .unwrap_or_default()
+}
+
+/// Whether a campaign finding names `rule`.
+pub fn has_rule(f: &serde_json::Value, rule: &str) -> bool {
+    f["rules"]
+        .as_array()
+        .is_some_and(|r| r.iter().any(|x| x == rule))
 }

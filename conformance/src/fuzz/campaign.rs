@@ -149,6 +149,39 @@ impl<K: FindingKind, I> Summary<K, I> {
     }
 }
 
+/// Prints a campaign's result (or why it could not run, naming `command`)
+/// and gives its exit code: 0 no new findings, 2 new findings, 1 could not run.
+pub fn finish<K: FindingKind, I>(
+    command: &str,
+    result: Result<Summary<K, I>, String>,
+    output: crate::Output,
+) -> i32 {
+    let s = match result {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("qconform {command}: {e}");
+            return 1;
+        }
+    };
+    match output {
+        crate::Output::Json => {
+            crate::outln!("{}", serde_json::to_string_pretty(&s).unwrap_or_default())
+        }
+        crate::Output::Human => s.print_human(),
+    }
+    s.exit_code()
+}
+
+/// Writes a finding's finding.json into its reproducer directory.
+pub fn write_finding(dir: &Path, meta: &serde_json::Value) -> Result<(), String> {
+    let path = dir.join("finding.json");
+    std::fs::write(
+        &path,
+        serde_json::to_string_pretty(meta).unwrap_or_default(),
+    )
+    .map_err(|e| format!("{}: {e}", path.display()))
+}
+
 /// Reads an expectations file: `KIND [RULE]` per line, `#` comments.
 pub fn expectations(path: Option<&Path>) -> Result<Vec<(String, Option<String>)>, String> {
     let Some(p) = path else { return Ok(Vec::new()) };
@@ -274,12 +307,20 @@ fn same<K: FindingKind, I>(a: &Finding<K, I>, kind: K, signal: Option<i32>, deta
     a.kind == kind && a.signal == signal && blot(&a.detail) == blot(detail)
 }
 
-/// A detail with its digits blotted: two runs hitting one fault at other
-/// offsets or message numbers say the same thing.
+/// A detail with its numbers blotted (every word that starts with a digit,
+/// `0x…` included, becomes `#`): two runs hitting one fault at other
+/// offsets, indices or message numbers say the same thing.
 pub fn blot(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_ascii_digit() { '#' } else { c })
-        .collect()
+    let mut out = String::with_capacity(s.len());
+    let mut in_number = false;
+    for c in s.chars() {
+        if in_number && c.is_ascii_alphanumeric() {
+            continue;
+        }
+        in_number = c.is_ascii_digit();
+        out.push(if in_number { '#' } else { c });
+    }
+    out
 }
 
 /// Adds a run's verdict to the findings: a new one is minimised; a known

@@ -44,7 +44,7 @@ pub struct Options {
 }
 
 /// Protocol features the probe can drive, acknowledged when offered.
-const DRIVEN: [PF; 7] = [
+pub(crate) const DRIVEN: [PF; 7] = [
     PF::Mq,
     PF::ReplyAck,
     PF::Config,
@@ -55,11 +55,12 @@ const DRIVEN: [PF; 7] = [
 ];
 /// Virtio features acknowledged when offered: VERSION_1, protocol features,
 /// indirect descriptors, event index.
-const VIRTIO_ACK: u64 = 1 << feat::F_VERSION_1 | 1 << feat::F_PROTOCOL_FEATURES | 1 << 28 | 1 << 29;
-const GUEST_MEMORY: u64 = 2 << 20;
+pub(crate) const VIRTIO_ACK: u64 =
+    1 << feat::F_VERSION_1 | 1 << feat::F_PROTOCOL_FEATURES | 1 << 28 | 1 << 29;
+pub(crate) const GUEST_MEMORY: u64 = 2 << 20;
 /// A made-up user address for our memory region (the back-end only uses it
 /// to translate ring addresses).
-const USER_BASE: u64 = 0x7f00_0000_0000;
+pub(crate) const USER_BASE: u64 = 0x7f00_0000_0000;
 /// The ring size tried first; each refusal halves it, down to 1.
 const RING_SIZE: u32 = 256;
 

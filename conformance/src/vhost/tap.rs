@@ -52,6 +52,13 @@ impl Tap {
         payload: &[u8],
         fds: &[BorrowedFd<'_>],
     ) -> std::io::Result<()> {
+        self.record_ours(header, payload, fds);
+        self.conn.send(header, payload, fds)
+    }
+
+    /// Records a message we send (the payload bytes that go out) in the
+    /// transcript and the engine.
+    fn record_ours(&mut self, header: Header, payload: &[u8], fds: &[BorrowedFd<'_>]) {
         let infos: Vec<FdInfo> = fds.iter().map(|fd| fd_info(*fd)).collect();
         let seq = self.session.messages();
         self.entries.push(Entry::message(
@@ -70,7 +77,6 @@ impl Tap {
             payload,
             fds: fds.len(),
         });
-        self.conn.send(header, payload, fds)
     }
 
     /// Sends only the first `cut` bytes of the message (header included),
@@ -87,24 +93,7 @@ impl Tap {
         let sent = payload
             .get(..cut.saturating_sub(wire::HEADER_SIZE).min(payload.len()))
             .unwrap_or_default();
-        let infos: Vec<FdInfo> = fds.iter().map(|fd| fd_info(*fd)).collect();
-        let seq = self.session.messages();
-        self.entries.push(Entry::message(
-            seq,
-            self.t_ns(),
-            Channel::Main,
-            self.ours,
-            header,
-            sent,
-            infos,
-        ));
-        self.session.on_message(Message {
-            channel: Channel::Main,
-            dir: self.ours,
-            header,
-            payload: sent,
-            fds: fds.len(),
-        });
+        self.record_ours(header, sent, fds);
         let mut all = header.encode().to_vec();
         all.extend_from_slice(payload);
         all.truncate(cut);

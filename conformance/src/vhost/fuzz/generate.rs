@@ -9,30 +9,15 @@
 
 use crate::fuzz::generate::Rng;
 use qconform_core::rules::{vhost_user as rule, Rule};
-use qconform_core::vhost_user::features::{self as feat, ProtocolFeature as PF};
+use qconform_core::vhost_user::features::ProtocolFeature as PF;
 use qconform_core::vhost_user::payload::{self, encode, Payload, Region};
 use qconform_core::vhost_user::request::{Fds, FrontEnd as Fe, Gate, Reply, FRONT_END};
 use qconform_core::vhost_user::wire::{FLAG_REPLY, VERSION, VERSION_MASK};
 
-/// Protocol features the conversation drives, acknowledged when offered
-/// (the probe's set: every request they gate is in the conversation).
-pub const DRIVEN: [PF; 7] = [
-    PF::Mq,
-    PF::ReplyAck,
-    PF::Config,
-    PF::ConfigureMemSlots,
-    PF::Status,
-    PF::ResetDevice,
-    PF::LogShmfd,
-];
-/// Virtio features acknowledged when offered: VERSION_1, protocol features,
-/// indirect descriptors, event index.
-const VIRTIO_ACK: u64 = 1 << feat::F_VERSION_1 | 1 << feat::F_PROTOCOL_FEATURES | 1 << 28 | 1 << 29;
-/// Guest memory: one memfd region of this size.
-pub const GUEST_MEMORY: u64 = 1 << 20;
-/// The made-up user address of the region (back-ends only translate ring
-/// addresses through it).
-const USER_BASE: u64 = 0x7f00_0000_0000;
+// The probe's choices: the protocol and virtio features acknowledged when
+// offered (every request they gate is in the conversation), guest memory
+// and its made-up user address.
+use crate::vhost::probe::{DRIVEN, GUEST_MEMORY, USER_BASE, VIRTIO_ACK};
 /// Where ring 0's descriptor table, available and used rings lie.
 const RING_BASE: u64 = USER_BASE + 0x10000;
 /// A ring size every back-end here holds (QEMU's vhost-user-blk asks for 128).
@@ -455,7 +440,7 @@ fn unnegotiated(value: u64) -> Msg {
     Msg {
         request: r.id,
         flags: VERSION,
-        ack: true,
+        ack: r.reply == Reply::None,
         body: Body::Bytes(vec![0; size]),
         fds,
         when: When::Always,

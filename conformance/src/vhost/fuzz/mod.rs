@@ -143,11 +143,7 @@ fn save(o: &Options, out: &Path, findings: &mut [Finding]) -> Result<(), String>
             ),
             "stderr_tail": f.stderr_tail,
         });
-        std::fs::write(
-            dir.join("finding.json"),
-            serde_json::to_string_pretty(&meta).unwrap_or_default(),
-        )
-        .map_err(|e| e.to_string())?;
+        campaign::write_finding(&dir, &meta)?;
         f.reproducer = Some(dir.display().to_string());
     }
     Ok(())
@@ -155,16 +151,5 @@ fn save(o: &Options, out: &Path, findings: &mut [Finding]) -> Result<(), String>
 
 /// `qconform vhost-user fuzz`: exit 0 no new findings, 2 new findings, 1 could not run.
 pub fn run(o: &Options, output: Output) -> i32 {
-    let s = match campaign(o) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("qconform vhost-user fuzz: {e}");
-            return 1;
-        }
-    };
-    match output {
-        Output::Json => crate::outln!("{}", serde_json::to_string_pretty(&s).unwrap_or_default()),
-        Output::Human => s.print_human(),
-    }
-    s.exit_code()
+    campaign::finish("vhost-user fuzz", campaign(o), output)
 }
