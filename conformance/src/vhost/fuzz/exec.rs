@@ -132,9 +132,8 @@ fn exchange(
     excused: &mut Vec<std::ops::Range<usize>>,
 ) -> Result<(End, String, Option<String>), String> {
     let mut keep: Vec<OwnedFd> = Vec::new();
-    // Once a mutated message went out (or messages of the conversation
-    // were dropped), a close is an answer, not a fault.
-    let mut mutated = altered;
+    // For an altered conversation a close is an answer, not a fault.
+    let mutated = altered;
     let mut last = String::from("nothing");
     let mut false_ack = None;
     for m in msgs {
@@ -150,7 +149,6 @@ fn exchange(
         };
         let fds = descriptors(&m.fds)?;
         let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
-        mutated |= !m.probes.is_empty();
         last = m.name();
         if let Some(cut) = m.cut {
             let _ = tap.send_cut(header, &payload, &borrowed, cut);
@@ -229,6 +227,14 @@ fn exchange(
     Ok((end, last, false_ack))
 }
 
+/// Whether the input is anything but the valid conversation. Then a close
+/// is never held against the back-end, even before the first mutated
+/// message: a reordered or dropped message makes the messages before it
+/// invalid too (a ring enabled before its kick arrived).
+fn altered(input: &Input) -> bool {
+    !input.mutations.is_empty() || !input.dropped.is_empty()
+}
+
 /// Runs the back-end once on `input` in `dir`. Err: it cannot be started
 /// or connected to at all.
 pub fn execute(cmd: &str, input: &Input, dir: &Path, timeout: Duration) -> Result<Run, String> {
@@ -252,7 +258,7 @@ pub fn execute(cmd: &str, input: &Input, dir: &Path, timeout: Duration) -> Resul
         last,
         false_ack,
         excused,
-    } = converse(&mut tap, msgs, !input.dropped.is_empty(), timeout)?;
+    } = converse(&mut tap, msgs, altered(input), timeout)?;
     let transcript = tap.transcript(&format!("qconform vhost-user fuzz against {cmd}"));
     let report = tap.session.report().clone();
     // Closing our end may be what kills it: look at the process after.
