@@ -250,6 +250,34 @@ enum VhostAction {
         #[arg(long, default_value_t = 2000)]
         timeout_ms: u64,
     },
+    /// Stateful protocol fuzzing of a live back-end, started afresh for
+    /// every run (exit 0 no new findings, 2 new findings, 1 could not run).
+    Fuzz {
+        /// The back-end's command line; {socket} is the socket it listens on.
+        #[arg(long)]
+        backend_cmd: String,
+        /// Stop after this many seconds.
+        #[arg(long)]
+        time: Option<u64>,
+        /// Stop after this many runs (default 100 when --time is absent).
+        #[arg(long)]
+        runs: Option<u64>,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Save each finding's minimised transcript and finding.json here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Deadline of every read, in milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        timeout_ms: u64,
+        #[arg(long, default_value_t = 1)]
+        jobs: usize,
+        /// Known findings (KIND [RULE] per line): reported, but not a failure.
+        #[arg(long)]
+        expect: Option<PathBuf>,
+        #[arg(long, value_enum, default_value = "human")]
+        output: Output,
+    },
     /// Run the rule engine over a transcript (exit 0 conforming, 1 unreadable, 2 findings).
     Check {
         file: PathBuf,
@@ -483,6 +511,29 @@ fn vhost_user(action: VhostAction) -> i32 {
             backend_cmd.as_deref(),
             Duration::from_millis(timeout_ms),
             Profile { lenient },
+            output,
+        ),
+        VhostAction::Fuzz {
+            backend_cmd,
+            time,
+            runs,
+            seed,
+            out,
+            timeout_ms,
+            jobs,
+            expect,
+            output,
+        } => qconform::vhost::fuzz::run(
+            &qconform::vhost::fuzz::Options {
+                backend_cmd,
+                time: time.map(Duration::from_secs),
+                runs: runs.or(if time.is_none() { Some(100) } else { None }),
+                seed,
+                out,
+                timeout: Duration::from_millis(timeout_ms),
+                jobs,
+                expect,
+            },
             output,
         ),
         VhostAction::Matrix {

@@ -4,6 +4,7 @@
 //! against qconform itself (which must give no finding), and against fakes
 //! that crash or hang on purpose.
 
+use qconform_testkit::tools::{findings, has_rule, run_json};
 use std::path::Path;
 use std::process::Command;
 
@@ -13,32 +14,11 @@ fn qconform() -> Command {
 
 /// Runs a campaign; returns (exit code, the JSON summary).
 fn campaign(args: &[&str]) -> (i32, serde_json::Value) {
-    let out = qconform()
-        .args(["fuzz", "image", "--output", "json"])
-        .args(args)
-        .output()
-        .expect("run qconform");
-    let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}): {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (out.status.code().unwrap_or(-1), v)
-}
-
-fn findings(v: &serde_json::Value) -> Vec<&serde_json::Value> {
-    v["findings"]
-        .as_array()
-        .map(|a| a.iter().collect())
-        .unwrap_or_default()
-}
-
-fn has_rule(f: &serde_json::Value, rule: &str) -> bool {
-    f["rules"]
-        .as_array()
-        .is_some_and(|r| r.iter().any(|x| x == rule))
+    run_json(
+        qconform()
+            .args(["fuzz", "image", "--output", "json"])
+            .args(args),
+    )
 }
 
 #[test]
@@ -65,11 +45,11 @@ fn finds_qemu_img_aborting_on_a_parallels_bat_entry_past_eof() {
     assert_eq!(crash["signal"], 6, "{crash}");
     // The reproducer holds the minimised image and reproduces with qemu-img.
     let dir = Path::new(crash["reproducer"].as_str().unwrap_or_default());
-    let st = Command::new("qemu-img")
-        .args(["check", "-f", "parallels"])
-        .arg(dir.join("image.parallels"))
-        .output()
-        .expect("qemu-img is required (Debian qemu-utils)");
+    let st = qconform_testkit::tools::output(
+        Command::new("qemu-img")
+            .args(["check", "-f", "parallels"])
+            .arg(dir.join("image.parallels")),
+    );
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(
         st.status.signal(),

@@ -4,43 +4,13 @@
 //! work. Images are made with qemu-img and edited here.
 
 use qconform_testkit::qemu_read;
+use qconform_testkit::tools::{qemu_convert_ok, run, tool as sh};
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn qconform() -> Command {
     Command::new(env!("CARGO_BIN_EXE_qconform"))
-}
-
-fn run(cmd: &mut Command) -> (i32, Vec<u8>, String) {
-    let out = cmd.output().expect("spawn");
-    (
-        out.status.code().unwrap_or(-1),
-        out.stdout,
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn sh(dir: &Path, prog: &str, args: &[&str]) {
-    let st = Command::new(prog)
-        .args(args)
-        .current_dir(dir)
-        .stdout(std::process::Stdio::null())
-        .status()
-        .unwrap_or_else(|e| panic!("{prog} is required (Debian qemu-utils): {e}"));
-    assert!(st.success(), "{prog} {args:?} failed");
-}
-
-fn qemu_convert_ok(fmt: &str, img: &Path) -> bool {
-    let out = tempfile::NamedTempFile::new().unwrap();
-    Command::new("qemu-img")
-        .args(["convert", "-f", fmt, "-O", "raw"])
-        .arg(img)
-        .arg(out.path())
-        .output()
-        .expect("qemu-img")
-        .status
-        .success()
 }
 
 fn edit(p: &Path, at: usize, bytes: &[u8]) {
@@ -224,12 +194,7 @@ fn claimed_disks_are_mapped_in_steps_of_what_the_file_holds() {
     let (code, out, err) = run(qconform().args(["map", "--output", "json"]).arg(&img));
     assert_eq!(code, 0, "{err}");
     let map: serde_json::Value = serde_json::from_slice(&out).unwrap();
-    let qemu = Command::new("qemu-img")
-        .args(["map", "--output=json"])
-        .arg(&img)
-        .output()
-        .unwrap();
-    let theirs: serde_json::Value = serde_json::from_slice(&qemu.stdout).unwrap();
+    let theirs = qconform_testkit::tools::qemu_map(dir.path(), "img.qcow2", &[]);
     assert_eq!(map, theirs);
     assert_eq!(map.as_array().map(Vec::len), Some(1));
 }

@@ -4,48 +4,12 @@
 //! itself a FIFO. Every hostile input is built here with qemu-img (which
 //! must be installed: these tests fail loudly without it).
 
+use qconform_testkit::tools::{output, qemu_img, qemu_io, run};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
 fn qconform() -> Command {
     Command::new(env!("CARGO_BIN_EXE_qconform"))
-}
-
-/// Runs `cmd` with stdin closed; a run past 20 s is a hang and fails the test.
-fn run(cmd: &mut Command) -> (i32, Vec<u8>, String) {
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let pid = child.id();
-    // Output is drained by wait_with_output on another thread, so a full
-    // pipe never looks like a hang.
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    let Ok(out) = rx.recv_timeout(Duration::from_secs(20)) else {
-        let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
-        panic!("{cmd:?} hung (killed after 20 s)");
-    };
-    let out = out.expect("output");
-    (
-        out.status.code().unwrap_or(-1),
-        out.stdout,
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn qemu_img(dir: &Path, args: &[&str]) {
-    let st = Command::new("qemu-img")
-        .args(args)
-        .current_dir(dir)
-        .status()
-        .expect("qemu-img is required (Debian qemu-utils)");
-    assert!(st.success(), "qemu-img {args:?} failed");
 }
 
 fn mkfifo(p: &Path) {
@@ -197,13 +161,7 @@ fn fifos_are_never_opened_as_backing_file_data_file_or_image() {
         ],
     );
     // Guest data that only the data file holds.
-    let st = Command::new("qemu-io")
-        .args(["-c", "write -P 0x41 0 64k", "img.qcow2"])
-        .current_dir(dir.path())
-        .stdout(Stdio::null())
-        .status()
-        .expect("qemu-io");
-    assert!(st.success());
+    qemu_io(dir.path(), "img.qcow2", &["write -P 0x41 0 64k"]);
     std::fs::remove_file(dir.path().join("d.raw")).unwrap();
     mkfifo(&dir.path().join("d.raw"));
     // Data file names resolve against the working directory, as in QEMU.
@@ -255,11 +213,11 @@ fn data_file_names_resolve_against_the_working_directory_as_qemu_does() {
         ],
     );
     let io = |cwd: &Path, img: &str| {
-        Command::new("qemu-io")
-            .args(["-c", "read 0 512", img])
-            .current_dir(cwd)
-            .output()
-            .expect("qemu-io")
+        output(
+            Command::new("qemu-io")
+                .args(["-c", "read 0 512", img])
+                .current_dir(cwd),
+        )
     };
     let elsewhere = io(dir.path(), "images/img.qcow2");
     assert!(String::from_utf8_lossy(&elsewhere.stderr).contains("Could not open 'd.raw'"));

@@ -4,6 +4,7 @@
 //! equal to `qemu-img map --output=json`.
 
 use qconform::corpus;
+use qconform_testkit::tools;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::path::Path;
@@ -15,26 +16,6 @@ fn qconform() -> Command {
 
 fn sha(bytes: &[u8]) -> String {
     format!("{:x}", Sha256::digest(bytes))
-}
-
-fn qemu_raw(dir: &Path, file: &str, extra: &[&str]) -> Vec<u8> {
-    let out = dir.join(format!("{file}.qemu.raw"));
-    let st = Command::new("qemu-img")
-        .arg("convert")
-        .args(extra)
-        .args(["-O", "raw", file])
-        .arg(&out)
-        .current_dir(dir)
-        .output()
-        .expect("qemu-img must be installed");
-    assert!(
-        st.status.success(),
-        "qemu-img convert {file}: {}",
-        String::from_utf8_lossy(&st.stderr)
-    );
-    let b = std::fs::read(&out).unwrap();
-    let _ = std::fs::remove_file(out);
-    b
 }
 
 fn ours_raw(dir: &Path, file: &str, extra: &[&str]) -> Vec<u8> {
@@ -54,11 +35,6 @@ fn ours_raw(dir: &Path, file: &str, extra: &[&str]) -> Vec<u8> {
 }
 
 fn maps(dir: &Path, file: &str) -> (Value, Value) {
-    let q = Command::new("qemu-img")
-        .args(["map", "--output=json", file])
-        .current_dir(dir)
-        .output()
-        .unwrap();
     let o = qconform()
         .args(["map", "--output", "json", file])
         .current_dir(dir)
@@ -70,7 +46,7 @@ fn maps(dir: &Path, file: &str) -> (Value, Value) {
         String::from_utf8_lossy(&o.stderr)
     );
     (
-        serde_json::from_slice(&q.stdout).unwrap(),
+        tools::qemu_map(dir, file, &[]),
         serde_json::from_slice(&o.stdout).unwrap(),
     )
 }
@@ -79,7 +55,10 @@ fn maps(dir: &Path, file: &str) -> (Value, Value) {
 fn compare(dir: &Path, name: &str) -> Vec<String> {
     let file = format!("{name}.qcow2");
     let mut bad = Vec::new();
-    let (theirs, ours) = (qemu_raw(dir, &file, &[]), ours_raw(dir, &file, &[]));
+    let (theirs, ours) = (
+        tools::qemu_convert(dir, &file, &[]),
+        ours_raw(dir, &file, &[]),
+    );
     if theirs != ours {
         bad.push(format!(
             "{name}: cat sha256 {} != qemu-img convert {} ({} vs {} bytes)",
@@ -187,33 +166,12 @@ fn cat_and_map_agree_with_qemu_img_across_options() {
     ];
     let mut bad = Vec::new();
     for (name, opts, io) in families {
-        let mut create = Command::new("qemu-img");
-        create
-            .args([
-                "create",
-                "-q",
-                "-f",
-                "qcow2",
-                "-o",
-                opts,
-                &format!("{name}.qcow2"),
-                "16M",
-            ])
-            .current_dir(dir.path());
-        assert!(create.status().unwrap().success(), "{name}");
-        let mut qio = Command::new("qemu-io");
-        for c in *io {
-            qio.args(["-c", c]);
-        }
-        assert!(
-            qio.arg(format!("{name}.qcow2"))
-                .current_dir(dir.path())
-                .output()
-                .unwrap()
-                .status
-                .success(),
-            "{name}"
+        let image = format!("{name}.qcow2");
+        tools::qemu_img(
+            dir.path(),
+            &["create", "-q", "-f", "qcow2", "-o", opts, &image, "16M"],
         );
+        tools::qemu_io(dir.path(), &image, io);
         bad.extend(compare(dir.path(), name));
     }
     assert!(
@@ -229,18 +187,7 @@ fn cat_and_map_agree_with_qemu_img_across_options() {
 fn backing_chains_snapshots_and_data_files_read_like_qemu() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let run = |args: &[&str]| {
-        let o = Command::new(args[0])
-            .args(&args[1..])
-            .current_dir(d)
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-    };
+    let run = |args: &[&str]| tools::tool(d, args[0], &args[1..]);
     // A three-level chain; the middle layer is smaller than the top.
     run(&[
         "qemu-img",
@@ -367,7 +314,7 @@ fn backing_chains_snapshots_and_data_files_read_like_qemu() {
     run(&["qemu-img", "snapshot", "-c", "two", "snap.qcow2"]);
     run(&["qemu-io", "-c", "discard 0 128k", "snap.qcow2"]);
     for s in ["one", "two"] {
-        let t = qemu_raw(d, "snap.qcow2", &["-l", &format!("snapshot.name={s}")]);
+        let t = tools::qemu_convert(d, "snap.qcow2", &["-l", &format!("snapshot.name={s}")]);
         let o = ours_raw(d, "snap.qcow2", &["--snapshot", s]);
         if t != o {
             bad.push(format!("snapshot {s}: cat differs"));
@@ -462,7 +409,7 @@ fn sparse_output_file_equals_qemu_img_convert() {
             .status()
             .unwrap();
         assert!(st.success(), "{name}");
-        let theirs = qemu_raw(&root, &format!("{name}.qcow2"), &[]);
+        let theirs = tools::qemu_convert(&root, &format!("{name}.qcow2"), &[]);
         assert!(
             std::fs::read(&out).unwrap() == theirs,
             "{name}: cat -o differs from qemu-img convert"
@@ -474,18 +421,7 @@ fn sparse_output_file_equals_qemu_img_convert() {
 fn backing_cycles_and_missing_files_are_errors_not_hangs() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let run = |args: &[&str]| {
-        assert!(
-            Command::new(args[0])
-                .args(&args[1..])
-                .current_dir(d)
-                .output()
-                .unwrap()
-                .status
-                .success(),
-            "{args:?}"
-        )
-    };
+    let run = |args: &[&str]| tools::tool(d, args[0], &args[1..]);
     run(&["qemu-img", "create", "-q", "-f", "qcow2", "a.qcow2", "1M"]);
     run(&[
         "qemu-img", "create", "-q", "-f", "qcow2", "-b", "a.qcow2", "-F", "qcow2", "b.qcow2", "1M",

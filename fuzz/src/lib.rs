@@ -313,7 +313,7 @@ use qconform_core::vhost_user::payload::{self, PayloadKind};
 use qconform_core::vhost_user::request::{self, Channel};
 use qconform_core::vhost_user::session::{Direction, Message, Profile, Session};
 use qconform_core::vhost_user::transcript::{self, Entry, Event};
-use qconform_core::vhost_user::wire::{Header, HEADER_SIZE, MAX_PAYLOAD};
+use qconform_core::vhost_user::wire::{Header, HEADER_SIZE};
 
 /// vhost_user_decode: byte 0 picks a request of either channel, the rest is
 /// its payload. Decoding never panics, and whatever decodes encodes back to
@@ -434,7 +434,11 @@ pub fn vhost_user_session(data: &[u8]) {
                 break;
             };
             let header = Header::parse(head);
-            let take = (header.size.min(MAX_PAYLOAD) as usize).min(tail.len());
+            let take = (header
+                .size
+                .min(qconform_core::Limits::DEFAULT.vhost_max_payload)
+                as usize)
+                .min(tail.len());
             let (payload, tail) = tail.split_at(take);
             let dir = if tag & 1 != 0 {
                 Direction::BackToFront

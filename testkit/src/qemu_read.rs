@@ -43,32 +43,19 @@ pub fn reads(qconform: &Path, fmt: &str, file: &Path) -> Reads {
 /// Like [`reads`], with extra `cat`/`map` arguments (`--force`, say).
 pub fn reads_with(qconform: &Path, fmt: &str, file: &Path, extra: &[&str]) -> Reads {
     let dir = tempfile::tempdir().unwrap();
-    let cat = Command::new(qconform)
-        .arg("cat")
-        .args(extra)
-        .arg(file)
-        .output()
-        .unwrap();
-    let raw = dir.path().join("qemu.raw");
-    let st = Command::new("qemu-img")
-        .args(["convert", "-f", fmt, "-O", "raw"])
-        .arg(file)
-        .arg(&raw)
-        .status()
-        .expect("qemu-img must be installed (qemu-utils)");
-    assert!(st.success(), "qemu-img convert {} failed", file.display());
+    let cat = crate::tools::output(Command::new(qconform).arg("cat").args(extra).arg(file));
+    let file_name = file.display().to_string();
+    let qemu = crate::tools::qemu_convert(dir.path(), &file_name, &["-f", fmt]);
     let map = |mut c: Command| -> serde_json::Value {
-        serde_json::from_slice(&c.output().unwrap().stdout).unwrap_or_default()
+        serde_json::from_slice(&crate::tools::output(&mut c).stdout).unwrap_or_default()
     };
     let mut ours = Command::new(qconform);
     ours.args(["map", "--output", "json"]).args(extra).arg(file);
-    let mut theirs = Command::new("qemu-img");
-    theirs.args(["map", "-f", fmt, "--output=json"]).arg(file);
     Reads {
         ours: cat.status.success().then_some(cat.stdout),
         cat_error: String::from_utf8_lossy(&cat.stderr).into_owned(),
-        qemu: std::fs::read(&raw).unwrap(),
+        qemu,
         our_map: map(ours),
-        qemu_map: map(theirs),
+        qemu_map: crate::tools::qemu_map(dir.path(), &file_name, &["-f", fmt]),
     }
 }

@@ -26,14 +26,7 @@ pub struct Outcome {
 impl Outcome {
     /// A sanitizer or runtime report on stderr (a crash that exits).
     pub fn sanitizer_report(&self) -> bool {
-        [
-            "AddressSanitizer",
-            "UndefinedBehaviorSanitizer",
-            "runtime error:",
-            "panicked at",
-        ]
-        .iter()
-        .any(|m| self.stderr_tail.contains(m))
+        sanitizer_report(&self.stderr_tail)
     }
     /// The address-space limit was hit.
     pub fn out_of_memory(&self) -> bool {
@@ -46,6 +39,19 @@ impl Outcome {
         .iter()
         .any(|m| self.stderr_tail.contains(m))
     }
+}
+
+/// Whether `stderr` holds a sanitizer or runtime report (a crash that
+/// exits instead of dying by a signal: ASan, UBSan, a Rust panic).
+pub fn sanitizer_report(stderr: &str) -> bool {
+    [
+        "AddressSanitizer",
+        "UndefinedBehaviorSanitizer",
+        "runtime error:",
+        "panicked at",
+    ]
+    .iter()
+    .any(|m| stderr.contains(m))
 }
 
 /// Quotes `s` for `sh`.

@@ -1,14 +1,32 @@
-//! Back-ends started for a probe or a replay: a command (whitespace-
-//! separated words), the socket it opens, and how it ended.
+//! Back-ends started for a probe, a replay or a fuzz run: a command
+//! (whitespace-separated words), the socket it opens, and how it ended.
+//! Each runs in its own process group, so stopping it stops whatever it
+//! started too.
 
 use super::conn::Conn;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 /// A back-end we started, if any.
 pub struct Backend {
     child: Option<Child>,
+}
+
+/// "signal 11 (SIGSEGV)": a signal number with its name when it is a
+/// common crash signal.
+pub fn signal_name(s: i32) -> String {
+    let name = match s {
+        4 => " (SIGILL)",
+        6 => " (SIGABRT)",
+        7 => " (SIGBUS)",
+        8 => " (SIGFPE)",
+        9 => " (SIGKILL)",
+        11 => " (SIGSEGV)",
+        _ => "",
+    };
+    format!("signal {s}{name}")
 }
 
 impl Backend {
@@ -17,10 +35,23 @@ impl Backend {
         Backend { child: None }
     }
 
+    /// Starts `cmd` (if given) with its output discarded and waits until
+    /// `socket` exists.
     pub fn start(cmd: Option<&str>, socket: &Path, wait: Duration) -> Result<Backend, String> {
-        let Some(cmd) = cmd else {
-            return Ok(Backend::none());
-        };
+        match cmd {
+            None => Ok(Backend::none()),
+            Some(cmd) => Backend::start_logged(cmd, socket, wait, Stdio::null()),
+        }
+    }
+
+    /// Starts `cmd` in its own process group, stdin closed, its stderr to
+    /// `stderr`, and waits until `socket` exists.
+    pub fn start_logged(
+        cmd: &str,
+        socket: &Path,
+        wait: Duration,
+        stderr: Stdio,
+    ) -> Result<Backend, String> {
         let _ = std::fs::remove_file(socket);
         let words: Vec<&str> = cmd.split_whitespace().collect();
         let (prog, args) = words.split_first().ok_or("empty --backend-cmd")?;
@@ -28,20 +59,29 @@ impl Backend {
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(stderr)
+            .process_group(0)
             .spawn()
             .map_err(|e| format!("cannot start {prog}: {e}"))?;
+        let mut b = Backend { child: Some(child) };
         let deadline = Instant::now() + wait;
         // Wait for the socket file, not for a test connection: single-shot
         // back-ends (virtiofsd) serve exactly one front-end and would take
         // the test connection as theirs.
         while Instant::now() < deadline {
             if socket.exists() {
-                return Ok(Backend { child: Some(child) });
+                return Ok(b);
             }
-            std::thread::sleep(Duration::from_millis(20));
+            if let Some(st) = b.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                b.child = None;
+                return Err(format!(
+                    "{prog} ended ({}) before it opened {}",
+                    describe(st),
+                    socket.display()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(5));
         }
-        let mut b = Backend { child: Some(child) };
         b.stop();
         Err(format!(
             "{prog} did not open {} within {} ms",
@@ -63,43 +103,54 @@ impl Backend {
                         && e.kind() == std::io::ErrorKind::ConnectionRefused
                         && Instant::now() < deadline =>
                 {
-                    std::thread::sleep(Duration::from_millis(10));
+                    std::thread::sleep(Duration::from_millis(5));
                 }
                 r => return r,
             }
         }
     }
 
-    /// If the process died by a signal, which one.
-    pub fn crashed(&mut self) -> Option<String> {
-        use std::os::unix::process::ExitStatusExt;
+    /// How the process ended, waiting up to `wait` for it (a process that
+    /// just closed its socket may not have been reaped yet). None: still
+    /// running, or not ours.
+    pub fn ended(&mut self, wait: Duration) -> Option<ExitStatus> {
         let child = self.child.as_mut()?;
-        // Give a dying process a moment to be reaped.
-        for _ in 0..20 {
+        let deadline = Instant::now() + wait;
+        loop {
             if let Ok(Some(st)) = child.try_wait() {
-                return st.signal().map(|s| {
-                    format!(
-                        "killed by signal {s}{}",
-                        if s == 11 {
-                            " (SIGSEGV)"
-                        } else if s == 6 {
-                            " (SIGABRT)"
-                        } else {
-                            ""
-                        }
-                    )
-                });
+                return Some(st);
             }
-            std::thread::sleep(Duration::from_millis(10));
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(2));
         }
-        None
     }
 
+    /// If the process died by a signal, which one.
+    pub fn crashed(&mut self) -> Option<String> {
+        let st = self.ended(Duration::from_millis(200))?;
+        st.signal().map(|s| format!("killed by {}", signal_name(s)))
+    }
+
+    /// Kills the process group and reaps the process.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
+            if let Some(p) = rustix::process::Pid::from_raw(c.id() as i32) {
+                let _ = rustix::process::kill_process_group(p, rustix::process::Signal::KILL);
+            }
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+/// "exit code 1", "signal 11 (SIGSEGV)".
+pub fn describe(st: ExitStatus) -> String {
+    match (st.code(), st.signal()) {
+        (Some(c), _) => format!("exit code {c}"),
+        (None, Some(s)) => signal_name(s),
+        _ => "ended".into(),
     }
 }
 

@@ -4,7 +4,8 @@
 //! finding, not an allocation).
 
 use qconform_core::vhost_user::transcript::FdInfo;
-use qconform_core::vhost_user::wire::{Header, HEADER_SIZE, MAX_FDS, MAX_PAYLOAD};
+use qconform_core::vhost_user::wire::{Header, HEADER_SIZE, MAX_FDS};
+use qconform_core::Limits;
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::net::{
     RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
@@ -16,9 +17,12 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// File descriptors accepted with one message before the kernel truncates;
-/// more than MAX_FDS is already a finding, this only sizes the buffer.
-const RECV_FDS: usize = 32;
+/// File descriptors accepted with one message before the kernel truncates
+/// (see [`Limits::vhost_max_fds`]); more than MAX_FDS is already a finding,
+/// this only sizes the buffer.
+const RECV_FDS: usize = Limits::DEFAULT.vhost_max_fds;
+/// A claimed payload larger than this is not read (see [`Limits::vhost_max_payload`]).
+const MAX_PAYLOAD: u32 = Limits::DEFAULT.vhost_max_payload;
 
 /// A message as received.
 pub struct Received {
@@ -112,7 +116,15 @@ impl Conn {
         payload: &[u8],
         fds: &[BorrowedFd<'_>],
     ) -> std::io::Result<()> {
-        let head = header.encode();
+        let mut all = Vec::with_capacity(HEADER_SIZE + payload.len());
+        all.extend_from_slice(&header.encode());
+        all.extend_from_slice(payload);
+        self.send_bytes(&all, fds)
+    }
+
+    /// Sends `bytes` (a message, or the start of one) with `fds` attached
+    /// to the first byte.
+    pub fn send_bytes(&self, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> std::io::Result<()> {
         let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(RECV_FDS))];
         let mut control = SendAncillaryBuffer::new(&mut space);
         if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
@@ -120,16 +132,13 @@ impl Conn {
                 "too many file descriptors for one message",
             ));
         }
-        let total = HEADER_SIZE + payload.len();
-        let iov = [IoSlice::new(&head), IoSlice::new(payload)];
+        let iov = [IoSlice::new(bytes)];
         let mut sent =
             rustix::net::sendmsg(self.stream.as_fd(), &iov, &mut control, SendFlags::NOSIGNAL)?;
         // A short send (large payloads) continues without the fds.
-        let mut all = Vec::with_capacity(total);
-        all.extend_from_slice(&head);
-        all.extend_from_slice(payload);
-        while sent < total {
-            let n = rustix::net::send(self.stream.as_fd(), &all[sent..], SendFlags::NOSIGNAL)?;
+        while sent < bytes.len() {
+            let rest = bytes.get(sent..).unwrap_or_default();
+            let n = rustix::net::send(self.stream.as_fd(), rest, SendFlags::NOSIGNAL)?;
             if n == 0 {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::WriteZero,

@@ -44,7 +44,7 @@ pub struct Options {
 }
 
 /// Protocol features the probe can drive, acknowledged when offered.
-const DRIVEN: [PF; 7] = [
+pub(crate) const DRIVEN: [PF; 7] = [
     PF::Mq,
     PF::ReplyAck,
     PF::Config,
@@ -55,15 +55,14 @@ const DRIVEN: [PF; 7] = [
 ];
 /// Virtio features acknowledged when offered: VERSION_1, protocol features,
 /// indirect descriptors, event index.
-const VIRTIO_ACK: u64 = 1 << feat::F_VERSION_1 | 1 << feat::F_PROTOCOL_FEATURES | 1 << 28 | 1 << 29;
-const GUEST_MEMORY: u64 = 2 << 20;
+pub(crate) const VIRTIO_ACK: u64 =
+    1 << feat::F_VERSION_1 | 1 << feat::F_PROTOCOL_FEATURES | 1 << 28 | 1 << 29;
+pub(crate) const GUEST_MEMORY: u64 = 2 << 20;
 /// A made-up user address for our memory region (the back-end only uses it
 /// to translate ring addresses).
-const USER_BASE: u64 = 0x7f00_0000_0000;
+pub(crate) const USER_BASE: u64 = 0x7f00_0000_0000;
 /// The ring size tried first; each refusal halves it, down to 1.
 const RING_SIZE: u32 = 256;
-/// Rings the probe sets up at most (devices may report 128 queues).
-const MAX_RINGS: u64 = 8;
 
 #[derive(Debug)]
 enum Stop {
@@ -282,7 +281,7 @@ impl<'a> Prober<'a> {
             .session
             .queue_num()
             .unwrap_or(1)
-            .clamp(1, MAX_RINGS);
+            .clamp(1, Limits::DEFAULT.vhost_probe_rings);
         let mut notifiers: Vec<OwnedFd> = Vec::new();
         for i in 0..rings as u32 {
             let ring_base = USER_BASE + 0x10000 * (i as u64 + 1);

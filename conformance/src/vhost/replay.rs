@@ -41,9 +41,6 @@ const TOLERANT: &[Fe] = &[
     Fe::GetSharedObject,
 ];
 
-/// The largest memfd a replay creates (sparse; a transcript may claim more).
-const MAX_MEMFD: u64 = 64 << 30;
-
 /// Requests that name a ring, skipped for rings the back-end does not have.
 const RING_REQUESTS: &[Fe] = &[
     Fe::SetVringNum,
@@ -193,7 +190,10 @@ fn make_fds(
                 let size = info
                     .size
                     .unwrap_or_else(|| region_end(kind, payload, i).unwrap_or(4096));
-                fds.push(memfd("qconform-replay", size.min(MAX_MEMFD))?);
+                fds.push(memfd(
+                    "qconform-replay",
+                    size.min(qconform_core::Limits::DEFAULT.vhost_max_memfd),
+                )?);
             }
             "socket" => {
                 let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
@@ -254,68 +254,155 @@ pub fn replay_started(
     let conn = backend
         .connect(socket)
         .map_err(|e| format!("cannot connect to {}: {e}", socket.display()))?;
-    let mut tap = Tap::new(conn, name, profile, Direction::FrontToBack);
-    let mut offer = Offer::default();
-    let mut report = ReplayReport {
-        transcript: name.to_string(),
-        sent: 0,
-        skipped: Vec::new(),
-        divergences: Vec::new(),
-        findings: Report::new(name, "vhost-user", &qconform_core::Limits::default()),
-        stopped: None,
+    let mut r = Replayer {
+        tap: Tap::new(conn, name, profile, Direction::FrontToBack),
+        offer: Offer::default(),
+        report: ReplayReport {
+            transcript: name.to_string(),
+            sent: 0,
+            skipped: Vec::new(),
+            divergences: Vec::new(),
+            findings: Report::new(name, "vhost-user", &qconform_core::Limits::default()),
+            stopped: None,
+        },
+        keep: Vec::new(),
+        timeout,
     };
-    // Guest memory stays open for the whole conversation (the back-end maps it).
-    let mut keep: Vec<OwnedFd> = Vec::new();
     for step in steps(entries) {
+        if let Flow::Stop(why) = r.step(&step)? {
+            r.report.stopped = Some(why);
+            break;
+        }
+    }
+    if r.report.stopped.is_none() {
+        r.tap.closed(Some(Direction::FrontToBack), false);
+    }
+    r.report.findings = r.tap.session.into_report();
+    Ok(r.report)
+}
+
+/// Whether the replay goes on after a step.
+enum Flow {
+    Continue,
+    /// The conversation ended (why).
+    Stop(String),
+}
+
+/// A recorded request as it will be sent to this back-end.
+struct Outgoing {
+    request: Option<Fe>,
+    name: String,
+    header: Header,
+    payload: Vec<u8>,
+}
+
+/// The state of one replay.
+struct Replayer {
+    tap: Tap,
+    offer: Offer,
+    report: ReplayReport,
+    /// Guest memory and notifiers stay open for the whole conversation
+    /// (the back-end maps and polls them).
+    keep: Vec<OwnedFd>,
+    timeout: Duration,
+}
+
+impl Replayer {
+    /// Replays one recorded request and, when one is due, its reply.
+    fn step(&mut self, step: &Step<'_>) -> Result<Flow, String> {
         let e = step.request;
+        let out = match self.adapt(e) {
+            Ok(Some(out)) => out,
+            Ok(None) => return Ok(Flow::Continue),
+            Err(reason) => {
+                self.skip(e, reason);
+                return Ok(Flow::Continue);
+            }
+        };
+        let info = out.request.map(Fe::info);
+        let (fds, channel) = make_fds(&e.fds, info.map(|i| i.payload), &out.payload)
+            .map_err(|err| format!("cannot create descriptors: {err}"))?;
+        if let Some(c) = channel {
+            serve_backend_channel(c);
+        }
+        let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
+        if let Err(err) = self.tap.send(out.header, &out.payload, &borrowed) {
+            self.tap.closed(Some(Direction::BackToFront), false);
+            return Ok(Flow::Stop(format!(
+                "seq {} {}: send failed: {err}",
+                e.seq, out.name
+            )));
+        }
+        self.report.sent += 1;
+        drop(borrowed);
+        self.keep.extend(fds);
+        let due = match info.map(|i| i.reply) {
+            Some(Reply::Always(_)) => true,
+            Some(Reply::IfFeature(f, _)) => self.offer.has_pf(f),
+            _ => false,
+        } || out.header.need_reply();
+        if !due {
+            if step.reply.is_some() {
+                self.skip(
+                    e,
+                    "a reply was recorded, but with this back-end's features none is due".into(),
+                );
+            }
+            return Ok(Flow::Continue);
+        }
+        Ok(self.await_reply(step, &out))
+    }
+
+    fn skip(&mut self, e: &Entry, reason: String) {
+        let request = e.request.map_or_else(String::new, |id| {
+            Fe::from_id(id).map_or_else(|| format!("request {id}"), |r| r.name().to_string())
+        });
+        self.report.skipped.push(Skipped {
+            seq: e.seq,
+            request,
+            reason,
+        });
+    }
+
+    /// The recorded request adapted to this back-end's offer: acked
+    /// features masked by it, need_reply dropped without REPLY_ACK. None
+    /// for an entry that is not a request; Err(why) for a request this
+    /// back-end cannot be sent (a gate it does not offer, a ring it lacks).
+    fn adapt(&mut self, e: &Entry) -> Result<Option<Outgoing>, String> {
         let (Some(id), Some(flags)) = (e.request, e.flags) else {
-            continue;
+            return Ok(None);
         };
         let request = Fe::from_id(id);
         let info = request.map(Fe::info);
-        let rname = request.map_or_else(|| format!("request {id}"), |r| r.name().to_string());
         let mut payload = e
             .payload_hex
             .as_deref()
             .and_then(from_hex)
             .unwrap_or_default();
-        let skip = |report: &mut ReplayReport, reason: String| {
-            report.skipped.push(Skipped {
-                seq: e.seq,
-                request: rname.clone(),
-                reason,
-            })
-        };
-        if let Some(reason) = info.and_then(|i| offer.gate(i.gate)) {
-            skip(&mut report, reason);
-            continue;
+        if let Some(reason) = info.and_then(|i| self.offer.gate(i.gate)) {
+            return Err(reason);
         }
         if request.is_some_and(|r| RING_REQUESTS.contains(&r)) {
             let index = info
                 .and_then(|i| payload::decode(i.payload, &payload, false).ok())
                 .and_then(|p| p.ring_index());
-            if let (Some(i), Some(q)) = (index.map(u64::from), offer.queues) {
+            if let (Some(i), Some(q)) = (index.map(u64::from), self.offer.queues) {
                 if i >= q {
-                    skip(
-                        &mut report,
-                        format!("ring {i}: the back-end has {q} queues"),
-                    );
-                    continue;
+                    return Err(format!("ring {i}: the back-end has {q} queues"));
                 }
             }
         }
-        // Adapt negotiation to this back-end's offer.
         match request {
             Some(Fe::SetFeatures) => {
-                if let (Some(v), Some(o)) = (u64_of(&payload), offer.features) {
+                if let (Some(v), Some(o)) = (u64_of(&payload), self.offer.features) {
                     set_u64(&mut payload, v & o);
                 }
             }
             Some(Fe::SetProtocolFeatures) => {
                 if let Some(v) = u64_of(&payload) {
-                    let v = v & offer.protocol.unwrap_or(v);
+                    let v = v & self.offer.protocol.unwrap_or(v);
                     set_u64(&mut payload, v);
-                    offer.acked_protocol = v;
+                    self.offer.acked_protocol = v;
                 }
             }
             _ => {}
@@ -325,79 +412,62 @@ pub fn replay_started(
             flags,
             size: payload.len() as u32,
         };
-        if !offer.has_pf(PF::ReplyAck) {
+        if !self.offer.has_pf(PF::ReplyAck) {
             header.flags &= !FLAG_NEED_REPLY;
         }
-        let (fds, channel) = make_fds(&e.fds, info.map(|i| i.payload), &payload)
-            .map_err(|err| format!("cannot create descriptors: {err}"))?;
-        if let Some(c) = channel {
-            serve_backend_channel(c);
-        }
-        let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
-        if let Err(err) = tap.send(header, &payload, &borrowed) {
-            tap.closed(Some(Direction::BackToFront), false);
-            report.stopped = Some(format!("seq {} {rname}: send failed: {err}", e.seq));
-            break;
-        }
-        report.sent += 1;
-        drop(borrowed);
-        keep.extend(fds);
-        let expect = match info.map(|i| i.reply) {
-            Some(Reply::Always(_)) => true,
-            Some(Reply::IfFeature(f, _)) => offer.has_pf(f),
-            _ => false,
-        } || header.need_reply();
-        if !expect {
-            if step.reply.is_some() {
-                skip(
-                    &mut report,
-                    "a reply was recorded, but with this back-end's features none is due".into(),
-                );
-            }
-            continue;
-        }
-        match tap.recv(Instant::now() + timeout) {
+        Ok(Some(Outgoing {
+            request,
+            name: request.map_or_else(|| format!("request {id}"), |r| r.name().to_string()),
+            header,
+            payload,
+        }))
+    }
+
+    /// Waits for the reply `out` is due, learns the offer from it and
+    /// compares it with the recorded one.
+    fn await_reply(&mut self, step: &Step<'_>, out: &Outgoing) -> Flow {
+        let e = step.request;
+        match self.tap.recv(Instant::now() + self.timeout) {
             Ok((r, _)) => {
-                match request {
-                    Some(Fe::GetFeatures) => offer.features = u64_of(&r.payload),
-                    Some(Fe::GetProtocolFeatures) => offer.protocol = u64_of(&r.payload),
-                    Some(Fe::GetQueueNum) => offer.queues = u64_of(&r.payload),
+                match out.request {
+                    Some(Fe::GetFeatures) => self.offer.features = u64_of(&r.payload),
+                    Some(Fe::GetProtocolFeatures) => self.offer.protocol = u64_of(&r.payload),
+                    Some(Fe::GetQueueNum) => self.offer.queues = u64_of(&r.payload),
                     _ => {}
                 }
                 if let Some(rec) = step.reply {
+                    let is_ack = out.header.need_reply()
+                        && matches!(
+                            out.request.map(|r| r.info().reply),
+                            Some(Reply::None) | None
+                        );
                     compare(
-                        &mut report,
+                        &mut self.report,
                         e.seq,
-                        (request, &rname),
+                        (out.request, &out.name),
                         rec,
                         &r.header,
                         &r.payload,
-                        header.need_reply()
-                            && matches!(info.map(|i| i.reply), Some(Reply::None) | None),
+                        is_ack,
                     );
                 }
+                Flow::Continue
             }
             Err(RecvError::Timeout) => {
-                tap.timed_out(timeout.as_millis() as u64);
-                report.stopped = Some(format!(
-                    "seq {} {rname}: no reply within {} ms",
+                self.tap.timed_out(self.timeout.as_millis() as u64);
+                Flow::Stop(format!(
+                    "seq {} {}: no reply within {} ms",
                     e.seq,
-                    timeout.as_millis()
-                ));
-                break;
+                    out.name,
+                    self.timeout.as_millis()
+                ))
             }
             Err(err) => {
-                tap.closed(Some(Direction::BackToFront), false);
-                report.stopped = Some(format!("seq {} {rname}: {err}", e.seq));
-                break;
+                self.tap.closed(Some(Direction::BackToFront), false);
+                Flow::Stop(format!("seq {} {}: {err}", e.seq, out.name))
             }
         }
     }
-    if report.stopped.is_none() {
-        tap.closed(Some(Direction::FrontToBack), false);
-    }
-    report.findings = tap.session.into_report();
-    Ok(report)
 }
 
 /// Compares a reply with the recorded one: flags, request and size always;
@@ -520,7 +590,7 @@ pub fn run_file(
         }
     };
     let cmd = backend_cmd.map(|c| c.replace("{socket}", &socket.display().to_string()));
-    let backend = match Backend::start(cmd.as_deref(), socket, Duration::from_secs(10)) {
+    let mut backend = match Backend::start(cmd.as_deref(), socket, Duration::from_secs(10)) {
         Ok(b) => b,
         Err(e) => {
             eprintln!("qconform: {e}");
@@ -532,7 +602,16 @@ pub fn run_file(
         |n| n.to_string_lossy().into_owned(),
     );
     match replay_started(&backend, &name, &entries, socket, timeout, profile) {
-        Ok(r) => {
+        Ok(mut r) => {
+            // A back-end we started tells how it ended: a replayed fuzz
+            // finding must show the crash, not only a closed connection.
+            if let Some(how) = backend.crashed() {
+                r.findings.add(
+                    &qconform_core::rules::vhost_user::ROBUST_CRASH,
+                    None,
+                    format!("back-end: {how} during the replay"),
+                );
+            }
             print(&r, output);
             if r.conforming() {
                 0

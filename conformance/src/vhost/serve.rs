@@ -13,6 +13,7 @@ use qconform_core::vhost_user::request::{self, Channel, FrontEnd, Reply};
 pub use qconform_core::vhost_user::session::Caps;
 use qconform_core::vhost_user::session::{Direction, Profile, Session};
 use qconform_core::vhost_user::wire::Header;
+use qconform_core::Limits;
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -49,9 +50,9 @@ pub fn blk_config(queues: u16) -> Vec<u8> {
 pub const DEFAULT_FEATURES: u64 =
     1 << feat::F_VERSION_1 | 1 << feat::F_PROTOCOL_FEATURES | 1 << 28 | 1 << 29 | 1 << 2 | 1 << 6;
 
-/// The largest ring the reference back-end holds by default (QEMU's
-/// vhost-user-blk asks for 128, our probe starts at 256).
-pub const DEFAULT_MAX_RING_SIZE: u32 = 256;
+/// The largest ring the reference back-end holds by default (see
+/// [`Limits::vhost_max_ring_size`]).
+pub const DEFAULT_MAX_RING_SIZE: u32 = Limits::DEFAULT.vhost_max_ring_size;
 
 impl Options {
     /// The reference virtio-blk back-end with `queues` queues and the
@@ -64,7 +65,7 @@ impl Options {
                 features: DEFAULT_FEATURES,
                 protocol_features: default_protocol_features(),
                 queues,
-                max_mem_slots: 32,
+                max_mem_slots: Limits::DEFAULT.vhost_mem_slots,
                 max_ring_size: DEFAULT_MAX_RING_SIZE,
             },
             config: blk_config(queues.min(u16::MAX as u64) as u16),

@@ -5,7 +5,7 @@ use super::conn::{fd_info, Conn, Received, RecvError};
 use qconform_core::vhost_user::request::Channel;
 use qconform_core::vhost_user::session::{Direction, Message, Profile, ReplyOutcome, Session};
 use qconform_core::vhost_user::transcript::{self, Entry, Event, FdInfo};
-use qconform_core::vhost_user::wire::Header;
+use qconform_core::vhost_user::wire::{self, Header};
 use rustix::fd::BorrowedFd;
 use std::time::Instant;
 
@@ -52,6 +52,13 @@ impl Tap {
         payload: &[u8],
         fds: &[BorrowedFd<'_>],
     ) -> std::io::Result<()> {
+        self.record_ours(header, payload, fds);
+        self.conn.send(header, payload, fds)
+    }
+
+    /// Records a message we send (the payload bytes that go out) in the
+    /// transcript and the engine.
+    fn record_ours(&mut self, header: Header, payload: &[u8], fds: &[BorrowedFd<'_>]) {
         let infos: Vec<FdInfo> = fds.iter().map(|fd| fd_info(*fd)).collect();
         let seq = self.session.messages();
         self.entries.push(Entry::message(
@@ -70,7 +77,27 @@ impl Tap {
             payload,
             fds: fds.len(),
         });
-        self.conn.send(header, payload, fds)
+    }
+
+    /// Sends only the first `cut` bytes of the message (header included),
+    /// as a front-end that stops mid-message would, and records what was
+    /// sent: the header (whole or not, as it claims) and the payload bytes
+    /// that went out.
+    pub fn send_cut(
+        &mut self,
+        header: Header,
+        payload: &[u8],
+        fds: &[BorrowedFd<'_>],
+        cut: usize,
+    ) -> std::io::Result<()> {
+        let sent = payload
+            .get(..cut.saturating_sub(wire::HEADER_SIZE).min(payload.len()))
+            .unwrap_or_default();
+        self.record_ours(header, sent, fds);
+        let mut all = header.encode().to_vec();
+        all.extend_from_slice(payload);
+        all.truncate(cut);
+        self.conn.send_bytes(&all, fds)
     }
 
     /// Receives one message (or the reason none came) and records it.

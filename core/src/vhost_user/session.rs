@@ -120,16 +120,12 @@ struct Ring {
     enabled: Option<bool>,
 }
 
-/// Most rings tracked per connection (a hostile index must not grow state).
-const MAX_TRACKED_RINGS: usize = 1024;
-/// Most replies awaited at once; a front-end pipelining more is not tracked further.
-const MAX_PENDING: usize = 256;
-/// Most live memory regions tracked (QEMU's limit is 512 slots).
-const MAX_TRACKED_REGIONS: usize = 512;
-
 /// The state of one connection and the findings so far.
 pub struct Session {
     profile: Profile,
+    /// The caps on what the session tracks (rings, regions, replies awaited,
+    /// payload size, findings kept per rule).
+    limits: Limits,
     report: Report,
     seq: u64,
     offered_features: Option<u64>,
@@ -157,9 +153,15 @@ impl Session {
     /// A session that knows the back-end only from the conversation (see
     /// [`Session::with_caps`] for the back-end's side); `name` is the report's filename.
     pub fn new(name: &str, profile: Profile) -> Session {
+        Session::with_limits(name, profile, Limits::default())
+    }
+
+    /// [`Session::new`] with caps other than the defaults.
+    pub fn with_limits(name: &str, profile: Profile, limits: Limits) -> Session {
         Session {
             profile,
-            report: Report::new(name, "vhost-user", &Limits::default()),
+            report: Report::new(name, "vhost-user", &limits),
+            limits,
             seq: 0,
             offered_features: None,
             acked_features: None,
@@ -185,6 +187,11 @@ impl Session {
             caps: Some(caps),
             ..Session::new(name, profile)
         }
+    }
+
+    /// The caps this session works within.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
     }
 
     /// Why the back-end must refuse the latest front-end request: the
@@ -305,11 +312,12 @@ impl Session {
                 format!("{side}: {} file descriptors on one message", m.fds),
             );
         }
-        if h.size > wire::MAX_PAYLOAD {
+        let max_payload = self.limits.vhost_max_payload;
+        if h.size > max_payload {
             self.finding(
                 &rule::HEADER_SIZE_LIMIT,
                 seq,
-                format!("{side}: size {} exceeds {}", h.size, wire::MAX_PAYLOAD),
+                format!("{side}: size {} exceeds {max_payload}", h.size),
             );
         } else if (m.payload.len() as u64) < h.size as u64 {
             self.finding(
@@ -371,7 +379,7 @@ impl Session {
             );
             self.last_request = Some((seq, "an undefined request"));
             // need_reply still asks for an ack (a failure one, from a conforming peer).
-            if h.need_reply() && self.pending.len() < MAX_PENDING {
+            if h.need_reply() && self.pending.len() < self.limits.vhost_max_pending {
                 let expect = if self.negotiated(PF::ReplyAck) {
                     Expect::Ack
                 } else {
@@ -419,7 +427,7 @@ impl Session {
             .payload
             .get(..(h.size as usize).min(m.payload.len()))
             .unwrap_or(&[]);
-        let decoded = if h.size > wire::MAX_PAYLOAD {
+        let decoded = if h.size > self.limits.vhost_max_payload {
             None
         } else {
             match payload::decode(info.payload, bytes, xen) {
@@ -464,7 +472,7 @@ impl Session {
             None => None,
         };
         if let Some(expect) = expect {
-            if self.pending.len() < MAX_PENDING {
+            if self.pending.len() < self.limits.vhost_max_pending {
                 let config_size = match &decoded {
                     Some(Payload::Config(payload::Config { size, .. }))
                         if info.request == Request::Front(Fe::GetConfig) =>
@@ -591,7 +599,7 @@ impl Session {
     }
 
     fn ring(&mut self, index: u32) -> Option<&mut Ring> {
-        if self.rings.len() >= MAX_TRACKED_RINGS && !self.rings.contains_key(&index) {
+        if self.rings.len() >= self.limits.vhost_max_rings && !self.rings.contains_key(&index) {
             return None;
         }
         let bit30_acked = self
@@ -620,8 +628,31 @@ impl Session {
         true
     }
 
+    /// Applies a decoded front-end request to the connection's state,
+    /// judging what it says against what was negotiated. Each family of
+    /// requests has its own step: negotiation, rings, memory.
     fn apply_request(&mut self, seq: u64, info: &RequestInfo, p: &Payload, side: &str) {
-        let name = info.name;
+        self.refuse_beyond_caps(info, p);
+        let Request::Front(request) = info.request else {
+            // Back-end requests change no state the engine tracks.
+            return;
+        };
+        match request {
+            Fe::SetFeatures | Fe::SetProtocolFeatures => {
+                self.apply_negotiation(seq, request, p, side)
+            }
+            Fe::SetMemTable | Fe::AddMemReg | Fe::RemMemReg => {
+                self.apply_memory(seq, info.name, request, p, side)
+            }
+            Fe::SetBackendReqFd => self.backend_channel = self.negotiated(PF::BackendReq),
+            _ => self.apply_ring(seq, info.name, request, p, side),
+        }
+    }
+
+    /// On the back-end's side: a ring size the back-end cannot hold is
+    /// refused. Not the front-end's fault (no message tells it the
+    /// maximum), so no finding; the back-end refuses it all the same.
+    fn refuse_beyond_caps(&mut self, info: &RequestInfo, p: &Payload) {
         if let (
             Some(caps),
             Request::Front(Fe::SetVringNum),
@@ -629,69 +660,74 @@ impl Session {
         ) = (self.caps, info.request, p)
         {
             if *num == 0 || *num > caps.max_ring_size {
-                // Not the front-end's fault (no message tells it the
-                // maximum), so no finding; the back-end refuses it all the same.
                 self.refusal = Some(format!(
-                    "{name}: ring size {num}; this back-end holds 1 to {}",
-                    caps.max_ring_size
+                    "{}: ring size {num}; this back-end holds 1 to {}",
+                    info.name, caps.max_ring_size
                 ));
             }
         }
-        let Request::Front(request) = info.request else {
-            // Back-end requests change no state the engine tracks.
+    }
+
+    /// SET_FEATURES and SET_PROTOCOL_FEATURES: a subset of the offer, the
+    /// feature dependencies the spec states, and what rings start as.
+    fn apply_negotiation(&mut self, seq: u64, request: Fe, p: &Payload, side: &str) {
+        let Payload::U64(payload::U64 { value }) = *p else {
             return;
         };
-        match (request, p) {
-            (Fe::SetFeatures, Payload::U64(payload::U64 { value })) => {
-                if let Some(offered) = self.offered_features {
-                    let extra = value & !(offered | 1 << feat::F_PROTOCOL_FEATURES);
-                    if extra != 0 {
-                        self.finding(
-                            &rule::NEG_FEATURES_SUBSET,
-                            seq,
-                            format!("{side}: SET_FEATURES acknowledges {extra:#x}, never offered"),
-                        );
-                    }
-                }
-                self.acked_features = Some(*value);
-                let bit30 = value >> feat::F_PROTOCOL_FEATURES & 1 == 1;
-                for r in self.rings.values_mut() {
-                    if r.enabled.is_none() {
-                        r.enabled = Some(!bit30);
-                    }
-                }
-            }
-            (Fe::SetProtocolFeatures, Payload::U64(payload::U64 { value })) => {
-                if let Some(offered) = self.offered_protocol {
-                    let extra = value & !offered;
-                    if extra != 0 {
-                        self.finding(
-                            &rule::NEG_PROTOCOL_SUBSET,
-                            seq,
-                            format!(
-                                "{side}: SET_PROTOCOL_FEATURES acknowledges {:?}, never offered",
-                                feat::protocol_feature_names(extra)
-                            ),
-                        );
-                    }
-                }
-                if feat::has(*value, PF::InbandNotifications)
-                    && !(feat::has(*value, PF::ReplyAck) && feat::has(*value, PF::BackendReq))
-                {
+        if request == Fe::SetFeatures {
+            if let Some(offered) = self.offered_features {
+                let extra = value & !(offered | 1 << feat::F_PROTOCOL_FEATURES);
+                if extra != 0 {
                     self.finding(
-                        &rule::NEG_INBAND,
+                        &rule::NEG_FEATURES_SUBSET,
                         seq,
-                        format!("{side}: INBAND_NOTIFICATIONS without REPLY_ACK and BACKEND_REQ"),
+                        format!("{side}: SET_FEATURES acknowledges {extra:#x}, never offered"),
                     );
                 }
-                if feat::has(*value, PF::GetVringBaseSkipDrain)
-                    && !(feat::has(*value, PF::InflightShmfd)
-                        && feat::has(*value, PF::GetVringBaseInflight))
-                {
-                    self.finding(&rule::NEG_SKIP_DRAIN, seq, format!("{side}: GET_VRING_BASE_SKIP_DRAIN without INFLIGHT_SHMFD and GET_VRING_BASE_INFLIGHT"));
-                }
-                self.acked_protocol = Some(*value);
             }
+            self.acked_features = Some(value);
+            let bit30 = value >> feat::F_PROTOCOL_FEATURES & 1 == 1;
+            for r in self.rings.values_mut() {
+                if r.enabled.is_none() {
+                    r.enabled = Some(!bit30);
+                }
+            }
+            return;
+        }
+        if let Some(offered) = self.offered_protocol {
+            let extra = value & !offered;
+            if extra != 0 {
+                self.finding(
+                    &rule::NEG_PROTOCOL_SUBSET,
+                    seq,
+                    format!(
+                        "{side}: SET_PROTOCOL_FEATURES acknowledges {:?}, never offered",
+                        feat::protocol_feature_names(extra)
+                    ),
+                );
+            }
+        }
+        if feat::has(value, PF::InbandNotifications)
+            && !(feat::has(value, PF::ReplyAck) && feat::has(value, PF::BackendReq))
+        {
+            self.finding(
+                &rule::NEG_INBAND,
+                seq,
+                format!("{side}: INBAND_NOTIFICATIONS without REPLY_ACK and BACKEND_REQ"),
+            );
+        }
+        if feat::has(value, PF::GetVringBaseSkipDrain)
+            && !(feat::has(value, PF::InflightShmfd) && feat::has(value, PF::GetVringBaseInflight))
+        {
+            self.finding(&rule::NEG_SKIP_DRAIN, seq, format!("{side}: GET_VRING_BASE_SKIP_DRAIN without INFLIGHT_SHMFD and GET_VRING_BASE_INFLIGHT"));
+        }
+        self.acked_protocol = Some(value);
+    }
+
+    /// Requests that name a ring: the index against the queues, reserved
+    /// fields, and the ring's started/enabled state.
+    fn apply_ring(&mut self, seq: u64, name: &str, request: Fe, p: &Payload, side: &str) {
+        match (request, p) {
             (
                 Fe::SetVringNum | Fe::SetVringBase,
                 Payload::VringState(payload::VringState { index, .. }),
@@ -713,17 +749,7 @@ impl Session {
                     );
                 }
                 if self.check_index(seq, side, name, *index) {
-                    if let Some(r) = self.ring(*index) {
-                        let was_started = r.started;
-                        r.started = false;
-                        if !was_started {
-                            self.finding(
-                                &rule::RING_NOT_STARTED,
-                                seq,
-                                format!("{side}: {name} for ring {index}, which was never started"),
-                            );
-                        }
-                    }
+                    self.stop_ring(seq, side, name, *index);
                 }
             }
             (
@@ -771,6 +797,30 @@ impl Session {
                     }
                 }
             }
+            _ => {}
+        }
+    }
+
+    /// GET_VRING_BASE stops a ring; stopping one never started is a finding.
+    fn stop_ring(&mut self, seq: u64, side: &str, name: &str, index: u32) {
+        let Some(r) = self.ring(index) else {
+            return;
+        };
+        let was_started = r.started;
+        r.started = false;
+        if !was_started {
+            self.finding(
+                &rule::RING_NOT_STARTED,
+                seq,
+                format!("{side}: {name} for ring {index}, which was never started"),
+            );
+        }
+    }
+
+    /// The memory table and single regions: slots, overlaps, removal of
+    /// live regions only.
+    fn apply_memory(&mut self, seq: u64, name: &str, request: Fe, p: &Payload, side: &str) {
+        match (request, p) {
             (Fe::SetMemTable, Payload::MemTable(payload::MemTable { regions })) => {
                 self.regions.clear();
                 for r in regions {
@@ -805,9 +855,6 @@ impl Session {
                         "{side}: REM_MEM_REG of a region that is not live (guest {:#x}, size {:#x})", region.guest_address, region.size)),
                 }
             }
-            (Fe::SetBackendReqFd, _) => {
-                self.backend_channel = self.negotiated(PF::BackendReq);
-            }
             _ => {}
         }
     }
@@ -833,7 +880,7 @@ impl Session {
                 "{side}: {name}: region at guest {:#x} (+{:#x}) overlaps the live region at guest {:#x} (+{:#x})",
                 r.guest_address, r.size, o.guest_address, o.size));
         }
-        if self.regions.len() < MAX_TRACKED_REGIONS {
+        if self.regions.len() < self.limits.vhost_max_regions {
             self.regions.push(r);
         }
     }
@@ -886,7 +933,7 @@ impl Session {
                 ),
             );
         }
-        if h.size > wire::MAX_PAYLOAD {
+        if h.size > self.limits.vhost_max_payload {
             return ReplyOutcome::Body;
         }
         let bytes = m

@@ -21,10 +21,6 @@ pub const MAX_FDS: usize = 8;
 pub const VRING_INDEX_MASK: u64 = 0xff;
 /// Bit 8 of a vring fd payload: no file descriptor is passed.
 pub const VRING_NOFD: u64 = 0x100;
-/// The largest payload any message of the current spec has is 2056 bytes
-/// (GET_SHMEM_CONFIG); we accept up to one page, as rust-vmm does, and treat
-/// a larger claimed size as a finding without reading (or allocating) it.
-pub const MAX_PAYLOAD: u32 = 4096;
 
 /// A decoded header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -33,7 +29,7 @@ pub struct Header {
     pub request: u32,
     /// Version and flag bits (see [`VERSION_MASK`], [`FLAG_REPLY`], [`FLAG_NEED_REPLY`]).
     pub flags: u32,
-    /// Size of the payload that follows, in bytes (untrusted: bounded by [`MAX_PAYLOAD`] when read).
+    /// Size of the payload that follows, in bytes (untrusted: bounded by [`Limits::vhost_max_payload`](crate::Limits::vhost_max_payload) when read).
     pub size: u32,
 }
 
