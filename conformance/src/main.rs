@@ -30,6 +30,10 @@ enum Command {
         /// Count spec violations qemu-img ignores as corruptions.
         #[arg(long)]
         strict: bool,
+        /// `default`, `upload` (refuse what an untrusted image must not carry,
+        /// exit 2), or a TOML policy file (see the README).
+        #[arg(long, default_value = "default", value_parser = qconform::upload_policy::parse)]
+        policy: qconform_core::upload::Policy,
         #[arg(required = true)]
         images: Vec<PathBuf>,
     },
@@ -316,8 +320,9 @@ fn main() -> ExitCode {
             format,
             output,
             strict,
+            policy,
             images,
-        } => check::run_check(format.as_deref(), output, strict, &images),
+        } => check::run_check(format.as_deref(), output, strict, &policy, &images),
         Command::Info { output, image } => check::run_info(output, &image),
         Command::Rules { output } => rules_cmd::run(output),
         Command::Cat {

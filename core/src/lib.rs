@@ -20,6 +20,7 @@ pub mod report;
 pub mod rng;
 pub mod rules;
 pub mod source;
+pub mod upload;
 pub mod vhost_user;
 
 pub use error::{Error, Result};
