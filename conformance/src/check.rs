@@ -201,7 +201,8 @@ pub fn run_info(output: Output, path: &Path) -> i32 {
             match output {
                 Output::Json => outln!(
                     "{}",
-                    serde_json::to_string_pretty(&info).unwrap_or_default()
+                    serde_json::to_string_pretty(&crate::info_json::image_info(path, &info))
+                        .unwrap_or_default()
                 ),
                 Output::Human => out!("{}", info_human(&path.display().to_string(), &info)),
             }

@@ -6,6 +6,7 @@ pub mod conform;
 pub mod corpus;
 pub mod fuzz;
 pub mod golden;
+pub mod info_json;
 pub mod out;
 pub mod read;
 pub mod rules_cmd;
