@@ -9,6 +9,7 @@ pub mod golden;
 pub mod info_json;
 pub mod out;
 pub mod read;
+pub mod repair;
 pub mod rules_cmd;
 pub mod upload_policy;
 pub mod vhost;
