@@ -464,7 +464,7 @@ pub mod policy {
     }
 }
 
-/// qconform's upload policy (`check --policy upload`, [`crate::upload`]):
+/// qconform's upload policy (`check --policy upload`, module `upload`):
 /// what an image from an untrusted source must not carry. Off under the
 /// default policy; a policy file turns each on or off, re-grades it, and
 /// sets the caps.

@@ -142,7 +142,7 @@ impl Policy {
         let mut refusals = Vec::new();
         declared_format(input, &mut refusals);
         polyglot(input.src, &mut refusals);
-        raw_features(input.src, &mut refusals);
+        unknown_features(report, input.info, &mut refusals);
         if let Some(info) = input.info {
             metadata(info, &self.caps, &mut refusals);
             compression(info, report, input.src.size(), &self.caps, &mut refusals);
@@ -281,57 +281,33 @@ fn polyglot(src: &dyn ReadAt, out: &mut Vec<Refusal>) {
     }
 }
 
-fn be64(src: &dyn ReadAt, offset: u64) -> Option<u64> {
-    let mut b = [0u8; 8];
-    src.read_exact_at(&mut b, offset).ok()?;
-    Some(u64::from_be_bytes(b))
-}
-
-fn le64(src: &dyn ReadAt, offset: u64) -> Option<u64> {
-    let mut b = [0u8; 8];
-    src.read_exact_at(&mut b, offset).ok()?;
-    Some(u64::from_le_bytes(b))
-}
-
-/// Unknown incompatible and autoclear feature bits, read from the raw
-/// header: the parser stops at an unknown incompatible bit, so the info an
-/// upload check would otherwise use does not exist for exactly these files.
-fn raw_features(src: &dyn ReadAt, out: &mut Vec<Refusal>) {
-    use crate::{qcow2::header as q, qed::header as e};
-    let mut unknown = |offset: u64, kind: &str, bits: u64| {
-        if bits != 0 {
+/// Unknown incompatible and autoclear feature bits, as the format's check
+/// found them: its header parser stops at an unknown incompatible bit, so
+/// for exactly these files there is no parsed metadata to look at. QED
+/// defines no autoclear bit and its check ignores them: they come from
+/// the metadata.
+fn unknown_features(report: &Report, info: Option<&Info>, out: &mut Vec<Refusal>) {
+    let found = [
+        &rules::qcow2::INCOMPATIBLE_UNKNOWN,
+        &rules::qcow2::AUTOCLEAR_RESERVED,
+        &rules::qed::FEATURES,
+    ];
+    for f in &report.findings {
+        if found.iter().any(|r| r.id == f.rule.id) {
+            out.push((&rule::FEATURE_UNKNOWN, f.offset, f.detail.clone()));
+        }
+    }
+    if let Some(Info::Qed(i)) = info {
+        if !i.autoclear_feature_bits.is_empty() {
             out.push((
                 &rule::FEATURE_UNKNOWN,
-                Some(offset),
-                format!("unknown {kind} feature bits {bits:#x}"),
+                Some(32),
+                format!(
+                    "unknown autoclear feature bits {:?}",
+                    i.autoclear_feature_bits
+                ),
             ));
         }
-    };
-    match formats::probe(src).map(|f| f.format()) {
-        Some(formats::Format::Qcow2) => {
-            // Version 2 headers end at byte 72, before the feature fields.
-            let mut v = [0u8; 4];
-            if src.read_exact_at(&mut v, 4).is_err() || u32::from_be_bytes(v) < 3 {
-                return;
-            }
-            let known_autoclear = q::AUTOCLEAR_BITMAPS | q::AUTOCLEAR_DATA_FILE_RAW;
-            if let Some(f) = be64(src, 72) {
-                unknown(72, "incompatible", f & !q::INCOMPAT_KNOWN);
-            }
-            if let Some(f) = be64(src, 88) {
-                unknown(88, "autoclear", f & !known_autoclear);
-            }
-        }
-        Some(formats::Format::Qed) => {
-            if let Some(f) = le64(src, 16) {
-                unknown(16, "incompatible", f & !e::F_KNOWN);
-            }
-            // The QED spec defines no autoclear bit.
-            if let Some(f) = le64(src, 32) {
-                unknown(32, "autoclear", f);
-            }
-        }
-        Some(formats::Format::Parallels) | None => {}
     }
 }
 
