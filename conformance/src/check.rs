@@ -164,14 +164,14 @@ pub fn run_check(
     format: Option<&str>,
     output: Output,
     strict: bool,
+    policy: &qconform_core::upload::Policy,
     images: &[std::path::PathBuf],
 ) -> i32 {
     let limits = Limits::default();
     let mut worst = 0;
     let mut reports = Vec::new();
     for path in images {
-        let report = check_file(path, format, &limits);
-        let code = report.exit_code(strict);
+        let (report, code) = crate::upload_policy::check(path, format, &limits, policy, strict);
         if severity_rank(code) > severity_rank(worst) {
             worst = code;
         }
@@ -201,7 +201,8 @@ pub fn run_info(output: Output, path: &Path) -> i32 {
             match output {
                 Output::Json => outln!(
                     "{}",
-                    serde_json::to_string_pretty(&info).unwrap_or_default()
+                    serde_json::to_string_pretty(&crate::info_json::image_info(path, &info))
+                        .unwrap_or_default()
                 ),
                 Output::Human => out!("{}", info_human(&path.display().to_string(), &info)),
             }

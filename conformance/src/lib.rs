@@ -6,9 +6,12 @@ pub mod conform;
 pub mod corpus;
 pub mod fuzz;
 pub mod golden;
+pub mod info_json;
 pub mod out;
 pub mod read;
+pub mod repair;
 pub mod rules_cmd;
+pub mod upload_policy;
 pub mod vhost;
 
 /// Output format of a subcommand.

@@ -30,6 +30,17 @@ enum Command {
         /// Count spec violations qemu-img ignores as corruptions.
         #[arg(long)]
         strict: bool,
+        /// `default`, `upload` (refuse what an untrusted image must not carry,
+        /// exit 2), or a TOML policy file (see the README).
+        #[arg(long, default_value = "default", value_parser = qconform::upload_policy::parse)]
+        policy: qconform_core::upload::Policy,
+        /// Repair into --repair-out, never in place: `leaks` lowers leaked
+        /// qcow2 refcounts to the references (`qemu-img check -r leaks`).
+        #[arg(short = 'r', long = "repair", value_enum, requires = "repair_out")]
+        repair: Option<qconform::repair::Repair>,
+        /// The repaired copy -r writes (must not exist).
+        #[arg(long, requires = "repair")]
+        repair_out: Option<PathBuf>,
         #[arg(required = true)]
         images: Vec<PathBuf>,
     },
@@ -344,8 +355,14 @@ fn main() -> ExitCode {
             format,
             output,
             strict,
+            policy,
+            repair,
+            repair_out,
             images,
-        } => check::run_check(format.as_deref(), output, strict, &images),
+        } => match repair.zip(repair_out) {
+            Some((mode, new)) => qconform::repair::run(mode, &images, &new, output, strict),
+            None => check::run_check(format.as_deref(), output, strict, &policy, &images),
+        },
         Command::Info { output, image } => check::run_info(output, &image),
         Command::Rules { output } => rules_cmd::run(output),
         Command::Cat {

@@ -150,7 +150,7 @@ fn info_shows_features_snapshots_and_bitmaps() {
         .args(["info", "--output", "json"])
         .arg(image("compressed-zstd")));
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["header"]["compression_type"], 1);
+    assert_eq!(v["qconform"]["header"]["compression_type"], 1);
 }
 
 #[test]
@@ -355,15 +355,18 @@ fn info_works_for_qed_and_parallels_and_agrees_with_qemu_img() {
         assert_eq!(code, 0, "{file}: {err}");
         let ours: serde_json::Value = serde_json::from_str(&out).unwrap();
         let size = match fmt {
-            "qed" => &ours["image_size"],
-            _ => &ours["header"]["nb_sectors"],
+            "qed" => &ours["qconform"]["image_size"],
+            _ => &ours["qconform"]["header"]["nb_sectors"],
         };
         let size = size.as_u64().unwrap() * if fmt == "qed" { 1 } else { 512 };
         assert_eq!(Some(size), theirs["virtual-size"].as_u64(), "{file}");
         if fmt == "qed" {
-            assert_eq!(ours["cluster_size"], theirs["cluster-size"], "{file}");
             assert_eq!(
-                ours["backing_file"].as_str(),
+                ours["qconform"]["cluster_size"], theirs["cluster-size"],
+                "{file}"
+            );
+            assert_eq!(
+                ours["qconform"]["backing_file"].as_str(),
                 theirs["backing-filename"].as_str(),
                 "{file}"
             );

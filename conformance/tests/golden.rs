@@ -151,6 +151,45 @@ const TRIGGERED_BY_TESTS: &[(&str, &str)] = &[
     (
         "input.virtual-size",
         "core/src/disk/chain.rs: sizes_above_bdrv_max_length_are_refused",
+    ),    (
+        "upload.backing-file",
+        "conformance/tests/upload_policy.rs: backing_files_are_refused",
+    ),
+    (
+        "upload.data-file",
+        "conformance/tests/upload_policy.rs: external_data_files_are_refused",
+    ),
+    (
+        "upload.encryption",
+        "conformance/tests/upload_policy.rs: encryption_is_refused",
+    ),
+    (
+        "upload.feature-unknown",
+        "conformance/tests/upload_policy.rs: unknown_incompatible_and_autoclear_features_are_refused",
+    ),
+    (
+        "upload.format-declared",
+        "conformance/tests/upload_policy.rs: a_format_other_than_the_declared_one_is_refused",
+    ),
+    (
+        "upload.polyglot",
+        "conformance/tests/upload_policy.rs: a_polyglot_is_refused",
+    ),
+    (
+        "upload.virtual-size",
+        "conformance/tests/upload_policy.rs: a_virtual_size_above_the_cap_is_refused",
+    ),
+    (
+        "upload.compression-ratio",
+        "conformance/tests/upload_policy.rs: a_compression_bomb_is_refused",
+    ),
+    (
+        "upload.snapshot-count",
+        "conformance/tests/upload_policy.rs: snapshot_and_bitmap_counts_above_the_caps_are_refused",
+    ),
+    (
+        "upload.bitmap-count",
+        "conformance/tests/upload_policy.rs: snapshot_and_bitmap_counts_above_the_caps_are_refused",
     ),
 ];
 

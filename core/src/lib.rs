@@ -23,6 +23,7 @@ pub mod rules;
 pub mod source;
 #[cfg(feature = "arbitrary")]
 pub mod structured;
+pub mod upload;
 pub mod vhost_user;
 
 pub use error::{Error, Result};

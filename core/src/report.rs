@@ -153,6 +153,48 @@ impl Report {
         }
     }
 
+    /// Moves every finding of `rule` (and its count, omitted ones
+    /// included) to `severity`, or drops them all with None: what a policy
+    /// re-grading or silencing a rule does to a finished report.
+    pub fn regrade(&mut self, rule: &Rule, severity: Option<Severity>) {
+        let Some(count) = self.per_rule.get(rule.id).map(|t| t.count) else {
+            return;
+        };
+        let now = self
+            .findings
+            .iter()
+            .find(|f| f.rule.id == rule.id)
+            .map_or(rule.severity, |f| f.severity);
+        if let Some(c) = self.counter(now) {
+            *c = c.saturating_sub(count);
+        }
+        match severity {
+            Some(s) => {
+                if let Some(c) = self.counter(s) {
+                    *c += count;
+                }
+                for f in self.findings.iter_mut().filter(|f| f.rule.id == rule.id) {
+                    f.severity = s;
+                }
+            }
+            None => {
+                self.findings.retain(|f| f.rule.id != rule.id);
+                self.findings_omitted.remove(rule.id);
+                self.per_rule.remove(rule.id);
+            }
+        }
+    }
+
+    fn counter(&mut self, severity: Severity) -> Option<&mut u64> {
+        match severity {
+            Severity::Error => Some(&mut self.check_errors),
+            Severity::Corruption => Some(&mut self.corruptions),
+            Severity::Leak => Some(&mut self.leaks),
+            Severity::Violation => Some(&mut self.violations),
+            Severity::Note => None,
+        }
+    }
+
     /// How often `rule` was violated (counting repetitions and omitted findings).
     pub fn count(&self, rule_id: &str) -> u64 {
         self.per_rule.get(rule_id).map_or(0, |t| t.count)

@@ -464,6 +464,36 @@ pub mod policy {
     }
 }
 
+/// qconform's upload policy (`check --policy upload`, module `upload`):
+/// what an image from an untrusted source must not carry. Off under the
+/// default policy; a policy file turns each on or off, re-grades it, and
+/// sets the caps.
+pub mod upload {
+    use super::*;
+    rules! {
+        BACKING_FILE = "upload.backing-file", "qconform", "Upload policy", Corruption,
+            "An uploaded image names no backing file (QEMU would open another host file).";
+        DATA_FILE = "upload.data-file", "qconform", "Upload policy", Corruption,
+            "An uploaded image keeps its data in itself, not in an external data file.";
+        ENCRYPTION = "upload.encryption", "qconform", "Upload policy", Corruption,
+            "An uploaded image is not encrypted (its contents can be inspected).";
+        FEATURE_UNKNOWN = "upload.feature-unknown", "qconform", "Upload policy", Corruption,
+            "No incompatible or autoclear feature bit (Parallels: NECESSARY extension) the spec does not define is set.";
+        FORMAT_DECLARED = "upload.format-declared", "qconform", "Upload policy", Corruption,
+            "The image is in the format declared with -f.";
+        POLYGLOT = "upload.polyglot", "qconform", "Upload policy", Corruption,
+            "The file parses as no other format: no other format's probe and no VDI, MBR, GPT or ISO 9660 magic past offset 0.";
+        VIRTUAL_SIZE = "upload.virtual-size", "qconform", "Upload policy", Corruption,
+            "The virtual size is at most the policy's virtual-size cap.";
+        COMPRESSION_RATIO = "upload.compression-ratio", "qconform", "Upload policy", Corruption,
+            "Compressed clusters decompress to at most compression-ratio times the file's length.";
+        SNAPSHOT_COUNT = "upload.snapshot-count", "qconform", "Upload policy", Corruption,
+            "The image has at most the policy's snapshots cap of internal snapshots.";
+        BITMAP_COUNT = "upload.bitmap-count", "qconform", "Upload policy", Corruption,
+            "The image has at most the policy's bitmaps cap of persistent dirty bitmaps.";
+    }
+}
+
 /// Every rule of the registry.
 pub fn all() -> impl Iterator<Item = &'static Rule> {
     general::ALL
@@ -473,6 +503,7 @@ pub fn all() -> impl Iterator<Item = &'static Rule> {
         .chain(parallels::ALL.iter())
         .chain(qed::ALL.iter())
         .chain(policy::ALL.iter())
+        .chain(upload::ALL.iter())
         .copied()
 }
 

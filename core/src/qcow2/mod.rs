@@ -15,6 +15,7 @@ pub mod mapping;
 pub mod mutate;
 pub mod read;
 pub mod refcount;
+pub mod repair;
 pub mod snapshot;
 pub mod write;
 
