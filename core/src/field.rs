@@ -19,6 +19,15 @@ pub enum Endian {
     Little,
 }
 
+impl Endian {
+    /// The machine's own byte order: vhost-user numbers travel in it.
+    pub const NATIVE: Endian = if cfg!(target_endian = "big") {
+        Endian::Big
+    } else {
+        Endian::Little
+    };
+}
+
 /// The unsigned integer types a field can hold.
 pub trait Uint: Copy {
     /// Width in bytes.
@@ -129,7 +138,7 @@ impl<T: Uint> Field<T> {
     /// The field's offset in the file, for findings, when its structure
     /// starts at file offset `base`.
     pub const fn at(&self, base: u64) -> u64 {
-        base + self.offset as u64
+        base.saturating_add(self.offset as u64)
     }
     /// First byte past the field, from the start of its structure.
     pub const fn end(&self) -> usize {

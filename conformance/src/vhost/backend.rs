@@ -136,8 +136,13 @@ impl Backend {
     /// Kills the process group and reaps the process.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            if let Some(p) = rustix::process::Pid::from_raw(c.id() as i32) {
-                let _ = rustix::process::kill_process_group(p, rustix::process::Signal::KILL);
+            // Only while the leader is unreaped: its pid (= the group id)
+            // cannot be reused until then, so the group is still ours. Once
+            // reaped, another job's back-end may have that pid as its group.
+            if matches!(c.try_wait(), Ok(None)) {
+                if let Some(p) = rustix::process::Pid::from_raw(c.id() as i32) {
+                    let _ = rustix::process::kill_process_group(p, rustix::process::Signal::KILL);
+                }
             }
             let _ = c.kill();
             let _ = c.wait();

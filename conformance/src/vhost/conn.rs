@@ -65,6 +65,11 @@ pub struct Conn {
     pub stream: UnixStream,
 }
 
+/// How long a send may block on a peer that stopped reading (its socket
+/// buffer full): every message is at most a header and 4 KiB, so a peer
+/// that takes longer is hung, and a send must not wait for it forever.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl Conn {
     /// Connects within 2 seconds.
     pub fn connect(path: &Path) -> std::io::Result<Conn> {
@@ -88,6 +93,7 @@ impl Conn {
                 Ok(()) => {
                     let stream = UnixStream::from(fd);
                     stream.set_nonblocking(false)?;
+                    stream.set_write_timeout(Some(SEND_TIMEOUT))?;
                     return Ok(Conn { stream });
                 }
                 Err(e) if e == rustix::io::Errno::AGAIN && Instant::now() < deadline => {
@@ -105,6 +111,9 @@ impl Conn {
     }
 
     pub fn from_stream(stream: UnixStream) -> Conn {
+        // Only fails for a zero duration; a stream we cannot bound still
+        // has its reads bounded by their deadlines.
+        let _ = stream.set_write_timeout(Some(SEND_TIMEOUT));
         Conn { stream }
     }
 

@@ -185,7 +185,7 @@ impl Target {
         let bitmap = (h.ext_off != 0
             && ext_field::MAGIC.get_at(img, at) == EXT_MAGIC
             && feature_field::MAGIC.get_at(img, feature) == FEATURE_DIRTY_BITMAP)
-            .then_some(feature + feature_field::DATA);
+            .then(|| feature.saturating_add(feature_field::DATA));
         let past_eof = (img.len() as u64).next_multiple_of(cs) + 4 * cs;
         Some(Target {
             h,

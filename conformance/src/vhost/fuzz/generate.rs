@@ -8,6 +8,7 @@
 //! what SET_FEATURES acknowledges, so the same input drives any back-end.
 
 use crate::fuzz::generate::Rng;
+use qconform_core::field::{self, Endian};
 use qconform_core::rules::{vhost_user as rule, Rule};
 use qconform_core::vhost_user::features::ProtocolFeature as PF;
 use qconform_core::vhost_user::payload::{self, encode, Payload, Region};
@@ -407,15 +408,12 @@ fn choose(msgs: &mut [Msg], at: u64, pred: impl Fn(&Msg) -> bool) -> Option<&mut
     msgs.get_mut(i)
 }
 
+/// vhost-user numbers are in the machine's byte order.
 fn put_u32(b: &mut [u8], at: usize, v: u32) {
-    if let Some(s) = b.get_mut(at..at + 4) {
-        s.copy_from_slice(&v.to_ne_bytes());
-    }
+    field::write(b, at, Endian::NATIVE, v)
 }
 fn put_u64(b: &mut [u8], at: usize, v: u64) {
-    if let Some(s) = b.get_mut(at..at + 8) {
-        s.copy_from_slice(&v.to_ne_bytes());
-    }
+    field::write(b, at, Endian::NATIVE, v)
 }
 fn pick<T: Copy>(v: &[T], value: u64) -> T {
     v[(value % v.len() as u64) as usize]
@@ -476,7 +474,7 @@ fn apply(m: Mutation, msgs: &mut Vec<Msg>) {
                     if fd_payload {
                         // Bits 0-7 carry the index.
                         if let Some(low) = b.first_mut() {
-                            *low = (index % 255 + 1) as u8;
+                            *low = index.min(255) as u8;
                         }
                     } else {
                         put_u32(b, 0, index);
@@ -529,7 +527,10 @@ fn apply(m: Mutation, msgs: &mut Vec<Msg>) {
         }
         MutKind::ExtraFds => {
             if let Some(x) = msgs.get_mut(at) {
-                let n = 1 + (m.value % 9) as usize;
+                // Never past what one message can carry (MAX_SEND_FDS): more
+                // is refused by our own sendmsg, not by the back-end.
+                let room = crate::vhost::conn::MAX_SEND_FDS.saturating_sub(x.fds.len());
+                let n = (1 + (m.value % 9) as usize).min(room);
                 x.fds.extend(std::iter::repeat_n(Fd::Event, n));
                 x.probe(
                     if x.fds.len() > 8 {

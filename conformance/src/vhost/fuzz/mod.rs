@@ -125,9 +125,31 @@ fn save(o: &Options, out: &Path, findings: &mut [Finding]) -> Result<(), String>
         let dir = out.join(format!("finding-{n}-{}", f.kind.name()));
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         campaign::clear(scratch.path());
-        let run = exec::execute(&o.backend_cmd, &f.input, scratch.path(), o.timeout)?;
+        // The saved transcript is that of a fresh run of the minimised
+        // input; a timing-dependent finding may not show in it, so say
+        // whether it did. A back-end that fails to restart costs this
+        // reproducer, not the campaign's summary.
+        let run = match exec::execute(&o.backend_cmd, &f.input, scratch.path(), o.timeout) {
+            Ok(run) => run,
+            Err(e) => {
+                eprintln!("finding {n}: reproducer not saved: {e}");
+                continue;
+            }
+        };
+        let want = campaign::Verdict {
+            kind: f.kind,
+            signal: f.signal,
+            detail: f.detail.clone(),
+            stderr_tail: String::new(),
+            rules: Vec::new(),
+        };
+        let reproduced = run
+            .verdict
+            .as_ref()
+            .is_some_and(|got| campaign::Fuzzer::reproduces(&Backends(o), got, &want));
         std::fs::write(dir.join("transcript.jsonl"), run.transcript).map_err(|e| e.to_string())?;
         let meta = serde_json::json!({
+            "reproduced": reproduced,
             "kind": f.kind,
             "signal": f.signal,
             "rule": f.rules.first(),
