@@ -77,7 +77,7 @@ pub fn info(src: &dyn ReadAt, filename: &str, limits: &Limits) -> crate::Result<
 /// Checks a qcow2 image. Never writes; never panics; memory is bounded by
 /// the file length divided by the cluster size plus the caps of `limits`.
 pub fn check(src: &dyn ReadAt, filename: &str, limits: &Limits) -> Report {
-    let mut report = Report::new(filename, "qcow2", limits);
+    let mut report = Report::for_image(filename, "qcow2", limits);
     let Some(parsed) = header::parse(src, &mut report) else {
         return report;
     };
@@ -315,7 +315,7 @@ impl Checker<'_, '_> {
             return;
         }
 
-        let r = &mut *self.report;
+        let r = self.report.image_stats();
         r.total_clusters = Some(h.size.div_ceil(cs));
         r.allocated_clusters = Some(self.stats.allocated);
         r.fragmented_clusters = Some(self.stats.fragmented);
@@ -1033,7 +1033,7 @@ impl Checker<'_, '_> {
             }
         }
         // QEMU starts from cluster 0, so the header cluster always counts.
-        self.report.image_end_offset = Some((highest.unwrap_or(0) + 1) * cs);
+        self.report.image_stats().image_end_offset = Some((highest.unwrap_or(0) + 1) * cs);
         Ok(())
     }
 }
