@@ -12,6 +12,7 @@ pub mod detect;
 pub mod disk;
 pub mod error;
 pub mod formats;
+mod hash;
 pub mod limits;
 pub mod parallels;
 pub mod qcow2;

@@ -6,13 +6,13 @@
 //! the registry's rules again, so a consumer of `qconform check
 //! --output=json` works with the same types the checker does.
 
+use crate::hash::FastMap;
 use crate::limits::Limits;
 use crate::rules::{self, Rule};
 use serde::de::Error as _;
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use std::collections::{BTreeMap, HashMap};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::collections::BTreeMap;
 
 pub use crate::rules::Severity;
 
@@ -184,7 +184,7 @@ pub struct Report {
 /// no string compared per finding (a compare a fuzzer's CMP tracing would
 /// also turn into dictionary entries).
 #[derive(Debug, Clone, Default)]
-struct Tallies(HashMap<usize, RuleTally, BuildHasherDefault<AddressHasher>>);
+struct Tallies(FastMap<usize, RuleTally>);
 
 #[derive(Debug, Clone, Copy)]
 struct RuleTally {
@@ -227,26 +227,6 @@ fn address(rule: &Rule) -> usize {
 
 fn omitted_by_id<S: Serializer>(t: &Tallies, s: S) -> Result<S::Ok, S::Error> {
     t.omitted().serialize(s)
-}
-
-/// Hashes a rule's address: Fibonacci hashing of the one word written
-/// (addresses differ in their low bits, which the multiply spreads upward,
-/// where the table takes its bucket from).
-#[derive(Default)]
-struct AddressHasher(u64);
-
-impl Hasher for AddressHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 ^ b as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        }
-    }
-    fn write_usize(&mut self, n: usize) {
-        self.0 = (n as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
 }
 
 impl Report {

@@ -7,11 +7,11 @@
 use super::ext::{self, Extension};
 use super::header::{self, Header, HEADER_SIZE};
 use super::SECTOR;
+use crate::hash::FastMap;
 use crate::limits::Limits;
 use crate::report::{ImageStats, Report};
 use crate::rules::parallels as rule;
 use crate::source::ReadAt;
-use std::collections::HashMap;
 
 /// Parsed metadata for `qconform info`.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -97,7 +97,7 @@ pub fn check(src: &dyn ReadAt, filename: &str, limits: &Limits) -> Report {
         });
     }
     // Every used cluster, by byte offset: who uses it (see `user_name`).
-    let mut used: HashMap<u64, u64> = HashMap::new();
+    let mut used: FastMap<u64, u64> = FastMap::default();
     let mut image_end = data_off.min(file_len).max(bat_end.min(file_len));
     let mut place =
         |report: &mut Report, who: u64, at: Option<u64>, off: u64, image_end: &mut u64| {

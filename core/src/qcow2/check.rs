@@ -15,11 +15,11 @@ use super::header::{self, Header};
 use super::mapping::*;
 use super::refcount::{owner, Census, OnDisk};
 use super::snapshot::{self, SnapshotTable};
+use crate::hash::{FastMap, FastSet};
 use crate::limits::Limits;
 use crate::report::Report;
 use crate::rules::{general, qcow2 as rule};
 use crate::source::ReadAt;
-use std::collections::{HashMap, HashSet};
 
 /// Everything `qconform info` shows: the parsed metadata, without the
 /// consistency check.
@@ -112,9 +112,9 @@ pub fn check(src: &dyn ReadAt, filename: &str, limits: &Limits) -> Report {
         epb_shift: ondisk.entries_per_block().trailing_zeros(),
         ondisk,
         visits: Vec::new(),
-        visit_index: HashMap::new(),
+        visit_index: FastMap::default(),
         entries_visited: 0,
-        overlap_reported: HashSet::new(),
+        overlap_reported: FastSet::default(),
         stats: Stats::default(),
         report: &mut report,
     };
@@ -217,9 +217,9 @@ struct Checker<'a, 'r> {
     /// log2 of the refcounts per block (a power of two), for the hot path.
     epb_shift: u32,
     visits: Vec<L2Visit>,
-    visit_index: HashMap<u64, usize>,
+    visit_index: FastMap<u64, usize>,
     entries_visited: u64,
-    overlap_reported: HashSet<u64>,
+    overlap_reported: FastSet<u64>,
     stats: Stats,
     report: &'r mut Report,
 }
@@ -263,7 +263,7 @@ impl Checker<'_, '_> {
             );
         }
         let mut groups: Vec<((u64, u32), u64)> = Vec::new();
-        let mut group_index: HashMap<(u64, u32), usize> = HashMap::new();
+        let mut group_index: FastMap<(u64, u32), usize> = FastMap::default();
         for s in &snaps.snapshots {
             if !snapshot::l1_usable(h, s, self.report) {
                 continue;

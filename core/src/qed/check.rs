@@ -23,7 +23,7 @@ fn for_each_table_entry(src: &dyn ReadAt, h: &Header, offset: u64, mut f: impl F
 /// The clusters in use, as a set: memory follows the clusters referenced,
 /// not the length of a (sparse) file.
 struct Used {
-    set: std::collections::HashSet<u64>,
+    set: crate::hash::FastSet<u64>,
     nclusters: u64,
 }
 
@@ -51,7 +51,7 @@ pub fn check(src: &dyn ReadAt, filename: &str, limits: &Limits) -> Report {
     let file_len = src.size();
     let nclusters = file_len.div_ceil(cs);
     let mut used = Used {
-        set: std::collections::HashSet::new(),
+        set: crate::hash::FastSet::default(),
         nclusters,
     };
     // The header clusters are all in use; a huge header_size in a sparse
