@@ -115,7 +115,7 @@ pub fn transcript_json(root: &Path, path: &Path) -> String {
                 "messages": s.messages(),
                 "violations": r.violations,
                 "findings": r.findings,
-                "findings-omitted": r.findings_omitted,
+                "findings-omitted": r.findings_omitted(),
             })
         }
     };

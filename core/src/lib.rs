@@ -13,6 +13,7 @@ pub mod disk;
 pub mod error;
 pub mod field;
 pub mod formats;
+mod hash;
 pub mod limits;
 pub mod parallels;
 pub mod qcow2;
@@ -28,5 +29,5 @@ pub mod vhost_user;
 
 pub use error::{Error, Result};
 pub use limits::Limits;
-pub use report::{Finding, Report, Severity};
+pub use report::{Finding, ImageStats, Location, Report, Severity};
 pub use source::ReadAt;

@@ -294,7 +294,7 @@ fn unknown_features(report: &Report, info: Option<&Info>, out: &mut Vec<Refusal>
     ];
     for f in &report.findings {
         if found.iter().any(|r| r.id == f.rule.id) {
-            out.push((&rule::FEATURE_UNKNOWN, f.offset, f.detail.clone()));
+            out.push((&rule::FEATURE_UNKNOWN, f.offset(), f.detail.clone()));
         }
     }
     if let Some(Info::Qed(i)) = info {
@@ -393,7 +393,7 @@ fn metadata(info: &Info, caps: &Caps, out: &mut Vec<Refusal>) {
 /// uploaded.
 fn compression(info: &Info, report: &Report, file_size: u64, caps: &Caps, out: &mut Vec<Refusal>) {
     let Info::Qcow2(i) = info else { return };
-    let Some(n) = report.compressed_clusters.filter(|&n| n > 0) else {
+    let Some(n) = report.stats.as_ref().and_then(|s| s.compressed_clusters).filter(|&n| n > 0) else {
         return;
     };
     let expanded = n.saturating_mul(i.header.cluster_size());

@@ -72,8 +72,8 @@ fn a_rich_description_uses_every_structure() {
     let w = write(&d).unwrap();
     let report = qcow2::check(&w.image.as_slice(), "rich", &Limits::default());
     assert!(report.findings.is_empty(), "{:#?}", report.findings);
-    assert_eq!(report.compressed_clusters, Some(1));
-    assert_eq!(report.allocated_clusters, Some(3));
+    assert_eq!(report.stats.unwrap().compressed_clusters, Some(1));
+    assert_eq!(report.stats.unwrap().allocated_clusters, Some(3));
     let info = qcow2::check::info(&w.image.as_slice(), "rich", &Limits::default()).unwrap();
     assert_eq!(info.snapshots.snapshots.len(), 2);
     assert_eq!(info.bitmaps.len(), 1);

@@ -49,7 +49,12 @@ impl Table {
 
     fn load(&mut self, src: &dyn ReadAt, page: u64) -> crate::Result<&[u8]> {
         if self.page.as_ref().is_none_or(|(p, _)| *p != page) {
-            let mut buf = vec![0u8; PAGE_BYTES as usize];
+            // The previous page's buffer is reused: one allocation per
+            // table, not per page visited.
+            let mut buf = self
+                .page
+                .take()
+                .map_or_else(|| vec![0u8; PAGE_BYTES as usize], |(_, b)| b);
             let at = self.offset.saturating_add(page.saturating_mul(PAGE_BYTES));
             src.read_zero_padded(&mut buf, at)?;
             self.page = Some((page, buf));

@@ -7,11 +7,11 @@
 use super::ext::{self, Extension};
 use super::header::{self, Header, HEADER_SIZE};
 use super::SECTOR;
+use crate::hash::FastMap;
 use crate::limits::Limits;
-use crate::report::Report;
+use crate::report::{ImageStats, Report};
 use crate::rules::parallels as rule;
 use crate::source::ReadAt;
-use std::collections::HashMap;
 
 /// Parsed metadata for `qconform info`.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -65,7 +65,7 @@ fn user_name(who: u64) -> String {
 
 /// The consistency check (`qconform check`): header, BAT entries, cluster overlaps and leaks, Format Extension; never panics.
 pub fn check(src: &dyn ReadAt, filename: &str, limits: &Limits) -> Report {
-    let mut report = Report::new(filename, "parallels", limits);
+    let mut report = Report::for_image(filename, "parallels", limits);
     let Some(h) = header::parse(src, &mut report) else {
         return report;
     };
@@ -97,7 +97,7 @@ pub fn check(src: &dyn ReadAt, filename: &str, limits: &Limits) -> Report {
         });
     }
     // Every used cluster, by byte offset: who uses it (see `user_name`).
-    let mut used: HashMap<u64, u64> = HashMap::new();
+    let mut used: FastMap<u64, u64> = FastMap::default();
     let mut image_end = data_off.min(file_len).max(bat_end.min(file_len));
     let mut place =
         |report: &mut Report, who: u64, at: Option<u64>, off: u64, image_end: &mut u64| {
@@ -175,10 +175,12 @@ pub fn check(src: &dyn ReadAt, filename: &str, limits: &Limits) -> Report {
             )
         });
     }
-    report.image_end_offset = Some(image_end);
-    report.total_clusters = Some(h.nb_bat_entries as u64);
-    report.allocated_clusters = Some(allocated);
-    report.fragmented_clusters = Some(0);
-    report.compressed_clusters = Some(0);
+    *report.image_stats() = ImageStats {
+        image_end_offset: Some(image_end),
+        total_clusters: Some(h.nb_bat_entries as u64),
+        allocated_clusters: Some(allocated),
+        fragmented_clusters: Some(0),
+        compressed_clusters: Some(0),
+    };
     report
 }

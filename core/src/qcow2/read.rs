@@ -17,11 +17,11 @@ use crate::disk::table::{Endian, Table};
 use crate::disk::{
     Backing, BackingRef, Layer, NamedFile, OpenOptions, Opened, ReadError, Resolver, Role, Status,
 };
+use crate::hash::FastMap;
 use crate::limits::Limits;
 use crate::report::Report;
 use crate::rules::{policy as prule, qcow2 as rule};
 use crate::source::ReadAt;
-use std::collections::HashMap;
 use std::io::Read;
 
 /// L2 tables kept per layer (each one cluster).
@@ -35,7 +35,7 @@ struct Qcow2Layer {
     h: Header,
     l1: Table,
     size: u64,
-    l2_cache: HashMap<u64, Vec<u8>>,
+    l2_cache: FastMap<u64, Vec<u8>>,
     l2_order: Vec<u64>,
     /// The last decompressed cluster: (L2 entry, bytes).
     cluster_cache: Option<(u64, Vec<u8>)>,
@@ -319,7 +319,7 @@ fn parse_metadata(
         .iter()
         .find(|f| f.severity == crate::Severity::Error)
     {
-        Some(f) => ReadError::rule(f.rule, f.offset, f.detail.clone()),
+        Some(f) => ReadError::rule(f.rule, f.offset(), f.detail.clone()),
         None => ReadError::rule(&rule::MAGIC, Some(0), "unreadable qcow2 header"),
     };
     let parsed = header::parse(src, &mut report).ok_or_else(|| invalid(&report))?;
@@ -421,7 +421,7 @@ pub fn open_layer(
         l1: Table::new(l1_offset, l1_size as u64, 8, Endian::Big),
         h,
         size,
-        l2_cache: HashMap::new(),
+        l2_cache: FastMap::default(),
         l2_order: Vec::new(),
         cluster_cache: None,
         metadata_prealloc,

@@ -3,10 +3,10 @@
 //! rebuilds from every structure that owns a cluster.
 
 use super::header::Header;
+use crate::hash::FastMap;
 use crate::report::Report;
 use crate::rules::qcow2 as rule;
 use crate::source::ReadAt;
-use std::collections::HashMap;
 
 /// Refcount table entry bits 9-63: offset of the refcount block (spec "Host cluster management").
 pub const REFT_OFFSET_MASK: u64 = 0xffff_ffff_ffff_fe00;
@@ -284,11 +284,11 @@ pub struct Census {
     /// Pages past the flat region.
     pages: Vec<Page>,
     /// Page number -> index into `pages`.
-    index: HashMap<u64, usize>,
+    index: FastMap<u64, usize>,
     /// The last page looked up by `reference_cluster` (page number, index),
     /// so sequential references skip the hash lookup.
     last: (u64, usize),
-    spill: HashMap<u64, u64>,
+    spill: FastMap<u64, u64>,
     /// Pages that are dense, and clusters with at least one reference.
     dense_pages: u64,
     distinct: u64,
@@ -315,9 +315,9 @@ impl Census {
             flat_touched: vec![false; flat_pages as usize],
             flat_len,
             pages: Vec::new(),
-            index: HashMap::new(),
+            index: FastMap::default(),
             last: (u64::MAX, 0),
-            spill: HashMap::new(),
+            spill: FastMap::default(),
             dense_pages: 0,
             distinct: 0,
             cluster_bits: h.cluster_bits,

@@ -23,7 +23,7 @@ fn for_each_table_entry(src: &dyn ReadAt, h: &Header, offset: u64, mut f: impl F
 /// The clusters in use, as a set: memory follows the clusters referenced,
 /// not the length of a (sparse) file.
 struct Used {
-    set: std::collections::HashSet<u64>,
+    set: crate::hash::FastSet<u64>,
     nclusters: u64,
 }
 
@@ -43,7 +43,7 @@ impl Used {
 
 /// The consistency check (`qconform check`): header, L1 and L2 tables, cluster overlaps and leaks; never panics.
 pub fn check(src: &dyn ReadAt, filename: &str, limits: &Limits) -> Report {
-    let mut report = Report::new(filename, "qed", limits);
+    let mut report = Report::for_image(filename, "qed", limits);
     let Some(h) = header::parse(src, &mut report) else {
         return report;
     };
@@ -51,7 +51,7 @@ pub fn check(src: &dyn ReadAt, filename: &str, limits: &Limits) -> Report {
     let file_len = src.size();
     let nclusters = file_len.div_ceil(cs);
     let mut used = Used {
-        set: std::collections::HashSet::new(),
+        set: crate::hash::FastSet::default(),
         nclusters,
     };
     // The header clusters are all in use; a huge header_size in a sparse
@@ -139,8 +139,9 @@ pub fn check(src: &dyn ReadAt, filename: &str, limits: &Limits) -> Report {
             )
         });
     }
-    report.image_end_offset = Some(nclusters * cs);
-    report.total_clusters = Some(h.image_size.div_ceil(cs));
-    report.allocated_clusters = Some(allocated);
+    let stats = report.image_stats();
+    stats.image_end_offset = Some(nclusters * cs);
+    stats.total_clusters = Some(h.image_size.div_ceil(cs));
+    stats.allocated_clusters = Some(allocated);
     report
 }

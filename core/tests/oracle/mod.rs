@@ -20,11 +20,9 @@ pub fn clean(report: &Report, image_len: usize) -> Result<(), String> {
             report.exit_code(true)
         ));
     }
-    if report.image_end_offset != Some(image_len as u64) {
-        return Err(format!(
-            "image end {:?}, the file is {image_len} bytes",
-            report.image_end_offset
-        ));
+    let end = report.stats.as_ref().and_then(|s| s.image_end_offset);
+    if end != Some(image_len as u64) {
+        return Err(format!("image end {end:?}, the file is {image_len} bytes"));
     }
     Ok(())
 }
