@@ -133,6 +133,29 @@ fn cat_to(disk: &mut VirtualDisk, w: &mut dyn Write) -> Result<(), CatError> {
     Ok(w.flush()?)
 }
 
+/// sha256 of the guest bytes `cat` writes (lowercase hex) and how many
+/// there are: the content digest of golden records.
+pub fn digest(path: &Path, o: &ReadOptions) -> Result<(String, u64), String> {
+    use sha2::Digest;
+    struct Hasher(sha2::Sha256);
+    impl Write for Hasher {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.update(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut disk = open(path, o).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut h = Hasher(sha2::Sha256::new());
+    match cat_to(&mut disk, &mut h) {
+        Ok(()) => Ok((format!("{:x}", h.0.finalize()), disk.size())),
+        Err(CatError::ClosedPipe) => Err(format!("{}: closed", path.display())),
+        Err(CatError::Other(e)) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
 /// Writes only the chunks that are not all zero; the file is sized first,
 /// so the rest stays a hole.
 fn cat_to_file(disk: &mut VirtualDisk, out: &Path) -> Result<(), CatError> {
