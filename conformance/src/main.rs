@@ -54,6 +54,9 @@ enum Command {
         /// Write to this file (sparse) instead of stdout.
         #[arg(short = 'o', long = "output-file")]
         out: Option<PathBuf>,
+        /// No progress bar (shown for -o on a terminal).
+        #[arg(short, long)]
+        quiet: bool,
         image: PathBuf,
     },
     /// The allocation map, in the JSON shape of `qemu-img map --output=json`.
@@ -420,6 +423,7 @@ fn main() -> ExitCode {
             backing,
             force,
             out,
+            quiet,
             image,
         } => {
             let o = qconform::read::ReadOptions {
@@ -427,7 +431,7 @@ fn main() -> ExitCode {
                 force,
                 ..qconform::read::ReadOptions::new(backing.into())
             };
-            qconform::read::run_cat(&image, &o, out.as_deref())
+            qconform::read::run_cat(&image, &o, out.as_deref(), quiet)
         }
         Command::Map {
             output,

@@ -75,8 +75,9 @@ fn closed_pipe(e: &std::io::Error) -> bool {
 }
 
 /// `qconform cat`: the virtual disk (qcow2, QED or Parallels, with its
-/// backing chain) to stdout, or sparsely to a file.
-pub fn run_cat(path: &Path, o: &ReadOptions, out: Option<&Path>) -> i32 {
+/// backing chain) to stdout, or sparsely to a file (with a progress bar of
+/// the bytes read on a terminal, unless `quiet`).
+pub fn run_cat(path: &Path, o: &ReadOptions, out: Option<&Path>, quiet: bool) -> i32 {
     let mut disk = match open(path, o) {
         Ok(d) => d,
         Err(e) => {
@@ -85,7 +86,7 @@ pub fn run_cat(path: &Path, o: &ReadOptions, out: Option<&Path>) -> i32 {
         }
     };
     let r = match out {
-        Some(o) => cat_to_file(&mut disk, o),
+        Some(o) => cat_to_file(&mut disk, o, quiet),
         None => cat_to(&mut disk, &mut std::io::stdout().lock()),
     };
     match r {
@@ -158,7 +159,7 @@ pub fn digest(path: &Path, o: &ReadOptions) -> Result<(String, u64), String> {
 
 /// Writes only the chunks that are not all zero; the file is sized first,
 /// so the rest stays a hole.
-fn cat_to_file(disk: &mut VirtualDisk, out: &Path) -> Result<(), CatError> {
+fn cat_to_file(disk: &mut VirtualDisk, out: &Path, quiet: bool) -> Result<(), CatError> {
     let f = std::fs::File::create(out)
         .map_err(|e| CatError::Other(format!("{}: {e}", out.display())))?;
     let size = disk.size();
@@ -177,6 +178,9 @@ fn cat_to_file(disk: &mut VirtualDisk, out: &Path) -> Result<(), CatError> {
         }
         Ok(())
     })?;
+    // The bar counts the bytes read: the data ranges, not the holes.
+    let total = ranges.iter().map(|(a, b)| b - a).sum();
+    let bar = crate::progress::bar(total, crate::progress::Unit::Bytes, quiet);
     // Two stages on two cores: this thread reads (and decompresses) the
     // virtual disk, a writer thread writes the non-zero runs. Two buffers
     // circulate between them.
@@ -209,6 +213,7 @@ fn cat_to_file(disk: &mut VirtualDisk, out: &Path) -> Result<(), CatError> {
                     break 'ranges;
                 }
                 pos += n as u64;
+                bar.inc(n as u64);
             }
         }
         drop(full_tx);
@@ -216,6 +221,7 @@ fn cat_to_file(disk: &mut VirtualDisk, out: &Path) -> Result<(), CatError> {
             .join()
             .unwrap_or_else(|_| Err("the writer thread failed".into()))
             .map_err(CatError::Other);
+        bar.finish_and_clear();
         result.and(written)
     })
 }
