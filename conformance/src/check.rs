@@ -18,7 +18,7 @@ fn open_as(
 ) -> Result<(FileSource, &'static dyn ImageFormat), Box<Report>> {
     let name = path.display().to_string();
     let src = FileSource::open(path).map_err(|e| {
-        let mut r = Report::new(&name, format.unwrap_or("unknown"), limits);
+        let mut r = Report::for_image(&name, format.unwrap_or("unknown"), limits);
         // open_regular refuses FIFOs, devices, directories and sockets.
         let rule = if e.kind() == std::io::ErrorKind::InvalidInput {
             &qconform_core::rules::policy::REGULAR_FILE
@@ -33,7 +33,7 @@ fn open_as(
         None => formats::probe(&src),
     };
     let f = found.ok_or_else(|| {
-        let mut r = Report::new(&name, format.unwrap_or("unknown"), limits);
+        let mut r = Report::for_image(&name, format.unwrap_or("unknown"), limits);
         let known = formats::names().collect::<Vec<_>>().join(", ");
         let what = match format {
             Some(f) => format!("unknown format {f:?} (known: {known})"),
@@ -76,7 +76,7 @@ pub fn human(report: &Report) -> String {
     let _ = writeln!(s, "{} ({}):", report.filename, report.format);
     for f in &report.findings {
         let at = f
-            .offset
+            .offset()
             .map_or(String::new(), |o| format!(" at offset {o:#x}"));
         let sev = match f.severity {
             Severity::Error => "ERROR",
@@ -91,7 +91,7 @@ pub fn human(report: &Report) -> String {
             report.filename, f.rule.id, f.detail, f.rule.spec, f.rule.section
         );
     }
-    for (rule, n) in &report.findings_omitted {
+    for (rule, n) in &report.findings_omitted() {
         let _ = writeln!(
             s,
             "{}: ... and {n} more findings of [{rule}]",
@@ -121,11 +121,12 @@ pub fn human(report: &Report) -> String {
             report.violations
         );
     }
+    let stats = report.stats.unwrap_or_default();
     if let (Some(total), Some(alloc), Some(frag), Some(comp)) = (
-        report.total_clusters,
-        report.allocated_clusters,
-        report.fragmented_clusters,
-        report.compressed_clusters,
+        stats.total_clusters,
+        stats.allocated_clusters,
+        stats.fragmented_clusters,
+        stats.compressed_clusters,
     ) {
         let pct = |n: u64, d: u64| {
             if d == 0 {
@@ -142,7 +143,7 @@ pub fn human(report: &Report) -> String {
             pct(comp, alloc)
         );
     }
-    if let Some(end) = report.image_end_offset {
+    if let Some(end) = stats.image_end_offset {
         let _ = writeln!(s, "Image end offset: {end}");
     }
     s

@@ -144,6 +144,8 @@ fn case(r: &Row) -> Case {
 /// A case judged now: its golden body, format, exit code, findings.
 struct Judged {
     body: serde_json::Value,
+    /// An image's check report (None for transcripts).
+    report: Option<qconform_core::Report>,
     format: String,
     code: i32,
     findings: usize,
@@ -160,6 +162,7 @@ fn judge_now(root: &Path, c: &crate::golden::Case) -> Judged {
                 code: report.exit_code(false),
                 findings: report.findings.len(),
                 results: ci_report::image_results(&report, &report.filename),
+                report: Some(report),
             }
         }
         Kind::Transcript => {
@@ -167,12 +170,13 @@ fn judge_now(root: &Path, c: &crate::golden::Case) -> Judged {
             let (findings, results) = match &t.report {
                 Ok(r) => (
                     r.findings.len(),
-                    ci_report::message_results(&r.findings, &t.conversation),
+                    ci_report::results(&r.findings, &t.conversation),
                 ),
                 Err(_) => (0, Vec::new()),
             };
             Judged {
                 body: t.json(),
+                report: None,
                 format: "vhost-user".to_owned(),
                 code: t.exit_code(),
                 findings,
@@ -189,6 +193,22 @@ fn judge(root: &Path, c: &crate::golden::Case) -> Row {
     let now = judge_now(root, c);
     let mut differences = Vec::new();
     let mut golden = compare(name, &case_snap_path(root, c), &now.body, &mut differences);
+    if let (Golden::Mismatch, Some(now_report)) = (golden, &now.report) {
+        // Say what changed in the report's own terms, when the golden file
+        // reads back as a Report; the JSON lines stay for what it does not type.
+        let typed = read_snap(&case_snap_path(root, c))
+            .map(|g| serde_json::from_str::<qconform_core::Report>(&g));
+        match typed {
+            Some(Ok(g)) => {
+                let lines = crate::golden::diff::reports(&g, now_report);
+                differences.extend(lines.into_iter().map(|l| format!("{name}: {l}")));
+            }
+            Some(Err(e)) => {
+                differences.push(format!("{name}: the golden file is not a report: {e}"))
+            }
+            None => {}
+        }
+    }
     if c.kind == Kind::Image && golden == Golden::Match {
         // `info` and `map` of the image must match their golden files too.
         for (dir, body) in [

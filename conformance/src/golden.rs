@@ -163,7 +163,7 @@ impl TranscriptCheck {
                 "messages": self.messages,
                 "violations": r.violations,
                 "findings": r.findings,
-                "findings-omitted": r.findings_omitted,
+                "findings-omitted": r.findings_omitted(),
             }),
         }
     }

@@ -197,9 +197,14 @@ fn conform_passes_on_the_corpus_and_fails_on_a_changed_golden() {
         };
         std::fs::write(gold.join(format!("{n}.snap")), g).unwrap();
     }
-    let (code, out, _) = run(qconform().args(["conform", "--root"]).arg(dir.path()));
+    let (code, out, err) = run(qconform().args(["conform", "--root"]).arg(dir.path()));
     // 4: differs from golden (1 is "could not run", 2 and 3 are check's).
     assert_eq!(code, 4, "{out}");
+    // Said in the report's terms: the golden file read back as a Report.
+    assert!(
+        err.lines().any(|l| l == "refcount-up: leaks: 0 → 1"),
+        "{err}"
+    );
     assert!(
         out.lines()
             .any(|l| l.starts_with("refcount-up") && l.ends_with("MISMATCH")),

@@ -24,5 +24,5 @@ pub mod vhost_user;
 
 pub use error::{Error, Result};
 pub use limits::Limits;
-pub use report::{Finding, Report, Severity};
+pub use report::{Finding, ImageStats, Location, Report, Severity};
 pub use source::ReadAt;

@@ -5,10 +5,10 @@
 //! Ids are part of the public contract (golden files and users' CI gates name
 //! them): never rename one; retire it instead.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// How bad a finding is. The first two are qemu-img's vocabulary.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
     /// The check could not be completed (not this format, an unsupported

@@ -86,8 +86,8 @@ fn assert_clean_in_sparse_file(data: u64, len: u64) {
     // and the image ends where its last cluster does.
     assert_eq!(r.exit_code(true), 0, "{:?}", r.findings);
     assert!(counts(&r).is_empty(), "{:?}", r.findings);
-    assert_eq!(r.allocated_clusters, Some(data));
-    assert!(r.image_end_offset.unwrap() <= img.len() as u64 + 512);
+    assert_eq!(r.stats.unwrap().allocated_clusters, Some(data));
+    assert!(r.stats.unwrap().image_end_offset.unwrap() <= img.len() as u64 + 512);
 }
 
 /// Class "time follows claims": the refcount comparison used to walk all
@@ -124,7 +124,7 @@ fn qcow2_references_scattered_over_a_sparse_file_are_each_counted() {
     // The original data cluster lost its only reference: a leak.
     assert_eq!(c.get("qcow2.refcount.no-leak"), Some(&1), "{c:?}");
     assert_eq!(r.corruptions, 2 * n);
-    assert_eq!(r.allocated_clusters, Some(n));
+    assert_eq!(r.stats.unwrap().allocated_clusters, Some(n));
 }
 
 /// Class "wrong answer": a v3 image with 64 KiB clusters, 2 MiB written by
@@ -165,7 +165,10 @@ fn qcow2_truncated_after_writes_counts_like_qemu_img() {
         counts(&r)
     );
     assert_eq!(Some(r.leaks), Some(q["leaks"].as_u64().unwrap_or(0)));
-    assert_eq!(r.image_end_offset, q["image-end-offset"].as_u64());
+    assert_eq!(
+        r.stats.unwrap().image_end_offset,
+        q["image-end-offset"].as_u64()
+    );
     let c = counts(&r);
     assert_eq!(
         c.get("qcow2.refcount.reference-inside-file"),
@@ -303,8 +306,8 @@ fn parallels_bat_in_a_hole_is_not_materialised() {
     }
     let r = check_file(&path, parallels::check);
     assert_eq!(r.exit_code(true), 0, "{:?}", counts(&r));
-    assert_eq!(r.allocated_clusters, Some(1));
-    assert_eq!(r.image_end_offset, Some(data_off + 4096));
+    assert_eq!(r.stats.unwrap().allocated_clusters, Some(1));
+    assert_eq!(r.stats.unwrap().image_end_offset, Some(data_off + 4096));
     let src = FileSource::open(&path).unwrap();
     let info = parallels::check::info(&src, "hole", &Limits::default()).unwrap();
     assert_eq!(info.allocated_clusters, 1);
@@ -327,7 +330,7 @@ fn qed_l1_in_a_hole_is_not_materialised() {
     let path = sparse_file(dir.path(), "hole.qed", &b, cs + 16 * cs);
     let r = check_file(&path, qconform_core::qed::check);
     assert_eq!(r.exit_code(true), 0, "{:?}", counts(&r));
-    assert_eq!(r.allocated_clusters, Some(0));
+    assert_eq!(r.stats.unwrap().allocated_clusters, Some(0));
 }
 
 /// Class "Parallels virtual size": QEMU 10.0.2 opens nb_sectors up to

@@ -115,7 +115,7 @@ proptest! {
         let img = qed::write::write(&d).map_err(|e| TestCaseError::fail(e.to_string()))?;
         let r = qed::check(&img.as_slice(), "written", &Limits::default());
         prop_assert!(r.findings.is_empty(), "{:#?}", r.findings);
-        prop_assert_eq!(r.image_end_offset, Some(img.len() as u64));
+        prop_assert_eq!(r.stats.unwrap().image_end_offset, Some(img.len() as u64));
         qed_invariants(&img).map_err(TestCaseError::fail)?;
         let (got, _) = read_all(img.clone(), None).map_err(TestCaseError::fail)?;
         prop_assert!(got == d.guest_bytes(), "read-back differs");
@@ -163,7 +163,7 @@ proptest! {
         let img = parallels::write::write(&d).map_err(|e| TestCaseError::fail(e.to_string()))?;
         let r = parallels::check(&img.as_slice(), "written", &Limits::default());
         prop_assert!(r.findings.is_empty(), "{:#?}", r.findings);
-        prop_assert_eq!(r.image_end_offset, Some(img.len() as u64));
+        prop_assert_eq!(r.stats.unwrap().image_end_offset, Some(img.len() as u64));
         bat_rules(&img).map_err(TestCaseError::fail)?;
         let (got, mut disk) = read_all(img.clone(), None).map_err(TestCaseError::fail)?;
         prop_assert!(got == d.guest_bytes(), "read-back differs");

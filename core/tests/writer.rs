@@ -28,7 +28,7 @@ proptest! {
         prop_assert_eq!(report.exit_code(true), 0);
         // Every host cluster of the file is owned (no leak), and unique refcounts
         // follow from the census agreeing with the on-disk refcounts.
-        prop_assert_eq!(report.image_end_offset, Some(w.image.len() as u64));
+        prop_assert_eq!(report.stats.unwrap().image_end_offset, Some(w.image.len() as u64));
         let mut disk = VirtualDisk::open(Box::new(w.image.clone()), &Mem(w.data_file.clone()), &OpenOptions { backing: Backing::Confined, ..OpenOptions::default() })
             .map_err(|e| TestCaseError::fail(e.to_string()))?;
         let mut got = vec![0u8; d.size as usize];
@@ -72,8 +72,8 @@ fn a_rich_description_uses_every_structure() {
     let w = write(&d).unwrap();
     let report = qcow2::check(&w.image.as_slice(), "rich", &Limits::default());
     assert!(report.findings.is_empty(), "{:#?}", report.findings);
-    assert_eq!(report.compressed_clusters, Some(1));
-    assert_eq!(report.allocated_clusters, Some(3));
+    assert_eq!(report.stats.unwrap().compressed_clusters, Some(1));
+    assert_eq!(report.stats.unwrap().allocated_clusters, Some(3));
     let info = qcow2::check::info(&w.image.as_slice(), "rich", &Limits::default()).unwrap();
     assert_eq!(info.snapshots.snapshots.len(), 2);
     assert_eq!(info.bitmaps.len(), 1);

@@ -97,30 +97,34 @@ fn write_file(path: &Path, text: &str) -> std::result::Result<(), String> {
     std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
-/// The findings of an image report, located by byte offset in `file`.
+/// The findings of an image report, located in `file`.
 pub fn image_results(report: &Report, file: &str) -> Vec<Result> {
-    results(&report.findings, |offset| Location::Byte {
-        file: file.to_owned(),
-        offset,
-    })
+    results(&report.findings, file)
 }
 
-/// The findings of a vhost-user conversation, located by message index.
-pub fn message_results(findings: &[Finding], file: &str) -> Vec<Result> {
-    results(findings, |index| Location::Message {
-        file: file.to_owned(),
-        index,
-    })
-}
-
-fn results(findings: &[Finding], at: impl Fn(Option<u64>) -> Location) -> Vec<Result> {
+/// Findings as SARIF results in `file`, each at its typed location: a byte
+/// offset of an image, a message of a conversation (or the file as a whole).
+pub fn results(findings: &[Finding], file: &str) -> Vec<Result> {
     findings
         .iter()
         .map(|f| Result {
             rule: f.rule,
             severity: f.severity,
             message: f.detail.clone(),
-            location: at(f.offset),
+            location: match f.location {
+                Some(qconform_core::report::Location::Message(i)) => Location::Message {
+                    file: file.to_owned(),
+                    index: Some(i),
+                },
+                Some(qconform_core::report::Location::Byte(o)) => Location::Byte {
+                    file: file.to_owned(),
+                    offset: Some(o),
+                },
+                None => Location::Byte {
+                    file: file.to_owned(),
+                    offset: None,
+                },
+            },
         })
         .collect()
 }
@@ -134,7 +138,7 @@ pub fn check_outcome(report: &Report, code: i32) -> Outcome {
             .filter(|f| f.severity != Severity::Note)
             .map(|f| {
                 let at = f
-                    .offset
+                    .offset()
                     .map_or(String::new(), |o| format!(" at offset {o:#x}"));
                 format!("{:?} [{}]{at}: {}", f.severity, f.rule.id, f.detail)
             })

@@ -25,7 +25,7 @@ fn judge(path: &Path, label: &str, profile: Profile) -> Result<Vec<super::Result
     let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
     let (_, entries) = transcript::parse(&text).map_err(|e| e.to_string())?;
     let s = transcript::check(label, &entries, profile);
-    Ok(super::message_results(&s.report().findings, label))
+    Ok(super::results(&s.report().findings, label))
 }
 
 /// Writes the reports of a conversation judged with exit code `code`

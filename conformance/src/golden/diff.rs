@@ -53,6 +53,28 @@ pub fn diff(golden: &Record, now: &Record) -> Vec<String> {
     out
 }
 
+/// What differs between two check reports of an image, typed: the verdict,
+/// the counters, the findings (the golden report read back through
+/// `Report`'s Deserialize).
+pub fn reports(golden: &qconform_core::Report, now: &qconform_core::Report) -> Vec<String> {
+    use super::record::{counts, findings, verdict};
+    let mut out = Vec::new();
+    if golden.format != now.format {
+        out.push(format!("format: {} → {}", golden.format, now.format));
+    }
+    let (g, n) = (golden.exit_code(false), now.exit_code(false));
+    if g != n {
+        out.push(format!(
+            "verdict: {} → {} (exit {g} → {n})",
+            verdict(g),
+            verdict(n)
+        ));
+    }
+    fields("", &counts(golden), &counts(now), usize::MAX, &mut out);
+    self::findings(&findings(golden), &findings(now), &mut out);
+    out
+}
+
 fn opt(v: Option<u64>) -> String {
     v.map_or("(none)".to_owned(), |v| v.to_string())
 }

@@ -118,32 +118,35 @@ pub fn verdict(code: i32) -> &'static str {
     }
 }
 
-/// Makes the record of the image at `path`, filed as `key`, and returns the
-/// check report too (for SARIF).
-pub fn make(key: &str, path: &Path, o: Options) -> (Record, Report) {
-    let limits = Limits::default();
-    let report = crate::check::check_file(path, None, &limits);
-    let code = report.exit_code(false);
+/// qemu-img check's counters that `report` holds, by their JSON names
+/// (and the findings left out, per rule).
+pub fn counts(report: &Report) -> BTreeMap<String, u64> {
     let mut counts = BTreeMap::new();
+    let stats = report.stats.unwrap_or_default();
     for (k, v) in [
         ("check-errors", Some(report.check_errors)),
         ("corruptions", Some(report.corruptions)),
         ("leaks", Some(report.leaks)),
         ("violations", Some(report.violations)),
-        ("image-end-offset", report.image_end_offset),
-        ("total-clusters", report.total_clusters),
-        ("allocated-clusters", report.allocated_clusters),
-        ("fragmented-clusters", report.fragmented_clusters),
-        ("compressed-clusters", report.compressed_clusters),
+        ("image-end-offset", stats.image_end_offset),
+        ("total-clusters", stats.total_clusters),
+        ("allocated-clusters", stats.allocated_clusters),
+        ("fragmented-clusters", stats.fragmented_clusters),
+        ("compressed-clusters", stats.compressed_clusters),
     ] {
         if let Some(v) = v {
             counts.insert(k.to_owned(), v);
         }
     }
-    for (rule, n) in &report.findings_omitted {
+    for (rule, n) in &report.findings_omitted() {
         counts.insert(format!("findings-omitted [{rule}]"), *n);
     }
-    let findings = report
+    counts
+}
+
+/// The findings of `report` by what identifies them.
+pub fn findings(report: &Report) -> Vec<RecordedFinding> {
+    report
         .findings
         .iter()
         .map(|f| RecordedFinding {
@@ -152,9 +155,19 @@ pub fn make(key: &str, path: &Path, o: Options) -> (Record, Report) {
                 .ok()
                 .and_then(|v| v.as_str().map(str::to_owned))
                 .unwrap_or_default(),
-            offset: f.offset,
+            offset: f.offset(),
         })
-        .collect();
+        .collect()
+}
+
+/// Makes the record of the image at `path`, filed as `key`, and returns the
+/// check report too (for SARIF).
+pub fn make(key: &str, path: &Path, o: Options) -> (Record, Report) {
+    let limits = Limits::default();
+    let report = crate::check::check_file(path, None, &limits);
+    let code = report.exit_code(false);
+    let counts = counts(&report);
+    let findings = findings(&report);
     let mut info = BTreeMap::new();
     match crate::check::info_file(path, &limits) {
         Ok(i) => flatten("", &serde_json::to_value(&i).unwrap_or_default(), &mut info),

@@ -3,6 +3,7 @@
 use crate::Output;
 use qconform_core::vhost_user::session::Profile;
 use qconform_core::vhost_user::transcript;
+use qconform_core::Location;
 use std::path::Path;
 
 /// Checks a transcript file; exit 0 conforming, 1 unreadable, 2 findings.
@@ -56,16 +57,17 @@ pub fn print_report(name: &str, messages: u64, report: &qconform_core::Report, o
                 "messages": messages,
                 "violations": report.violations,
                 "findings": report.findings,
-                "findings-omitted": report.findings_omitted,
+                "findings-omitted": report.findings_omitted(),
             });
             println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
         }
         Output::Human => {
             for f in &report.findings {
                 let sev = format!("{:?}", f.severity).to_uppercase();
-                let at = f
-                    .offset
-                    .map_or(String::new(), |o| format!(" at message {o}"));
+                let at = match f.location {
+                    Some(Location::Message(i) | Location::Byte(i)) => format!(" at message {i}"),
+                    None => String::new(),
+                };
                 println!(
                     "{name}: {sev} [{}]{at}: {} ({} §{})",
                     f.rule.id, f.detail, f.rule.spec, f.rule.section

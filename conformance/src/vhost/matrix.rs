@@ -231,7 +231,7 @@ pub fn run(
     let results: Vec<crate::ci_report::Result> = reports
         .iter()
         .flat_map(|(path, backend, r)| {
-            let mut v = crate::ci_report::message_results(&r.findings.findings, path);
+            let mut v = crate::ci_report::results(&r.findings.findings, path);
             for f in &mut v {
                 f.message = format!("{backend}: {}", f.message);
             }

@@ -739,7 +739,7 @@ fn robustness(opts: &Options, probe: &Robustness, ring_size: u32) -> ProbeVerdic
     // (the invalid message) do not.
     for f in &p.tap.session.report().findings {
         if f.detail.starts_with("back-end:") {
-            findings.add(f.rule, f.offset, f.detail.clone());
+            findings.add_at(f.rule, f.location, 1, || f.detail.clone());
         }
     }
     verdict.findings = findings.findings;
@@ -868,7 +868,7 @@ pub fn run(opts: &Options, output: Output) -> i32 {
         .chain(verdicts.iter().flat_map(|v| &v.findings))
         .filter(|f| f.severity == Severity::Violation)
         .count() as u64
-        + main.findings_omitted.values().sum::<u64>();
+        + main.findings_omitted().values().sum::<u64>();
     let stopped = stopped.map(|s| s.to_string());
     match output {
         Output::Json => {

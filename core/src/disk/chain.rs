@@ -53,7 +53,7 @@ fn verify(src: &dyn ReadAt, format: &dyn ImageFormat, limits: &Limits) -> Result
     {
         Some(f) => Err(ReadError::rule(
             f.rule,
-            f.offset,
+            f.offset(),
             format!(
                 "{} (reads refuse a corrupt image; --force reads it anyway)",
                 f.detail

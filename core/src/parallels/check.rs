@@ -8,7 +8,7 @@ use super::ext::{self, Extension};
 use super::header::{self, Header, HEADER_SIZE};
 use super::SECTOR;
 use crate::limits::Limits;
-use crate::report::Report;
+use crate::report::{ImageStats, Report};
 use crate::rules::parallels as rule;
 use crate::source::ReadAt;
 use std::collections::HashMap;
@@ -65,7 +65,7 @@ fn user_name(who: u64) -> String {
 
 /// The consistency check (`qconform check`): header, BAT entries, cluster overlaps and leaks, Format Extension; never panics.
 pub fn check(src: &dyn ReadAt, filename: &str, limits: &Limits) -> Report {
-    let mut report = Report::new(filename, "parallels", limits);
+    let mut report = Report::for_image(filename, "parallels", limits);
     let Some(h) = header::parse(src, &mut report) else {
         return report;
     };
@@ -175,10 +175,12 @@ pub fn check(src: &dyn ReadAt, filename: &str, limits: &Limits) -> Report {
             )
         });
     }
-    report.image_end_offset = Some(image_end);
-    report.total_clusters = Some(h.nb_bat_entries as u64);
-    report.allocated_clusters = Some(allocated);
-    report.fragmented_clusters = Some(0);
-    report.compressed_clusters = Some(0);
+    *report.image_stats() = ImageStats {
+        image_end_offset: Some(image_end),
+        total_clusters: Some(h.nb_bat_entries as u64),
+        allocated_clusters: Some(allocated),
+        fragmented_clusters: Some(0),
+        compressed_clusters: Some(0),
+    };
     report
 }

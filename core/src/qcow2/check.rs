@@ -77,7 +77,7 @@ pub fn info(src: &dyn ReadAt, filename: &str, limits: &Limits) -> crate::Result<
 /// Checks a qcow2 image. Never writes; never panics; memory is bounded by
 /// the file length divided by the cluster size plus the caps of `limits`.
 pub fn check(src: &dyn ReadAt, filename: &str, limits: &Limits) -> Report {
-    let mut report = Report::new(filename, "qcow2", limits);
+    let mut report = Report::for_image(filename, "qcow2", limits);
     let Some(parsed) = header::parse(src, &mut report) else {
         return report;
     };
@@ -174,6 +174,21 @@ struct L2Visit {
     inactive: u64,
     /// Guest offset mapped by its first reference (for the data file rule).
     guest_base: u64,
+}
+
+/// One non-empty L2 entry under judgement.
+struct L2Entry {
+    entry: u64,
+    /// The subcluster bitmap (0 without extended L2 entries).
+    bitmap: u64,
+    /// Guest offset the entry maps (through its first reference).
+    guest: u64,
+    /// Byte offset of the entry in the file.
+    at: u64,
+    /// References to its table: findings count this many times.
+    times: u64,
+    /// References from the active L1: the statistics count this many.
+    active: u64,
 }
 
 /// `Checker::ones_at` for a block that is absent, or has no refcount of 1.
@@ -315,7 +330,7 @@ impl Checker<'_, '_> {
             return;
         }
 
-        let r = &mut *self.report;
+        let r = self.report.image_stats();
         r.total_clusters = Some(h.size.div_ceil(cs));
         r.allocated_clusters = Some(self.stats.allocated);
         r.fragmented_clusters = Some(self.stats.fragmented);
@@ -552,212 +567,239 @@ impl Checker<'_, '_> {
         Ok(())
     }
 
+    /// Judges every entry of one L2 table (reached `v.active + v.inactive`
+    /// times), counting the statistics and references of the active ones.
     fn visit_l2(&mut self, table: &[u8], v: &L2Visit) {
         let h = self.h;
-        let cs = h.cluster_size();
-        let times = v.active + v.inactive;
-        let data_file = h.has_data_file();
+        // The fast path handles the one case that dominates real images (a
+        // healthy standard cluster reached once, from the active L1) with
+        // the same checks in fewer branches; anything else falls through.
+        let fast = v.active == 1
+            && v.inactive == 0
+            && !h.has_data_file()
+            && !h.extended_l2()
+            && h.version >= 3;
         let mut next_contiguous = 0u64;
-        // The fast path below handles the one case that dominates real
-        // images (a healthy standard cluster reached once, from the active L1)
-        // with the same checks in fewer branches; anything else falls through.
-        let fast =
-            v.active == 1 && v.inactive == 0 && !data_file && !h.extended_l2() && h.version >= 3;
         for i in 0..h.l2_entries() {
             let (entry, bitmap) = l2_entry(h, table, i as usize);
             if entry == 0 && bitmap == 0 {
                 continue;
             }
-            let guest = v.guest_base + (i << h.cluster_bits);
-            if fast {
-                let offset = entry & L2E_OFFSET_MASK;
-                if entry & (OFLAG_COMPRESSED | L2E_STD_RESERVED_MASK) == 0
-                    && offset != 0
-                    && offset & (cs - 1) == 0
-                    && guest < h.size
-                {
-                    self.stats.allocated += 1;
-                    if next_contiguous != 0 && offset != next_contiguous {
-                        self.stats.fragmented += 1;
-                    }
-                    next_contiguous = offset + cs;
-                    self.census
-                        .reference_cluster(self.report, offset, owner::DATA, "data cluster");
-                    if let Some(one) = self.refcount_is_one(offset >> h.cluster_bits) {
-                        if one != (entry & OFLAG_COPIED != 0) {
-                            self.copied_mismatch(v.offset + i * 8, entry, offset, 1);
-                        }
-                    }
-                    continue;
-                }
+            let e = L2Entry {
+                entry,
+                bitmap,
+                guest: v.guest_base + (i << h.cluster_bits),
+                at: v.offset + i * h.l2_entry_bytes(),
+                times: v.active + v.inactive,
+                active: v.active,
+            };
+            if fast && self.healthy_standard(&e, &mut next_contiguous) {
+                continue;
             }
-            let entry_offset = v.offset + i * h.l2_entry_bytes();
-            let kind = classify(h, entry);
-            if kind != ClusterKind::Compressed && entry & L2E_STD_RESERVED_MASK != 0 {
-                self.report
-                    .add_with(&rule::L2_RESERVED, Some(entry_offset), times, || {
-                        format!("L2 entry {entry:#018x} has reserved bits set")
-                    });
+            self.visit_entry(&e, &mut next_contiguous);
+        }
+    }
+
+    /// The fast path of [`Checker::visit_l2`]: a standard, aligned cluster
+    /// inside the disk. Returns false, having done nothing, for any other.
+    #[inline]
+    fn healthy_standard(&mut self, e: &L2Entry, next_contiguous: &mut u64) -> bool {
+        let cs = self.h.cluster_size();
+        let offset = e.entry & L2E_OFFSET_MASK;
+        if e.entry & (OFLAG_COMPRESSED | L2E_STD_RESERVED_MASK) != 0
+            || offset == 0
+            || offset & (cs - 1) != 0
+            || e.guest >= self.h.size
+        {
+            return false;
+        }
+        self.stats.allocated += 1;
+        if *next_contiguous != 0 && offset != *next_contiguous {
+            self.stats.fragmented += 1;
+        }
+        *next_contiguous = offset + cs;
+        self.census
+            .reference_cluster(self.report, offset, owner::DATA, "data cluster");
+        if let Some(one) = self.refcount_is_one(offset >> self.h.cluster_bits) {
+            if one != (e.entry & OFLAG_COPIED != 0) {
+                self.copied_mismatch(e.at, e.entry, offset, 1);
             }
-            if guest >= h.size && kind != ClusterKind::Unallocated {
-                self.report
-                    .add_with(&rule::L2_BEYOND_DISK, Some(entry_offset), times, || {
-                        format!(
-                            "guest offset {guest:#x} past the virtual size {} is mapped",
-                            h.size
-                        )
-                    });
+        }
+        true
+    }
+
+    /// Every rule about one L2 entry: those of any kind, then its kind's.
+    fn visit_entry(&mut self, e: &L2Entry, next_contiguous: &mut u64) {
+        let h = self.h;
+        let (entry, guest) = (e.entry, e.guest);
+        let kind = classify(h, entry);
+        if kind != ClusterKind::Compressed && entry & L2E_STD_RESERVED_MASK != 0 {
+            self.report
+                .add_with(&rule::L2_RESERVED, Some(e.at), e.times, || {
+                    format!("L2 entry {entry:#018x} has reserved bits set")
+                });
+        }
+        if guest >= h.size && kind != ClusterKind::Unallocated {
+            self.report
+                .add_with(&rule::L2_BEYOND_DISK, Some(e.at), e.times, || {
+                    format!(
+                        "guest offset {guest:#x} past the virtual size {} is mapped",
+                        h.size
+                    )
+                });
+        }
+        match kind {
+            ClusterKind::Compressed => self.visit_compressed(e),
+            ClusterKind::ZeroAlloc | ClusterKind::Normal => {
+                self.visit_allocated(e, next_contiguous)
             }
-            match kind {
-                ClusterKind::Compressed => {
-                    if entry & OFLAG_COPIED != 0 {
-                        self.report.add_with(
-                            &rule::L2_COMPRESSED_COPIED,
-                            Some(entry_offset),
-                            times,
-                            || format!("compressed cluster entry {entry:#018x} has COPIED set"),
-                        );
-                    }
-                    if data_file {
-                        self.report.add_times(
-                            &rule::DATA_FILE_COMPRESSED,
-                            Some(entry_offset),
-                            times,
-                            "compressed cluster in an image with an external data file",
-                        );
-                        continue;
-                    }
-                    if bitmap != 0 {
-                        self.report.add_with(
-                            &rule::SUBCLUSTER_COMPRESSED,
-                            Some(entry_offset),
-                            times,
-                            || format!("compressed cluster with subcluster bitmap {bitmap:#018x}"),
-                        );
-                        continue;
-                    }
-                    if compressed_offset_high_bits(h, entry) != 0 {
-                        self.report.add_times(
-                            &rule::L2_COMPRESSED_OFFSET,
-                            Some(entry_offset),
-                            times,
-                            "compressed cluster offset has bits above 55 set",
-                        );
-                    }
-                    let r = compressed_range(h, entry);
-                    self.census.reference(
-                        self.report,
-                        r.offset,
-                        r.len,
-                        times,
-                        owner::COMPRESSED,
-                        "compressed cluster",
+            ClusterKind::ZeroPlain => {
+                if h.version < 3 {
+                    self.report.add_times(
+                        &rule::L2_ZERO_V2,
+                        Some(e.at),
+                        e.times,
+                        "zero flag in a version 2 image",
                     );
-                    if v.active > 0 {
-                        self.stats.allocated += v.active;
-                        self.stats.compressed += v.active;
-                        self.stats.fragmented += v.active;
-                    }
-                }
-                ClusterKind::ZeroAlloc | ClusterKind::Normal => {
-                    let offset = entry & L2E_OFFSET_MASK;
-                    if (bitmap >> 32) & bitmap != 0 {
-                        self.report.add_with(&rule::SUBCLUSTER_ALLOC_ZERO, Some(entry_offset), times, || format!(
-                            "cluster at {offset:#x}: subclusters {:#x} are both allocated and zero", (bitmap >> 32) & bitmap));
-                    }
-                    if !offset.is_multiple_of(cs) {
-                        self.report
-                            .add_with(&rule::L2_ALIGNED, Some(entry_offset), times, || {
-                                format!("data cluster offset {offset:#x} is not cluster aligned")
-                            });
-                    }
-                    if h.version < 3 && entry & OFLAG_ZERO != 0 {
-                        self.report.add_times(
-                            &rule::L2_ZERO_V2,
-                            Some(entry_offset),
-                            times,
-                            "zero flag in a version 2 image",
-                        );
-                    }
-                    if v.active > 0 {
-                        self.stats.allocated += v.active;
-                        if next_contiguous != 0 && offset != next_contiguous {
-                            self.stats.fragmented += v.active;
-                        }
-                        next_contiguous = offset + cs;
-                    }
-                    if data_file {
-                        if offset != guest {
-                            self.report.add_with(
-                                &rule::DATA_FILE_OFFSET,
-                                Some(entry_offset),
-                                times,
-                                || {
-                                    format!(
-                                    "guest offset {guest:#x} maps to data file offset {offset:#x}"
-                                )
-                                },
-                            );
-                        }
-                    } else if times == 1 {
-                        self.census.reference_cluster(
-                            self.report,
-                            offset,
-                            owner::DATA,
-                            "data cluster",
-                        );
-                    } else {
-                        self.census.reference(
-                            self.report,
-                            offset,
-                            cs,
-                            times,
-                            owner::DATA,
-                            "data cluster",
-                        );
-                    }
-                    if v.active > 0 {
-                        // With a data file every cluster has an implicit refcount of 1.
-                        let one = if data_file {
-                            Some(true)
-                        } else {
-                            self.refcount_is_one(offset / cs)
-                        };
-                        if one.is_some_and(|one| one != (entry & OFLAG_COPIED != 0)) {
-                            self.copied_mismatch(entry_offset, entry, offset, v.active);
-                        }
-                    }
-                }
-                ClusterKind::ZeroPlain => {
-                    if h.version < 3 {
-                        self.report.add_times(
-                            &rule::L2_ZERO_V2,
-                            Some(entry_offset),
-                            times,
-                            "zero flag in a version 2 image",
-                        );
-                    }
-                }
-                ClusterKind::Unallocated => {
-                    if bitmap & L2_BITMAP_ALL_ALLOC != 0 {
-                        self.report.add_with(
-                            &rule::SUBCLUSTER_UNALLOCATED,
-                            Some(entry_offset),
-                            times,
-                            || {
-                                format!(
-                                    "unallocated cluster with allocated subclusters {:#x}",
-                                    bitmap & L2_BITMAP_ALL_ALLOC
-                                )
-                            },
-                        );
-                    }
-                    if entry & OFLAG_COPIED != 0 && !data_file {
-                        self.report.add_times(&rule::L2_OFFSET_ZERO_COPIED, Some(entry_offset), times,
-                            "host offset 0 with COPIED set, but the image has no external data file");
-                    }
                 }
             }
+            ClusterKind::Unallocated => self.visit_unallocated(e),
+        }
+    }
+
+    /// A compressed cluster: flags and bitmap it must not have, the host
+    /// range it references (the sectors it spans).
+    fn visit_compressed(&mut self, e: &L2Entry) {
+        let h = self.h;
+        let entry = e.entry;
+        if entry & OFLAG_COPIED != 0 {
+            self.report
+                .add_with(&rule::L2_COMPRESSED_COPIED, Some(e.at), e.times, || {
+                    format!("compressed cluster entry {entry:#018x} has COPIED set")
+                });
+        }
+        if h.has_data_file() {
+            self.report.add_times(
+                &rule::DATA_FILE_COMPRESSED,
+                Some(e.at),
+                e.times,
+                "compressed cluster in an image with an external data file",
+            );
+            return;
+        }
+        if e.bitmap != 0 {
+            let bitmap = e.bitmap;
+            self.report
+                .add_with(&rule::SUBCLUSTER_COMPRESSED, Some(e.at), e.times, || {
+                    format!("compressed cluster with subcluster bitmap {bitmap:#018x}")
+                });
+            return;
+        }
+        if compressed_offset_high_bits(h, entry) != 0 {
+            self.report.add_times(
+                &rule::L2_COMPRESSED_OFFSET,
+                Some(e.at),
+                e.times,
+                "compressed cluster offset has bits above 55 set",
+            );
+        }
+        let r = compressed_range(h, entry);
+        self.census.reference(
+            self.report,
+            r.offset,
+            r.len,
+            e.times,
+            owner::COMPRESSED,
+            "compressed cluster",
+        );
+        self.stats.allocated += e.active;
+        self.stats.compressed += e.active;
+        self.stats.fragmented += e.active;
+    }
+
+    /// A cluster with a host offset (data, or allocated and zero): its
+    /// alignment and subclusters, the statistics, its reference (or, with a
+    /// data file, the identity mapping) and the COPIED flag.
+    fn visit_allocated(&mut self, e: &L2Entry, next_contiguous: &mut u64) {
+        let h = self.h;
+        let cs = h.cluster_size();
+        let (entry, guest, times) = (e.entry, e.guest, e.times);
+        let offset = entry & L2E_OFFSET_MASK;
+        let both = (e.bitmap >> 32) & e.bitmap;
+        if both != 0 {
+            self.report
+                .add_with(&rule::SUBCLUSTER_ALLOC_ZERO, Some(e.at), times, || {
+                    format!(
+                        "cluster at {offset:#x}: subclusters {both:#x} are both allocated and zero"
+                    )
+                });
+        }
+        if !offset.is_multiple_of(cs) {
+            self.report
+                .add_with(&rule::L2_ALIGNED, Some(e.at), times, || {
+                    format!("data cluster offset {offset:#x} is not cluster aligned")
+                });
+        }
+        if h.version < 3 && entry & OFLAG_ZERO != 0 {
+            self.report.add_times(
+                &rule::L2_ZERO_V2,
+                Some(e.at),
+                times,
+                "zero flag in a version 2 image",
+            );
+        }
+        if e.active > 0 {
+            self.stats.allocated += e.active;
+            if *next_contiguous != 0 && offset != *next_contiguous {
+                self.stats.fragmented += e.active;
+            }
+            *next_contiguous = offset + cs;
+        }
+        let data_file = h.has_data_file();
+        if data_file {
+            if offset != guest {
+                self.report
+                    .add_with(&rule::DATA_FILE_OFFSET, Some(e.at), times, || {
+                        format!("guest offset {guest:#x} maps to data file offset {offset:#x}")
+                    });
+            }
+        } else if times == 1 {
+            self.census
+                .reference_cluster(self.report, offset, owner::DATA, "data cluster");
+        } else {
+            self.census
+                .reference(self.report, offset, cs, times, owner::DATA, "data cluster");
+        }
+        if e.active > 0 {
+            // With a data file every cluster has an implicit refcount of 1.
+            let one = if data_file {
+                Some(true)
+            } else {
+                self.refcount_is_one(offset / cs)
+            };
+            if one.is_some_and(|one| one != (entry & OFLAG_COPIED != 0)) {
+                self.copied_mismatch(e.at, entry, offset, e.active);
+            }
+        }
+    }
+
+    /// A cluster without a host offset: no allocated subclusters, and
+    /// COPIED only where an external data file makes offset 0 meaningful.
+    fn visit_unallocated(&mut self, e: &L2Entry) {
+        let alloc = e.bitmap & L2_BITMAP_ALL_ALLOC;
+        if alloc != 0 {
+            self.report
+                .add_with(&rule::SUBCLUSTER_UNALLOCATED, Some(e.at), e.times, || {
+                    format!("unallocated cluster with allocated subclusters {alloc:#x}")
+                });
+        }
+        if e.entry & OFLAG_COPIED != 0 && !self.h.has_data_file() {
+            self.report.add_times(
+                &rule::L2_OFFSET_ZERO_COPIED,
+                Some(e.at),
+                e.times,
+                "host offset 0 with COPIED set, but the image has no external data file",
+            );
         }
     }
 
@@ -1033,7 +1075,7 @@ impl Checker<'_, '_> {
             }
         }
         // QEMU starts from cluster 0, so the header cluster always counts.
-        self.report.image_end_offset = Some((highest.unwrap_or(0) + 1) * cs);
+        self.report.image_stats().image_end_offset = Some((highest.unwrap_or(0) + 1) * cs);
         Ok(())
     }
 }

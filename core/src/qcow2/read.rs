@@ -319,7 +319,7 @@ fn parse_metadata(
         .iter()
         .find(|f| f.severity == crate::Severity::Error)
     {
-        Some(f) => ReadError::rule(f.rule, f.offset, f.detail.clone()),
+        Some(f) => ReadError::rule(f.rule, f.offset(), f.detail.clone()),
         None => ReadError::rule(&rule::MAGIC, Some(0), "unreadable qcow2 header"),
     };
     let parsed = header::parse(src, &mut report).ok_or_else(|| invalid(&report))?;

@@ -43,7 +43,7 @@ impl Used {
 
 /// The consistency check (`qconform check`): header, L1 and L2 tables, cluster overlaps and leaks; never panics.
 pub fn check(src: &dyn ReadAt, filename: &str, limits: &Limits) -> Report {
-    let mut report = Report::new(filename, "qed", limits);
+    let mut report = Report::for_image(filename, "qed", limits);
     let Some(h) = header::parse(src, &mut report) else {
         return report;
     };
@@ -139,8 +139,9 @@ pub fn check(src: &dyn ReadAt, filename: &str, limits: &Limits) -> Report {
             )
         });
     }
-    report.image_end_offset = Some(nclusters * cs);
-    report.total_clusters = Some(h.image_size.div_ceil(cs));
-    report.allocated_clusters = Some(allocated);
+    let stats = report.image_stats();
+    stats.image_end_offset = Some(nclusters * cs);
+    stats.total_clusters = Some(h.image_size.div_ceil(cs));
+    stats.allocated_clusters = Some(allocated);
     report
 }

@@ -11,7 +11,7 @@ use super::payload::{self, Payload, PayloadError, PayloadKind, Region};
 use super::request::{self, Channel, Fds, FrontEnd as Fe, Gate, Reply, Request, RequestInfo};
 use super::wire::{self, Header};
 use crate::limits::Limits;
-use crate::report::Report;
+use crate::report::{Location, Report};
 use crate::rules::{vhost_user as rule, Rule};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
@@ -244,7 +244,8 @@ impl Session {
         {
             self.refusal = Some(detail.clone());
         }
-        self.report.add(rule, Some(seq), detail);
+        self.report
+            .add_at(rule, Some(Location::Message(seq)), 1, || detail);
     }
 
     fn negotiated(&self, f: PF) -> bool {
