@@ -161,20 +161,34 @@ pub fn severity_rank(code: i32) -> u8 {
     }
 }
 
+/// `qconform check`: the exit code is the most severe verdict of all
+/// images; `reports` also get one JUnit test case per image and one SARIF
+/// result per finding.
 pub fn run_check(
     format: Option<&str>,
     output: Output,
     strict: bool,
     policy: &qconform_core::upload::Policy,
     images: &[std::path::PathBuf],
+    reports_to: &crate::ci_report::Targets,
 ) -> i32 {
     let limits = Limits::default();
     let mut worst = 0;
     let mut reports = Vec::new();
+    let mut cases = Vec::new();
+    let mut results = Vec::new();
     for path in images {
         let (report, code) = crate::upload_policy::check(path, format, &limits, policy, strict);
         if severity_rank(code) > severity_rank(worst) {
             worst = code;
+        }
+        if reports_to.any() {
+            cases.push(crate::ci_report::Case {
+                suite: "qconform check".into(),
+                name: report.filename.clone(),
+                outcome: crate::ci_report::check_outcome(&report, code),
+            });
+            results.extend(crate::ci_report::image_results(&report, &report.filename));
         }
         match output {
             Output::Human => out!("{}", human(&report)),
@@ -189,7 +203,10 @@ pub fn run_check(
         };
         outln!("{}", text.unwrap_or_default());
     }
-    worst
+    if !reports_to.any() {
+        return worst;
+    }
+    reports_to.write_or_fail("qconform check", &cases, &results, worst)
 }
 
 pub fn run_info(output: Output, path: &Path) -> i32 {

@@ -1,10 +1,14 @@
 //! `qconform conform`: the main job. Checks every corpus image and
 //! transcript, compares each report with its golden file (recorded
 //! conversations: their replay too), prints a table, then the vhost-user
-//! conformance matrix of the back-ends present; fails on any mismatch or a
-//! matrix cell that cannot run.
+//! conformance matrix of the back-ends present. Exit 0 when everything
+//! matches, 4 ([`DIFFERS`]) when any case differs from its golden files
+//! (or has none), 1 when a matrix cell (or the matrix) could not run.
 
-use crate::golden::{case_json, case_snap_path, corpus_cases, read_snap, Kind};
+use crate::ci_report::{self, Case, Outcome, Targets};
+use crate::golden::images::DIFFERS;
+use crate::golden::{case_snap_path, corpus_cases, read_snap, Kind, TranscriptCheck};
+use crate::progress::{self, Unit};
 use crate::Output;
 use serde::Serialize;
 use std::path::Path;
@@ -14,9 +18,15 @@ struct Row {
     case: String,
     format: String,
     verdict: &'static str,
-    exit_code: i64,
+    exit_code: i32,
     findings: usize,
     golden: Golden,
+    /// Where the case departs from its golden files.
+    #[serde(skip)]
+    differences: Vec<String>,
+    /// Its findings, for SARIF.
+    #[serde(skip)]
+    results: Vec<ci_report::Result>,
 }
 
 /// How a case compares with its golden files.
@@ -48,29 +58,37 @@ impl Golden {
     }
 }
 
-fn verdict(code: i64) -> &'static str {
-    match code {
-        0 => "clean",
-        1 => "not checked",
-        2 => "corrupt",
-        3 => "leaks",
-        _ => "?",
-    }
+/// How `conform` runs besides its output.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    /// `--junit FILE`, `--sarif FILE`.
+    pub reports: Targets,
+    /// `-q`: no progress bar.
+    pub quiet: bool,
 }
 
 /// A recorded conversation's matrix: its cells and the back-end names.
 type Matrix = (Vec<crate::vhost::matrix::Cell>, Vec<String>);
 
-pub fn run(root: &Path, output: Output) -> i32 {
+pub fn run(root: &Path, output: Output, settings: &Settings) -> i32 {
     let cases = corpus_cases(root);
     if cases.is_empty() {
         eprintln!("qconform conform: no corpus cases under {} (run from the repository root or pass --root)", root.display());
         return 1;
     }
-    let rows: Vec<Row> = cases.iter().map(|c| judge(root, c)).collect();
-    let mut failures = rows.iter().filter(|r| r.golden != Golden::Match).count();
+    let bar = progress::bar(cases.len() as u64, Unit::Items, settings.quiet);
+    bar.set_message("cases");
+    let rows: Vec<Row> = cases
+        .iter()
+        .map(|c| {
+            let r = judge(root, c);
+            bar.inc(1);
+            r
+        })
+        .collect();
+    bar.finish_and_clear();
+    let differ = rows.iter().any(|r| r.golden != Golden::Match);
     let (matrix, matrix_failures) = matrix(root);
-    failures += matrix_failures;
     match output {
         Output::Json => crate::outln!(
             "{}",
@@ -82,10 +100,89 @@ pub fn run(root: &Path, output: Output) -> i32 {
         ),
         Output::Human => print_human(&rows, matrix.as_ref()),
     }
-    if failures > 0 {
+    // A difference is what conform is for: it outranks a cell that could not run.
+    let code = if differ {
+        DIFFERS
+    } else if matrix_failures > 0 {
         1
     } else {
         0
+    };
+    if !settings.reports.any() {
+        return code;
+    }
+    let mut junit: Vec<Case> = rows.iter().map(case).collect();
+    if let Some((cells, _)) = &matrix {
+        junit.extend(crate::vhost::matrix::ci_cases(cells));
+    }
+    let results: Vec<ci_report::Result> = rows.iter().flat_map(|r| r.results.clone()).collect();
+    settings
+        .reports
+        .write_or_fail("qconform conform", &junit, &results, code)
+}
+
+/// A row as a JUnit test case: it fails when it departs from its golden files.
+fn case(r: &Row) -> Case {
+    Case {
+        suite: format!("qconform conform ({})", r.format),
+        name: r.case.clone(),
+        outcome: match r.golden {
+            Golden::Match => Outcome::Pass,
+            g => Outcome::Fail {
+                message: format!(
+                    "{} (verdict {}, exit {})",
+                    g.label(),
+                    r.verdict,
+                    r.exit_code
+                ),
+                detail: r.differences.join("\n"),
+            },
+        },
+    }
+}
+
+/// A case judged now: its golden body, format, exit code, findings.
+struct Judged {
+    body: serde_json::Value,
+    /// An image's check report (None for transcripts).
+    report: Option<qconform_core::Report>,
+    format: String,
+    code: i32,
+    findings: usize,
+    results: Vec<ci_report::Result>,
+}
+
+fn judge_now(root: &Path, c: &crate::golden::Case) -> Judged {
+    match c.kind {
+        Kind::Image => {
+            let report = crate::golden::image_report(root, &c.path);
+            Judged {
+                body: serde_json::to_value(&report).unwrap_or_default(),
+                format: report.format.clone(),
+                code: report.exit_code(false),
+                findings: report.findings.len(),
+                results: ci_report::image_results(&report, &report.filename),
+                report: Some(report),
+            }
+        }
+        Kind::Transcript => {
+            let t = TranscriptCheck::of(root, &c.path);
+            let (findings, results) = match &t.report {
+                Ok(r) => (
+                    r.findings.len(),
+                    ci_report::results(&r.findings, &t.conversation),
+                ),
+                Err(_) => (0, Vec::new()),
+            };
+            Judged {
+                body: t.json(),
+                report: None,
+                format: "vhost-user".to_owned(),
+                code: t.exit_code(),
+                findings,
+                results,
+            }
+        }
     }
 }
 
@@ -93,21 +190,25 @@ pub fn run(root: &Path, output: Output) -> i32 {
 /// `info` and `map` too, for recorded conversations their replay.
 fn judge(root: &Path, c: &crate::golden::Case) -> Row {
     let name = &c.name;
-    let report: serde_json::Value = serde_json::from_str(&case_json(root, c)).unwrap_or_default();
-    let (format, code) = match c.kind {
-        Kind::Image => (
-            report["format"].as_str().unwrap_or("?").to_owned(),
-            exit_code(&report),
-        ),
-        Kind::Transcript => ("vhost-user".to_owned(), transcript_exit_code(&report)),
-    };
-    let mut golden = match read_snap(&case_snap_path(root, c)) {
-        None => Golden::Missing,
-        Some(body) => match serde_json::from_str::<serde_json::Value>(&body) {
-            Ok(g) if g == report => Golden::Match,
-            _ => Golden::Mismatch,
-        },
-    };
+    let now = judge_now(root, c);
+    let mut differences = Vec::new();
+    let mut golden = compare(name, &case_snap_path(root, c), &now.body, &mut differences);
+    if let (Golden::Mismatch, Some(now_report)) = (golden, &now.report) {
+        // Say what changed in the report's own terms, when the golden file
+        // reads back as a Report; the JSON lines stay for what it does not type.
+        let typed = read_snap(&case_snap_path(root, c))
+            .map(|g| serde_json::from_str::<qconform_core::Report>(&g));
+        match typed {
+            Some(Ok(g)) => {
+                let lines = crate::golden::diff::reports(&g, now_report);
+                differences.extend(lines.into_iter().map(|l| format!("{name}: {l}")));
+            }
+            Some(Err(e)) => {
+                differences.push(format!("{name}: the golden file is not a report: {e}"))
+            }
+            None => {}
+        }
+    }
     if c.kind == Kind::Image && golden == Golden::Match {
         // `info` and `map` of the image must match their golden files too.
         for (dir, body) in [
@@ -121,58 +222,60 @@ fn judge(root: &Path, c: &crate::golden::Case) -> Row {
             ),
         ] {
             let snap = root.join(dir).join(format!("{name}.snap"));
-            golden = golden.and(compare(&format!("{name} ({dir})"), &snap, &body));
+            let body = serde_json::from_str(&body).unwrap_or_default();
+            golden = golden.and(compare(
+                &format!("{name} ({dir})"),
+                &snap,
+                &body,
+                &mut differences,
+            ));
         }
     }
     if golden == Golden::Match && crate::golden::is_recording(root, c) {
-        let body = crate::golden::replay_json(root, &c.path);
+        let body =
+            serde_json::from_str(&crate::golden::replay_json(root, &c.path)).unwrap_or_default();
         let snap = crate::golden::replay_snap_path(root, c);
-        golden = golden.and(compare(&format!("{name} (replay)"), &snap, &body));
+        golden = golden.and(compare(
+            &format!("{name} (replay)"),
+            &snap,
+            &body,
+            &mut differences,
+        ));
     }
-    if golden != Golden::Match {
-        if let Some(g) = read_snap(&case_snap_path(root, c))
-            .and_then(|body| serde_json::from_str::<serde_json::Value>(&body).ok())
-        {
-            explain(name, &g, &report);
-        }
+    for d in &differences {
+        eprintln!("{d}");
     }
     Row {
         case: name.clone(),
         verdict: match c.kind {
-            Kind::Image => verdict(code),
-            Kind::Transcript => match code {
+            Kind::Image => crate::golden::record::verdict(now.code),
+            Kind::Transcript => match now.code {
                 0 => "conforming",
                 1 => "unreadable",
                 _ => "findings",
             },
         },
-        format,
-        exit_code: code,
-        findings: report["findings"].as_array().map_or(0, |a| a.len()),
+        format: now.format,
+        exit_code: now.code,
+        findings: now.findings,
         golden,
+        differences,
+        results: now.results,
     }
 }
 
-/// Compares `body` with the golden file `snap`, explaining a difference.
-fn compare(what: &str, snap: &Path, body: &str) -> Golden {
-    let now: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+/// Compares `now` with the golden file `snap`, adding where they differ to `out`.
+fn compare(what: &str, snap: &Path, now: &serde_json::Value, out: &mut Vec<String>) -> Golden {
     match read_snap(snap).and_then(|g| serde_json::from_str::<serde_json::Value>(&g).ok()) {
-        None => Golden::Missing,
-        Some(g) if g != now => {
-            explain(what, &g, &now);
+        None => {
+            out.push(format!("{what}: no golden file {}", snap.display()));
+            Golden::Missing
+        }
+        Some(g) if &g != now => {
+            explain(what, &g, now, out);
             Golden::Mismatch
         }
         _ => Golden::Match,
-    }
-}
-
-fn transcript_exit_code(report: &serde_json::Value) -> i64 {
-    if report.get("unreadable").is_some() {
-        1
-    } else if report["violations"].as_u64().unwrap_or(0) > 0 {
-        2
-    } else {
-        0
     }
 }
 
@@ -248,12 +351,22 @@ fn print_human(rows: &[Row], matrix: Option<&Matrix>) {
     }
 }
 
-/// Says on stderr where a report departs from its golden file.
-fn explain(name: &str, golden: &serde_json::Value, report: &serde_json::Value) {
-    let (Some(g), Some(r)) = (golden.as_object(), report.as_object()) else {
-        return;
+/// Where a report departs from its golden file, one line per field.
+fn explain(
+    name: &str,
+    golden: &serde_json::Value,
+    report: &serde_json::Value,
+    out: &mut Vec<String>,
+) {
+    let wrap = |v: &serde_json::Value| match v {
+        serde_json::Value::Object(m) => m.clone(),
+        // A top-level array (a map) or scalar: compared as one field.
+        v => serde_json::Map::from_iter([("entries".to_owned(), v.clone())]),
     };
-    for (k, gv) in g {
+    let (g, r) = (wrap(golden), wrap(report));
+    let keys: std::collections::BTreeSet<&String> = g.keys().chain(r.keys()).collect();
+    for k in keys {
+        let gv = g.get(k).unwrap_or(&serde_json::Value::Null);
         let rv = r.get(k).unwrap_or(&serde_json::Value::Null);
         if gv == rv {
             continue;
@@ -265,26 +378,13 @@ fn explain(name: &str, golden: &serde_json::Value, report: &serde_json::Value) {
                     .zip(ra.iter())
                     .position(|(a, b)| a != b)
                     .unwrap_or(ga.len().min(ra.len()));
-                eprintln!(
+                out.push(format!(
                     "{name}: {k}[{i}]: golden {} | now {}",
                     ga.get(i).map_or("(none)".into(), |v| v.to_string()),
                     ra.get(i).map_or("(none)".into(), |v| v.to_string())
-                );
+                ));
             }
-            _ => eprintln!("{name}: {k}: golden {gv} | now {rv}"),
+            _ => out.push(format!("{name}: {k}: golden {gv} | now {rv}")),
         }
-    }
-}
-
-fn exit_code(report: &serde_json::Value) -> i64 {
-    let n = |k: &str| report[k].as_u64().unwrap_or(0);
-    if n("check-errors") > 0 {
-        1
-    } else if n("corruptions") > 0 {
-        2
-    } else if n("leaks") > 0 {
-        3
-    } else {
-        0
     }
 }

@@ -8,10 +8,19 @@
 //! (`vhost-user replay --output json` against qconform's reference back-end).
 //! `INSTA_UPDATE=always cargo test` and `qconform golden update` both
 //! rewrite them.
+//!
+//! `qconform golden update|verify PATH...` keeps golden records for any set
+//! of images instead: [`walk`] finds them, [`record`] makes one, [`diff`]
+//! compares two, [`images`] runs the commands.
+
+pub mod diff;
+pub mod images;
+pub mod record;
+pub mod walk;
 
 use qconform_core::vhost_user::session::Profile;
 use qconform_core::vhost_user::transcript;
-use qconform_core::Limits;
+use qconform_core::{Limits, Report};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -86,40 +95,83 @@ pub fn corpus_cases(root: &Path) -> Vec<Case> {
     images.chain(transcripts).collect()
 }
 
-/// The report of one image, as its golden file holds it: pretty JSON whose
-/// filename is relative to the repository root.
-pub fn report_json(root: &Path, _name: &str, path: &Path) -> String {
+/// The report of one image with its filename relative to the repository
+/// root, as its golden file holds it.
+pub fn image_report(root: &Path, path: &Path) -> Report {
     let mut report = crate::check::check_file(path, None, &Limits::default());
     let rel = path.strip_prefix(root).unwrap_or(path);
     report.filename = rel.display().to_string();
-    serde_json::to_string_pretty(&report).unwrap_or_default()
+    report
+}
+
+/// The report of one image, as its golden file holds it: pretty JSON whose
+/// filename is relative to the repository root.
+pub fn report_json(root: &Path, _name: &str, path: &Path) -> String {
+    serde_json::to_string_pretty(&image_report(root, path)).unwrap_or_default()
+}
+
+/// A transcript judged by the rule engine (what `vhost-user check` does).
+pub struct TranscriptCheck {
+    /// The transcript's path relative to the repository root.
+    pub conversation: String,
+    /// How many messages it holds.
+    pub messages: u64,
+    /// The rule engine's report, or why the transcript is unreadable.
+    pub report: Result<Report, String>,
+}
+
+impl TranscriptCheck {
+    /// Judges the transcript at `path`.
+    pub fn of(root: &Path, path: &Path) -> TranscriptCheck {
+        let conversation = path
+            .strip_prefix(root)
+            .unwrap_or(path)
+            .display()
+            .to_string();
+        let parsed = std::fs::read_to_string(path)
+            .map_err(|e| e.to_string())
+            .and_then(|t| transcript::parse(&t).map_err(|e| e.to_string()));
+        let (messages, report) = match parsed {
+            Err(e) => (0, Err(e)),
+            Ok((_, entries)) => {
+                let s = transcript::check(&conversation, &entries, Profile::default());
+                (s.messages(), Ok(s.report().clone()))
+            }
+        };
+        TranscriptCheck {
+            conversation,
+            messages,
+            report,
+        }
+    }
+
+    /// `vhost-user check`'s exit code: 0 conforming, 1 unreadable, 2 findings.
+    pub fn exit_code(&self) -> i32 {
+        match &self.report {
+            Err(_) => 1,
+            Ok(r) if r.violations > 0 => 2,
+            Ok(_) => 0,
+        }
+    }
+
+    /// What `vhost-user check --output json` prints (the golden body).
+    pub fn json(&self) -> serde_json::Value {
+        match &self.report {
+            Err(e) => serde_json::json!({ "conversation": self.conversation, "unreadable": e }),
+            Ok(r) => serde_json::json!({
+                "conversation": self.conversation,
+                "messages": self.messages,
+                "violations": r.violations,
+                "findings": r.findings,
+                "findings-omitted": r.findings_omitted(),
+            }),
+        }
+    }
 }
 
 /// The report of one transcript (what `vhost-user check --output json` prints).
 pub fn transcript_json(root: &Path, path: &Path) -> String {
-    let rel = path
-        .strip_prefix(root)
-        .unwrap_or(path)
-        .display()
-        .to_string();
-    let v = match std::fs::read_to_string(path)
-        .map_err(|e| e.to_string())
-        .and_then(|t| transcript::parse(&t).map_err(|e| e.to_string()))
-    {
-        Err(e) => serde_json::json!({ "conversation": rel, "unreadable": e }),
-        Ok((_, entries)) => {
-            let s = transcript::check(&rel, &entries, Profile::default());
-            let r = s.report();
-            serde_json::json!({
-                "conversation": rel,
-                "messages": s.messages(),
-                "violations": r.violations,
-                "findings": r.findings,
-                "findings-omitted": r.findings_omitted(),
-            })
-        }
-    };
-    serde_json::to_string_pretty(&v).unwrap_or_default()
+    serde_json::to_string_pretty(&TranscriptCheck::of(root, path).json()).unwrap_or_default()
 }
 
 /// Whether a case is a recorded real conversation (it has a replay golden file).

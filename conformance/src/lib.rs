@@ -2,12 +2,14 @@
 //! and golden-file handling, so integration tests and xtask can reuse them.
 
 pub mod check;
+pub mod ci_report;
 pub mod conform;
 pub mod corpus;
 pub mod fuzz;
 pub mod golden;
 pub mod info_json;
 pub mod out;
+pub mod progress;
 pub mod read;
 pub mod repair;
 pub mod rules_cmd;

@@ -41,6 +41,8 @@ enum Command {
         /// The repaired copy -r writes (must not exist).
         #[arg(long, requires = "repair")]
         repair_out: Option<PathBuf>,
+        #[command(flatten)]
+        reports: CiArgs,
         #[arg(required = true)]
         images: Vec<PathBuf>,
     },
@@ -63,6 +65,9 @@ enum Command {
         /// Write to this file (sparse) instead of stdout.
         #[arg(short = 'o', long = "output-file")]
         out: Option<PathBuf>,
+        /// No progress bar (shown for -o on a terminal).
+        #[arg(short, long)]
+        quiet: bool,
         image: PathBuf,
     },
     /// The allocation map, in the JSON shape of `qemu-img map --output=json`.
@@ -81,7 +86,13 @@ enum Command {
         #[arg(long, value_enum, default_value = "human")]
         output: Output,
     },
-    /// Golden files: verify the corpus against them, or rewrite them.
+    /// Golden records: verify images against them, or rewrite them.
+    ///
+    /// With PATHs (files or folders, searched recursively; formats found
+    /// from the content), one record per image under --golden. Without, the
+    /// repository's corpus/ and golden/ (as `conform`). `verify` exits 0
+    /// when every image matches, 4 when any changed, is new (no record) or
+    /// stale (a record without an image), 1 when it could not run.
     Golden {
         #[command(subcommand)]
         action: GoldenAction,
@@ -98,12 +109,20 @@ enum Command {
         action: FuzzAction,
     },
     /// The main job: check every corpus image and compare with golden/.
+    ///
+    /// Exit 0 when every case matches its golden files, 4 when any differs
+    /// (or has none), 1 when a matrix cell could not run.
     Conform {
         #[arg(long, value_enum, default_value = "human")]
         output: Output,
         /// Repository root holding corpus/ and golden/.
         #[arg(long, default_value = ".")]
         root: PathBuf,
+        /// No progress bar.
+        #[arg(short, long)]
+        quiet: bool,
+        #[command(flatten)]
+        reports: CiArgs,
     },
 }
 
@@ -173,6 +192,8 @@ enum VhostAction {
         /// back-end) as violations.
         #[arg(long)]
         strict: bool,
+        #[command(flatten)]
+        reports: CiArgs,
     },
     /// Act as a reference back-end and judge the front-end that connects.
     Serve {
@@ -255,9 +276,8 @@ enum VhostAction {
         backends: Vec<String>,
         #[arg(long, value_enum, default_value = "human")]
         output: Output,
-        /// Also write the matrix as JUnit XML here.
-        #[arg(long)]
-        junit: Option<PathBuf>,
+        #[command(flatten)]
+        reports: CiArgs,
         #[arg(long, default_value_t = 2000)]
         timeout_ms: u64,
     },
@@ -296,6 +316,8 @@ enum VhostAction {
         output: Output,
         #[arg(long)]
         lenient: bool,
+        #[command(flatten)]
+        reports: CiArgs,
     },
 }
 
@@ -309,10 +331,85 @@ fn parse_u64(s: &str) -> Result<u64, String> {
 
 #[derive(Subcommand)]
 enum GoldenAction {
-    /// Compare every corpus case with its golden file.
-    Verify { root: Option<PathBuf> },
-    /// Rewrite the golden files from the current reports.
-    Update { root: Option<PathBuf> },
+    /// Compare images with their golden records (exit 0 all match, 4 any difference, 1 could not run).
+    Verify(GoldenArgs),
+    /// Rewrite the golden records from the images as they are now.
+    Update(GoldenArgs),
+}
+
+/// `--junit FILE` and `--sarif FILE`: CI reports of a command that judges.
+#[derive(clap::Args, Debug, Clone, Default)]
+struct CiArgs {
+    /// Also write a JUnit XML report here (one test case per image or transcript).
+    #[arg(long, value_name = "FILE")]
+    junit: Option<PathBuf>,
+    /// Also write a SARIF 2.1.0 report here (one result per finding).
+    #[arg(long, value_name = "FILE")]
+    sarif: Option<PathBuf>,
+}
+
+impl From<CiArgs> for qconform::ci_report::Targets {
+    fn from(a: CiArgs) -> Self {
+        Self {
+            junit: a.junit,
+            sarif: a.sarif,
+        }
+    }
+}
+
+#[derive(clap::Args)]
+struct GoldenArgs {
+    /// Where the golden records of PATHs are (default: ./qconform-golden).
+    #[arg(long, value_name = "DIR")]
+    golden: Option<PathBuf>,
+    /// Without PATHs: the repository root holding corpus/ and golden/.
+    #[arg(long, default_value = ".")]
+    root: PathBuf,
+    /// Do not hash the guest bytes (faster; content changes go unseen).
+    #[arg(long)]
+    no_content: bool,
+    /// The backing policy the guest bytes are read under (as `cat --backing`).
+    #[arg(long, value_enum, default_value = "confined")]
+    backing: BackingArg,
+    /// No progress bar.
+    #[arg(short, long)]
+    quiet: bool,
+    #[command(flatten)]
+    reports: CiArgs,
+    /// Image files or folders (recursive; formats found from the content).
+    paths: Vec<PathBuf>,
+}
+
+/// `qconform golden update|verify`.
+fn golden_cmd(update: bool, a: GoldenArgs) -> i32 {
+    if a.paths.is_empty() {
+        if a.golden.is_some() {
+            eprintln!("qconform: --golden needs the PATHs of the images");
+            return 1;
+        }
+        if update {
+            return golden::update(&a.root);
+        }
+        let settings = conform::Settings {
+            reports: a.reports.into(),
+            quiet: a.quiet,
+        };
+        return conform::run(&a.root, Output::Human, &settings);
+    }
+    let s = golden::images::Settings {
+        golden: a.golden.unwrap_or_else(|| "qconform-golden".into()),
+        record: golden::record::Options {
+            content: !a.no_content,
+            backing: a.backing.into(),
+        },
+        quiet: a.quiet,
+        reports: a.reports.into(),
+    };
+    if update {
+        golden::images::update(&a.paths, &s)
+    } else {
+        golden::images::verify(&a.paths, &s)
+    }
 }
 
 /// The one-line help, naming the formats of the registry.
@@ -358,10 +455,18 @@ fn main() -> ExitCode {
             policy,
             repair,
             repair_out,
+            reports,
             images,
         } => match repair.zip(repair_out) {
             Some((mode, new)) => qconform::repair::run(mode, &images, &new, output, strict),
-            None => check::run_check(format.as_deref(), output, strict, &policy, &images),
+            None => check::run_check(
+                format.as_deref(),
+                output,
+                strict,
+                &policy,
+                &images,
+                &reports.into(),
+            ),
         },
         Command::Info { output, image } => check::run_info(output, &image),
         Command::Rules { output } => rules_cmd::run(output),
@@ -370,6 +475,7 @@ fn main() -> ExitCode {
             backing,
             force,
             out,
+            quiet,
             image,
         } => {
             let o = qconform::read::ReadOptions {
@@ -377,7 +483,7 @@ fn main() -> ExitCode {
                 force,
                 ..qconform::read::ReadOptions::new(backing.into())
             };
-            qconform::read::run_cat(&image, &o, out.as_deref())
+            qconform::read::run_cat(&image, &o, out.as_deref(), quiet)
         }
         Command::Map {
             output,
@@ -392,12 +498,22 @@ fn main() -> ExitCode {
             qconform::read::run_map(&image, &o, output)
         }
         Command::Golden { action } => match action {
-            GoldenAction::Verify { root } => {
-                conform::run(&root.unwrap_or_else(|| ".".into()), Output::Human)
-            }
-            GoldenAction::Update { root } => golden::update(&root.unwrap_or_else(|| ".".into())),
+            GoldenAction::Verify(a) => golden_cmd(false, a),
+            GoldenAction::Update(a) => golden_cmd(true, a),
         },
-        Command::Conform { output, root } => conform::run(&root, output),
+        Command::Conform {
+            output,
+            root,
+            quiet,
+            reports,
+        } => conform::run(
+            &root,
+            output,
+            &conform::Settings {
+                reports: reports.into(),
+                quiet,
+            },
+        ),
         Command::VhostUser { action } => vhost_user(action),
         Command::Fuzz {
             action:
@@ -446,18 +562,41 @@ fn vhost_user(action: VhostAction) -> i32 {
             transcript,
             backend_cmd,
             strict,
-        } => probe::run(
-            &probe::Options {
-                socket,
-                timeout: Duration::from_millis(timeout_ms),
-                profile: Profile { lenient },
-                transcript,
-                robustness: !no_robustness,
-                backend_cmd,
-                strict,
-            },
-            output,
-        ),
+            reports,
+        } => {
+            // The CI reports judge the main conversation's transcript: a
+            // scratch one when --transcript is not given.
+            let targets: qconform::ci_report::Targets = reports.into();
+            let scratch = tempfile::tempdir();
+            let transcript = match (&transcript, &scratch, targets.any()) {
+                (None, Ok(d), true) => Some(d.path().join("probe.jsonl")),
+                _ => transcript,
+            };
+            let label = socket.display().to_string();
+            let code = probe::run(
+                &probe::Options {
+                    socket,
+                    timeout: Duration::from_millis(timeout_ms),
+                    profile: Profile { lenient },
+                    transcript: transcript.clone(),
+                    robustness: !no_robustness,
+                    backend_cmd,
+                    strict,
+                },
+                output,
+            );
+            match (&transcript, targets.any()) {
+                (Some(t), true) => qconform::ci_report::vhost::write(
+                    "qconform vhost-user probe",
+                    &label,
+                    t,
+                    Profile { lenient },
+                    code,
+                    &targets,
+                ),
+                _ => code,
+            }
+        }
         VhostAction::Serve {
             socket,
             once,
@@ -493,7 +632,25 @@ fn vhost_user(action: VhostAction) -> i32 {
             file,
             output,
             lenient,
-        } => vcheck::run(&file, output, Profile { lenient }),
+            reports,
+        } => {
+            let code = vcheck::run(&file, output, Profile { lenient });
+            let targets: qconform::ci_report::Targets = reports.into();
+            if targets.any() {
+                let label = file.display().to_string();
+                let t = "qconform vhost-user check";
+                qconform::ci_report::vhost::write(
+                    t,
+                    &label,
+                    &file,
+                    Profile { lenient },
+                    code,
+                    &targets,
+                )
+            } else {
+                code
+            }
+        }
         VhostAction::Record {
             listen,
             connect,
@@ -557,13 +714,13 @@ fn vhost_user(action: VhostAction) -> i32 {
             transcripts,
             backends,
             output,
-            junit,
+            reports,
             timeout_ms,
         } => qconform::vhost::matrix::run(
             &transcripts,
             &backends,
             output,
-            junit.as_deref(),
+            &reports.into(),
             Duration::from_millis(timeout_ms),
         ),
     }

@@ -75,8 +75,9 @@ fn closed_pipe(e: &std::io::Error) -> bool {
 }
 
 /// `qconform cat`: the virtual disk (qcow2, QED or Parallels, with its
-/// backing chain) to stdout, or sparsely to a file.
-pub fn run_cat(path: &Path, o: &ReadOptions, out: Option<&Path>) -> i32 {
+/// backing chain) to stdout, or sparsely to a file (with a progress bar of
+/// the bytes read on a terminal, unless `quiet`).
+pub fn run_cat(path: &Path, o: &ReadOptions, out: Option<&Path>, quiet: bool) -> i32 {
     let mut disk = match open(path, o) {
         Ok(d) => d,
         Err(e) => {
@@ -85,7 +86,7 @@ pub fn run_cat(path: &Path, o: &ReadOptions, out: Option<&Path>) -> i32 {
         }
     };
     let r = match out {
-        Some(o) => cat_to_file(&mut disk, o),
+        Some(o) => cat_to_file(&mut disk, o, quiet),
         None => cat_to(&mut disk, &mut std::io::stdout().lock()),
     };
     match r {
@@ -133,9 +134,32 @@ fn cat_to(disk: &mut VirtualDisk, w: &mut dyn Write) -> Result<(), CatError> {
     Ok(w.flush()?)
 }
 
+/// sha256 of the guest bytes `cat` writes (lowercase hex) and how many
+/// there are: the content digest of golden records.
+pub fn digest(path: &Path, o: &ReadOptions) -> Result<(String, u64), String> {
+    use sha2::Digest;
+    struct Hasher(sha2::Sha256);
+    impl Write for Hasher {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.update(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut disk = open(path, o).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut h = Hasher(sha2::Sha256::new());
+    match cat_to(&mut disk, &mut h) {
+        Ok(()) => Ok((format!("{:x}", h.0.finalize()), disk.size())),
+        Err(CatError::ClosedPipe) => Err(format!("{}: closed", path.display())),
+        Err(CatError::Other(e)) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
 /// Writes only the chunks that are not all zero; the file is sized first,
 /// so the rest stays a hole.
-fn cat_to_file(disk: &mut VirtualDisk, out: &Path) -> Result<(), CatError> {
+fn cat_to_file(disk: &mut VirtualDisk, out: &Path, quiet: bool) -> Result<(), CatError> {
     let f = std::fs::File::create(out)
         .map_err(|e| CatError::Other(format!("{}: {e}", out.display())))?;
     let size = disk.size();
@@ -154,6 +178,9 @@ fn cat_to_file(disk: &mut VirtualDisk, out: &Path) -> Result<(), CatError> {
         }
         Ok(())
     })?;
+    // The bar counts the bytes read: the data ranges, not the holes.
+    let total = ranges.iter().map(|(a, b)| b - a).sum();
+    let bar = crate::progress::bar(total, crate::progress::Unit::Bytes, quiet);
     // Two stages on two cores: this thread reads (and decompresses) the
     // virtual disk, a writer thread writes the non-zero runs. Two buffers
     // circulate between them.
@@ -186,6 +213,7 @@ fn cat_to_file(disk: &mut VirtualDisk, out: &Path) -> Result<(), CatError> {
                     break 'ranges;
                 }
                 pos += n as u64;
+                bar.inc(n as u64);
             }
         }
         drop(full_tx);
@@ -193,6 +221,7 @@ fn cat_to_file(disk: &mut VirtualDisk, out: &Path) -> Result<(), CatError> {
             .join()
             .unwrap_or_else(|_| Err("the writer thread failed".into()))
             .map_err(CatError::Other);
+        bar.finish_and_clear();
         result.and(written)
     })
 }

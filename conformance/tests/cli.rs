@@ -197,8 +197,14 @@ fn conform_passes_on_the_corpus_and_fails_on_a_changed_golden() {
         };
         std::fs::write(gold.join(format!("{n}.snap")), g).unwrap();
     }
-    let (code, out, _) = run(qconform().args(["conform", "--root"]).arg(dir.path()));
-    assert_eq!(code, 1, "{out}");
+    let (code, out, err) = run(qconform().args(["conform", "--root"]).arg(dir.path()));
+    // 4: differs from golden (1 is "could not run", 2 and 3 are check's).
+    assert_eq!(code, 4, "{out}");
+    // Said in the report's terms: the golden file read back as a Report.
+    assert!(
+        err.lines().any(|l| l == "refcount-up: leaks: 0 → 1"),
+        "{err}"
+    );
     assert!(
         out.lines()
             .any(|l| l.starts_with("refcount-up") && l.ends_with("MISMATCH")),
@@ -392,4 +398,55 @@ fn info_works_for_qed_and_parallels_and_agrees_with_qemu_img() {
             && human.contains("backing file: \"writer-qed.qed\""),
         "{human}"
     );
+}
+
+/// Progress bars go to a terminal only: a pipe gets no progress bytes, a
+/// terminal (util-linux `script` gives the command one) gets the bar of
+/// bytes done, and `-q` silences it there too.
+#[test]
+fn progress_bars_go_to_a_terminal_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("big.qcow2");
+    let img_s = img.to_str().unwrap();
+    for args in [
+        vec!["qemu-img", "create", "-q", "-f", "qcow2", img_s, "256M"],
+        vec!["qemu-io", "-c", "write -P 0x33 0 96M", img_s],
+    ] {
+        let st = Command::new(args[0])
+            .args(&args[1..])
+            .stdout(std::process::Stdio::null())
+            .status();
+        assert!(st.unwrap_or_else(|e| panic!("{}: {e}", args[0])).success());
+    }
+    let raw = dir.path().join("big.raw");
+    let raw_s = raw.to_str().unwrap();
+    // Piped: nothing on stderr, for cat -o, golden and conform alike.
+    let (code, out, err) = run(qconform().args(["cat", "-o", raw_s, img_s]));
+    assert_eq!((code, out.as_str(), err.as_str()), (0, "", ""));
+    let (code, _, err) = run(qconform()
+        .args(["golden", "update", "--golden"])
+        .arg(dir.path().join("g"))
+        .arg(&img));
+    assert_eq!((code, err.as_str()), (0, ""));
+    let (code, _, err) = run(qconform().arg("conform").current_dir(root()));
+    assert_eq!((code, err.as_str()), (0, ""));
+    // On a terminal: the bar, in bytes; with -q: none.
+    let bin = env!("CARGO_BIN_EXE_qconform");
+    let on_tty = |extra: &str| {
+        let log = dir.path().join("tty.log");
+        let cmd = format!("{bin} cat {extra} -o {raw_s} {img_s}");
+        let st = Command::new("script")
+            .args(["-qec", &cmd])
+            .arg(&log)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("script (util-linux)");
+        assert!(st.success());
+        std::fs::read_to_string(&log).unwrap_or_default()
+    };
+    assert!(
+        on_tty("").contains("/96.00 MiB"),
+        "no progress on a terminal"
+    );
+    assert!(!on_tty("-q").contains("MiB"));
 }

@@ -393,7 +393,12 @@ fn metadata(info: &Info, caps: &Caps, out: &mut Vec<Refusal>) {
 /// uploaded.
 fn compression(info: &Info, report: &Report, file_size: u64, caps: &Caps, out: &mut Vec<Refusal>) {
     let Info::Qcow2(i) = info else { return };
-    let Some(n) = report.stats.as_ref().and_then(|s| s.compressed_clusters).filter(|&n| n > 0) else {
+    let Some(n) = report
+        .stats
+        .as_ref()
+        .and_then(|s| s.compressed_clusters)
+        .filter(|&n| n > 0)
+    else {
         return;
     };
     let expanded = n.saturating_mul(i.header.cluster_size());

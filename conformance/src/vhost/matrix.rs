@@ -141,50 +141,36 @@ pub fn cell(
     }
 }
 
-fn xml_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+/// The cells as CI test cases: one suite per back-end, one case per
+/// transcript; findings or divergences fail it, a cell that cannot run is an error.
+pub fn ci_cases(cells: &[Cell]) -> Vec<crate::ci_report::Case> {
+    use crate::ci_report::{Case, Outcome};
+    cells
+        .iter()
+        .map(|c| {
+            let detail = c.detail.clone().unwrap_or_default();
+            Case {
+                suite: c.backend.clone(),
+                name: c.transcript.clone(),
+                outcome: match c.verdict {
+                    Verdict::Conforming => Outcome::Pass,
+                    Verdict::Error => Outcome::Error {
+                        message: "cannot run".into(),
+                        detail,
+                    },
+                    Verdict::Findings | Verdict::Divergences => Outcome::Fail {
+                        message: format!("{} findings, {} divergences", c.findings, c.divergences),
+                        detail,
+                    },
+                },
+            }
+        })
+        .collect()
 }
 
-pub fn junit(cells: &[Cell], backends: &[String]) -> String {
-    let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"qconform vhost-user matrix\">\n");
-    for b in backends {
-        let mine: Vec<&Cell> = cells.iter().filter(|c| &c.backend == b).collect();
-        let failures = mine
-            .iter()
-            .filter(|c| matches!(c.verdict, Verdict::Findings | Verdict::Divergences))
-            .count();
-        let errors = mine.iter().filter(|c| c.verdict == Verdict::Error).count();
-        out.push_str(&format!(
-            "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{failures}\" errors=\"{errors}\">\n",
-            xml_escape(b),
-            mine.len()
-        ));
-        for c in mine {
-            out.push_str(&format!(
-                "    <testcase classname=\"{}\" name=\"{}\">",
-                xml_escape(b),
-                xml_escape(&c.transcript)
-            ));
-            let detail = xml_escape(c.detail.as_deref().unwrap_or(""));
-            match c.verdict {
-                Verdict::Conforming => {}
-                Verdict::Error => {
-                    out.push_str(&format!("<error message=\"cannot run\">{detail}</error>"))
-                }
-                Verdict::Findings | Verdict::Divergences => out.push_str(&format!(
-                    "<failure message=\"{} findings, {} divergences\">{detail}</failure>",
-                    c.findings, c.divergences
-                )),
-            }
-            out.push_str("</testcase>\n");
-        }
-        out.push_str("  </testsuite>\n");
-    }
-    out.push_str("</testsuites>\n");
-    out
+/// The matrix as JUnit XML (one test suite per back-end).
+pub fn junit(cells: &[Cell]) -> Result<String, String> {
+    crate::ci_report::junit::render("qconform vhost-user matrix", &ci_cases(cells))
 }
 
 pub fn table(cells: &[Cell], backends: &[String]) -> String {
@@ -216,14 +202,14 @@ pub fn run(
     dir: &Path,
     specs: &[String],
     output: Output,
-    junit_out: Option<&Path>,
+    reports_to: &crate::ci_report::Targets,
     timeout: Duration,
 ) -> i32 {
     if transcripts(dir).is_empty() {
         eprintln!("qconform: no transcripts (*.jsonl) in {}", dir.display());
         return 1;
     }
-    let (cells, names) = match cells(dir, specs, timeout) {
+    let (cells, reports, names) = match cells_with_reports(dir, specs, timeout) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("qconform: {e}");
@@ -237,17 +223,27 @@ pub fn run(
         ),
         Output::Human => print!("{}", table(&cells, &names)),
     }
-    if let Some(p) = junit_out {
-        if let Err(e) = std::fs::write(p, junit(&cells, &names)) {
-            eprintln!("qconform: {}: {e}", p.display());
-            return 1;
-        }
-    }
-    if cells.iter().any(|c| c.verdict == Verdict::Error) {
+    let code = if cells.iter().any(|c| c.verdict == Verdict::Error) {
         1
     } else {
         0
-    }
+    };
+    let results: Vec<crate::ci_report::Result> = reports
+        .iter()
+        .flat_map(|(path, backend, r)| {
+            let mut v = crate::ci_report::results(&r.findings.findings, path);
+            for f in &mut v {
+                f.message = format!("{backend}: {}", f.message);
+            }
+            v
+        })
+        .collect();
+    reports_to.write_or_fail(
+        "qconform vhost-user matrix",
+        &ci_cases(&cells),
+        &results,
+        code,
+    )
 }
 
 /// Where `cargo xtask peers` puts the real vhost-user peers.
@@ -299,15 +295,35 @@ pub fn cells(
     specs: &[String],
     timeout: Duration,
 ) -> Result<(Vec<Cell>, Vec<String>), String> {
+    cells_with_reports(dir, specs, timeout).map(|(c, _, n)| (c, n))
+}
+
+/// A replay that ran: the transcript's path, the back-end, the report.
+type Replayed = (String, String, ReplayReport);
+
+/// The matrix run: its cells, the replays that ran, the back-end names.
+type Run = (Vec<Cell>, Vec<Replayed>, Vec<String>);
+
+/// Runs the matrix: its cells, the replays that ran (for SARIF) and the back-end names.
+fn cells_with_reports(dir: &Path, specs: &[String], timeout: Duration) -> Result<Run, String> {
     let backends: Vec<(String, String)> = specs
         .iter()
         .map(|s| parse_backend(s))
         .collect::<Result<_, _>>()?;
     let mut cells = Vec::new();
+    let mut reports = Vec::new();
     for f in &transcripts(dir) {
         for (name, cmd) in &backends {
-            cells.push(cell(f, name, cmd, timeout).0);
+            let (c, r) = cell(f, name, cmd, timeout);
+            cells.push(c);
+            if let Some(r) = r {
+                reports.push((f.display().to_string(), name.clone(), r));
+            }
         }
     }
-    Ok((cells, backends.into_iter().map(|(n, _)| n).collect()))
+    Ok((
+        cells,
+        reports,
+        backends.into_iter().map(|(n, _)| n).collect(),
+    ))
 }

@@ -299,7 +299,14 @@ pub fn spawn_quiet(socket: &std::path::Path, queues: u64) -> std::thread::JoinHa
 /// [`run`], printing each connection's report to `output` if given.
 pub fn run_with(opts: &Options, output: Option<Output>) -> i32 {
     let _ = std::fs::remove_file(&opts.socket);
-    let listener = match UnixListener::bind(&opts.socket) {
+    // Bound (and listening) under another name, then renamed: a socket file
+    // at opts.socket always accepts connections (between bind and listen a
+    // connect is refused, and callers poll for the file).
+    let staging = opts.socket.with_extension("new");
+    let _ = std::fs::remove_file(&staging);
+    let bound = UnixListener::bind(&staging)
+        .and_then(|l| std::fs::rename(&staging, &opts.socket).map(|()| l));
+    let listener = match bound {
         Ok(l) => l,
         Err(e) => {
             eprintln!("qconform: cannot listen on {}: {e}", opts.socket.display());

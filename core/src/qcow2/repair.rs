@@ -57,7 +57,10 @@ pub fn leak_fixes(src: &dyn ReadAt, filename: &str, limits: &Limits) -> crate::R
     if report.check_errors > 0 {
         return Err(report.into_error());
     }
-    if report.findings_omitted().contains_key(rule::REFCOUNT_LEAK.id) {
+    if report
+        .findings_omitted()
+        .contains_key(rule::REFCOUNT_LEAK.id)
+    {
         return Err(crate::Error::rule(
             &general::WORK_LIMIT,
             None,
@@ -73,7 +76,8 @@ pub fn leak_fixes(src: &dyn ReadAt, filename: &str, limits: &Limits) -> crate::R
             continue;
         }
         let cs = h.cluster_size();
-        let (Some(at), Some(references)) = (f.offset(), number_after(&f.detail, "reference=")) else {
+        let (Some(at), Some(references)) = (f.offset(), number_after(&f.detail, "reference="))
+        else {
             continue;
         };
         let refcount = number_after(&f.detail, "refcount=").unwrap_or(0);
