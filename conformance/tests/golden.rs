@@ -75,6 +75,10 @@ fn corpus_reports_match_golden_snapshots() {
 /// Rules no corpus image can trigger, and the test that triggers each.
 const TRIGGERED_BY_TESTS: &[(&str, &str)] = &[
     (
+        "qcow2.header.data-file-unnamed",
+        "conformance/tests/paths.rs: a_data_file_bit_without_a_name_checks_with_a_note_and_is_not_read",
+    ),
+    (
         "qed.header.magic",
         "conformance/tests/qed.rs: forced_qed_on_other_bytes_names_the_magic_rule",
     ),

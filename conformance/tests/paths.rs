@@ -318,3 +318,29 @@ fn deep_chains_are_read_and_cycles_are_refused_at_once() {
     assert_eq!(code, 1);
     assert!(err.contains("input.backing-chain-acyclic"), "{err}");
 }
+
+#[test]
+fn a_data_file_bit_without_a_name_checks_with_a_note_and_is_not_read() {
+    // The spec allows the bit without the name extension ("may be
+    // present"); qemu-img then cannot open the image at all without being
+    // told the data file, and neither may we guess one.
+    let dir = tempfile::tempdir().unwrap();
+    qemu_img(
+        dir.path(),
+        &["create", "-q", "-f", "qcow2", "img.qcow2", "1M"],
+    );
+    let img = dir.path().join("img.qcow2");
+    let mut bytes = std::fs::read(&img).unwrap();
+    bytes[79] |= 0x04; // incompatible_features bit 2, big-endian u64 at 72
+    std::fs::write(&img, &bytes).unwrap();
+    let qemu = output(Command::new("qemu-img").args(["check", img.to_str().unwrap()]));
+    assert_eq!(qemu.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&qemu.stderr).contains("'data-file' is required"));
+    let (code, out, err) = run(qconform().args(["check", "--output", "json"]).arg(&img));
+    assert_eq!(code, 0, "valid by the spec: {err}");
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.contains("qcow2.header.data-file-unnamed"), "{out}");
+    let (code, _, err) = run(qconform().arg("cat").arg(&img));
+    assert_eq!(code, 1);
+    assert!(err.contains("qcow2.header.data-file-unnamed"), "{err}");
+}

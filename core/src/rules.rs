@@ -169,6 +169,8 @@ pub mod qcow2 {
             "The encryption header pointer is 16 bytes and its offset is cluster aligned.";
         EXT_DATA_FILE_NAME = "qcow2.ext.data-file-name", "qcow2.rst", "Header", Violation,
             "The external data file name extension is present only with the external data file bit.";
+        DATA_FILE_UNNAMED = "qcow2.header.data-file-unnamed", "qcow2.rst", "Header", Note,
+            "With the external data file bit set and no External Data File Name extension (which the spec allows), the data file must be named by the user: nothing in the image says where guest data lies (QEMU refuses to open it without a data-file option).";
 
         REFTABLE_RESERVED = "qcow2.refcount.table-entry-reserved", "qcow2.rst", "Host cluster management", Corruption,
             "Bits 0-8 of a refcount table entry are zero.";

@@ -63,8 +63,16 @@ fn format_check(name: &str, data: &[u8]) {
         );
     }
     let _ = f.info(&data, "fuzz", &limits);
-    judge_names(f.named_files(&data));
-    read_some(data);
+    let names = f.named_files(&data);
+    // The oracle of a clean check holds for an image that needs no other
+    // file (the reader here opens none): it names none, and it is not a
+    // qcow2 image whose data file the user must name.
+    let clean = names.is_empty()
+        && report.check_errors == 0
+        && report.corruptions == 0
+        && !report.has(&qconform_core::rules::qcow2::DATA_FILE_UNNAMED);
+    judge_names(names);
+    read_some(data, clean);
 }
 
 /// Judges the backing and data file names an image carries under the
@@ -210,7 +218,7 @@ pub fn structured_qed_parallels(data: &[u8]) {
                 report.findings
             );
         }
-        read_some(&mutated);
+        read_some(&mutated, false);
     }
 }
 
@@ -246,10 +254,25 @@ thread_local! {
     static READ_BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; 4096]);
 }
 
+/// Whether a read error of an image the checker called clean is one the
+/// checker does not promise to prevent: an encrypted image (refused, not
+/// decrypted), a compressed stream (check judges where a cluster lies, not
+/// whether it inflates), or one of our own limits.
+fn excused(e: &qconform_core::Error) -> bool {
+    use qconform_core::Error;
+    match e {
+        Error::Encrypted | Error::Decompress { .. } => true,
+        Error::Rule { rule, .. } => rule.id.starts_with("limits."),
+        _ => false,
+    }
+}
+
 /// Opens `data` as a virtual disk (no other files) and reads its first
 /// clusters and its map: the map is bounded by the tables the file holds,
-/// whatever disk size it claims.
-fn read_some(data: &[u8]) {
+/// whatever disk size it claims. When the checker found the image `clean`
+/// (no error, no corruption), the oracle: it opens, reads and maps without
+/// an error, and every range the map calls zero reads as zeros.
+fn read_some(data: &[u8], clean: bool) {
     use qconform_core::disk::{Backing, NoFiles, OpenOptions, VirtualDisk};
     use qconform_core::ReadAt;
     // Best effort (no check first): the reader itself must hold on
@@ -272,12 +295,37 @@ fn read_some(data: &[u8]) {
         Shared(rc.clone())
     });
     debug_assert_eq!(src.size(), data.len() as u64);
-    if let Ok(mut disk) = VirtualDisk::open(Box::new(src), &NoFiles, &opts) {
-        READ_BUF.with_borrow_mut(|buf| {
-            let _ = disk.read_at(0, buf);
+    let mut disk = match VirtualDisk::open(Box::new(src), &NoFiles, &opts) {
+        Ok(disk) => disk,
+        Err(e) => {
+            assert!(!clean || excused(&e), "a clean image does not open: {e}");
+            return;
+        }
+    };
+    READ_BUF.with_borrow_mut(|buf| {
+        let read = disk.read_at(0, buf);
+        let window = buf.len() as u64;
+        let mapped = disk.map_each(|e| {
+            if clean && read.is_ok() && e.zero && e.start < window {
+                let end = (e.start + e.length).min(window) as usize;
+                let bytes = buf.get(e.start as usize..end).unwrap_or(&[]);
+                assert!(
+                    bytes.iter().all(|&b| b == 0),
+                    "map calls {:#x}+{:#x} zero, the read has data there",
+                    e.start,
+                    e.length
+                );
+            }
+            Ok(())
         });
-        let _ = disk.map_each(|_| Ok(()));
-    }
+        if clean {
+            for r in [&read, &mapped] {
+                if let Err(e) = r {
+                    assert!(excused(e), "a clean image does not read or map: {e}");
+                }
+            }
+        }
+    });
 }
 
 /// `main` of a target built without libFuzzer: runs the body on every file

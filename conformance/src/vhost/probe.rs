@@ -15,7 +15,7 @@
 use super::conn::{self, Conn, Received, RecvError};
 use super::tap::Tap;
 use crate::Output;
-use qconform_core::report::{Finding, Severity};
+use qconform_core::report::{Finding, Location, Severity};
 use qconform_core::rules::vhost_user as rule;
 use qconform_core::vhost_user::features::{self as feat, ProtocolFeature as PF};
 use qconform_core::vhost_user::payload::{self, encode, Payload, Region};
@@ -608,21 +608,20 @@ fn judge_answer(
                     Breaks::CannotCarryOut => &rule::ROBUST_ACCEPTS,
                     Breaks::FrontEndShould => &rule::ROBUST_POLICY,
                 };
-                findings.add(
-                    rule,
-                    Some(before),
-                    format!("back-end: acknowledged {what} as a success"),
-                );
+                findings.add_at(rule, Some(Location::Message(before)), 1, || {
+                    format!("back-end: acknowledged {what} as a success")
+                });
                 "success ack (0)".into()
             }
             Some(ReplyOutcome::Ack(v)) => format!("failure ack ({v})"),
             _ if r.header.is_reply() => {
                 // A reply body, not an ack: REPLY_ACK's meaning is not at
                 // stake, and no request here has a failure form of its body.
-                findings.add(
+                findings.add_at(
                     &rule::ROBUST_POLICY,
-                    Some(before),
-                    format!("back-end: answered {what} as if it were valid"),
+                    Some(Location::Message(before)),
+                    1,
+                    || format!("back-end: answered {what} as if it were valid"),
                 );
                 format!("normal reply to {}", name_of(r.header.request))
             }
@@ -633,13 +632,16 @@ fn judge_answer(
             "closed the connection".into()
         }
         Err(RecvError::Timeout) if p.tap.session.awaiting_reply() => {
-            findings.add(
+            findings.add_at(
                 &rule::ROBUST_HANG,
-                Some(before),
-                format!(
-                    "back-end: neither replied to {what} nor closed within {} ms",
-                    opts.timeout.as_millis()
-                ),
+                Some(Location::Message(before)),
+                1,
+                || {
+                    format!(
+                        "back-end: neither replied to {what} nor closed within {} ms",
+                        opts.timeout.as_millis()
+                    )
+                },
             );
             "no reply (hang)".into()
         }
@@ -647,10 +649,11 @@ fn judge_answer(
         Err(RecvError::Timeout) => match p.call(Fe::GetFeatures, &Payload::Empty, &[], false) {
             Ok(_) => "ignored; still answers".into(),
             Err(Stop::Timeout) => {
-                findings.add(
+                findings.add_at(
                     &rule::ROBUST_HANG,
-                    Some(before),
-                    format!("back-end: stopped answering after {what}"),
+                    Some(Location::Message(before)),
+                    1,
+                    || format!("back-end: stopped answering after {what}"),
                 );
                 "hang".into()
             }
@@ -712,22 +715,26 @@ fn robustness(opts: &Options, probe: &Robustness, ring_size: u32) -> ProbeVerdic
     // Did it survive? A process we started tells us how it died; otherwise a
     // refused connection says the back-end is gone.
     if let Some(how) = backend.crashed() {
-        findings.add(
+        findings.add_at(
             &rule::ROBUST_CRASH,
-            Some(before),
-            format!("back-end: {how} after {}", m.what),
+            Some(Location::Message(before)),
+            1,
+            || format!("back-end: {how} after {}", m.what),
         );
         verdict.outcome.push_str(&format!("; process {how}"));
     } else if opts.backend_cmd.is_none() {
         std::thread::sleep(Duration::from_millis(50));
         if let Err(e) = Conn::connect_timeout(&opts.socket, Duration::from_millis(500)) {
-            findings.add(
+            findings.add_at(
                 &rule::ROBUST_CRASH,
-                Some(before),
-                format!(
-                    "back-end: no longer accepts connections after {} ({e})",
-                    m.what
-                ),
+                Some(Location::Message(before)),
+                1,
+                || {
+                    format!(
+                        "back-end: no longer accepts connections after {} ({e})",
+                        m.what
+                    )
+                },
             );
             verdict
                 .outcome

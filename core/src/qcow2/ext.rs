@@ -403,6 +403,16 @@ fn requirements(h: &Header, exts: &Extensions, report: &mut Report) -> Option<()
         );
         return None;
     }
+    if h.has_data_file() && exts.data_file.is_none() {
+        // Valid ("may be present"), but no reader can find the guest data
+        // without being told: say so, so a clean check is not read as
+        // "this image opens".
+        report.add(
+            &rule::DATA_FILE_UNNAMED,
+            Some(super::header::field::INCOMPATIBLE_FEATURES.pos()),
+            "external data file bit set without a data file name extension: the data file must be given by the user",
+        );
+    }
     if h.autoclear_features & AUTOCLEAR_BITMAPS != 0 && exts.bitmaps.is_none() {
         report.add(
             &rule::EXT_BITMAPS_AUTOCLEAR,

@@ -399,9 +399,9 @@ pub fn open_layer(
     let (data_file, data_file_unopened) = if h.has_data_file() {
         let name = exts.data_file.clone().ok_or_else(|| {
             ReadError::rule(
-                &rule::EXT_DATA_FILE_NAME,
-                Some(h.extensions_start()),
-                "external data file bit set, but no data file name extension",
+                &rule::DATA_FILE_UNNAMED,
+                Some(super::header::field::INCOMPATIBLE_FEATURES.pos()),
+                "external data file bit set, but no data file name extension names the data file",
             )
         })?;
         if opts.backing == Backing::Ignore {
