@@ -9,31 +9,27 @@ use qconform_core::{qcow2, Limits, Report, Severity};
 use std::path::Path;
 
 /// Opens an image and finds its format in the registry: forced by `format`
-/// (a `-f` name) or probed from the magic. What fails becomes a report with
-/// a check error (exit code 1).
+/// (a `-f` name) or probed from the magic. What fails is the crate's error
+/// with the rule it breaks (a check error: exit code 1).
 fn open_as(
     path: &Path,
     format: Option<&str>,
-    limits: &Limits,
-) -> Result<(FileSource, &'static dyn ImageFormat), Box<Report>> {
+) -> qconform_core::Result<(FileSource, &'static dyn ImageFormat)> {
     let name = path.display().to_string();
     let src = FileSource::open(path).map_err(|e| {
-        let mut r = Report::for_image(&name, format.unwrap_or("unknown"), limits);
         // open_regular refuses FIFOs, devices, directories and sockets.
         let rule = if e.kind() == std::io::ErrorKind::InvalidInput {
             &qconform_core::rules::policy::REGULAR_FILE
         } else {
             &general::IO_ERROR
         };
-        r.add(rule, None, format!("cannot open {name}: {e}"));
-        Box::new(r)
+        qconform_core::Error::rule(rule, None, format!("cannot open {name}: {e}"))
     })?;
     let found = match format {
         Some(f) => formats::by_name(f),
         None => formats::probe(&src),
     };
     let f = found.ok_or_else(|| {
-        let mut r = Report::for_image(&name, format.unwrap_or("unknown"), limits);
         let known = formats::names().collect::<Vec<_>>().join(", ");
         let what = match format {
             Some(f) => format!("unknown format {f:?} (known: {known})"),
@@ -41,8 +37,7 @@ fn open_as(
                 "the file is not in a format qconform knows (it has none of the magics of {known})"
             ),
         };
-        r.add(&general::UNKNOWN_FORMAT, Some(0), what);
-        Box::new(r)
+        qconform_core::Error::rule(&general::UNKNOWN_FORMAT, Some(0), what)
     })?;
     Ok((src, f))
 }
@@ -50,22 +45,34 @@ fn open_as(
 /// Checks one image file; unreadable files and unknown formats become a
 /// report with a check error (exit code 1), never a panic.
 pub fn check_file(path: &Path, format: Option<&str>, limits: &Limits) -> Report {
-    match open_as(path, format, limits) {
+    let name = path.display().to_string();
+    match open_as(path, format) {
         Ok((src, f)) => {
-            let mut report = f.check(&src, &path.display().to_string(), limits);
+            let mut report = f.check(&src, &name, limits);
             // Names inside the image that the default path policy would
             // refuse, judged without opening them.
             let names = qconform_core::disk::named_files(&src);
             qconform_core::disk::policy::audit(&mut report, path, &names);
             report
         }
-        Err(r) => *r,
+        Err(e) => {
+            let mut r = Report::for_image(&name, format.unwrap_or("unknown"), limits);
+            match e {
+                qconform_core::Error::Rule {
+                    rule,
+                    offset,
+                    detail,
+                } => r.add(rule, offset, detail),
+                other => r.add(&general::IO_ERROR, None, other.to_string()),
+            }
+            r
+        }
     }
 }
 
 /// The metadata `qconform info` shows, for an image of any registered format.
 pub fn info_file(path: &Path, limits: &Limits) -> qconform_core::Result<Info> {
-    let (src, f) = open_as(path, None, limits).map_err(|r| r.into_error())?;
+    let (src, f) = open_as(path, None)?;
     f.info(&src, &path.display().to_string(), limits)
 }
 

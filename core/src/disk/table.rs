@@ -8,14 +8,9 @@ use crate::source::ReadAt;
 /// Bytes read per page of a table.
 const PAGE_BYTES: u64 = 4096;
 
-/// Byte order of a table's entries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Endian {
-    /// qcow2.
-    Big,
-    /// QED and Parallels.
-    Little,
-}
+/// Byte order of a table's entries: the field module's, so one
+/// implementation decodes every fixed-width number of every format.
+pub(crate) use crate::field::Endian;
 
 /// A table of `entries` entries of `width` bytes (4 or 8) at `offset`.
 pub(crate) struct Table {
@@ -113,24 +108,9 @@ impl Table {
 }
 
 fn decode(b: &[u8], endian: Endian) -> u64 {
-    let mut v = [0u8; 8];
-    match (endian, b.len()) {
-        (Endian::Big, 8) => {
-            v.copy_from_slice(b);
-            u64::from_be_bytes(v)
-        }
-        (Endian::Big, 4) => {
-            v[4..].copy_from_slice(b);
-            u64::from_be_bytes(v)
-        }
-        (Endian::Little, 8) => {
-            v.copy_from_slice(b);
-            u64::from_le_bytes(v)
-        }
-        (Endian::Little, 4) => {
-            v[..4].copy_from_slice(b);
-            u64::from_le_bytes(v)
-        }
+    match b.len() {
+        4 => crate::field::read::<u32>(b, 0, endian) as u64,
+        8 => crate::field::read::<u64>(b, 0, endian),
         _ => 0,
     }
 }

@@ -1096,7 +1096,7 @@ fn for_each_refcount(
     match order {
         4 => {
             for (i, c) in from(2).chunks_exact(2).take(n).enumerate() {
-                f(at(i), u16::from_be_bytes([c[0], c[1]]) as u64);
+                f(at(i), crate::field::be_u16(c, 0) as u64);
             }
         }
         3 => {
@@ -1106,15 +1106,12 @@ fn for_each_refcount(
         }
         5 => {
             for (i, c) in from(4).chunks_exact(4).take(n).enumerate() {
-                f(at(i), u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as u64);
+                f(at(i), crate::field::be_u32(c, 0) as u64);
             }
         }
         6 => {
             for (i, c) in from(8).chunks_exact(8).take(n).enumerate() {
-                f(
-                    at(i),
-                    u64::from_be_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]),
-                );
+                f(at(i), crate::field::be_u64(c, 0));
             }
         }
         _ => {
