@@ -371,6 +371,9 @@ struct GoldenArgs {
     /// The backing policy the guest bytes are read under (as `cat --backing`).
     #[arg(long, value_enum, default_value = "confined")]
     backing: BackingArg,
+    /// With PATHs: `default`, `upload` or a TOML policy file, as `check --policy`.
+    #[arg(long, default_value = "default", value_parser = qconform::upload_policy::parse)]
+    policy: qconform_core::upload::Policy,
     /// No progress bar.
     #[arg(short, long)]
     quiet: bool,
@@ -401,6 +404,7 @@ fn golden_cmd(update: bool, a: GoldenArgs) -> i32 {
         record: golden::record::Options {
             content: !a.no_content,
             backing: a.backing.into(),
+            policy: a.policy,
         },
         quiet: a.quiet,
         reports: a.reports.into(),

@@ -325,3 +325,68 @@ fn verify_writes_junit_and_sarif_and_a_missing_path_cannot_run() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("no-such-folder"), "{err}");
 }
+
+#[test]
+fn under_the_upload_policy_a_new_backing_file_is_a_refusal_added() {
+    // A vendor image re-based onto a backing file (qemu-img rebase -u) is a
+    // change a plain record shows in its info; the upload policy's record
+    // also shows the refusal the upload check would now make.
+    let dir = vendor();
+    let (code, out, err) = qconform(
+        dir.path(),
+        &["golden", "update", "-q", "--policy", "upload", "vendor"],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let verify = |policy: &str| {
+        let mut args = vec!["golden", "verify", "-q"];
+        if !policy.is_empty() {
+            args.extend(["--policy", policy]);
+        }
+        args.push("vendor");
+        qconform(dir.path(), &args)
+    };
+    let (code, out, err) = verify("upload");
+    assert_eq!(
+        code, 0,
+        "unchanged images match under the same policy: {out}{err}"
+    );
+    let img = dir.path().join("vendor/data.hds");
+    tool(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            dir.path().join("vendor/base.qcow2").to_str().unwrap(),
+            "4M",
+        ],
+    );
+    tool(
+        "qemu-img",
+        &[
+            "rebase",
+            "-u",
+            "-f",
+            "qcow2",
+            "-b",
+            "base.qcow2",
+            "-F",
+            "qcow2",
+            img.to_str().unwrap(),
+        ],
+    );
+    let (code, out, err) = verify("upload");
+    assert_eq!(code, 4, "{out}{err}");
+    let (status, diff) = entry(&out, "data.hds");
+    assert_eq!(status, "changed");
+    assert!(
+        diff.iter()
+            .any(|l| l.starts_with("finding added: [upload.backing-file]")),
+        "{out}"
+    );
+    // The default policy's view of the same image: changed, no refusal.
+    let (_, out, _) = verify("");
+    let (_, diff) = entry(&out, "data.hds");
+    assert!(!diff.iter().any(|l| l.contains("upload.")), "{out}");
+}

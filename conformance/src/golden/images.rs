@@ -101,7 +101,7 @@ fn records(images: &[Found], s: &Settings) -> Vec<(Record, qconform_core::Report
     let out = images
         .par_iter()
         .map(|f| {
-            let r = record::make(&f.key, &f.path, s.record);
+            let r = record::make(&f.key, &f.path, &s.record);
             bar.inc(1);
             r
         })

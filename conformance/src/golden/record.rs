@@ -71,12 +71,16 @@ pub struct Content {
 }
 
 /// How records are made.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Options {
     /// Hash the guest bytes (`--no-content` turns it off).
     pub content: bool,
     /// The backing policy `cat` reads under.
     pub backing: Backing,
+    /// The admission policy the check is judged under (`--policy`): with
+    /// `upload`, a record holds the upload refusals too, so a vendor image
+    /// that starts carrying a backing file shows as changed.
+    pub policy: qconform_core::upload::Policy,
 }
 
 /// The spec files and the upstream commits they were copied at
@@ -162,10 +166,9 @@ pub fn findings(report: &Report) -> Vec<RecordedFinding> {
 
 /// Makes the record of the image at `path`, filed as `key`, and returns the
 /// check report too (for SARIF).
-pub fn make(key: &str, path: &Path, o: Options) -> (Record, Report) {
+pub fn make(key: &str, path: &Path, o: &Options) -> (Record, Report) {
     let limits = Limits::default();
-    let report = crate::check::check_file(path, None, &limits);
-    let code = report.exit_code(false);
+    let (report, code) = crate::upload_policy::check(path, None, &limits, &o.policy, false);
     let counts = counts(&report);
     let findings = findings(&report);
     let mut info = BTreeMap::new();
