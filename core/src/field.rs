@@ -193,6 +193,25 @@ pub(crate) use field_table;
 // The byte-field helpers for table entries (L1/L2 entries, refcounts, BAT
 // entries) that are not fields of a header: one implementation, the one above.
 
+/// Whether every byte of `b` is zero, tested 64 bytes per step: refcount
+/// blocks and clusters of up to 2 MiB are tested this way, and a byte-wise
+/// loop costs a traced comparison per byte under the fuzzers'
+/// instrumentation (a fifth of qcow2_check's time) and 8 times the work
+/// without it.
+pub(crate) fn is_zero(b: &[u8]) -> bool {
+    let mut blocks = b.chunks_exact(64);
+    let mut acc = 0u64;
+    for block in blocks.by_ref() {
+        for word in block.chunks_exact(8) {
+            acc |= u64::from_ne_bytes(word.try_into().unwrap_or([0xff; 8]));
+        }
+        if acc != 0 {
+            return false;
+        }
+    }
+    acc | blocks.remainder().iter().fold(0u64, |a, &x| a | x as u64) == 0
+}
+
 /// Big-endian u16 at `at`; zero when it does not fit.
 pub(crate) fn be_u16(b: &[u8], at: usize) -> u16 {
     read(b, at, Endian::Big)
@@ -229,6 +248,19 @@ pub(crate) fn put_le64(b: &mut [u8], at: usize, v: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn is_zero_agrees_with_a_byte_wise_scan() {
+        for len in [0usize, 1, 7, 8, 63, 64, 65, 130, 4096] {
+            let mut b = vec![0u8; len];
+            assert!(is_zero(&b), "{len} zeros");
+            for at in 0..len {
+                b[at] = 0x80;
+                assert!(!is_zero(&b), "len {len}, byte {at} set");
+                b[at] = 0;
+            }
+        }
+    }
 
     #[test]
     fn reads_and_writes_agree_with_std_byte_order() {

@@ -330,7 +330,10 @@ fn read_some(data: &[u8], clean: bool) {
 
 /// `main` of a target built without libFuzzer: runs the body on every file
 /// named on the command line (directories are walked one level deep).
+/// With `QCONFORM_REPLAY_TIMES` set it prints each input's time in
+/// microseconds, to find the inputs that slow a campaign down.
 pub fn replay_main(body: fn(&[u8])) {
+    let timed = std::env::var_os("QCONFORM_REPLAY_TIMES").is_some();
     let mut n = 0;
     for arg in std::env::args().skip(1) {
         let path = std::path::PathBuf::from(&arg);
@@ -347,7 +350,11 @@ pub fn replay_main(body: fn(&[u8])) {
         for f in files {
             match std::fs::read(&f) {
                 Ok(data) => {
+                    let t = std::time::Instant::now();
                     body(&data);
+                    if timed {
+                        println!("{} {}", t.elapsed().as_micros(), f.display());
+                    }
                     n += 1;
                 }
                 Err(e) => eprintln!("{}: {e}", f.display()),

@@ -117,7 +117,7 @@ pub fn parse(src: &dyn ReadAt, h: &Header, report: &mut Report) -> Option<Extens
         report.add(
             &rule::EXT_PLACEMENT,
             Some(super::header::field::EXT_OFF.pos()),
-            format!("the Format Extension cluster at {at:#x} lies past the end of the file"),
+            format_args!("the Format Extension cluster at {at:#x} lies past the end of the file"),
         );
         return None;
     }
@@ -129,7 +129,7 @@ pub fn parse(src: &dyn ReadAt, h: &Header, report: &mut Report) -> Option<Extens
         report.add(
             &rule::EXT_MAGIC,
             Some(at),
-            format!("Format Extension magic is {magic:#018x}"),
+            format_args!("Format Extension magic is {magic:#018x}"),
         );
         return None;
     }
@@ -174,7 +174,9 @@ fn features(
             report.add(
                 &rule::EXT_FEATURES,
                 Some(at + pos as u64),
-                format!("feature {magic:#018x} of {size} bytes runs past the extension cluster"),
+                format_args!(
+                    "feature {magic:#018x} of {size} bytes runs past the extension cluster"
+                ),
             );
             return;
         };
@@ -190,7 +192,7 @@ fn features(
                 report.add(
                     &rule::EXT_UNKNOWN_FEATURE,
                     Some(at + pos as u64),
-                    format!(
+                    format_args!(
                         "unknown feature {other:#018x} with flags {flags:#x}{}",
                         if flags & FLAG_NECESSARY != 0 {
                             " (NECESSARY: the image must not be changed)"
@@ -238,7 +240,7 @@ fn dirty_bitmap(
         report.add(
             &rule::EXT_FEATURES,
             Some(at),
-            format!("dirty bitmap L1 of {l1_size} entries does not fit its feature data"),
+            format_args!("dirty bitmap L1 of {l1_size} entries does not fit its feature data"),
         );
         return None;
     }
@@ -246,7 +248,7 @@ fn dirty_bitmap(
         report.add(
             &rule::BITMAP_SIZE,
             Some(at),
-            format!(
+            format_args!(
                 "bitmap of {size} sectors for a disk of {}",
                 h.disk_size() / SECTOR
             ),
@@ -256,7 +258,7 @@ fn dirty_bitmap(
         report.add(
             &rule::BITMAP_GRANULARITY,
             Some(bitmap_field::GRANULARITY.at(at)),
-            format!("granularity {granularity} is not a power of two"),
+            format_args!("granularity {granularity} is not a power of two"),
         );
         return None;
     }
@@ -317,7 +319,9 @@ fn dirty_ranges(
                     report.add(
                         &rule::BITMAP_L1_ENTRY,
                         Some(at + (bitmap_field::L1 + 8 * i) as u64),
-                        format!("bitmap L1 entry {i} points past the end of the file ({byte:#x})"),
+                        format_args!(
+                            "bitmap L1 entry {i} points past the end of the file ({byte:#x})"
+                        ),
                     );
                     continue;
                 }

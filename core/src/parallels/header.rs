@@ -148,7 +148,7 @@ pub fn parse(src: &dyn ReadAt, report: &mut Report) -> Option<Header> {
         report.add(
             &rule::MAGIC,
             Some(0),
-            format!(
+            format_args!(
                 "the file is {} bytes, shorter than a Parallels header",
                 src.size()
             ),
@@ -180,7 +180,7 @@ fn limits(h: &Header, report: &mut Report) -> Option<()> {
         report.add(
             &rule::VERSION,
             Some(f::VERSION.pos()),
-            format!("version {} (must be 2)", h.version),
+            format_args!("version {} (must be 2)", h.version),
         );
         return None;
     }
@@ -188,7 +188,7 @@ fn limits(h: &Header, report: &mut Report) -> Option<()> {
         report.add(
             &rule::TRACKS,
             Some(f::TRACKS.pos()),
-            format!("tracks (cluster size in sectors) is {}", h.tracks),
+            format_args!("tracks (cluster size in sectors) is {}", h.tracks),
         );
         return None;
     }
@@ -196,7 +196,7 @@ fn limits(h: &Header, report: &mut Report) -> Option<()> {
         report.add(
             &rule::BAT_SIZE,
             Some(f::NB_BAT_ENTRIES.pos()),
-            format!(
+            format_args!(
                 "{} BAT entries (QEMU's limit is {MAX_BAT_ENTRIES})",
                 h.nb_bat_entries
             ),
@@ -207,7 +207,7 @@ fn limits(h: &Header, report: &mut Report) -> Option<()> {
         report.add(
             &rule::DISK_SIZE_LIMIT,
             Some(f::NB_SECTORS.pos()),
-            format!(
+            format_args!(
                 "nb_sectors {:#x} ({} bytes) exceeds QEMU's largest disk ({MAX_DISK_BYTES} bytes)",
                 h.nb_sectors,
                 // The real product, not the saturated one.
@@ -226,7 +226,7 @@ fn findings(h: &Header, report: &mut Report) {
         report.add(
             &rule::NB_SECTORS_HIGH,
             Some(f::NB_SECTORS.pos()),
-            format!(
+            format_args!(
                 "nb_sectors {:#x} uses its high 32 bits in a WithoutFreeSpace image",
                 h.nb_sectors
             ),
@@ -237,7 +237,7 @@ fn findings(h: &Header, report: &mut Report) {
         report.add(
             &rule::BAT_COVERS_DISK,
             Some(f::NB_BAT_ENTRIES.pos()),
-            format!(
+            format_args!(
                 "{} BAT entries of {} bytes do not cover the {}-byte disk",
                 h.nb_bat_entries,
                 h.cluster_size(),
@@ -249,7 +249,7 @@ fn findings(h: &Header, report: &mut Report) {
         report.add(
             &rule::FLAGS_UNUSED,
             Some(f::FLAGS.pos()),
-            format!(
+            format_args!(
                 "flags {:#x}: bits 1-31 are unused and must be zero",
                 h.flags
             ),
@@ -265,7 +265,7 @@ fn findings(h: &Header, report: &mut Report) {
         v => report.add(
             &rule::IN_USE_VALUE,
             Some(f::IN_USE.pos()),
-            format!("in_use {v:#x} is none of 0, 0x746F6E59, 0x312e3276"),
+            format_args!("in_use {v:#x} is none of 0, 0x746F6E59, 0x312e3276"),
         ),
     }
 }

@@ -168,14 +168,14 @@ pub fn read_directory(
             report.add(
                 &rule::BITMAP_ENTRY,
                 Some(entry_offset),
-                format!("bitmap {name:?} {p}"),
+                format_args!("bitmap {name:?} {p}"),
             );
             return None;
         }
         // A consistent bitmap's table must cover the virtual disk.
         let covered = ((table_size as u128 * cs as u128) * 8) << granularity_bits;
         if flags & FLAG_IN_USE == 0 && (h.size as u128) > covered {
-            report.add(&rule::BITMAP_TABLE_SIZE, Some(entry_offset + 8), format!(
+            report.add(&rule::BITMAP_TABLE_SIZE, Some(entry_offset + 8), format_args!(
                 "bitmap {name:?}: {table_size} table entries cover {covered} bytes, less than the {}-byte disk", h.size));
             return None;
         }
@@ -183,14 +183,14 @@ pub fn read_directory(
             report.add(
                 &rule::BITMAP_NAME_UNIQUE,
                 Some(entry_offset),
-                format!("bitmap name {name:?} is used twice"),
+                format_args!("bitmap name {name:?} is used twice"),
             );
         }
         if flags & FLAG_IN_USE != 0 {
             report.add(
                 &rule::BITMAP_IN_USE,
                 Some(entry_offset + 12),
-                format!("bitmap {name:?} is in use (inconsistent)"),
+                format_args!("bitmap {name:?} is in use (inconsistent)"),
             );
         }
         bitmaps.push(Bitmap {

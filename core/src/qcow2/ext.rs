@@ -8,6 +8,7 @@ use crate::limits::Limits;
 use crate::report::Report;
 use crate::rules::{general, qcow2 as rule};
 use serde::Serialize;
+use std::borrow::Cow;
 
 /// End of the header extension area (spec "Header extensions").
 pub const EXT_END: u32 = 0x0000_0000;
@@ -142,7 +143,7 @@ struct Ext<'a> {
     data_start: u64,
     /// The length field (the data's length before padding).
     len: u32,
-    data: &'a [u8],
+    data: Cow<'a, [u8]>,
 }
 
 /// Parses the extension area of `cluster0`. Returns `None` when an extension
@@ -155,7 +156,8 @@ pub fn parse(
 ) -> Option<Extensions> {
     let mut exts = Extensions::default();
     // A set: 262144 extensions must not cost a quadratic uniqueness check.
-    let mut seen: std::collections::HashSet<u32> = std::collections::HashSet::new();
+    // At most max_header_extensions types: no flooding to resist.
+    let mut seen: crate::hash::FastSet<u32> = Default::default();
     walk(h, cluster0, limits, report, |e, report| {
         if !seen.insert(e.ext_type) {
             report.add_with(&rule::EXT_UNIQUE, Some(e.offset), 1, || {
@@ -208,10 +210,18 @@ fn walk(
         if ext_type == EXT_END {
             return Some(());
         }
-        // `data_start + len <= end <= cluster size`, so this slice is inside cluster0.
-        let data = cluster0
-            .get(data_start as usize..(data_start + len as u64) as usize)
-            .unwrap_or(&[]);
+        // `data_start + len <= end <= cluster size`; cluster0 holds only what
+        // the file does, and the rest of the cluster reads as zeros.
+        let range = data_start as usize..(data_start + len as u64) as usize;
+        let data = match cluster0.get(range.clone()) {
+            Some(d) => Cow::Borrowed(d),
+            None => {
+                let held = cluster0.get(range.start..).unwrap_or(&[]);
+                let mut d = vec![0u8; range.len()];
+                d.iter_mut().zip(held).for_each(|(to, from)| *to = *from);
+                Cow::Owned(d)
+            }
+        };
         parsed += 1;
         let e = Ext {
             ext_type,
@@ -244,7 +254,7 @@ fn one(h: &Header, e: &Ext, report: &mut Report, exts: &mut Extensions) -> Optio
                     "backing file format name without a backing file",
                 );
             }
-            exts.backing_format = Some(lossy(e.data));
+            exts.backing_format = Some(lossy(&e.data));
         }
         EXT_FEATURE_TABLE => feature_table(e, report, &mut exts.feature_names),
         EXT_BITMAPS => {
@@ -269,7 +279,7 @@ fn one(h: &Header, e: &Ext, report: &mut Report, exts: &mut Extensions) -> Optio
                     "external data file name without the external data file bit",
                 );
             }
-            exts.data_file = Some(lossy(e.data));
+            exts.data_file = Some(lossy(&e.data));
         }
         other => {
             let len = e.len;
@@ -326,7 +336,7 @@ fn bitmaps_layout(e: &Ext, report: &mut Report, problem: String) -> Option<()> {
 /// The bitmaps extension's 24 bytes (spec "Bitmaps extension"), when
 /// autoclear bit 0 says it is consistent.
 fn bitmaps(h: &Header, e: &Ext, report: &mut Report) -> Option<BitmapsExt> {
-    let data = e.data;
+    let data = &e.data[..];
     let b = BitmapsExt {
         nb_bitmaps: bitmaps_field::NB_BITMAPS.get(data),
         bitmap_directory_size: bitmaps_field::BITMAP_DIRECTORY_SIZE.get(data),
@@ -377,8 +387,8 @@ fn fde(h: &Header, e: &Ext, report: &mut Report) -> Option<FdePointer> {
         return None;
     }
     let p = FdePointer {
-        offset: fde_field::OFFSET.get(e.data),
-        length: fde_field::LENGTH.get(e.data),
+        offset: fde_field::OFFSET.get(&e.data),
+        length: fde_field::LENGTH.get(&e.data),
     };
     if !p.offset.is_multiple_of(h.cluster_size()) {
         report.add_with(&rule::EXT_FDE_LAYOUT, Some(e.offset), 1, || {

@@ -201,11 +201,14 @@ impl Parsed {
         let h = &self.header;
         (h.backing_file_offset != 0).then(|| {
             let start = h.backing_file_offset as usize;
-            let name = self
-                .cluster0
-                .get(start..start + h.backing_file_size as usize)
-                .unwrap_or(&[]);
-            String::from_utf8_lossy(name).into_owned()
+            let size = h.backing_file_size as usize;
+            let name = self.cluster0.get(start..).unwrap_or(&[]);
+            let name = name.get(..size).unwrap_or(name);
+            // Past the end of the file the name reads as zeros (at most
+            // 1023 bytes: parse refused longer names).
+            let mut name = String::from_utf8_lossy(name).into_owned();
+            name.extend(std::iter::repeat_n('\0', size.saturating_sub(name.len())));
+            name
         })
     }
 }
@@ -216,8 +219,13 @@ impl Parsed {
 pub fn parse(src: &dyn ReadAt, report: &mut Report) -> Option<Parsed> {
     let h = fixed_fields(src, report)?;
     lengths(src, &h, report)?;
+    // Only the part of cluster 0 the file holds is read (to a multiple of
+    // 8, so an extension header is wholly in or wholly past it): the rest
+    // reads as zeros, and a 2 MiB cluster claimed by a 4 KiB file would
+    // otherwise cost a 2 MiB zeroed buffer on every open.
     let cs = h.cluster_size();
-    let mut cluster0 = vec![0u8; cs as usize];
+    let held = src.size().min(cs).next_multiple_of(8).min(cs);
+    let mut cluster0 = vec![0u8; held as usize];
     if let Err(e) = src.read_zero_padded(&mut cluster0, 0) {
         report.add(&crate::rules::general::IO_ERROR, Some(0), e.to_string());
         return None;
@@ -285,7 +293,7 @@ fn fixed_fields(src: &dyn ReadAt, report: &mut Report) -> Option<Header> {
         report.add(
             &rule::VERSION,
             Some(f::VERSION.pos()),
-            format!("unsupported qcow2 version {version}"),
+            format_args!("unsupported qcow2 version {version}"),
         );
         return None;
     }
@@ -305,7 +313,7 @@ fn lengths(src: &dyn ReadAt, h: &Header, report: &mut Report) -> Option<()> {
         report.add(
             &rule::TRUNCATED,
             Some(0),
-            format!(
+            format_args!(
                 "the file is {} bytes long, shorter than a version {} header",
                 src.size(),
                 h.version
@@ -317,7 +325,7 @@ fn lengths(src: &dyn ReadAt, h: &Header, report: &mut Report) -> Option<()> {
         report.add(
             &rule::CLUSTER_BITS,
             Some(f::CLUSTER_BITS.pos()),
-            format!("cluster_bits {} is outside 9..=21", h.cluster_bits),
+            format_args!("cluster_bits {} is outside 9..=21", h.cluster_bits),
         );
         return None;
     }
@@ -327,7 +335,7 @@ fn lengths(src: &dyn ReadAt, h: &Header, report: &mut Report) -> Option<()> {
             report.add(
                 &rule::HEADER_LENGTH,
                 Some(f::HEADER_LENGTH.pos()),
-                format!(
+                format_args!(
                     "header_length {} is below {V3_MIN_HEADER_LENGTH}",
                     h.header_length
                 ),
@@ -338,7 +346,7 @@ fn lengths(src: &dyn ReadAt, h: &Header, report: &mut Report) -> Option<()> {
             report.add(
                 &rule::HEADER_LENGTH,
                 Some(f::HEADER_LENGTH.pos()),
-                format!(
+                format_args!(
                     "header_length {} exceeds the cluster size {cs}",
                     h.header_length
                 ),
@@ -349,7 +357,7 @@ fn lengths(src: &dyn ReadAt, h: &Header, report: &mut Report) -> Option<()> {
             report.add(
                 &rule::HEADER_LENGTH_ALIGNED,
                 Some(f::HEADER_LENGTH.pos()),
-                format!("header_length {} is not a multiple of 8", h.header_length),
+                format_args!("header_length {} is not a multiple of 8", h.header_length),
             );
         }
     }
@@ -379,7 +387,7 @@ fn padding_and_backing_name(h: &Header, cluster0: &[u8], report: &mut Report) ->
         report.add(
             &rule::BACKING_FILE_OFFSET,
             Some(f::BACKING_FILE_OFFSET.pos()),
-            format!(
+            format_args!(
                 "backing_file_offset {:#x} is past the first cluster",
                 h.backing_file_offset
             ),
@@ -392,7 +400,7 @@ fn padding_and_backing_name(h: &Header, cluster0: &[u8], report: &mut Report) ->
             report.add(
                 &rule::BACKING_FILE_SIZE,
                 Some(f::BACKING_FILE_SIZE.pos()),
-                format!(
+                format_args!(
                     "backing file name of {} bytes does not fit (at most {} bytes)",
                     h.backing_file_size,
                     room.min(1023)
@@ -404,7 +412,7 @@ fn padding_and_backing_name(h: &Header, cluster0: &[u8], report: &mut Report) ->
             report.add(
                 &rule::BACKING_FILE_OFFSET,
                 Some(f::BACKING_FILE_OFFSET.pos()),
-                format!(
+                format_args!(
                     "backing file name at {:#x} overlaps the header",
                     h.backing_file_offset
                 ),
@@ -422,7 +430,9 @@ fn features(h: &Header, report: &mut Report) -> Option<()> {
         report.add(
             &rule::INCOMPATIBLE_UNKNOWN,
             Some(f::INCOMPATIBLE_FEATURES.pos()),
-            format!("unknown incompatible feature bits {unknown:#x}; the image cannot be checked"),
+            format_args!(
+                "unknown incompatible feature bits {unknown:#x}; the image cannot be checked"
+            ),
         );
         return None;
     }
@@ -444,7 +454,7 @@ fn features(h: &Header, report: &mut Report) -> Option<()> {
         report.add(
             &rule::COMPATIBLE_RESERVED,
             Some(f::COMPATIBLE_FEATURES.pos()),
-            format!(
+            format_args!(
                 "reserved compatible feature bits {:#x}",
                 h.compatible_features & !COMPAT_LAZY_REFCOUNTS
             ),
@@ -455,7 +465,7 @@ fn features(h: &Header, report: &mut Report) -> Option<()> {
         report.add(
             &rule::AUTOCLEAR_RESERVED,
             Some(f::AUTOCLEAR_FEATURES.pos()),
-            format!(
+            format_args!(
                 "reserved autoclear feature bits {:#x}",
                 h.autoclear_features & !known_autoclear
             ),
@@ -473,7 +483,7 @@ fn field_values(h: &Header, report: &mut Report) -> Option<()> {
         report.add(
             &rule::REFCOUNT_ORDER,
             Some(f::REFCOUNT_ORDER.pos()),
-            format!("refcount_order {} exceeds 6", h.refcount_order),
+            format_args!("refcount_order {} exceeds 6", h.refcount_order),
         );
         return None;
     }
@@ -482,7 +492,7 @@ fn field_values(h: &Header, report: &mut Report) -> Option<()> {
         report.add(
             &rule::COMPRESSION_TYPE,
             Some(f::COMPRESSION_TYPE.pos()),
-            format!("unknown compression_type {}", h.compression_type),
+            format_args!("unknown compression_type {}", h.compression_type),
         );
         return None;
     }
@@ -490,7 +500,7 @@ fn field_values(h: &Header, report: &mut Report) -> Option<()> {
         report.add(
             &rule::COMPRESSION_TYPE,
             Some(f::INCOMPATIBLE_FEATURES.pos()),
-            format!(
+            format_args!(
                 "compression type bit is {} but compression_type is {}",
                 if compression_bit { "set" } else { "clear" },
                 h.compression_type
@@ -502,7 +512,9 @@ fn field_values(h: &Header, report: &mut Report) -> Option<()> {
         report.add(
             &rule::CLUSTER_BITS_EXTENDED_L2,
             Some(f::CLUSTER_BITS.pos()),
-            format!("extended L2 entries with {cs}-byte clusters make subclusters below 512 bytes"),
+            format_args!(
+                "extended L2 entries with {cs}-byte clusters make subclusters below 512 bytes"
+            ),
         );
         return None;
     }
@@ -510,7 +522,7 @@ fn field_values(h: &Header, report: &mut Report) -> Option<()> {
         report.add(
             &rule::CRYPT_METHOD,
             Some(f::CRYPT_METHOD.pos()),
-            format!("unknown crypt_method {}", h.crypt_method),
+            format_args!("unknown crypt_method {}", h.crypt_method),
         );
         return None;
     }
@@ -542,7 +554,7 @@ fn tables(h: &Header, report: &mut Report) -> Option<()> {
         report.add(
             &rule::L1_SIZE_LIMIT,
             Some(f::L1_SIZE.pos()),
-            format!("active L1 table of {} entries exceeds 32 MiB", h.l1_size),
+            format_args!("active L1 table of {} entries exceeds 32 MiB", h.l1_size),
         );
         return None;
     }
@@ -550,7 +562,7 @@ fn tables(h: &Header, report: &mut Report) -> Option<()> {
         report.add(
             &rule::L1_COVERS_DISK,
             Some(f::L1_SIZE.pos()),
-            format!(
+            format_args!(
                 "l1_size {} is too small for a {}-byte virtual disk (needs {})",
                 h.l1_size,
                 h.size,
@@ -567,7 +579,7 @@ fn tables(h: &Header, report: &mut Report) -> Option<()> {
         report.add(
             &rule::L1_ALIGNED,
             Some(f::L1_TABLE_OFFSET.pos()),
-            format!("active L1 table offset {:#x} is invalid", h.l1_table_offset),
+            format_args!("active L1 table offset {:#x} is invalid", h.l1_table_offset),
         );
         return None;
     }
@@ -577,7 +589,7 @@ fn tables(h: &Header, report: &mut Report) -> Option<()> {
         report.add(
             &rule::REFTABLE_SIZE,
             Some(f::REFCOUNT_TABLE_CLUSTERS.pos()),
-            format!(
+            format_args!(
                 "refcount table of {} clusters exceeds 8 MiB",
                 h.refcount_table_clusters
             ),
@@ -592,7 +604,7 @@ fn tables(h: &Header, report: &mut Report) -> Option<()> {
         report.add(
             &rule::REFTABLE_ALIGNED,
             Some(f::REFCOUNT_TABLE_OFFSET.pos()),
-            format!(
+            format_args!(
                 "refcount table offset {:#x} is invalid",
                 h.refcount_table_offset
             ),

@@ -55,7 +55,12 @@ impl Qcow2Layer {
                 let old = self.l2_order.remove(0);
                 self.l2_cache.remove(&old);
             }
-            let mut t = vec![0u8; self.h.cluster_size() as usize];
+            // Only the part of the table inside the file (to a whole entry):
+            // entries past it read as zero (l2_entry), so a table of 2 MiB
+            // clusters in a small file costs what the file holds.
+            let cs = self.h.cluster_size();
+            let held = self.src.size().saturating_sub(l2_offset).min(cs);
+            let mut t = vec![0u8; held.next_multiple_of(16).min(cs) as usize];
             self.src.read_zero_padded(&mut t, l2_offset)?;
             self.l2_cache.insert(l2_offset, t);
             self.l2_order.push(l2_offset);

@@ -59,7 +59,7 @@ pub fn read(src: &dyn ReadAt, h: &Header, report: &mut Report) -> Option<Snapsho
         report.add(
             &rule::SNAPSHOTS_LIMIT,
             Some(60),
-            format!(
+            format_args!(
                 "nb_snapshots {count} exceeds {MAX_SNAPSHOTS}; the snapshot table cannot be read"
             ),
         );
@@ -75,36 +75,37 @@ pub fn read(src: &dyn ReadAt, h: &Header, report: &mut Report) -> Option<Snapsho
         report.add(
             &rule::SNAPSHOTS_ALIGNED,
             Some(64),
-            format!("snapshot table offset {start:#x} is invalid"),
+            format_args!("snapshot table offset {start:#x} is invalid"),
         );
         return None;
     }
     if count == 0 {
         return Some(table);
     }
+    let mut window = Window::new(src);
     let mut offset = start;
     for i in 0..count {
         offset = offset.next_multiple_of(8);
         let entry_offset = offset;
         let mut fixed = [0u8; ENTRY_FIXED as usize];
-        read_bytes(src, &mut fixed, offset, report)?;
+        window.read(&mut fixed, offset, report)?;
         offset += ENTRY_FIXED;
         let id_size = be_u16(&fixed, 12) as u64;
         let name_size = be_u16(&fixed, 14) as u64;
         let extra_data_size = be_u32(&fixed, 36);
         if extra_data_size > MAX_SNAPSHOT_EXTRA_DATA {
-            report.add(&rule::SNAPSHOT_EXTRA_SIZE, Some(entry_offset + 36), format!(
+            report.add(&rule::SNAPSHOT_EXTRA_SIZE, Some(entry_offset + 36), format_args!(
                 "snapshot table entry {i} has {extra_data_size} bytes of extra data (QEMU's limit is {MAX_SNAPSHOT_EXTRA_DATA})"));
             return None;
         }
         let mut extra = [0u8; 24];
         let known = (extra_data_size as usize).min(extra.len());
-        read_bytes(src, &mut extra[..known], offset, report)?;
+        window.read(&mut extra[..known], offset, report)?;
         offset += extra_data_size as u64;
         // id and name are at most 64 KiB each (u16 sizes).
-        let id = read_string(src, id_size, offset, report)?;
+        let id = window.string(id_size, offset, report)?;
         offset += id_size;
-        let name = read_string(src, name_size, offset, report)?;
+        let name = window.string(name_size, offset, report)?;
         offset += name_size;
         if offset - start > MAX_SNAPSHOT_TABLE_BYTES {
             report.add(
@@ -148,42 +149,107 @@ pub fn read(src: &dyn ReadAt, h: &Header, report: &mut Report) -> Option<Snapsho
     let mut ids: std::collections::HashSet<&str> = std::collections::HashSet::new();
     for (i, s) in table.snapshots.iter().enumerate() {
         if h.version >= 3 && s.extra_data_size < 16 {
-            report.add(&rule::SNAPSHOT_EXTRA_V3, Some(s.entry_offset + 36), format!(
+            report.add(&rule::SNAPSHOT_EXTRA_V3, Some(s.entry_offset + 36), format_args!(
                 "snapshot table entry {i} ({}) has {} bytes of extra data; version 3 needs at least 16", s.name, s.extra_data_size));
         }
-        if !ids.insert(s.id.as_str()) {
+        // The previous entry's id is in the set already: a run of equal
+        // ids (the empty ids of entries past the end of the file) is a run
+        // of duplicates without hashing each.
+        let repeat = i > 0 && table.snapshots.get(i - 1).is_some_and(|p| p.id == s.id);
+        if repeat || !ids.insert(s.id.as_str()) {
             report.add(
                 &rule::SNAPSHOT_ID_UNIQUE,
                 Some(s.entry_offset),
-                format!("snapshot ID {:?} is used twice", s.id),
+                format_args!("snapshot ID {:?} is used twice", s.id),
             );
         }
     }
     Some(table)
 }
 
-fn read_bytes(src: &dyn ReadAt, buf: &mut [u8], offset: u64, report: &mut Report) -> Option<()> {
-    match src.read_zero_padded(buf, offset) {
+/// The table's bytes read front to back through one buffer of at most
+/// [`WINDOW`] bytes: one read of the file per window, not four per entry,
+/// and nothing read (or allocated) past the end of the file, which reads
+/// as zeros. 65,536 entries past EOF cost a zero fill each.
+struct Window<'a> {
+    src: &'a dyn ReadAt,
+    /// File offset of `buf[0]`.
+    at: u64,
+    buf: Vec<u8>,
+}
+
+/// Bytes of the table held at once.
+const WINDOW: u64 = 64 * 1024;
+
+impl<'a> Window<'a> {
+    fn new(src: &'a dyn ReadAt) -> Self {
+        Window {
+            src,
+            at: 0,
+            buf: Vec::new(),
+        }
+    }
+
+    /// `out.len()` bytes at `offset`, zeros past the end of the file.
+    fn read(&mut self, out: &mut [u8], offset: u64, report: &mut Report) -> Option<()> {
+        let size = self.src.size();
+        let len = out.len() as u64;
+        if offset >= size {
+            out.fill(0);
+            return Some(());
+        }
+        let end = offset.saturating_add(len);
+        if offset < self.at || end > self.at + self.buf.len() as u64 {
+            if len > WINDOW {
+                return io(self.src.read_zero_padded(out, offset), offset, report);
+            }
+            // Refill from `offset`: the entries are read in file order.
+            let held = (size - offset).min(WINDOW) as usize;
+            self.buf.resize(held.max(out.len()), 0);
+            io(
+                self.src.read_zero_padded(&mut self.buf, offset),
+                offset,
+                report,
+            )?;
+            self.at = offset;
+        }
+        let from = (offset - self.at) as usize;
+        match self.buf.get(from..from + out.len()) {
+            Some(b) => out.copy_from_slice(b),
+            None => out.fill(0),
+        }
+        Some(())
+    }
+
+    /// An id or name string of `len` bytes. Only the part inside the file
+    /// is allocated: past the end it reads as zeros, so a table past EOF
+    /// whose entries claim 64 KiB names costs nothing.
+    fn string(&mut self, len: u64, offset: u64, report: &mut Report) -> Option<String> {
+        let inside = self.src.size().saturating_sub(offset).min(len);
+        if inside == 0 {
+            return Some(String::new());
+        }
+        let mut buf = vec![0u8; inside as usize];
+        self.read(&mut buf, offset, report)?;
+        Some(match String::from_utf8(buf) {
+            Ok(s) => s,
+            Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+        })
+    }
+}
+
+fn io(r: crate::Result<()>, offset: u64, report: &mut Report) -> Option<()> {
+    match r {
         Ok(()) => Some(()),
         Err(e) => {
             report.add(
                 &crate::rules::general::IO_ERROR,
                 Some(offset),
-                format!("snapshot table: {e}"),
+                format_args!("snapshot table: {e}"),
             );
             None
         }
     }
-}
-
-/// Reads an id or name string. Only the part inside the file is allocated:
-/// past the end it would read as zeros, so a table past EOF whose entries
-/// claim 64 KiB names costs nothing.
-fn read_string(src: &dyn ReadAt, len: u64, offset: u64, report: &mut Report) -> Option<String> {
-    let inside = src.size().saturating_sub(offset).min(len);
-    let mut buf = vec![0u8; inside as usize];
-    read_bytes(src, &mut buf, offset, report)?;
-    Some(String::from_utf8_lossy(&buf).into_owned())
 }
 
 /// Whether a snapshot's L1 table can be walked; records why not.
@@ -192,7 +258,7 @@ pub fn l1_usable(h: &Header, s: &Snapshot, report: &mut Report) -> bool {
         report.add(
             &rule::SNAPSHOT_L1_ALIGNED,
             Some(s.entry_offset),
-            format!(
+            format_args!(
                 "snapshot {} ({}): L1 table offset {:#x} is not cluster aligned",
                 s.id, s.name, s.l1_table_offset
             ),
@@ -203,7 +269,7 @@ pub fn l1_usable(h: &Header, s: &Snapshot, report: &mut Report) -> bool {
         report.add(
             &rule::SNAPSHOT_L1_SIZE,
             Some(s.entry_offset + 8),
-            format!(
+            format_args!(
                 "snapshot {} ({}): L1 table of {} entries exceeds 32 MiB",
                 s.id, s.name, s.l1_size
             ),

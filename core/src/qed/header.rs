@@ -133,7 +133,7 @@ fn geometry(h: &Header, report: &mut Report) -> Option<()> {
         report.add(
             &rule::CLUSTER_SIZE,
             Some(f::CLUSTER_SIZE.pos()),
-            format!(
+            format_args!(
                 "cluster_size {} is not a power of 2 in [4 KiB, 64 MiB]",
                 h.cluster_size
             ),
@@ -144,7 +144,7 @@ fn geometry(h: &Header, report: &mut Report) -> Option<()> {
         report.add(
             &rule::TABLE_SIZE,
             Some(f::TABLE_SIZE.pos()),
-            format!("table_size {} is not a power of 2 in [1, 16]", h.table_size),
+            format_args!("table_size {} is not a power of 2 in [1, 16]", h.table_size),
         );
         return None;
     }
@@ -152,7 +152,7 @@ fn geometry(h: &Header, report: &mut Report) -> Option<()> {
         report.add(
             &rule::HEADER_SIZE,
             Some(f::HEADER_SIZE.pos()),
-            format!("header_size {} clusters is invalid", h.header_size),
+            format_args!("header_size {} clusters is invalid", h.header_size),
         );
         return None;
     }
@@ -167,7 +167,7 @@ fn layout(h: &Header, report: &mut Report) -> Option<()> {
         report.add(
             &rule::FEATURES,
             Some(f::FEATURES.pos()),
-            format!("unknown feature bits {unknown:#x}: the image must not be opened"),
+            format_args!("unknown feature bits {unknown:#x}: the image must not be opened"),
         );
         return None;
     }
@@ -176,7 +176,7 @@ fn layout(h: &Header, report: &mut Report) -> Option<()> {
         report.add(
             &rule::IMAGE_SIZE,
             Some(f::IMAGE_SIZE.pos()),
-            format!(
+            format_args!(
                 "image_size {} is not a multiple of 512 or exceeds {max}",
                 h.image_size
             ),
@@ -187,7 +187,7 @@ fn layout(h: &Header, report: &mut Report) -> Option<()> {
         report.add(
             &rule::L1_OFFSET,
             Some(f::L1_TABLE_OFFSET.pos()),
-            format!(
+            format_args!(
                 "l1_table_offset {:#x} is not a cluster past the header",
                 h.l1_table_offset
             ),
@@ -200,7 +200,7 @@ fn layout(h: &Header, report: &mut Report) -> Option<()> {
             report.add(
                 &rule::BACKING_NAME,
                 Some(f::BACKING_FILENAME_OFFSET.pos()),
-                format!("the backing file name ends at {end:#x}, past the header clusters"),
+                format_args!("the backing file name ends at {end:#x}, past the header clusters"),
             );
             return None;
         }

@@ -64,7 +64,7 @@ pub fn info(src: &dyn ReadAt, filename: &str, limits: &Limits) -> crate::Result<
             report.add(
                 &rule::BACKING_NAME,
                 Some(60),
-                format!(
+                format_args!(
                     "backing file name of {} bytes (QEMU reads at most {MAX_BACKING_NAME})",
                     h.backing_filename_size
                 ),
