@@ -51,6 +51,46 @@ pub enum Info {
     Parallels(Box<parallels::check::Info>),
 }
 
+impl Info {
+    /// The virtual disk's size in bytes, as the reader presents it.
+    pub fn virtual_size(&self) -> u64 {
+        match self {
+            Info::Qcow2(i) => i.header.size,
+            Info::Qed(i) => i.header.image_size,
+            Info::Parallels(i) => i.header.disk_size(),
+        }
+    }
+
+    /// The cluster size in bytes.
+    pub fn cluster_size(&self) -> u64 {
+        match self {
+            Info::Qcow2(i) => i.header.cluster_size(),
+            Info::Qed(i) => i.cluster_size,
+            Info::Parallels(i) => i.cluster_size,
+        }
+    }
+
+    /// The guest clusters the format's tables can describe, as `check`
+    /// counts them in [`crate::ImageStats::total_clusters`] (qemu-img's
+    /// total-clusters): the virtual size in clusters, rounded up, or for
+    /// Parallels the BAT's entries.
+    pub fn guest_clusters(&self) -> u64 {
+        match self {
+            Info::Parallels(i) => i.header.nb_bat_entries as u64,
+            _ => self.virtual_size().div_ceil(self.cluster_size().max(1)),
+        }
+    }
+
+    /// The backing file name the image carries, as written in it.
+    pub fn backing_file(&self) -> Option<&str> {
+        match self {
+            Info::Qcow2(i) => i.backing_file.as_deref(),
+            Info::Qed(i) => i.backing_file.as_deref(),
+            Info::Parallels(_) => None,
+        }
+    }
+}
+
 /// One image format qconform knows.
 ///
 /// The reader ([`crate::disk::VirtualDisk`]) opens each image of a chain

@@ -11,7 +11,7 @@ use super::payload::{self, Payload, PayloadError, PayloadKind, Region};
 use super::request::{self, Channel, Fds, FrontEnd as Fe, Gate, Reply, Request, RequestInfo};
 use super::wire::{self, Header};
 use crate::limits::Limits;
-use crate::report::{Location, Report};
+use crate::report::{Detail, Location, Report};
 use crate::rules::{vhost_user as rule, Rule};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
@@ -240,19 +240,25 @@ impl Session {
     }
 
     /// Records a finding about message `seq`.
-    pub fn finding(&mut self, rule: &'static Rule, seq: u64, detail: String) {
+    pub fn finding(&mut self, rule: &'static Rule, seq: u64, detail: impl Detail) {
+        let at = Some(Location::Message(seq));
         // A rule the request being judged broke is a reason to refuse it
         // (noted here, not looked up in the report, which keeps only the
-        // first findings of each rule).
-        if self.refusal.is_none()
-            && self
-                .judging
-                .is_some_and(|(at, side)| at == seq && detail.starts_with(side))
+        // first findings of each rule). Only then is the text needed
+        // before the report decides to keep it.
+        match self
+            .judging
+            .filter(|&(judged, _)| judged == seq && self.refusal.is_none())
         {
-            self.refusal = Some(detail.clone());
+            Some((_, side)) => {
+                let detail = detail.into_detail();
+                if detail.starts_with(side) {
+                    self.refusal = Some(detail.clone());
+                }
+                self.report.add_at(rule, at, 1, || detail);
+            }
+            None => self.report.add_at(rule, at, 1, || detail.into_detail()),
         }
-        self.report
-            .add_at(rule, Some(Location::Message(seq)), 1, || detail);
     }
 
     fn negotiated(&self, f: PF) -> bool {
@@ -293,14 +299,14 @@ impl Session {
             self.finding(
                 &rule::HEADER_VERSION,
                 seq,
-                format!("{side}: flags {:#x} carry version {}", h.flags, h.version()),
+                format_args!("{side}: flags {:#x} carry version {}", h.flags, h.version()),
             );
         }
         if h.flags & !wire::KNOWN_FLAGS != 0 {
             self.finding(
                 &rule::HEADER_RESERVED,
                 seq,
-                format!(
+                format_args!(
                     "{side}: reserved flag bits {:#x} set",
                     h.flags & !wire::KNOWN_FLAGS
                 ),
@@ -310,7 +316,7 @@ impl Session {
             self.finding(
                 &rule::FDS_MAX,
                 seq,
-                format!("{side}: {} file descriptors on one message", m.fds),
+                format_args!("{side}: {} file descriptors on one message", m.fds),
             );
         }
         let max_payload = self.limits.vhost_max_payload;
@@ -318,13 +324,13 @@ impl Session {
             self.finding(
                 &rule::HEADER_SIZE_LIMIT,
                 seq,
-                format!("{side}: size {} exceeds {max_payload}", h.size),
+                format_args!("{side}: size {} exceeds {max_payload}", h.size),
             );
         } else if (m.payload.len() as u64) < h.size as u64 {
             self.finding(
                 &rule::HEADER_SIZE,
                 seq,
-                format!(
+                format_args!(
                     "{side}: size says {} bytes but the message ended after {}",
                     h.size,
                     m.payload.len()
@@ -338,7 +344,7 @@ impl Session {
                 self.finding(
                     &rule::HEADER_REPLY_FLAG,
                     seq,
-                    format!("{side}: request {} has the reply flag set", h.request),
+                    format_args!("{side}: request {} has the reply flag set", h.request),
                 );
             }
             self.on_request(seq, m);
@@ -348,7 +354,7 @@ impl Session {
                 self.finding(
                     &rule::HEADER_REPLY_FLAG,
                     seq,
-                    format!(
+                    format_args!(
                         "{side}: reply to request {} lacks the reply flag",
                         h.request
                     ),
@@ -358,7 +364,7 @@ impl Session {
                 self.finding(
                     &rule::HEADER_NEED_REPLY_ON_REPLY,
                     seq,
-                    format!("{side}: reply sets need_reply"),
+                    format_args!("{side}: reply sets need_reply"),
                 );
             }
             Some(self.on_reply(seq, m))
@@ -372,7 +378,7 @@ impl Session {
             self.finding(
                 &rule::HEADER_KNOWN,
                 seq,
-                format!(
+                format_args!(
                     "{side}: request id {} is not defined ({})",
                     h.request,
                     request::id_range(m.channel)
@@ -408,14 +414,16 @@ impl Session {
                 self.finding(
                     &rule::BACKEND_CHANNEL,
                     seq,
-                    format!("back-end: {name} on a back-end channel that was never negotiated"),
+                    format_args!(
+                        "back-end: {name} on a back-end channel that was never negotiated"
+                    ),
                 );
             }
             if m.fds > 0 && !self.negotiated(PF::BackendSendFd) {
                 self.finding(
                     &rule::BACKEND_SEND_FD,
                     seq,
-                    format!(
+                    format_args!(
                         "back-end: {name} carries {} fds without BACKEND_SEND_FD",
                         m.fds
                     ),
@@ -438,7 +446,7 @@ impl Session {
                         self.finding(
                             &rule::HEADER_SIZE,
                             seq,
-                            format!(
+                            format_args!(
                                 "{side}: {name} has size {got}, the request defines {expected}"
                             ),
                         );
@@ -451,7 +459,7 @@ impl Session {
                     } else {
                         &rule::PAYLOAD_VALID
                     };
-                    self.finding(r, seq, format!("{side}: {name}: {e}"));
+                    self.finding(r, seq, format_args!("{side}: {name}: {e}"));
                     None
                 }
             }
@@ -502,7 +510,7 @@ impl Session {
             Gate::None => {}
             Gate::ProtocolFeaturesOffered => {
                 if !self.bit30_offered() {
-                    self.finding(&rule::NEG_BIT30, seq, format!(
+                    self.finding(&rule::NEG_BIT30, seq, format_args!(
                         "{side}: {name} before the back-end offered VHOST_USER_F_PROTOCOL_FEATURES (bit 30)"));
                 }
             }
@@ -511,7 +519,7 @@ impl Session {
                     self.finding(
                         &rule::NEG_VRING_ENABLE,
                         seq,
-                        format!(
+                        format_args!(
                             "{side}: {name} while VHOST_USER_F_PROTOCOL_FEATURES is not {}",
                             if self.profile.lenient {
                                 "offered"
@@ -527,7 +535,7 @@ impl Session {
                     self.finding(
                         &rule::NEG_GATED,
                         seq,
-                        format!(
+                        format_args!(
                             "{side}: {name} without protocol feature {} negotiated",
                             f.name()
                         ),
@@ -539,7 +547,7 @@ impl Session {
                     self.finding(
                         &rule::NEG_GATED,
                         seq,
-                        format!("{side}: {name} without virtio feature bit {bit} negotiated"),
+                        format_args!("{side}: {name} without virtio feature bit {bit} negotiated"),
                     );
                 }
             }
@@ -551,7 +559,7 @@ impl Session {
             self.finding(
                 &rule::NEG_POSTCOPY_SLOTS,
                 seq,
-                format!("{side}: {name} with CONFIGURE_MEM_SLOTS negotiated"),
+                format_args!("{side}: {name} with CONFIGURE_MEM_SLOTS negotiated"),
             );
         }
     }
@@ -594,7 +602,7 @@ impl Session {
                 } else {
                     format!("{lo} or {hi}")
                 };
-                self.finding(&rule::FDS_COUNT, seq, format!("{side}: {name} carries {fds} file descriptors, the request defines {expected}"));
+                self.finding(&rule::FDS_COUNT, seq, format_args!("{side}: {name} carries {fds} file descriptors, the request defines {expected}"));
             }
         }
     }
@@ -621,7 +629,7 @@ impl Session {
                 self.finding(
                     &rule::RING_INDEX,
                     seq,
-                    format!("{side}: {name} names ring {index}, but there are {n} queues"),
+                    format_args!("{side}: {name} names ring {index}, but there are {n} queues"),
                 );
                 return false;
             }
@@ -682,7 +690,7 @@ impl Session {
                     self.finding(
                         &rule::NEG_FEATURES_SUBSET,
                         seq,
-                        format!("{side}: SET_FEATURES acknowledges {extra:#x}, never offered"),
+                        format_args!("{side}: SET_FEATURES acknowledges {extra:#x}, never offered"),
                     );
                 }
             }
@@ -701,7 +709,7 @@ impl Session {
                 self.finding(
                     &rule::NEG_PROTOCOL_SUBSET,
                     seq,
-                    format!(
+                    format_args!(
                         "{side}: SET_PROTOCOL_FEATURES acknowledges {:?}, never offered",
                         feat::protocol_feature_names(extra)
                     ),
@@ -714,13 +722,13 @@ impl Session {
             self.finding(
                 &rule::NEG_INBAND,
                 seq,
-                format!("{side}: INBAND_NOTIFICATIONS without REPLY_ACK and BACKEND_REQ"),
+                format_args!("{side}: INBAND_NOTIFICATIONS without REPLY_ACK and BACKEND_REQ"),
             );
         }
         if feat::has(value, PF::GetVringBaseSkipDrain)
             && !(feat::has(value, PF::InflightShmfd) && feat::has(value, PF::GetVringBaseInflight))
         {
-            self.finding(&rule::NEG_SKIP_DRAIN, seq, format!("{side}: GET_VRING_BASE_SKIP_DRAIN without INFLIGHT_SHMFD and GET_VRING_BASE_INFLIGHT"));
+            self.finding(&rule::NEG_SKIP_DRAIN, seq, format_args!("{side}: GET_VRING_BASE_SKIP_DRAIN without INFLIGHT_SHMFD and GET_VRING_BASE_INFLIGHT"));
         }
         self.acked_protocol = Some(value);
     }
@@ -746,7 +754,9 @@ impl Session {
                     self.finding(
                         &rule::RING_RESERVED,
                         seq,
-                        format!("{side}: {name} num is {num}; the field is reserved and must be 0"),
+                        format_args!(
+                            "{side}: {name} num is {num}; the field is reserved and must be 0"
+                        ),
                     );
                 }
                 if self.check_index(seq, side, name, *index) {
@@ -762,7 +772,7 @@ impl Session {
                     self.finding(
                         &rule::RING_RESERVED,
                         seq,
-                        format!("{side}: {name} payload {value:#x} sets bits above 8"),
+                        format_args!("{side}: {name} payload {value:#x} sets bits above 8"),
                     );
                 }
                 if self.check_index(seq, side, name, index) && request == Fe::SetVringKick {
@@ -776,7 +786,7 @@ impl Session {
                     self.finding(
                         &rule::RING_RESERVED,
                         seq,
-                        format!("{side}: VRING_KICK num is {num}, must be 0"),
+                        format_args!("{side}: VRING_KICK num is {num}, must be 0"),
                     );
                 }
                 self.check_index(seq, side, name, *index);
@@ -789,7 +799,7 @@ impl Session {
                     self.finding(
                         &rule::RING_ENABLE_VALUE,
                         seq,
-                        format!("{side}: {name} num is {num}, must be 0 or 1"),
+                        format_args!("{side}: {name} num is {num}, must be 0 or 1"),
                     );
                 }
                 if self.check_index(seq, side, name, *index) && request == Fe::SetVringEnable {
@@ -813,7 +823,7 @@ impl Session {
             self.finding(
                 &rule::RING_NOT_STARTED,
                 seq,
-                format!("{side}: {name} for ring {index}, which was never started"),
+                format_args!("{side}: {name} for ring {index}, which was never started"),
             );
         }
     }
@@ -834,7 +844,7 @@ impl Session {
                         self.finding(
                             &rule::MEM_SLOTS,
                             seq,
-                            format!(
+                            format_args!(
                                 "{side}: ADD_MEM_REG beyond the {max} slots the back-end offers"
                             ),
                         );
@@ -852,7 +862,7 @@ impl Session {
                     Some(i) => {
                         self.regions.remove(i);
                     }
-                    None => self.finding(&rule::MEM_REMOVE_LIVE, seq, format!(
+                    None => self.finding(&rule::MEM_REMOVE_LIVE, seq, format_args!(
                         "{side}: REM_MEM_REG of a region that is not live (guest {:#x}, size {:#x})", region.guest_address, region.size)),
                 }
             }
@@ -862,7 +872,7 @@ impl Session {
 
     fn add_region(&mut self, seq: u64, side: &str, name: &str, r: Region) {
         if self.negotiated(PF::GpaAddresses) && r.user_address != r.guest_address {
-            self.finding(&rule::MEM_GPA, seq, format!(
+            self.finding(&rule::MEM_GPA, seq, format_args!(
                 "{side}: {name}: user address {:#x} differs from guest address {:#x} with GPA_ADDRESSES", r.user_address, r.guest_address));
         }
         let overlaps = |a0: u64, a1: Option<u64>, b0: u64, b1: Option<u64>| {
@@ -876,10 +886,10 @@ impl Session {
                 o.guest_end(),
             ) || overlaps(r.user_address, r.user_end(), o.user_address, o.user_end())
         });
-        if let Some(o) = clash {
-            self.finding(&rule::MEM_OVERLAP, seq, format!(
-                "{side}: {name}: region at guest {:#x} (+{:#x}) overlaps the live region at guest {:#x} (+{:#x})",
-                r.guest_address, r.size, o.guest_address, o.size));
+        if let Some((at, size)) = clash.map(|o| (o.guest_address, o.size)) {
+            self.finding(&rule::MEM_OVERLAP, seq, format_args!(
+                "{side}: {name}: region at guest {:#x} (+{:#x}) overlaps the live region at guest {at:#x} (+{size:#x})",
+                r.guest_address, r.size));
         }
         if self.regions.len() < self.limits.vhost_max_regions {
             self.regions.push(r);
@@ -907,7 +917,7 @@ impl Session {
             self.finding(
                 &rule::REPLY_UNEXPECTED,
                 seq,
-                format!(
+                format_args!(
                     "{side}: reply for {name} ({}) when no reply was due",
                     h.request
                 ),
@@ -918,7 +928,7 @@ impl Session {
             self.finding(
                 &rule::REPLY_ECHO,
                 seq,
-                format!(
+                format_args!(
                     "{side}: reply names request {} but answers {} (message {})",
                     h.request, p.name, p.seq
                 ),
@@ -928,7 +938,7 @@ impl Session {
             self.finding(
                 &rule::FDS_REPLY,
                 seq,
-                format!(
+                format_args!(
                     "{side}: reply to {} carries {} file descriptors (at most {})",
                     p.name, m.fds, p.reply_fds
                 ),
@@ -945,7 +955,7 @@ impl Session {
         match p.expect {
             Expect::Ack | Expect::OptionalAck => {
                 if p.expect == Expect::OptionalAck && !self.profile.lenient {
-                    self.finding(&rule::REPLY_ACK_NOT_NEGOTIATED, seq, format!(
+                    self.finding(&rule::REPLY_ACK_NOT_NEGOTIATED, seq, format_args!(
                         "{side}: ack for {} with need_reply although REPLY_ACK is not negotiated", p.name));
                 }
                 match payload::decode(PayloadKind::U64, bytes, false) {
@@ -955,7 +965,7 @@ impl Session {
                             self.finding(
                                 &rule::REPLY_ACK_FORMAT,
                                 seq,
-                                format!(
+                                format_args!(
                                     "{side}: ack for {} is {} bytes, not a u64",
                                     p.name,
                                     bytes.len()
@@ -975,7 +985,7 @@ impl Session {
                         || bytes.is_empty()
                         || (self.profile.lenient && bytes.len() == 12);
                     if !ok && complete {
-                        self.finding(&rule::HEADER_SIZE, seq, format!(
+                        self.finding(&rule::HEADER_SIZE, seq, format_args!(
                             "{side}: GET_CONFIG reply is {} bytes; {} (12 + the {size} asked for) or 0 (error) expected", bytes.len(), 12 + size as u64));
                     }
                     return ReplyOutcome::Body;
@@ -985,7 +995,7 @@ impl Session {
                     Err(e) if complete => self.finding(
                         &rule::HEADER_SIZE,
                         seq,
-                        format!("{side}: reply to {}: {e}", p.name),
+                        format_args!("{side}: reply to {}: {e}", p.name),
                     ),
                     Err(_) => {}
                 }
@@ -1008,7 +1018,7 @@ impl Session {
                     self.finding(
                         &rule::NEG_UNKNOWN_PROTOCOL,
                         seq,
-                        format!("{side}: offers undefined protocol feature bits {unknown:#x}"),
+                        format_args!("{side}: offers undefined protocol feature bits {unknown:#x}"),
                     );
                 }
                 self.offered_protocol = Some(*value);
@@ -1022,7 +1032,7 @@ impl Session {
                         self.finding(
                             &rule::NEG_MAX_SLOTS,
                             seq,
-                            format!("{side}: GET_MAX_MEM_SLOTS fell from {prev} to {value}"),
+                            format_args!("{side}: GET_MAX_MEM_SLOTS fell from {prev} to {value}"),
                         );
                     }
                 }
@@ -1075,7 +1085,7 @@ impl Session {
             self.finding(
                 &rule::REPLY_MISSING,
                 p.seq,
-                format!(
+                format_args!(
                     "{who}: no reply to {} (message {}) before the connection ended",
                     p.name, p.seq
                 ),
@@ -1095,7 +1105,7 @@ impl Session {
             self.finding(
                 &rule::ROBUST_HANG,
                 seq,
-                format!(
+                format_args!(
                     "back-end: no reply to {} (message {}) within {waited_ms} ms",
                     p.name, p.seq
                 ),
