@@ -35,7 +35,7 @@ pub fn info(src: &dyn ReadAt, filename: &str, limits: &Limits) -> crate::Result<
         return Err(report.into_error());
     };
     let extension = (h.ext_off != 0)
-        .then(|| ext::parse(src, &h, &mut report))
+        .then(|| ext::parse_with(src, &h, &mut report, ext::Checksum::Skip))
         .flatten();
     Ok(Info {
         cluster_size: h.cluster_size(),

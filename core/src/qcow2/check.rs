@@ -560,15 +560,24 @@ impl Checker<'_, '_> {
     fn visit_l2_tables(&mut self) -> Result<(), Abort> {
         let h = self.h;
         let cs = h.cluster_size();
-        let mut table = vec![0u8; cs as usize];
+        // No table holds more of the file than the file.
+        let most = cs.min(self.src.size().next_multiple_of(16));
+        let mut table = vec![0u8; most as usize];
         let visits = std::mem::take(&mut self.visits);
         for v in &visits {
             self.budget(h.l2_entries())?;
-            // QEMU reads a table past the end of the file as zeros.
-            if self.src.read_zero_padded(&mut table, v.offset).is_err() {
-                table.fill(0);
+            // QEMU reads a table past the end of the file as zeros, and a
+            // zero entry says nothing: only the part inside the file (to a
+            // whole entry) is read and walked.
+            let held = self.src.size().saturating_sub(v.offset).min(cs);
+            let held = held.next_multiple_of(16).min(most) as usize;
+            let Some(part) = table.get_mut(..held) else {
+                continue;
+            };
+            if self.src.read_zero_padded(part, v.offset).is_err() {
+                part.fill(0);
             }
-            self.visit_l2(&table, v);
+            self.visit_l2(part, v);
         }
         Ok(())
     }
@@ -586,7 +595,9 @@ impl Checker<'_, '_> {
             && !h.extended_l2()
             && h.version >= 3;
         let mut next_contiguous = 0u64;
-        for i in 0..h.l2_entries() {
+        // Entries past `table` (past the end of the file) are zero.
+        let held = (table.len() as u64 / h.l2_entry_bytes()).min(h.l2_entries());
+        for i in 0..held {
             let (entry, bitmap) = l2_entry(h, table, i as usize);
             if entry == 0 && bitmap == 0 {
                 continue;
