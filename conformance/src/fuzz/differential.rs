@@ -252,7 +252,30 @@ type Recognise = fn(GenFormat, &[u8]) -> bool;
 /// Known qemu-img faults that no rule of ours names, because the image is
 /// valid: each is recognised from the input's bytes and then matched by
 /// name in the expectations file, which says why it is a fault.
-const QEMU_IMG_FAULTS: &[(&str, Recognise)] = &[("qemu-img.qed.table-size-1", qed_table_size_one)];
+const QEMU_IMG_FAULTS: &[(&str, Recognise)] = &[
+    ("qemu-img.qed.table-size-1", qed_table_size_one),
+    ("qemu-img.parallels.ext-leaked", parallels_format_extension),
+    ("qemu-img.parallels.bat-claim", parallels_bat_past_eof),
+    ("qemu-img.parallels.file-length-rounded-up", partial_sector),
+];
+
+/// A Parallels header naming a Format Extension cluster (ext_off != 0).
+fn parallels_format_extension(format: GenFormat, bytes: &[u8]) -> bool {
+    use qconform_core::parallels::header::field;
+    format == GenFormat::Parallels && field::EXT_OFF.get(bytes) != 0
+}
+
+/// A Parallels BAT claimed to reach past the end of the file.
+fn parallels_bat_past_eof(format: GenFormat, bytes: &[u8]) -> bool {
+    use qconform_core::parallels::header::{field, HEADER_SIZE};
+    let bat_end = u64::from(field::NB_BAT_ENTRIES.get(bytes)) * 4 + HEADER_SIZE;
+    format == GenFormat::Parallels && bat_end > bytes.len() as u64
+}
+
+/// A Parallels file whose length is not a whole number of 512-byte sectors.
+fn partial_sector(format: GenFormat, bytes: &[u8]) -> bool {
+    format == GenFormat::Parallels && !bytes.len().is_multiple_of(512)
+}
 
 /// A QED header whose table_size is 1.
 fn qed_table_size_one(format: GenFormat, bytes: &[u8]) -> bool {
