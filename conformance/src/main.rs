@@ -163,6 +163,33 @@ enum FuzzAction {
         #[arg(long, value_enum, default_value = "human")]
         output: Output,
     },
+    /// Replay raw images (corpus files and folders, or generated ones)
+    /// through qemu-img check, map and convert and compare with qconform
+    /// (exit 0 no unexpected disagreement, 2 some, 1 could not run).
+    Differential {
+        #[arg(long, value_enum)]
+        format: qconform::fuzz::generate::GenFormat,
+        /// Files or folders of inputs (a folder: its files).
+        #[arg(long)]
+        corpus: Vec<PathBuf>,
+        /// Also this many inputs generated from the writers and mutators.
+        #[arg(long, default_value_t = 0)]
+        generate: u64,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Known qemu-img faults (KIND [RULE] per line).
+        #[arg(long)]
+        expect: Option<PathBuf>,
+        /// Copy each unexpected disagreement's input here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long, default_value_t = 10000)]
+        timeout_ms: u64,
+        #[arg(long, default_value_t = 2048)]
+        memory_mb: u64,
+        #[arg(long, value_enum, default_value = "human")]
+        output: Output,
+    },
 }
 
 #[derive(Subcommand)]
@@ -548,6 +575,32 @@ fn main() -> ExitCode {
                 memory_mb,
                 jobs,
                 expect,
+            },
+            output,
+        ),
+        Command::Fuzz {
+            action:
+                FuzzAction::Differential {
+                    format,
+                    corpus,
+                    generate,
+                    seed,
+                    expect,
+                    out,
+                    timeout_ms,
+                    memory_mb,
+                    output,
+                },
+        } => qconform::fuzz::differential::run(
+            &qconform::fuzz::differential::Options {
+                corpus,
+                generate,
+                seed,
+                expect,
+                out,
+                timeout: Duration::from_millis(timeout_ms),
+                memory_mb,
+                ..qconform::fuzz::differential::Options::new(format)
             },
             output,
         ),

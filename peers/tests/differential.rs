@@ -1,47 +1,18 @@
 //! A fixed-seed loop of generated and mutated inputs through each
 //! differential body: every finding must be a known one (the library's
-//! KNOWN for unsupported features, or one recorded below and in the
-//! corpus folder's FINDINGS.md).
+//! KNOWN for unsupported features, or one of its RECORDED peer bugs, in
+//! the corpus folder's FINDINGS.md) — what the fuzz body also accepts.
 
 use qconform_peers::campaign::campaign;
+use qconform_peers::differential::recorded;
 use qconform_peers::Impl;
-
-/// Findings recorded in corpus/peers/<impl>/FINDINGS.md: a part of their
-/// signature (see `campaign::signature`).
-const RECORDED: &[(Impl, &str)] = &[
-    // cluster_bits < 12: `cluster_shift - l2_slice_bits` underflows.
-    (Impl::Qcow2Rs, "src/dev.rs:105:60:"),
-    // refcount_order over 255: `try_into().unwrap()`.
-    (Impl::Qcow2Rs, "src/dev.rs:69:64:"),
-    // A version 2 header parsed as version 3 (header_length, feature bits).
-    (
-        Impl::Qcow2Rs,
-        "rejects-valid open: Qcow2Error { description: \"Header extensions exceed",
-    ),
-    (
-        Impl::Qcow2Rs,
-        "rejects-valid open: Qcow2Error { description: \"Unrecognized incompatible feature",
-    ),
-    // A read crossing the end of a disk not a multiple of 512 bytes.
-    (Impl::Qcow2Rs, "rejects-valid short read"),
-    // No end marker before the backing file name: QEMU stops at
-    // backing_file_offset, imago reads on.
-    (
-        Impl::Imago,
-        "rejects-valid open: Header extensions exceed the first cluster",
-    ),
-];
 
 fn loop_is_clean(imp: Impl) {
     let groups = campaign(imp, 300, 7);
     let unknown: Vec<String> = groups
         .iter()
         .filter(|g| g.known.is_none())
-        .filter(|g| {
-            !RECORDED
-                .iter()
-                .any(|(i, p)| *i == imp && g.signature.contains(p))
-        })
+        .filter(|g| !recorded(imp, &g.signature))
         .map(|g| format!("x{} {}", g.count, g.first))
         .collect();
     assert!(unknown.is_empty(), "new findings:\n{}", unknown.join("\n"));
@@ -73,6 +44,8 @@ fn committed_reproducers_reproduce() {
             let data = std::fs::read(&path).expect("read input");
             let f = qconform_peers::find(imp, &data)
                 .unwrap_or_else(|| panic!("{}: no finding any more", path.display()));
+            // The fuzz body accepts every recorded finding (it panics on new ones only).
+            qconform_peers::differential::differential(imp, &data);
             let image = std::fs::read(path.with_extension("qcow2")).expect("read image");
             assert_eq!(
                 f.image,

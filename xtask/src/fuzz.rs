@@ -6,6 +6,8 @@
 //! fuzz --bench [--secs N] [--save]  exec/s per target, ASan and not, vs fuzz/bench.json
 //! fuzz --seeds                      rewrite the raw-format seeds and regressions from code
 //! fuzz --coverage [--target T]...   lines of core/src the committed corpus reaches
+//! fuzz --differential [--target T]... [--corpus DIR]... [--generate N --seed S]
+//!                                   corpora (or generated images) against qemu-img
 //!
 //! Every libFuzzer run takes its flags from fuzz/options/T.options (the
 //! file ClusterFuzzLite ships next to the binary): -max_len, -timeout,
@@ -22,6 +24,8 @@ pub fn run(args: &[String]) -> Result<(), DynError> {
     let mut secs: Option<u64> = None;
     let mut targets: Vec<String> = Vec::new();
     let (mut bench, mut save, mut seeds, mut coverage) = (false, false, false, false);
+    let mut differential = false;
+    let (mut corpus, mut generate, mut seed) = (Vec::new(), 0u64, 0u64);
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -31,6 +35,10 @@ pub fn run(args: &[String]) -> Result<(), DynError> {
             "--save" => save = true,
             "--seeds" => seeds = true,
             "--coverage" => coverage = true,
+            "--differential" => differential = true,
+            "--corpus" => corpus.push(PathBuf::from(it.next().ok_or("--corpus needs a folder")?)),
+            "--generate" => generate = it.next().ok_or("--generate needs a count")?.parse()?,
+            "--seed" => seed = it.next().ok_or("--seed needs a value")?.parse()?,
             other => return Err(format!("unknown fuzz option {other}").into()),
         }
     }
@@ -39,6 +47,14 @@ pub fn run(args: &[String]) -> Result<(), DynError> {
     }
     if targets.is_empty() {
         targets = list_targets()?;
+    }
+    if differential {
+        return crate::differential::run(&crate::differential::Args {
+            targets,
+            corpus,
+            generate,
+            seed,
+        });
     }
     if bench {
         return run_bench(&targets, secs.unwrap_or(10), save);

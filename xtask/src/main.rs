@@ -5,7 +5,7 @@
 //! seeds             rewrite the vhost-user fuzz seeds from corpus/vhost-user
 //! peers             fetch QEMU 7.2 (front-end) and virtiofsd (back-end) into ~/.cache/qconform
 //! fuzz [--secs N] [--target T]   replay regressions, then fuzz (nightly + ASan when present, else -s none)
-//! fuzz --bench | --seeds | --coverage   exec/s per target, seeds from code, coverage (xtask/src/fuzz.rs)
+//! fuzz --bench | --seeds | --coverage | --differential   exec/s, seeds from code, coverage, vs qemu-img (xtask/src/fuzz.rs)
 //! bench             qconform check vs qemu-img check on a 1 TiB preallocated image
 //! test [ARGS...]    provision what the tests need (peers), then `cargo test --workspace ARGS...`
 //! ci                what .ci/run runs after installing tools
@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 mod bench;
+mod differential;
 mod fuzz;
 mod peers;
 

@@ -200,6 +200,18 @@ pub fn expectations(path: Option<&Path>) -> Result<Vec<(String, Option<String>)>
         .collect())
 }
 
+/// Whether a finding of `kind` on an input breaking `rules` is listed in
+/// `expect` (an entry without a rule matches every finding of its kind).
+pub fn is_expected<K: FindingKind>(
+    expect: &[(String, Option<String>)],
+    kind: K,
+    rules: &[&str],
+) -> bool {
+    expect
+        .iter()
+        .any(|(k, r)| k == kind.name() && r.as_deref().is_none_or(|r| rules.contains(&r)))
+}
+
 /// Empties a scratch directory (files only; it holds no subdirectories).
 pub fn clear(dir: &Path) {
     if let Ok(rd) = std::fs::read_dir(dir) {
@@ -356,10 +368,7 @@ fn record<F: Fuzzer>(
         Ok(Some(w)) if f.reproduces(&w, &v) => w,
         _ => v,
     };
-    let expected = s
-        .expect
-        .iter()
-        .any(|(k, r)| k == v.kind.name() && r.as_deref().is_none_or(|r| v.rules.contains(&r)));
+    let expected = is_expected(&s.expect, v.kind, &v.rules);
     let mut all = found.lock().unwrap_or_else(|p| p.into_inner());
     // Another job may have found (and minimised) the same one meanwhile;
     // the lower run wins.

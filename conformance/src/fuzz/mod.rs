@@ -14,6 +14,7 @@
 //! target's known faults so that CI gates only on new ones.
 
 pub mod campaign;
+pub mod differential;
 pub mod generate;
 pub mod target;
 
