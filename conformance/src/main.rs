@@ -34,8 +34,8 @@ enum Command {
         /// exit 2), or a TOML policy file (see the README).
         #[arg(long, default_value = "default", value_parser = qconform::upload_policy::parse)]
         policy: qconform_core::upload::Policy,
-        /// Repair into --repair-out, never in place: `leaks` lowers leaked
-        /// qcow2 refcounts to the references (`qemu-img check -r leaks`).
+        /// Repair into --repair-out, never in place, as `qemu-img check -r
+        /// leaks|all` repairs (see the README's "Repair").
         #[arg(short = 'r', long = "repair", value_enum, requires = "repair_out")]
         repair: Option<qconform::repair::Repair>,
         /// The repaired copy -r writes (must not exist).
