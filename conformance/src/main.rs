@@ -41,6 +41,9 @@ enum Command {
         /// The repaired copy -r writes (must not exist).
         #[arg(long, requires = "repair")]
         repair_out: Option<PathBuf>,
+        /// No progress spinner (shown on a terminal while an image is checked).
+        #[arg(short, long)]
+        quiet: bool,
         #[command(flatten)]
         reports: CiArgs,
         #[arg(required = true)]
@@ -459,6 +462,7 @@ fn main() -> ExitCode {
             policy,
             repair,
             repair_out,
+            quiet,
             reports,
             images,
         } => match repair.zip(repair_out) {
@@ -470,6 +474,7 @@ fn main() -> ExitCode {
                 &policy,
                 &images,
                 &reports.into(),
+                quiet,
             ),
         },
         Command::Info { output, image } => check::run_info(output, &image),

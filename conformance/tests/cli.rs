@@ -423,6 +423,8 @@ fn progress_bars_go_to_a_terminal_only() {
     // Piped: nothing on stderr, for cat -o, golden and conform alike.
     let (code, out, err) = run(qconform().args(["cat", "-o", raw_s, img_s]));
     assert_eq!((code, out.as_str(), err.as_str()), (0, "", ""));
+    let (code, _, err) = run(qconform().args(["check", img_s]));
+    assert_eq!((code, err.as_str()), (0, ""));
     let (code, _, err) = run(qconform()
         .args(["golden", "update", "--golden"])
         .arg(dir.path().join("g"))
@@ -434,7 +436,7 @@ fn progress_bars_go_to_a_terminal_only() {
     let bin = env!("CARGO_BIN_EXE_qconform");
     let on_tty = |extra: &str| {
         let log = dir.path().join("tty.log");
-        let cmd = format!("{bin} cat {extra} -o {raw_s} {img_s}");
+        let cmd = format!("{bin} {extra} -o {raw_s} {img_s}");
         let st = Command::new("script")
             .args(["-qec", &cmd])
             .arg(&log)
@@ -445,8 +447,27 @@ fn progress_bars_go_to_a_terminal_only() {
         std::fs::read_to_string(&log).unwrap_or_default()
     };
     assert!(
-        on_tty("").contains("/96.00 MiB"),
+        on_tty("cat").contains("/96.00 MiB"),
         "no progress on a terminal"
     );
-    assert!(!on_tty("-q").contains("MiB"));
+    assert!(!on_tty("cat -q").contains("MiB"));
+    // check: a spinner of the metadata bytes read (no total exists).
+    let check_tty = |extra: &str| {
+        let log = dir.path().join("check.log");
+        let cmd = format!("{bin} check {extra} {img_s}");
+        let st = Command::new("script")
+            .args(["-qec", &cmd])
+            .arg(&log)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("script (util-linux)");
+        assert!(st.success());
+        std::fs::read_to_string(&log).unwrap_or_default()
+    };
+    let shown = check_tty("");
+    assert!(
+        shown.contains("of metadata read") && shown.contains("No errors were found"),
+        "no check progress on a terminal: {shown:?}"
+    );
+    assert!(!check_tty("-q").contains("metadata read"));
 }
