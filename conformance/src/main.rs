@@ -380,6 +380,9 @@ struct GoldenArgs {
     /// No progress bar.
     #[arg(short, long)]
     quiet: bool,
+    /// `verify` with PATHs: the verdicts and field diffs as text or JSON.
+    #[arg(long, value_enum, default_value = "human")]
+    output: Output,
     #[command(flatten)]
     reports: CiArgs,
     /// Image files or folders (recursive; formats found from the content).
@@ -400,7 +403,7 @@ fn golden_cmd(update: bool, a: GoldenArgs) -> i32 {
             reports: a.reports.into(),
             quiet: a.quiet,
         };
-        return conform::run(&a.root, Output::Human, &settings);
+        return conform::run(&a.root, a.output, &settings);
     }
     let s = golden::images::Settings {
         golden: a.golden.unwrap_or_else(|| "qconform-golden".into()),
@@ -411,6 +414,7 @@ fn golden_cmd(update: bool, a: GoldenArgs) -> i32 {
         },
         quiet: a.quiet,
         reports: a.reports.into(),
+        output: a.output,
     };
     if update {
         golden::images::update(&a.paths, &s)
