@@ -577,8 +577,9 @@ fn vhost_user(action: VhostAction) -> i32 {
             strict,
             reports,
         } => {
-            // The CI reports judge the main conversation's transcript: a
-            // scratch one when --transcript is not given.
+            // The CI reports judge the main conversation's transcript (a
+            // scratch one when --transcript is not given) and carry the
+            // robustness probes' findings.
             let targets: qconform::ci_report::Targets = reports.into();
             let scratch = tempfile::tempdir();
             let transcript = match (&transcript, &scratch, targets.any()) {
@@ -586,7 +587,7 @@ fn vhost_user(action: VhostAction) -> i32 {
                 _ => transcript,
             };
             let label = socket.display().to_string();
-            let code = probe::run(
+            let (code, robustness) = probe::run_reporting(
                 &probe::Options {
                     socket,
                     timeout: Duration::from_millis(timeout_ms),
@@ -605,6 +606,7 @@ fn vhost_user(action: VhostAction) -> i32 {
                     t,
                     Profile { lenient },
                     code,
+                    &robustness,
                     &targets,
                 ),
                 _ => code,
@@ -658,6 +660,7 @@ fn vhost_user(action: VhostAction) -> i32 {
                     &file,
                     Profile { lenient },
                     code,
+                    &[],
                     &targets,
                 )
             } else {
