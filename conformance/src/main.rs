@@ -124,6 +124,10 @@ enum Command {
         /// No progress bar.
         #[arg(short, long)]
         quiet: bool,
+        /// Also judge every image under this policy (`default`, `upload` or
+        /// a TOML file); the golden files stay the default policy's.
+        #[arg(long, default_value = "default", value_parser = qconform::upload_policy::parse)]
+        policy: qconform_core::upload::Policy,
         #[command(flatten)]
         reports: CiArgs,
     },
@@ -374,7 +378,7 @@ struct GoldenArgs {
     /// The backing policy the guest bytes are read under (as `cat --backing`).
     #[arg(long, value_enum, default_value = "confined")]
     backing: BackingArg,
-    /// With PATHs: `default`, `upload` or a TOML policy file, as `check --policy`.
+    /// `default`, `upload` or a TOML policy file, as `check --policy` (without PATHs: as `conform --policy`).
     #[arg(long, default_value = "default", value_parser = qconform::upload_policy::parse)]
     policy: qconform_core::upload::Policy,
     /// No progress bar.
@@ -402,6 +406,7 @@ fn golden_cmd(update: bool, a: GoldenArgs) -> i32 {
         let settings = conform::Settings {
             reports: a.reports.into(),
             quiet: a.quiet,
+            policy: a.policy,
         };
         return conform::run(&a.root, a.output, &settings);
     }
@@ -518,6 +523,7 @@ fn main() -> ExitCode {
             output,
             root,
             quiet,
+            policy,
             reports,
         } => conform::run(
             &root,
@@ -525,6 +531,7 @@ fn main() -> ExitCode {
             &conform::Settings {
                 reports: reports.into(),
                 quiet,
+                policy,
             },
         ),
         Command::VhostUser { action } => vhost_user(action),
