@@ -10,7 +10,8 @@
 //!   cleared (the guest cluster reads as zeros); a BAT entry naming a
 //!   cluster another entry already uses gets a copy of that cluster at the
 //!   end of the data area, so both guest clusters keep reading the same
-//!   bytes but no longer share them;
+//!   bytes but no longer share them; a data_off past the end of the file
+//!   is moved back to the first cluster after the BAT, as qemu-img does;
 //! - in_use is set to 0 (closed) in both modes: qemu-img opens the image
 //!   read-write to repair it and closes it cleanly.
 //!
@@ -60,7 +61,14 @@ pub fn plan(src: &dyn ReadAt, filename: &str, limits: &Limits, mode: Mode) -> cr
             }
         }
         Mode::All => {
-            refuse_unrepairable(&report, mode, ALL)?;
+            // A data offset past the end of the file is moved back to the
+            // first cluster after the BAT, as qemu-img does; others stay.
+            let data_off = (h.data_offset() > src.size()).then(|| first_data_offset(&h));
+            let mut repairable = ALL.to_vec();
+            if data_off.is_some() {
+                repairable.push(&rule::DATA_OFF);
+            }
+            refuse_unrepairable(&report, mode, &repairable)?;
             let bat_end = HEADER_SIZE + 4 * h.nb_bat_entries as u64;
             // A cluster of the Format Extension used twice is not a BAT fault.
             if let Some(f) = report.findings.iter().find(|f| {
@@ -75,6 +83,18 @@ pub fn plan(src: &dyn ReadAt, filename: &str, limits: &Limits, mode: Mode) -> cr
                     format!("{filename}: -r all does not repair this ({})", f.detail),
                 ));
             }
+            let mut h = h.clone();
+            if let Some(off) = data_off {
+                let sectors = (off / SECTOR) as u32;
+                plan.write(
+                    header::field::DATA_OFF.pos(),
+                    sectors.to_le_bytes().to_vec(),
+                );
+                plan.fixed.push(format!(
+                    "data_off moved back into the file ({sectors} sectors)"
+                ));
+                h.data_off = sectors;
+            }
             fix_bat(src, &h, filename, limits, &mut plan)?;
         }
     }
@@ -86,6 +106,17 @@ pub fn plan(src: &dyn ReadAt, filename: &str, limits: &Limits, mode: Mode) -> cr
         plan.fixed.push("in_use set to 0 (closed)".into());
     }
     Ok(plan.sorted())
+}
+
+/// The first offset the data area can start at: the end of the BAT,
+/// rounded up to a cluster (the extension magic) or a sector.
+fn first_data_offset(h: &Header) -> u64 {
+    let bat_end = HEADER_SIZE + 4 * h.nb_bat_entries as u64;
+    if h.ext_magic {
+        bat_end.next_multiple_of(h.cluster_size().max(SECTOR))
+    } else {
+        bat_end.next_multiple_of(SECTOR)
+    }
 }
 
 /// Clears the BAT entries outside the data area or the file, moves every
@@ -212,6 +243,7 @@ mod tests {
             (Mutation::BatDuplicate { nth: 1 }, Mode::All),
             (Mutation::BatPastEof { nth: 0 }, Mode::All),
             (Mutation::InUseOpen, Mode::All),
+            (Mutation::DataOffPastEof, Mode::All),
         ] {
             let (before, after) = repaired(m, mode);
             assert!(before.exit_code(false) != 0, "{m:?}");
