@@ -367,9 +367,12 @@ fn references(src: &dyn ReadAt, c: &Checked) -> crate::Result<FastMap<u64, u64>>
     }
 }
 
-/// Writes a new refcount table and blocks from cluster `first` on (past the
-/// end of the file and of every reference), holding `refs` and a refcount of
-/// 1 for their own clusters; returns (table offset, table clusters).
+/// Writes a new refcount table and blocks from the first cluster past the
+/// end of the file and of every reference, holding `refs` and a refcount
+/// of 1 for their own clusters; returns (table offset, table clusters).
+/// Only blocks holding a non-zero refcount are written (the others stay 0
+/// in the table): memory follows the clusters referenced, never the
+/// length a sparse file claims.
 fn rebuild_refcounts(
     src: &dyn ReadAt,
     h: &Header,
@@ -381,16 +384,22 @@ fn rebuild_refcounts(
     let order = h.refcount_order;
     let epb = (cs * 8) >> order;
     let first = src.size().div_ceil(cs).max(census.nb_clusters);
-    // The table and blocks cover themselves: grow until the count holds.
-    let (mut blocks, mut table) = (1u64, 1u64);
+    let referenced: std::collections::BTreeSet<u64> = refs.keys().map(|k| k / epb).collect();
+    // The table and blocks lie at `first` and are refcounted themselves:
+    // grow the table and the set of blocks until they cover their own
+    // clusters (a few rounds: each adds at most a block or a table cluster).
+    let mut table = 1u64;
+    let mut blocks = referenced.clone();
     for _ in 0..64 {
-        let total = first + table + blocks;
-        let b = total.div_ceil(epb);
-        let t = (b * 8).div_ceil(cs);
-        if (b, t) == (blocks, table) {
+        let end = first + table + blocks.len() as u64;
+        let mut next = referenced.clone();
+        next.extend(first / epb..=(end - 1) / epb);
+        let highest = next.last().copied().unwrap_or(0);
+        let t = ((highest + 1) * 8).div_ceil(cs);
+        if (t, &next) == (table, &blocks) {
             break;
         }
-        (blocks, table) = (b, t);
+        (table, blocks) = (t, next);
     }
     if table * cs > super::MAX_REFTABLE_BYTES || table > u32::MAX as u64 {
         return Err(crate::Error::rule(
@@ -402,32 +411,31 @@ fn rebuild_refcounts(
     let table_at = first;
     let blocks_at = first + table;
     let mut reftable = vec![0u8; (table * cs) as usize];
-    for (t, slot) in reftable
-        .chunks_exact_mut(8)
-        .take(blocks as usize)
-        .enumerate()
-    {
-        slot.copy_from_slice(&((blocks_at + t as u64) * cs).to_be_bytes());
+    for (i, &b) in blocks.iter().enumerate() {
+        let at = (b * 8) as usize;
+        if let Some(slot) = reftable.get_mut(at..at + 8) {
+            slot.copy_from_slice(&((blocks_at + i as u64) * cs).to_be_bytes());
+        }
     }
     plan.write(table_at * cs, reftable);
-    // Every block is written, zero or not: they are what the table names.
     let mut sorted: Vec<(u64, u64)> = refs.iter().map(|(&k, &n)| (k, n)).collect();
-    sorted.extend((table_at..blocks_at + blocks).map(|k| (k, 1)));
+    sorted.extend((table_at..blocks_at + blocks.len() as u64).map(|k| (k, 1)));
     sorted.sort_unstable();
     let mut it = sorted.into_iter().peekable();
-    for b in 0..blocks {
+    for (i, &b) in blocks.iter().enumerate() {
         let mut block = vec![0u8; cs as usize];
         while let Some(&(k, n)) = it.peek() {
             if k >= (b + 1) * epb {
                 break;
             }
-            encode(&mut block, k - b * epb, order, n);
+            encode(&mut block, k.saturating_sub(b * epb), order, n);
             it.next();
         }
-        plan.write((blocks_at + b) * cs, block);
+        plan.write((blocks_at + i as u64) * cs, block);
     }
     plan.fixed.push(format!(
-        "refcounts rebuilt from the references: a new refcount table ({table} clusters) and {blocks} blocks at {:#x}",
+        "refcounts rebuilt from the references: a new refcount table ({table} clusters) and {} blocks at {:#x}",
+        blocks.len(),
         table_at * cs
     ));
     Ok((table_at * cs, table as u32))
@@ -506,6 +514,40 @@ mod tests {
             }
             img[at..at + b.len()].copy_from_slice(b);
         }
+    }
+
+    #[test]
+    fn a_rebuild_writes_only_the_blocks_that_hold_refcounts() {
+        // 512-byte clusters and 64-bit refcounts: 64 per block. A file of
+        // 4096 clusters whose references are all below cluster 16 (the
+        // rest a hole) gets two blocks: one for them, one for the new
+        // structure at the end, not 64.
+        let mut d = crate::qcow2::write::Description::new(1 << 20, 9);
+        d.refcount_order = 6;
+        d.clusters
+            .insert(0, crate::qcow2::write::ClusterData::Data(vec![7; 512]));
+        let Ok(w) = crate::qcow2::write::write(&d) else {
+            panic!("the writer failed")
+        };
+        let mut img = w.image;
+        assert!(crate::qcow2::mutate::apply(
+            crate::qcow2::mutate::Mutation::RefcountZero { nth: 0 },
+            &mut img
+        )
+        .is_some());
+        img.resize(4096 * 512, 0);
+        let p = plan(&img.as_slice(), "t", &Limits::default(), Mode::All)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let big: Vec<_> = p
+            .writes
+            .iter()
+            .filter(|(at, _)| *at >= 4096 * 512)
+            .collect();
+        // The table and two blocks.
+        assert_eq!(big.len(), 3, "{:?}", p.fixed);
+        apply(&mut img, &p);
+        let after = check(&img.as_slice(), "t", &Limits::default());
+        assert_eq!(after.exit_code(false), 0, "{:?}", after.findings);
     }
 
     #[test]
