@@ -2,7 +2,7 @@
 //! for every option family of qcow2 and every format: equal field by
 //! field, except the fields named in [`DIFFERING`].
 
-use qconform_testkit::tools::qemu_img;
+use qconform_testkit::tools;
 use serde_json::Value;
 use std::path::Path;
 use std::process::Command;
@@ -13,6 +13,12 @@ const DIFFERING: &[(&str, &str)] = &[(
     "qemu-img adds the LUKS header's details (cipher, hash, slots, uuid, \
      iterations), which qconform does not parse: only `format` is compared",
 )];
+
+/// `qemu-img` in `dir` with whitespace-separated `args`, through the
+/// testkit runner (hang guard, loud failure).
+fn qemu_img(dir: &Path, args: &str) {
+    tools::qemu_img(dir, &args.split_whitespace().collect::<Vec<_>>())
+}
 
 fn json_of(cmd: &mut Command) -> Value {
     let out = cmd.output().expect("runs");
@@ -91,8 +97,7 @@ fn create(dir: &Path, fmt: &str, name: &str, opts: &str, size: &str) {
     } else {
         format!("-o {opts}")
     };
-    let line = format!("create -q -f {fmt} {opts} {name} {size}");
-    qemu_img(dir, &line.split_whitespace().collect::<Vec<_>>());
+    qemu_img(dir, &format!("create -q -f {fmt} {opts} {name} {size}"));
 }
 
 #[test]
@@ -135,20 +140,7 @@ fn qcow2_backing_snapshots_bitmaps_dirt_and_encryption_match_qemu_img() {
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
     create(d, "qcow2", "base.qcow2", "", "1M");
-    qemu_img(
-        d,
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            "base.qcow2",
-            "-F",
-            "qcow2",
-            "over.qcow2",
-        ],
-    );
+    qemu_img(d, "create -q -f qcow2 -b base.qcow2 -F qcow2 over.qcow2");
     let v = same_info(d, "over.qcow2");
     assert_eq!(v["backing-filename-format"], "qcow2");
     // A relative path given from elsewhere: full-backing-filename is
@@ -156,17 +148,7 @@ fn qcow2_backing_snapshots_bitmaps_dirt_and_encryption_match_qemu_img() {
     std::fs::create_dir(d.join("sub")).unwrap();
     qemu_img(
         d,
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            "../base.qcow2",
-            "-F",
-            "qcow2",
-            "sub/o.qcow2",
-        ],
+        "create -q -f qcow2 -b ../base.qcow2 -F qcow2 sub/o.qcow2",
     );
     assert_eq!(
         same_info(d, "sub/o.qcow2")["full-backing-filename"],
@@ -186,7 +168,7 @@ fn qcow2_backing_snapshots_bitmaps_dirt_and_encryption_match_qemu_img() {
 
     std::fs::copy(d.join("base.qcow2"), d.join("snaps.qcow2")).unwrap();
     for i in 0..3 {
-        qemu_img(d, &["snapshot", "-c", &format!("s{i}"), "snaps.qcow2"]);
+        qemu_img(d, &format!("snapshot -c s{i} snaps.qcow2"));
     }
     assert_eq!(
         same_info(d, "snaps.qcow2")["snapshots"]
@@ -196,13 +178,13 @@ fn qcow2_backing_snapshots_bitmaps_dirt_and_encryption_match_qemu_img() {
     );
     // v2 snapshots carry no extra data, hence no icount.
     create(d, "qcow2", "v2s.qcow2", "compat=0.10", "1M");
-    qemu_img(d, &["snapshot", "-c", "old", "v2s.qcow2"]);
+    qemu_img(d, "snapshot -c old v2s.qcow2");
     same_info(d, "v2s.qcow2");
 
     std::fs::copy(d.join("base.qcow2"), d.join("bm.qcow2")).unwrap();
-    qemu_img(d, &["bitmap", "--add", "bm.qcow2", "b0"]);
-    qemu_img(d, &["bitmap", "--add", "-g", "4096", "bm.qcow2", "b1"]);
-    qemu_img(d, &["bitmap", "--add", "--disable", "bm.qcow2", "b2"]);
+    qemu_img(d, "bitmap --add bm.qcow2 b0");
+    qemu_img(d, "bitmap --add -g 4096 bm.qcow2 b1");
+    qemu_img(d, "bitmap --add --disable bm.qcow2 b2");
     let v = same_info(d, "bm.qcow2");
     assert_eq!(
         v["format-specific"]["data"]["bitmaps"]
@@ -224,21 +206,7 @@ fn qcow2_backing_snapshots_bitmaps_dirt_and_encryption_match_qemu_img() {
     }
     assert_eq!(same_info(d, "dirty.qcow2")["dirty-flag"], true);
 
-    qemu_img(
-        d,
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "--object",
-            "secret,id=s0,data=x",
-            "-o",
-            "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10",
-            "enc.qcow2",
-            "1M",
-        ],
-    );
+    qemu_img(d, "create -q -f qcow2 --object secret,id=s0,data=x -o encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10 enc.qcow2 1M");
     assert_eq!(same_info(d, "enc.qcow2")["encrypted"], true);
 }
 
@@ -248,28 +216,10 @@ fn qed_and_parallels_match_qemu_img() {
     let d = t.path();
     create(d, "qed", "plain.qed", "", "3M");
     create(d, "qed", "c4k.qed", "cluster_size=4096", "3M");
-    qemu_img(
-        d,
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qed",
-            "-b",
-            "plain.qed",
-            "-F",
-            "qed",
-            "over.qed",
-        ],
-    );
+    qemu_img(d, "create -q -f qed -b plain.qed -F qed over.qed");
     // -F raw sets QED_F_BACKING_FORMAT_NO_PROBE: the one format QED records.
-    qemu_img(d, &["create", "-q", "-f", "raw", "base.raw", "1M"]);
-    qemu_img(
-        d,
-        &[
-            "create", "-q", "-f", "qed", "-b", "base.raw", "-F", "raw", "raw.qed",
-        ],
-    );
+    qemu_img(d, "create -q -f raw base.raw 1M");
+    qemu_img(d, "create -q -f qed -b base.raw -F raw raw.qed");
     for name in ["plain.qed", "c4k.qed", "over.qed", "raw.qed"] {
         assert_eq!(same_info(d, name)["format"], "qed");
     }

@@ -275,33 +275,23 @@ fn mutator_cases_are_repaired_as_qemu_img_repairs_them() {
         let s = format!("{m:?}");
         s.split([' ', '{']).next().unwrap_or_default().to_owned()
     };
-    for k in 0..qcow2::mutate::KINDS {
-        for a in 0..2 {
-            let m = qcow2::mutate::Mutation::from_parts(k, a, 3);
-            let mut img = base.clone();
-            if qcow2::mutate::apply(m, &mut img).is_some() {
-                add(kind(&m), img, "qcow2");
+    // Every mutation kind of a format's mutator, on a copy of its base image.
+    macro_rules! mutated {
+        ($fmt:ident, $base:expr) => {
+            for k in 0..$fmt::mutate::KINDS {
+                for a in 0..2 {
+                    let m = $fmt::mutate::Mutation::from_parts(k, a, 3);
+                    let mut img = $base.clone();
+                    if $fmt::mutate::apply(m, &mut img).is_some() {
+                        add(kind(&m), img, stringify!($fmt));
+                    }
+                }
             }
-        }
+        };
     }
-    for k in 0..qed::mutate::KINDS {
-        for a in 0..2 {
-            let m = qed::mutate::Mutation::from_parts(k, a, 3);
-            let mut img = qbase.clone();
-            if qed::mutate::apply(m, &mut img).is_some() {
-                add(kind(&m), img, "qed");
-            }
-        }
-    }
-    for k in 0..parallels::mutate::KINDS {
-        for a in 0..2 {
-            let m = parallels::mutate::Mutation::from_parts(k, a, 3);
-            let mut img = pbase.clone();
-            if parallels::mutate::apply(m, &mut img).is_some() {
-                add(kind(&m), img, "parallels");
-            }
-        }
-    }
+    mutated!(qcow2, base);
+    mutated!(qed, qbase);
+    mutated!(parallels, pbase);
     let alike = run_cases(dir, &cases);
     for want in [
         "leaks:RefcountUp",

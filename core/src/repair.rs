@@ -89,3 +89,24 @@ pub fn refuse_unrepairable(
         )),
     }
 }
+
+/// The image's header (parsed by `parse`, for the fields a repair writes)
+/// and its check report; refuses an image whose header does not parse or
+/// whose check could not complete: its structure is not all known.
+pub fn header_and_check<H>(
+    filename: &str,
+    format: &str,
+    limits: &crate::limits::Limits,
+    parse: impl FnOnce(&mut Report) -> Option<H>,
+    check: impl FnOnce() -> Report,
+) -> crate::Result<(H, Report)> {
+    let mut h_report = Report::new(filename, format, limits);
+    let Some(h) = parse(&mut h_report) else {
+        return Err(h_report.into_error());
+    };
+    let report = check();
+    if report.check_errors > 0 {
+        return Err(report.into_error());
+    }
+    Ok((h, report))
+}

@@ -21,7 +21,7 @@ use super::header::{self, Header, HEADER_SIZE};
 use super::SECTOR;
 use crate::hash::FastSet;
 use crate::limits::Limits;
-use crate::repair::{refuse_unrepairable, Mode, Patch, Plan};
+use crate::repair::{header_and_check, refuse_unrepairable, Mode, Patch, Plan};
 use crate::report::Report;
 use crate::rules::{parallels as rule, Rule};
 use crate::source::ReadAt;
@@ -37,14 +37,13 @@ const ALL: &[&Rule] = &[
 
 /// The repair of a Parallels image under `mode`.
 pub fn plan(src: &dyn ReadAt, filename: &str, limits: &Limits, mode: Mode) -> crate::Result<Plan> {
-    let mut h_report = Report::new(filename, "parallels", limits);
-    let Some(h) = header::parse(src, &mut h_report) else {
-        return Err(h_report.into_error());
-    };
-    let report = super::check(src, filename, limits);
-    if report.check_errors > 0 {
-        return Err(report.into_error());
-    }
+    let (h, report) = header_and_check(
+        filename,
+        "parallels",
+        limits,
+        |r| header::parse(src, r),
+        || super::check(src, filename, limits),
+    )?;
     let mut plan = Plan::default();
     match mode {
         Mode::Leaks => {

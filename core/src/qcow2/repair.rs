@@ -41,17 +41,8 @@ pub struct Leak {
     pub references: u64,
 }
 
-/// What `-r all` repairs: the refcount structure and what follows from it.
-const ALL: &[&Rule] = &[
-    &rule::REFCOUNT_LEAK,
-    &rule::REFCOUNT_TOO_LOW,
-    &rule::REFBLOCK_IN_FILE,
-    &rule::REFBLOCK_ALIGNED,
-    &rule::REFTABLE_RESERVED,
-    &rule::METADATA_OVERLAP,
-    &rule::L1_COPIED,
-    &rule::L2_COPIED,
-];
+/// What `-r all` repairs besides the refcount family: the COPIED flags.
+const COPIED: &[&Rule] = &[&rule::L1_COPIED, &rule::L2_COPIED];
 
 /// Findings under these rules make `-r all` rebuild the refcounts.
 const REFCOUNT_FAMILY: &[&Rule] = &[
@@ -139,7 +130,7 @@ pub fn plan(src: &dyn ReadAt, filename: &str, limits: &Limits, mode: Mode) -> cr
             Ok(plan.sorted())
         }
         Mode::All => {
-            refuse_unrepairable(&c.report, mode, ALL)?;
+            refuse_unrepairable(&c.report, mode, &[REFCOUNT_FAMILY, COPIED].concat())?;
             all(src, &c)
         }
     }

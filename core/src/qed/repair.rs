@@ -14,22 +14,21 @@
 use super::header::{self, Header, F_NEED_CHECK, ZERO_CLUSTER};
 use crate::hash::FastSet;
 use crate::limits::Limits;
-use crate::repair::{Mode, Plan};
-use crate::report::{Report, Severity};
+use crate::repair::{header_and_check, Mode, Plan};
+use crate::report::Severity;
 use crate::rules::qed as rule;
 use crate::source::{entries_in_file, for_each_entry, le_u64, ReadAt};
 
 /// The repair of a QED image (`mode` changes nothing: QEMU's QED check
 /// takes one "fix" flag for both).
 pub fn plan(src: &dyn ReadAt, filename: &str, limits: &Limits, _mode: Mode) -> crate::Result<Plan> {
-    let mut h_report = Report::new(filename, "qed", limits);
-    let Some(h) = header::parse(src, &mut h_report) else {
-        return Err(h_report.into_error());
-    };
-    let report = super::check(src, filename, limits);
-    if report.check_errors > 0 {
-        return Err(report.into_error());
-    }
+    let (h, report) = header_and_check(
+        filename,
+        "qed",
+        limits,
+        |r| header::parse(src, r),
+        || super::check(src, filename, limits),
+    )?;
     let mut plan = Plan::default();
     let cleared = clear_invalid_entries(src, &h, &mut plan);
     if cleared > 0 {
@@ -111,6 +110,7 @@ fn for_each_nonzero(src: &dyn ReadAt, h: &Header, offset: u64, mut f: impl FnMut
 mod tests {
     use super::*;
     use crate::qed::mutate::{apply, Mutation};
+    use crate::report::Report;
 
     fn repaired(m: Mutation) -> (Report, Report) {
         use crate::qed::write::{write, Cluster, Description};
