@@ -45,10 +45,21 @@ fn open_as(
 /// Checks one image file; unreadable files and unknown formats become a
 /// report with a check error (exit code 1), never a panic.
 pub fn check_file(path: &Path, format: Option<&str>, limits: &Limits) -> Report {
+    check_file_counted(path, format, limits, &indicatif::ProgressBar::hidden())
+}
+
+/// [`check_file`], counting the bytes the check reads on `bar`.
+pub fn check_file_counted(
+    path: &Path,
+    format: Option<&str>,
+    limits: &Limits,
+    bar: &indicatif::ProgressBar,
+) -> Report {
     let name = path.display().to_string();
     match open_as(path, format) {
         Ok((src, f)) => {
-            let mut report = f.check(&src, &name, limits);
+            let counted = crate::progress::Counted { inner: &src, bar };
+            let mut report = f.check(&counted, &name, limits);
             // Names inside the image that the default path policy would
             // refuse, judged without opening them.
             let names = qconform_core::disk::named_files(&src);
@@ -178,6 +189,7 @@ pub fn run_check(
     policy: &qconform_core::upload::Policy,
     images: &[std::path::PathBuf],
     reports_to: &crate::ci_report::Targets,
+    quiet: bool,
 ) -> i32 {
     let limits = Limits::default();
     let mut worst = 0;
@@ -185,7 +197,12 @@ pub fn run_check(
     let mut cases = Vec::new();
     let mut results = Vec::new();
     for path in images {
-        let (report, code) = crate::upload_policy::check(path, format, &limits, policy, strict);
+        // As upload_policy::check, with the bytes the check reads on a spinner.
+        let bar = crate::progress::reading(&path.display().to_string(), quiet);
+        let mut report = check_file_counted(path, format, &limits, &bar);
+        bar.finish_and_clear();
+        crate::upload_policy::apply(&mut report, path, format, &limits, policy);
+        let code = policy.exit_code(&report, strict);
         if severity_rank(code) > severity_rank(worst) {
             worst = code;
         }

@@ -21,12 +21,27 @@ struct Row {
     exit_code: i32,
     findings: usize,
     golden: Golden,
+    /// Under a policy other than `default`: the image judged under it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    policy: Option<PolicyVerdict>,
     /// Where the case departs from its golden files.
     #[serde(skip)]
     differences: Vec<String>,
     /// Its findings, for SARIF.
     #[serde(skip)]
     results: Vec<ci_report::Result>,
+}
+
+/// An image judged under `conform --policy`: the golden files hold the
+/// check under the default policy, so this is reported beside them.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "kebab-case")]
+struct PolicyVerdict {
+    /// "accepted" (exit 0 under the policy) or "refused".
+    verdict: &'static str,
+    exit_code: i32,
+    /// The rules of the findings the policy added or re-graded, sorted.
+    refused_by: Vec<&'static str>,
 }
 
 /// How a case compares with its golden files.
@@ -59,12 +74,25 @@ impl Golden {
 }
 
 /// How `conform` runs besides its output.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Settings {
     /// `--junit FILE`, `--sarif FILE`.
     pub reports: Targets,
     /// `-q`: no progress bar.
     pub quiet: bool,
+    /// `--policy`: images are also judged under it (the golden files stay
+    /// the default policy's, see [`PolicyVerdict`]).
+    pub policy: qconform_core::upload::Policy,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            reports: Targets::default(),
+            quiet: false,
+            policy: qconform_core::upload::Policy::default_policy(),
+        }
+    }
 }
 
 /// A recorded conversation's matrix: its cells and the back-end names.
@@ -81,7 +109,7 @@ pub fn run(root: &Path, output: Output, settings: &Settings) -> i32 {
     let rows: Vec<Row> = cases
         .iter()
         .map(|c| {
-            let r = judge(root, c);
+            let r = judge(root, c, &settings.policy);
             bar.inc(1);
             r
         })
@@ -188,9 +216,18 @@ fn judge_now(root: &Path, c: &crate::golden::Case) -> Judged {
 
 /// One corpus case: its report against its golden file, and for images
 /// `info` and `map` too, for recorded conversations their replay.
-fn judge(root: &Path, c: &crate::golden::Case) -> Row {
+fn judge(root: &Path, c: &crate::golden::Case, policy: &qconform_core::upload::Policy) -> Row {
     let name = &c.name;
-    let now = judge_now(root, c);
+    let mut now = judge_now(root, c);
+    let policy = match &now.report {
+        Some(r) if *policy != qconform_core::upload::Policy::default_policy() => {
+            let (verdict, results) = under_policy(r, &c.path, policy);
+            // SARIF carries what the policy judged.
+            now.results = results;
+            Some(verdict)
+        }
+        _ => None,
+    };
     let mut differences = Vec::new();
     let mut golden = compare(name, &case_snap_path(root, c), &now.body, &mut differences);
     if let (Golden::Mismatch, Some(now_report)) = (golden, &now.report) {
@@ -259,9 +296,46 @@ fn judge(root: &Path, c: &crate::golden::Case) -> Row {
         exit_code: now.code,
         findings: now.findings,
         golden,
+        policy,
         differences,
         results: now.results,
     }
+}
+
+/// The image's report under `policy` (as `check --policy`): the verdict and
+/// the SARIF results of the judged report.
+fn under_policy(
+    report: &qconform_core::Report,
+    path: &Path,
+    policy: &qconform_core::upload::Policy,
+) -> (PolicyVerdict, Vec<ci_report::Result>) {
+    let limits = qconform_core::Limits::default();
+    let mut judged = report.clone();
+    crate::upload_policy::apply(&mut judged, path, None, &limits, policy);
+    let code = policy.exit_code(&judged, false);
+    // What the policy changed: findings that are new or graded otherwise.
+    let before: std::collections::BTreeSet<(&str, qconform_core::Severity)> = report
+        .findings
+        .iter()
+        .map(|f| (f.rule.id, f.severity))
+        .collect();
+    let mut refused_by: Vec<&'static str> = judged
+        .findings
+        .iter()
+        .filter(|f| !before.contains(&(f.rule.id, f.severity)))
+        .map(|f| f.rule.id)
+        .collect();
+    refused_by.sort_unstable();
+    refused_by.dedup();
+    let results = ci_report::image_results(&judged, &judged.filename);
+    (
+        PolicyVerdict {
+            verdict: if code == 0 { "accepted" } else { "refused" },
+            exit_code: code,
+            refused_by,
+        },
+        results,
+    )
 }
 
 /// Compares `now` with the golden file `snap`, adding where they differ to `out`.
@@ -318,8 +392,20 @@ fn print_human(rows: &[Row], matrix: Option<&Matrix>) {
         "findings"
     );
     for r in rows {
+        // Under a policy: its verdict after the golden column.
+        let policy = r.policy.as_ref().map_or(String::new(), |p| {
+            format!(
+                "  policy: {}{}",
+                p.verdict,
+                if p.refused_by.is_empty() {
+                    String::new()
+                } else {
+                    format!(" [{}]", p.refused_by.join(", "))
+                }
+            )
+        });
         crate::outln!(
-            "{:<36} {:<9} {:<12} {:>8}  {}",
+            "{:<36} {:<9} {:<12} {:>8}  {}{policy}",
             r.case,
             r.format,
             r.verdict,

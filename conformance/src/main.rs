@@ -34,13 +34,16 @@ enum Command {
         /// exit 2), or a TOML policy file (see the README).
         #[arg(long, default_value = "default", value_parser = qconform::upload_policy::parse)]
         policy: qconform_core::upload::Policy,
-        /// Repair into --repair-out, never in place: `leaks` lowers leaked
-        /// qcow2 refcounts to the references (`qemu-img check -r leaks`).
+        /// Repair into --repair-out, never in place, as `qemu-img check -r
+        /// leaks|all` repairs (see the README's "Repair").
         #[arg(short = 'r', long = "repair", value_enum, requires = "repair_out")]
         repair: Option<qconform::repair::Repair>,
         /// The repaired copy -r writes (must not exist).
         #[arg(long, requires = "repair")]
         repair_out: Option<PathBuf>,
+        /// No progress spinner (shown on a terminal while an image is checked).
+        #[arg(short, long)]
+        quiet: bool,
         #[command(flatten)]
         reports: CiArgs,
         #[arg(required = true)]
@@ -121,6 +124,10 @@ enum Command {
         /// No progress bar.
         #[arg(short, long)]
         quiet: bool,
+        /// Also judge every image under this policy (`default`, `upload` or
+        /// a TOML file); the golden files stay the default policy's.
+        #[arg(long, default_value = "default", value_parser = qconform::upload_policy::parse)]
+        policy: qconform_core::upload::Policy,
         #[command(flatten)]
         reports: CiArgs,
     },
@@ -398,12 +405,15 @@ struct GoldenArgs {
     /// The backing policy the guest bytes are read under (as `cat --backing`).
     #[arg(long, value_enum, default_value = "confined")]
     backing: BackingArg,
-    /// With PATHs: `default`, `upload` or a TOML policy file, as `check --policy`.
+    /// `default`, `upload` or a TOML policy file, as `check --policy` (without PATHs: as `conform --policy`).
     #[arg(long, default_value = "default", value_parser = qconform::upload_policy::parse)]
     policy: qconform_core::upload::Policy,
     /// No progress bar.
     #[arg(short, long)]
     quiet: bool,
+    /// `verify` with PATHs: the verdicts and field diffs as text or JSON.
+    #[arg(long, value_enum, default_value = "human")]
+    output: Output,
     #[command(flatten)]
     reports: CiArgs,
     /// Image files or folders (recursive; formats found from the content).
@@ -423,8 +433,9 @@ fn golden_cmd(update: bool, a: GoldenArgs) -> i32 {
         let settings = conform::Settings {
             reports: a.reports.into(),
             quiet: a.quiet,
+            policy: a.policy,
         };
-        return conform::run(&a.root, Output::Human, &settings);
+        return conform::run(&a.root, a.output, &settings);
     }
     let s = golden::images::Settings {
         golden: a.golden.unwrap_or_else(|| "qconform-golden".into()),
@@ -435,6 +446,7 @@ fn golden_cmd(update: bool, a: GoldenArgs) -> i32 {
         },
         quiet: a.quiet,
         reports: a.reports.into(),
+        output: a.output,
     };
     if update {
         golden::images::update(&a.paths, &s)
@@ -486,6 +498,7 @@ fn main() -> ExitCode {
             policy,
             repair,
             repair_out,
+            quiet,
             reports,
             images,
         } => match repair.zip(repair_out) {
@@ -497,6 +510,7 @@ fn main() -> ExitCode {
                 &policy,
                 &images,
                 &reports.into(),
+                quiet,
             ),
         },
         Command::Info { output, image } => check::run_info(output, &image),
@@ -536,6 +550,7 @@ fn main() -> ExitCode {
             output,
             root,
             quiet,
+            policy,
             reports,
         } => conform::run(
             &root,
@@ -543,6 +558,7 @@ fn main() -> ExitCode {
             &conform::Settings {
                 reports: reports.into(),
                 quiet,
+                policy,
             },
         ),
         Command::VhostUser { action } => vhost_user(action),
@@ -621,8 +637,9 @@ fn vhost_user(action: VhostAction) -> i32 {
             strict,
             reports,
         } => {
-            // The CI reports judge the main conversation's transcript: a
-            // scratch one when --transcript is not given.
+            // The CI reports judge the main conversation's transcript (a
+            // scratch one when --transcript is not given) and carry the
+            // robustness probes' findings.
             let targets: qconform::ci_report::Targets = reports.into();
             let scratch = tempfile::tempdir();
             let transcript = match (&transcript, &scratch, targets.any()) {
@@ -630,7 +647,7 @@ fn vhost_user(action: VhostAction) -> i32 {
                 _ => transcript,
             };
             let label = socket.display().to_string();
-            let code = probe::run(
+            let (code, robustness) = probe::run_reporting(
                 &probe::Options {
                     socket,
                     timeout: Duration::from_millis(timeout_ms),
@@ -649,6 +666,7 @@ fn vhost_user(action: VhostAction) -> i32 {
                     t,
                     Profile { lenient },
                     code,
+                    &robustness,
                     &targets,
                 ),
                 _ => code,
@@ -702,6 +720,7 @@ fn vhost_user(action: VhostAction) -> i32 {
                     &file,
                     Profile { lenient },
                     code,
+                    &[],
                     &targets,
                 )
             } else {

@@ -257,6 +257,82 @@ fn vhost_user_check_probe_and_matrix_write_reports() {
     assert_eq!(cases(&parsed).len(), 1);
     assert_eq!(cases(&parsed)[0].status.is_success(), code == 0, "{out}");
     sarif(&s);
+    // probe with its robustness probes, against qemu-storage-daemon (started
+    // afresh for every connection), which crashes on some of them: each
+    // probe is a test case, its findings SARIF results of their own.
+    let qsd_sock = dir.path().join("qsd.sock");
+    let disk = dir.path().join("disk.img");
+    let st = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "raw"])
+        .arg(&disk)
+        .arg("64M")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let cmd = format!(
+        "qemu-storage-daemon --blockdev driver=file,node-name=file0,filename={} --export type=vhost-user-blk,id=exp0,node-name=file0,addr.type=unix,addr.path={},writable=on,num-queues=2",
+        disk.display(),
+        qsd_sock.display()
+    );
+    let (j, s) = (dir.path().join("rob.xml"), dir.path().join("rob.sarif"));
+    let (code, out) = run(qconform()
+        .args([
+            "vhost-user",
+            "probe",
+            "--output",
+            "json",
+            "--timeout-ms",
+            "1500",
+            "--backend-cmd",
+            &cmd,
+            "--socket",
+        ])
+        .arg(&qsd_sock)
+        .arg("--junit")
+        .arg(&j)
+        .arg("--sarif")
+        .arg(&s));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let probes = v["robustness"].as_array().unwrap();
+    let robust: usize = probes
+        .iter()
+        .map(|p| p["findings"].as_array().unwrap().len())
+        .sum();
+    assert!(
+        robust > 0 && code == 2,
+        "qemu-storage-daemon 10.0.2 has robustness faults: {v:#}"
+    );
+    let main = v["conversation"]["findings"].as_array().unwrap().len();
+    let log = sarif(&s);
+    assert_eq!(results(&log).len(), main + robust, "{v:#}");
+    let in_probes = results(&log)
+        .iter()
+        .filter(|r| {
+            r["locations"][0]["logicalLocations"][0]["fullyQualifiedName"]
+                .as_str()
+                .is_some_and(|n| n.contains(" robustness "))
+        })
+        .count();
+    assert_eq!(in_probes, robust);
+    let parsed = junit(&j);
+    assert_eq!(cases(&parsed).len(), 1 + probes.len());
+    for p in probes {
+        let name = format!(
+            "{} robustness {}",
+            qsd_sock.display(),
+            p["probe"].as_str().unwrap()
+        );
+        let case = cases(&parsed)
+            .into_iter()
+            .find(|c| c.original_name == name)
+            .unwrap();
+        let violations = p["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["severity"] == "violation");
+        assert_eq!(case.status.is_failure(), violations, "{p}");
+    }
     // matrix: every recording against the reference back-end.
     let (j, s) = (dir.path().join("m.xml"), dir.path().join("m.sarif"));
     let (code, out) = run(qconform()

@@ -423,6 +423,8 @@ fn progress_bars_go_to_a_terminal_only() {
     // Piped: nothing on stderr, for cat -o, golden and conform alike.
     let (code, out, err) = run(qconform().args(["cat", "-o", raw_s, img_s]));
     assert_eq!((code, out.as_str(), err.as_str()), (0, "", ""));
+    let (code, _, err) = run(qconform().args(["check", img_s]));
+    assert_eq!((code, err.as_str()), (0, ""));
     let (code, _, err) = run(qconform()
         .args(["golden", "update", "--golden"])
         .arg(dir.path().join("g"))
@@ -432,9 +434,9 @@ fn progress_bars_go_to_a_terminal_only() {
     assert_eq!((code, err.as_str()), (0, ""));
     // On a terminal: the bar, in bytes; with -q: none.
     let bin = env!("CARGO_BIN_EXE_qconform");
-    let on_tty = |extra: &str| {
+    let on_tty = |args: &str| {
         let log = dir.path().join("tty.log");
-        let cmd = format!("{bin} cat {extra} -o {raw_s} {img_s}");
+        let cmd = format!("{bin} {args}");
         let st = Command::new("script")
             .args(["-qec", &cmd])
             .arg(&log)
@@ -445,8 +447,15 @@ fn progress_bars_go_to_a_terminal_only() {
         std::fs::read_to_string(&log).unwrap_or_default()
     };
     assert!(
-        on_tty("").contains("/96.00 MiB"),
+        on_tty(&format!("cat -o {raw_s} {img_s}")).contains("/96.00 MiB"),
         "no progress on a terminal"
     );
-    assert!(!on_tty("-q").contains("MiB"));
+    assert!(!on_tty(&format!("cat -q -o {raw_s} {img_s}")).contains("MiB"));
+    // check: a spinner of the metadata bytes read (no total exists).
+    let shown = on_tty(&format!("check {img_s}"));
+    assert!(
+        shown.contains("of metadata read") && shown.contains("No errors were found"),
+        "no check progress on a terminal: {shown:?}"
+    );
+    assert!(!on_tty(&format!("check -q {img_s}")).contains("metadata read"));
 }

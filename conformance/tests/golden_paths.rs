@@ -280,6 +280,61 @@ fn a_corrupting_edit_is_a_change_that_names_the_finding_added() {
         diff.iter().any(|l| l.starts_with("corruptions: 0 → ")),
         "{out}"
     );
+    // The same verdicts as JSON, read back: images in key order, one typed
+    // change per line of the text.
+    let (code, json, err) = qconform(
+        dir.path(),
+        &["golden", "verify", "--output", "json", "vendor"],
+    );
+    assert_eq!(code, 4, "{json}{err}");
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["exit-code"], 4);
+    let images = v["images"].as_array().unwrap();
+    let keys: Vec<&str> = images
+        .iter()
+        .map(|i| i["image"].as_str().unwrap())
+        .collect();
+    let mut sorted = keys.clone();
+    sorted.sort();
+    assert_eq!(keys, sorted);
+    assert_eq!(v["summary"]["images"], images.len());
+    assert_eq!(
+        (
+            v["summary"]["changed"].as_u64(),
+            v["summary"]["match"].as_u64()
+        ),
+        (Some(1), Some(images.len() as u64 - 1))
+    );
+    let data = images.iter().find(|i| i["image"] == "data.hds").unwrap();
+    assert_eq!(data["status"], "changed");
+    let changes = data["changes"].as_array().unwrap();
+    assert_eq!(changes.len(), diff.len(), "{json}");
+    assert!(
+        changes.iter().any(|c| c["kind"] == "verdict"
+            && c["golden"] == "clean"
+            && c["now"] == "corrupt"
+            && c["golden-exit"] == 0
+            && c["now-exit"] == 2),
+        "{json}"
+    );
+    assert!(
+        changes.iter().any(|c| c["kind"] == "finding-added"
+            && c["offset"].is_u64()
+            && rules.iter().any(|r| c["rule"] == r.id)),
+        "{json}"
+    );
+    assert!(
+        changes
+            .iter()
+            .any(|c| c["kind"] == "field" && c["field"] == "corruptions" && c["golden"] == 0),
+        "{json}"
+    );
+    for i in images.iter().filter(|i| i["image"] != "data.hds") {
+        assert_eq!(
+            (&i["status"], i["changes"].as_array().map(Vec::len)),
+            (&serde_json::json!("match"), Some(0))
+        );
+    }
 }
 
 #[test]

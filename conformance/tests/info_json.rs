@@ -2,6 +2,7 @@
 //! for every option family of qcow2 and every format: equal field by
 //! field, except the fields named in [`DIFFERING`].
 
+use qconform_testkit::tools;
 use serde_json::Value;
 use std::path::Path;
 use std::process::Command;
@@ -13,19 +14,10 @@ const DIFFERING: &[(&str, &str)] = &[(
      iterations), which qconform does not parse: only `format` is compared",
 )];
 
-/// Runs qemu-img in `dir` with whitespace-separated `args`.
+/// `qemu-img` in `dir` with whitespace-separated `args`, through the
+/// testkit runner (hang guard, loud failure).
 fn qemu_img(dir: &Path, args: &str) {
-    let args: Vec<&str> = args.split_whitespace().collect();
-    let out = Command::new("qemu-img")
-        .current_dir(dir)
-        .args(&args)
-        .output()
-        .expect("qemu-img runs");
-    assert!(
-        out.status.success(),
-        "qemu-img {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    tools::qemu_img(dir, &args.split_whitespace().collect::<Vec<_>>())
 }
 
 fn json_of(cmd: &mut Command) -> Value {

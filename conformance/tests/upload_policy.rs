@@ -3,22 +3,14 @@
 //! it), refused with its rule and exit 2 under `upload` and not refused
 //! under `default`; and a policy file's silences, re-grades and caps.
 
+use qconform_testkit::tools;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Runs qemu-img in `dir` with whitespace-separated `args`.
+/// `qemu-img` in `dir` with whitespace-separated `args`, through the
+/// testkit runner (hang guard, loud failure).
 fn qemu_img(dir: &Path, args: &str) {
-    let args: Vec<&str> = args.split_whitespace().collect();
-    let out = Command::new("qemu-img")
-        .current_dir(dir)
-        .args(&args)
-        .output()
-        .expect("qemu-img runs");
-    assert!(
-        out.status.success(),
-        "qemu-img {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    tools::qemu_img(dir, &args.split_whitespace().collect::<Vec<_>>())
 }
 
 /// `check --output json [--policy P] [-f F] IMAGE`: exit code and the
@@ -265,4 +257,96 @@ fn a_policy_file_disables_regrades_and_caps() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("upload.nope"));
+}
+
+/// `conform --policy P` over the shipped corpus, as JSON: (exit code, cases).
+fn conform(policy: &str, dir: &Path) -> (i32, Vec<serde_json::Value>) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = Command::new(env!("CARGO_BIN_EXE_qconform"))
+        .args(["conform", "-q", "--output", "json", "--policy", policy])
+        .current_dir(dir)
+        .arg("--root")
+        .arg(&root)
+        .output()
+        .expect("qconform runs");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let cases = v["cases"].as_array().cloned().unwrap_or_default();
+    (out.status.code().unwrap_or(-1), cases)
+}
+
+/// The shipped goldens are the default policy's check: under `--policy
+/// upload` they still match (exit 0) and every image case also carries its
+/// verdict under the policy, which is exactly `check --policy upload`'s.
+#[test]
+fn conform_judges_the_shipped_corpus_under_the_upload_policy() {
+    let (_t, d) = scratch();
+    let (code, cases) = conform("upload", &d);
+    assert_eq!(
+        code, 0,
+        "the default goldens still match under --policy upload"
+    );
+    let images = corpus_images();
+    let mut refused = Vec::new();
+    for c in cases.iter().filter(|c| c["format"] != "vhost-user") {
+        let case = c["case"].as_str().unwrap();
+        let p = &c["policy"];
+        let image = images.join(format!("{case}.{}", c["format"].as_str().unwrap()));
+        let (check_code, findings) = check(&d, image.to_str().unwrap(), Some("upload"), None);
+        assert_eq!(p["exit-code"], check_code, "{case}: {c}");
+        assert_eq!(p["verdict"] == "refused", check_code != 0, "{case}: {c}");
+        for r in p["refused-by"].as_array().unwrap() {
+            assert!(
+                has(&findings, r.as_str().unwrap()),
+                "{case}: {r} not in {findings:?}"
+            );
+        }
+        if !p["refused-by"].as_array().unwrap().is_empty() {
+            refused.push(case.to_owned());
+        }
+    }
+    for (case, rule) in [
+        ("backing-overlay", "upload.backing-file"),
+        ("data-file", "upload.data-file"),
+        ("luks", "upload.encryption"),
+    ] {
+        let c = cases.iter().find(|c| c["case"] == case).unwrap();
+        assert!(
+            c["policy"]["refused-by"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r == rule),
+            "{c}"
+        );
+    }
+    let plain = cases.iter().find(|c| c["case"] == "v3-data").unwrap();
+    assert_eq!(plain["policy"]["verdict"], "accepted", "{plain}");
+    // Under the default policy there is nothing to add: no policy verdict.
+    let (code, cases) = conform("default", &d);
+    assert_eq!(code, 0);
+    assert!(cases.iter().all(|c| c.get("policy").is_none()));
+    // A policy file that allows backing files accepts the overlay.
+    std::fs::write(
+        d.join("p.toml"),
+        "base = \"upload\"\n[rules]\n\"upload.backing-file\" = \"off\"\n",
+    )
+    .unwrap();
+    let (code, cases) = conform("p.toml", &d);
+    assert_eq!(code, 0);
+    let c = cases
+        .iter()
+        .find(|c| c["case"] == "backing-overlay")
+        .unwrap();
+    assert_eq!(c["policy"]["verdict"], "accepted", "{c}");
+    assert!(refused.len() > 3, "{refused:?}");
+}
+
+fn corpus_images() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../corpus/images")
 }

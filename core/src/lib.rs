@@ -18,6 +18,7 @@ pub mod limits;
 pub mod parallels;
 pub mod qcow2;
 pub mod qed;
+pub mod repair;
 pub mod report;
 pub mod rng;
 pub mod rules;

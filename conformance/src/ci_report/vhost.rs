@@ -2,8 +2,9 @@
 //! the commands (which print their own output): the transcript is judged
 //! once more by the same rule engine under the same profile, which gives
 //! the findings with their message indexes. For `probe`, that transcript is
-//! the main conversation (robustness probes run on connections of their
-//! own and show in the JUnit verdict through the exit code only).
+//! the main conversation; each robustness probe (a connection of its own)
+//! is a test case of its own, its findings SARIF results located at
+//! "<socket> robustness <probe>", message N of that connection.
 
 use super::{Case, Outcome, Targets};
 use qconform_core::vhost_user::session::Profile;
@@ -36,6 +37,7 @@ pub fn write(
     transcript: &Path,
     profile: Profile,
     code: i32,
+    robustness: &[(&str, Vec<qconform_core::report::Finding>)],
     targets: &Targets,
 ) -> i32 {
     let judged = judge(transcript, label, profile);
@@ -45,8 +47,15 @@ pub fn write(
             .collect::<Vec<_>>()
             .join("\n")
     };
+    // Findings that fail a case: what probe's exit code counts.
+    let failing = |f: &[qconform_core::report::Finding]| {
+        f.iter()
+            .any(|f| f.severity == qconform_core::Severity::Violation)
+    };
     let outcome = match (&judged, code) {
         (_, 0) => Outcome::Pass,
+        // Only the robustness probes found something.
+        (Ok(r), 2) if r.is_empty() && robustness.iter().any(|(_, f)| failing(f)) => Outcome::Pass,
         (Ok(r), 2) => Outcome::Fail {
             message: "the conversation breaks vhost-user rules".into(),
             detail: detail(r),
@@ -60,11 +69,28 @@ pub fn write(
             detail: e.clone(),
         },
     };
-    let case = Case {
+    let mut cases = vec![Case {
         suite: title.to_owned(),
         name: label.to_owned(),
         outcome,
-    };
-    let results = judged.unwrap_or_default();
-    targets.write_or_fail(title, &[case], &results, code)
+    }];
+    let mut results = judged.unwrap_or_default();
+    for (probe, findings) in robustness {
+        let at = format!("{label} robustness {probe}");
+        let found = super::results(findings, &at);
+        cases.push(Case {
+            suite: title.to_owned(),
+            name: at,
+            outcome: if failing(findings) {
+                Outcome::Fail {
+                    message: "the back-end mishandled an invalid message".into(),
+                    detail: detail(&found),
+                }
+            } else {
+                Outcome::Pass
+            },
+        });
+        results.extend(found);
+    }
+    targets.write_or_fail(title, &cases, &results, code)
 }

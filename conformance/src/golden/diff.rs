@@ -1,27 +1,132 @@
 //! What changed between an image's golden record and its record now, one
-//! line per field: "allocated-clusters: 16 → 32", "content: sha256 … → …",
-//! "finding added: [rule] at offset …". The versions that made the records
-//! are not compared (a new qconform release is not a change of the image).
+//! [`Change`] per field, shown as a line ("allocated-clusters: 16 → 32",
+//! "content: sha256 … → …", "finding added: [rule] at offset …") and
+//! serialized as typed JSON for `golden verify --output json`. The
+//! versions that made the records are not compared (a new qconform
+//! release is not a change of the image).
 
 use super::record::{Record, RecordedFinding};
+use serde::Serialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
+
+/// One difference between a golden record and the record now.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(
+    tag = "kind",
+    rename_all = "kebab-case",
+    rename_all_fields = "kebab-case"
+)]
+pub enum Change {
+    /// A recorded value (a count, an info field path): `null` where absent.
+    Field {
+        field: String,
+        golden: Option<Value>,
+        now: Option<Value>,
+    },
+    /// A value shown as text (format, content digest, map size, map error).
+    Text {
+        field: String,
+        golden: String,
+        now: String,
+    },
+    /// The check's verdict and exit code.
+    Verdict {
+        golden: String,
+        now: String,
+        golden_exit: i32,
+        now_exit: i32,
+    },
+    /// A finding now that the golden record does not hold.
+    FindingAdded(RecordedFinding),
+    /// A finding of the golden record that is gone.
+    FindingRemoved(RecordedFinding),
+    /// The first map entry that differs.
+    MapEntry {
+        index: usize,
+        guest_offset: u64,
+        golden: Option<Value>,
+        now: Option<Value>,
+    },
+    /// More differences of one part than are shown.
+    More { part: String, count: usize },
+    /// The golden record cannot be read.
+    Unreadable { error: String },
+}
+
+impl std::fmt::Display for Change {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let at = |x: &RecordedFinding| {
+            x.offset
+                .map_or(String::new(), |o| format!(" at offset {o:#x}"))
+        };
+        match self {
+            Change::Field { field, golden, now } => {
+                write!(
+                    f,
+                    "{field}: {} → {}",
+                    show(golden.as_ref()),
+                    show(now.as_ref())
+                )
+            }
+            Change::Text { field, golden, now } => write!(f, "{field}: {golden} → {now}"),
+            Change::Verdict {
+                golden,
+                now,
+                golden_exit,
+                now_exit,
+            } => write!(
+                f,
+                "verdict: {golden} → {now} (exit {golden_exit} → {now_exit})"
+            ),
+            Change::FindingAdded(x) => {
+                write!(f, "finding added: [{}]{} ({})", x.rule, at(x), x.severity)
+            }
+            Change::FindingRemoved(x) => {
+                write!(f, "finding removed: [{}]{} ({})", x.rule, at(x), x.severity)
+            }
+            Change::MapEntry {
+                index,
+                guest_offset,
+                golden,
+                now,
+            } => write!(
+                f,
+                "map entry {index} (guest offset {guest_offset:#x}): {} → {}",
+                show(golden.as_ref()),
+                show(now.as_ref())
+            ),
+            Change::More { part, count } => write!(f, "… and {count} more {part} differences"),
+            Change::Unreadable { error } => write!(f, "{error}"),
+        }
+    }
+}
+
+fn text(field: &str, golden: String, now: String) -> Change {
+    Change::Text {
+        field: field.to_owned(),
+        golden,
+        now,
+    }
+}
 
 /// Lines shown per part (info, map) before the rest is summed up.
 const MAX_LINES_PER_PART: usize = 20;
 
 /// The differences, in a stable order; empty when the records match.
 /// `content`: compare the digests (both records must hold one).
-pub fn diff(golden: &Record, now: &Record) -> Vec<String> {
+pub fn diff(golden: &Record, now: &Record) -> Vec<Change> {
     let mut out = Vec::new();
     if golden.format != now.format {
-        out.push(format!("format: {} → {}", golden.format, now.format));
+        out.push(text("format", golden.format.clone(), now.format.clone()));
     }
     if golden.exit_code != now.exit_code || golden.verdict != now.verdict {
-        out.push(format!(
-            "verdict: {} → {} (exit {} → {})",
-            golden.verdict, now.verdict, golden.exit_code, now.exit_code
-        ));
+        out.push(Change::Verdict {
+            golden: golden.verdict.clone(),
+            now: now.verdict.clone(),
+            golden_exit: golden.exit_code,
+            now_exit: now.exit_code,
+        });
     }
     fields("", &golden.counts, &now.counts, usize::MAX, &mut out);
     findings(&golden.findings, &now.findings, &mut out);
@@ -40,13 +145,9 @@ pub fn diff(golden: &Record, now: &Record) -> Vec<String> {
                 (None, Some(e)) => format!("unreadable ({e})"),
                 (None, None) => "none".to_owned(),
             };
-            out.push(format!("content: {} → {}", show(g), show(n)));
+            out.push(text("content", show(g), show(n)));
             if g.bytes != n.bytes {
-                out.push(format!(
-                    "content bytes: {} → {}",
-                    opt(g.bytes),
-                    opt(n.bytes)
-                ));
+                out.push(text("content bytes", opt(g.bytes), opt(n.bytes)));
             }
         }
     }
@@ -60,19 +161,20 @@ pub fn reports(golden: &qconform_core::Report, now: &qconform_core::Report) -> V
     use super::record::{counts, findings, verdict};
     let mut out = Vec::new();
     if golden.format != now.format {
-        out.push(format!("format: {} → {}", golden.format, now.format));
+        out.push(text("format", golden.format.clone(), now.format.clone()));
     }
     let (g, n) = (golden.exit_code(false), now.exit_code(false));
     if g != n {
-        out.push(format!(
-            "verdict: {} → {} (exit {g} → {n})",
-            verdict(g),
-            verdict(n)
-        ));
+        out.push(Change::Verdict {
+            golden: verdict(g).to_string(),
+            now: verdict(n).to_string(),
+            golden_exit: g,
+            now_exit: n,
+        });
     }
     fields("", &counts(golden), &counts(now), usize::MAX, &mut out);
     self::findings(&findings(golden), &findings(now), &mut out);
-    out
+    out.iter().map(Change::to_string).collect()
 }
 
 fn opt(v: Option<u64>) -> String {
@@ -89,30 +191,37 @@ fn fields<V: PartialEq + serde::Serialize>(
     golden: &BTreeMap<String, V>,
     now: &BTreeMap<String, V>,
     max: usize,
-    out: &mut Vec<String>,
+    out: &mut Vec<Change>,
 ) {
     let mut lines = Vec::new();
     let keys: std::collections::BTreeSet<&String> = golden.keys().chain(now.keys()).collect();
     for k in keys {
         let (g, n) = (golden.get(k), now.get(k));
         if g != n {
-            let v = |x: Option<&V>| show(x.and_then(|x| serde_json::to_value(x).ok()).as_ref());
-            lines.push(format!("{label}{k}: {} → {}", v(g), v(n)));
+            let v = |x: Option<&V>| x.and_then(|x| serde_json::to_value(x).ok());
+            lines.push(Change::Field {
+                field: format!("{label}{k}"),
+                golden: v(g),
+                now: v(n),
+            });
         }
     }
     push_capped(label.trim(), lines, max, out);
 }
 
-fn push_capped(part: &str, lines: Vec<String>, max: usize, out: &mut Vec<String>) {
+fn push_capped(part: &str, lines: Vec<Change>, max: usize, out: &mut Vec<Change>) {
     let n = lines.len();
     out.extend(lines.into_iter().take(max));
     if n > max {
-        out.push(format!("… and {} more {part} differences", n - max));
+        out.push(Change::More {
+            part: part.to_owned(),
+            count: n - max,
+        });
     }
 }
 
 /// Findings added and removed, as multisets of (rule, severity, offset).
-fn findings(golden: &[RecordedFinding], now: &[RecordedFinding], out: &mut Vec<String>) {
+fn findings(golden: &[RecordedFinding], now: &[RecordedFinding], out: &mut Vec<Change>) {
     let count = |v: &[RecordedFinding]| {
         let mut m: BTreeMap<RecordedFinding, usize> = BTreeMap::new();
         for f in v {
@@ -121,50 +230,32 @@ fn findings(golden: &[RecordedFinding], now: &[RecordedFinding], out: &mut Vec<S
         m
     };
     let (g, n) = (count(golden), count(now));
-    let at = |f: &RecordedFinding| {
-        f.offset
-            .map_or(String::new(), |o| format!(" at offset {o:#x}"))
-    };
     for (f, &k) in &g {
         for _ in n.get(f).copied().unwrap_or(0)..k {
-            out.push(format!(
-                "finding removed: [{}]{} ({})",
-                f.rule,
-                at(f),
-                f.severity
-            ));
+            out.push(Change::FindingRemoved(f.clone()));
         }
     }
     for (f, &k) in &n {
         for _ in g.get(f).copied().unwrap_or(0)..k {
-            out.push(format!(
-                "finding added: [{}]{} ({})",
-                f.rule,
-                at(f),
-                f.severity
-            ));
+            out.push(Change::FindingAdded(f.clone()));
         }
     }
 }
 
 /// The map: how many entries, and the first that differs.
-fn map(golden: &Record, now: &Record, out: &mut Vec<String>) {
+fn map(golden: &Record, now: &Record, out: &mut Vec<Change>) {
     if golden.map_error != now.map_error {
         let e = |x: &Option<String>| x.clone().unwrap_or_else(|| "(none)".into());
-        out.push(format!(
-            "map error: {} → {}",
-            e(&golden.map_error),
-            e(&now.map_error)
-        ));
+        out.push(text("map error", e(&golden.map_error), e(&now.map_error)));
     }
     if golden.map == now.map {
         return;
     }
     if golden.map.len() != now.map.len() {
-        out.push(format!(
-            "map: {} entries → {}",
-            golden.map.len(),
-            now.map.len()
+        out.push(text(
+            "map",
+            format!("{} entries", golden.map.len()),
+            now.map.len().to_string(),
         ));
     }
     if let Some(i) =
@@ -172,10 +263,11 @@ fn map(golden: &Record, now: &Record, out: &mut Vec<String>) {
     {
         let (g, n) = (golden.map.get(i), now.map.get(i));
         let start = g.or(n).and_then(|e| e["start"].as_u64()).unwrap_or(0);
-        out.push(format!(
-            "map entry {i} (guest offset {start:#x}): {} → {}",
-            show(g),
-            show(n)
-        ));
+        out.push(Change::MapEntry {
+            index: i,
+            guest_offset: start,
+            golden: g.cloned(),
+            now: n.cloned(),
+        });
     }
 }

@@ -25,13 +25,15 @@ pub struct Settings {
     pub record: Options,
     pub quiet: bool,
     pub reports: Targets,
+    /// `verify`: the verdicts as text or as JSON.
+    pub output: crate::Output,
 }
 
 /// How an image compares with its golden record.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Status {
     Match,
-    Changed(Vec<String>),
+    Changed(Vec<super::diff::Change>),
     New,
     Stale,
 }
@@ -161,7 +163,7 @@ pub fn compare(
             Status::New
         } else {
             match record::load(&path) {
-                Err(e) => Status::Changed(vec![e]),
+                Err(error) => Status::Changed(vec![super::diff::Change::Unreadable { error }]),
                 Ok(g) => {
                     let d = super::diff::diff(&g, &now);
                     if d.is_empty() {
@@ -190,14 +192,16 @@ pub fn compare(
     (verdicts, reports)
 }
 
-/// `golden verify PATH...`: exit 0 when every image matches, 4 when any
-/// differs, 1 when it could not run.
-pub fn verify(paths: &[PathBuf], s: &Settings) -> i32 {
-    let Some(images) = find(paths, s) else {
-        return 1;
-    };
-    let (verdicts, reports) = compare(&images, s);
-    for v in &verdicts {
+fn count(verdicts: &[Verdict], label: &str) -> usize {
+    verdicts
+        .iter()
+        .filter(|v| v.status.label() == label)
+        .count()
+}
+
+/// The verdicts as text: one line per image, its changes indented below.
+fn print_human(verdicts: &[Verdict]) {
+    for v in verdicts {
         let note = match v.status {
             Status::New => " (no golden record)",
             Status::Stale => " (golden record without image)",
@@ -210,20 +214,62 @@ pub fn verify(paths: &[PathBuf], s: &Settings) -> i32 {
             }
         }
     }
-    let count = |l: &str| verdicts.iter().filter(|v| v.status.label() == l).count();
     crate::outln!(
         "\n{} images: {} match, {} changed, {} new, {} stale",
         verdicts.len(),
-        count("match"),
-        count("changed"),
-        count("new"),
-        count("stale")
+        count(verdicts, "match"),
+        count(verdicts, "changed"),
+        count(verdicts, "new"),
+        count(verdicts, "stale")
     );
+}
+
+/// The verdicts as JSON, in the order of the text (images by key, then
+/// stale records): `{"images": [{"image", "status", "changes": [typed
+/// changes]}], "summary": {...}, "exit-code"}`.
+fn json(verdicts: &[Verdict], code: i32) -> serde_json::Value {
+    let images: Vec<serde_json::Value> = verdicts
+        .iter()
+        .map(|v| {
+            let changes = match &v.status {
+                Status::Changed(c) => serde_json::to_value(c).unwrap_or_default(),
+                _ => serde_json::json!([]),
+            };
+            serde_json::json!({ "image": v.key, "status": v.status.label(), "changes": changes })
+        })
+        .collect();
+    serde_json::json!({
+        "images": images,
+        "summary": {
+            "images": verdicts.len(),
+            "match": count(verdicts, "match"),
+            "changed": count(verdicts, "changed"),
+            "new": count(verdicts, "new"),
+            "stale": count(verdicts, "stale"),
+        },
+        "exit-code": code,
+    })
+}
+
+/// `golden verify PATH...`: exit 0 when every image matches, 4 when any
+/// differs, 1 when it could not run.
+pub fn verify(paths: &[PathBuf], s: &Settings) -> i32 {
+    let Some(images) = find(paths, s) else {
+        return 1;
+    };
+    let (verdicts, reports) = compare(&images, s);
     let code = if verdicts.iter().all(|v| v.status == Status::Match) {
         0
     } else {
         DIFFERS
     };
+    match s.output {
+        crate::Output::Human => print_human(&verdicts),
+        crate::Output::Json => crate::outln!(
+            "{}",
+            serde_json::to_string_pretty(&json(&verdicts, code)).unwrap_or_default()
+        ),
+    }
     if !s.reports.any() {
         return code;
     }
@@ -236,7 +282,11 @@ pub fn verify(paths: &[PathBuf], s: &Settings) -> i32 {
                 Status::Match => Outcome::Pass,
                 Status::Changed(lines) => Outcome::Fail {
                     message: "changed since its golden record".into(),
-                    detail: lines.join("\n"),
+                    detail: lines
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("\n"),
                 },
                 Status::New => Outcome::Fail {
                     message: "no golden record".into(),

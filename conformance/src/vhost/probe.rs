@@ -811,15 +811,24 @@ fn negotiate<'a>(opts: &'a Options, name: &str) -> Result<Conversation<'a>, Stri
     }
 }
 
+/// The findings of each robustness probe, by probe name (for the CI
+/// reports, which also judge the main conversation's transcript).
+pub type RobustnessFindings = Vec<(&'static str, Vec<Finding>)>;
+
 /// Runs the probe; exit 0 conforming, 1 could not connect (or the
 /// conversation could not finish for a reason of our own), 2 findings.
 pub fn run(opts: &Options, output: Output) -> i32 {
+    run_reporting(opts, output).0
+}
+
+/// [`run`], also returning the robustness probes' findings.
+pub fn run_reporting(opts: &Options, output: Output) -> (i32, RobustnessFindings) {
     let name = opts.socket.display().to_string();
     let c = match negotiate(opts, &name) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("qconform: {e}");
-            return 1;
+            return (1, Vec::new());
         }
     };
     let Conversation {
@@ -915,14 +924,21 @@ pub fn run(opts: &Options, output: Output) -> i32 {
             println!("{violations} violations");
         }
     }
-    if violations > 0 {
+    let code = if violations > 0 {
         2
     } else if stopped.is_some() {
         // A conversation that could not finish is never conforming.
         1
     } else {
         0
-    }
+    };
+    (
+        code,
+        verdicts
+            .into_iter()
+            .map(|v| (v.probe, v.findings))
+            .collect(),
+    )
 }
 
 /// Runs only the valid conversation against `socket` and returns its

@@ -6,6 +6,7 @@ pub mod ext;
 pub mod header;
 pub mod mutate;
 pub mod read;
+pub mod repair;
 pub mod write;
 
 pub use check::check;

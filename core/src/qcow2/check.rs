@@ -77,19 +77,30 @@ pub fn info(src: &dyn ReadAt, filename: &str, limits: &Limits) -> crate::Result<
 /// Checks a qcow2 image. Never writes; never panics; memory is bounded by
 /// the file length divided by the cluster size plus the caps of `limits`.
 pub fn check(src: &dyn ReadAt, filename: &str, limits: &Limits) -> Report {
+    check_counting(src, filename, limits).0
+}
+
+/// The check and the references it counted to every host cluster (the
+/// census the refcounts are compared with), for the repair, which rebuilds
+/// refcounts from them. `None` when the check stopped before counting.
+pub fn check_counting(
+    src: &dyn ReadAt,
+    filename: &str,
+    limits: &Limits,
+) -> (Report, Option<Census>) {
     let mut report = Report::for_image(filename, "qcow2", limits);
     let Some(parsed) = header::parse(src, &mut report) else {
-        return report;
+        return (report, None);
     };
     let h = &parsed.header;
     let Some(exts) = ext::parse(h, &parsed.cluster0, limits, &mut report) else {
-        return report;
+        return (report, None);
     };
     let Some(snaps) = snapshot::read(src, h, &mut report) else {
-        return report;
+        return (report, None);
     };
     if !tables_fit(src, h, &exts, &snaps, limits, &mut report) {
-        return report;
+        return (report, None);
     }
     let ondisk = match OnDisk::load(src, h) {
         Ok(o) => o,
@@ -99,7 +110,7 @@ pub fn check(src: &dyn ReadAt, filename: &str, limits: &Limits) -> Report {
                 Some(h.refcount_table_offset),
                 e.to_string(),
             );
-            return report;
+            return (report, None);
         }
     };
     let mut checker = Checker {
@@ -118,8 +129,9 @@ pub fn check(src: &dyn ReadAt, filename: &str, limits: &Limits) -> Report {
         stats: Stats::default(),
         report: &mut report,
     };
-    checker.run(&exts, &snaps);
-    report
+    let counted = checker.run(&exts, &snaps);
+    let census = checker.census;
+    (report, counted.then_some(census))
 }
 
 /// Whether every table held in memory whole (the refcount table, as far as
@@ -225,11 +237,13 @@ struct Checker<'a, 'r> {
 }
 
 impl Checker<'_, '_> {
-    fn run(&mut self, exts: &Extensions, snaps: &SnapshotTable) {
+    /// Runs the whole check; false when it stopped before every reference
+    /// was counted.
+    fn run(&mut self, exts: &Extensions, snaps: &SnapshotTable) -> bool {
         let h = self.h;
         let cs = h.cluster_size();
         if self.load_refcount_is_one().is_err() {
-            return;
+            return false;
         }
         self.census
             .reference(self.report, 0, cs, 1, owner::HEADER, "header cluster");
@@ -245,7 +259,7 @@ impl Checker<'_, '_> {
             "active L1 table",
         );
         if self.walk_l1(h.l1_table_offset, h.l1_size, 1, true).is_err() {
-            return;
+            return false;
         }
 
         // Snapshot L1 tables: identical tables are walked once, multiplied.
@@ -293,11 +307,11 @@ impl Checker<'_, '_> {
                 "snapshot L1 table",
             );
             if self.walk_l1(offset, size, times, false).is_err() {
-                return;
+                return false;
             }
         }
         if self.visit_l2_tables().is_err() {
-            return;
+            return false;
         }
 
         self.census.reference(
@@ -328,12 +342,12 @@ impl Checker<'_, '_> {
         }
         if let Some(b) = &exts.bitmaps {
             if self.count_bitmaps(b).is_err() {
-                return;
+                return false;
             }
         }
         self.check_refblocks();
         if self.compare_refcounts().is_err() {
-            return;
+            return false;
         }
 
         let r = self.report.image_stats();
@@ -341,6 +355,7 @@ impl Checker<'_, '_> {
         r.allocated_clusters = Some(self.stats.allocated);
         r.fragmented_clusters = Some(self.stats.fragmented);
         r.compressed_clusters = Some(self.stats.compressed);
+        true
     }
 
     fn budget(&mut self, entries: u64) -> Result<(), Abort> {

@@ -6,6 +6,7 @@ pub mod header;
 pub mod info;
 pub mod mutate;
 pub mod read;
+pub mod repair;
 pub mod write;
 
 pub use check::check;
