@@ -259,7 +259,8 @@ pub fn run<F: Fuzzer>(f: &F, s: &Settings) -> Result<Summary<F::Kind, F::Input>,
                     };
                     done.fetch_add(1, Ordering::Relaxed);
                     if let Some(v) = verdict {
-                        record(f, s, found, input, v, i, &dir);
+                        let deadline = s.time.map(|t| started + t);
+                        record(f, s, found, input, v, i, &dir, deadline);
                     }
                 }
             });
@@ -285,18 +286,21 @@ pub fn run<F: Fuzzer>(f: &F, s: &Settings) -> Result<Summary<F::Kind, F::Input>,
 }
 
 /// Shrinks a finding's input while the same kind of finding reproduces,
-/// within the settings' budget of runs.
+/// within the settings' budget of runs and the campaign's `--time`
+/// (`deadline`): past it the smallest input so far is kept, so a campaign
+/// ends when it was told to even while minimising.
 fn minimise<F: Fuzzer>(
     f: &F,
     s: &Settings,
     mut input: F::Input,
     want: &Verdict<F::Kind>,
     dir: &Path,
+    deadline: Option<Instant>,
 ) -> F::Input {
     let mut budget = s.minimise_budget;
     'pass: loop {
         for v in f.smaller(&input) {
-            if budget == 0 {
+            if budget == 0 || deadline.is_some_and(|d| Instant::now() >= d) {
                 break 'pass;
             }
             budget -= 1;
@@ -337,6 +341,8 @@ pub fn blot(s: &str) -> String {
 
 /// Adds a run's verdict to the findings: a new one is minimised; a known
 /// one counts one more hit.
+// The state of one job of `run`, its only caller, handed down whole.
+#[allow(clippy::too_many_arguments)]
 fn record<F: Fuzzer>(
     f: &F,
     s: &Settings,
@@ -345,6 +351,7 @@ fn record<F: Fuzzer>(
     v: Verdict<F::Kind>,
     run: u64,
     dir: &Path,
+    deadline: Option<Instant>,
 ) {
     // A finding is kept with the lowest run that shows it, so the result is
     // the same whatever the number of jobs: a later run is one more hit.
@@ -360,7 +367,7 @@ fn record<F: Fuzzer>(
             }
         }
     }
-    let small = minimise(f, s, input, &v, dir);
+    let small = minimise(f, s, input, &v, dir, deadline);
     // The minimised input's own verdict and rules (a smaller input may
     // show the same kind of finding for another reason).
     clear(dir);
