@@ -143,16 +143,36 @@ fn err<T>(s: impl Into<String>) -> Result<T, WriteError> {
 }
 
 /// Deflate (raw, no zlib header) or zstd compression of one cluster.
+///
+/// Deflate at the fastest level: every level writes a stream any inflater
+/// reads the same, and level 1 costs a fraction of the default level's
+/// matching. Its compressor (about 300 KiB of hash tables, zeroed on
+/// creation) is made once per thread and reset per cluster, not made again
+/// for every cluster. Zstd is ruzstd's fastest level, the only one it has.
 fn compress(kind: u8, data: &[u8]) -> Vec<u8> {
     match kind {
         1 => ruzstd::encoding::compress_to_vec(data, ruzstd::encoding::CompressionLevel::Fastest),
         _ => {
-            use std::io::Write;
-            let mut e =
-                flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
-            // Writing to a Vec cannot fail.
-            let _ = e.write_all(data);
-            e.finish().unwrap_or_default()
+            use flate2::{Compress, Compression, FlushCompress, Status};
+            use std::cell::RefCell;
+            thread_local! {
+                static DEFLATE: RefCell<Compress> = RefCell::new(Compress::new(Compression::fast(), false));
+            }
+            DEFLATE.with_borrow_mut(|z| {
+                z.reset();
+                // Stored blocks cost 5 bytes per 64 KiB, so the first call
+                // almost always finishes; each further one has more room.
+                let mut out = Vec::with_capacity(data.len() + 64);
+                loop {
+                    let rest = data.get(z.total_in() as usize..).unwrap_or(&[]);
+                    match z.compress_vec(rest, &mut out, FlushCompress::Finish) {
+                        Ok(Status::StreamEnd) => return out,
+                        Ok(_) => out.reserve(out.capacity().max(64)),
+                        // Only a misuse of the stream fails; none is made here.
+                        Err(_) => return Vec::new(),
+                    }
+                }
+            })
         }
     }
 }
@@ -743,10 +763,12 @@ pub(crate) fn put_refcount(block: &mut [u8], index: u64, order: u32, value: u64)
 #[cfg(feature = "arbitrary")]
 impl<'a> arbitrary::Arbitrary<'a> for Description {
     fn arbitrary(u: &mut arbitrary::Unstructured<'a>) -> arbitrary::Result<Self> {
-        use crate::structured::{allocate, contents, guest_size, MAX_GUEST_CLUSTERS};
+        use crate::structured::{
+            allocate, contents, guest_size, MAX_GUEST_BYTES, MAX_GUEST_CLUSTERS,
+        };
         let cluster_bits = *u.choose(&[9u32, 10, 11, 12, 14])?;
         let cs = 1u64 << cluster_bits;
-        let (size, n) = guest_size(u, cs, MAX_GUEST_CLUSTERS.min((1 << 20) / cs))?;
+        let (size, n) = guest_size(u, cs, MAX_GUEST_CLUSTERS.min(MAX_GUEST_BYTES / cs))?;
         let mut d = Description::new(size, cluster_bits);
         d.version = if u.ratio(1, 4)? { 2 } else { 3 };
         let v3 = d.version == 3;
