@@ -177,10 +177,14 @@ fn compress(kind: u8, data: &[u8]) -> Vec<u8> {
     }
 }
 
+/// The host file being laid out: clusters are handed out in order, and
+/// their bytes written straight into the image (one buffer, grown as
+/// clusters are written, never a buffer per cluster copied at the end).
 struct Layout {
     cs: u64,
-    /// Cluster contents by host cluster index.
-    clusters: BTreeMap<u64, Vec<u8>>,
+    /// The image's bytes so far (clusters allocated but not yet written
+    /// are past its end, zeros once the image is sized).
+    image: Vec<u8>,
     next: u64,
     /// References per host cluster.
     refs: BTreeMap<u64, u64>,
@@ -193,17 +197,11 @@ impl Layout {
         first
     }
     fn put(&mut self, offset: u64, bytes: &[u8]) {
-        let cs = self.cs as usize;
-        let mut done = 0;
-        while done < bytes.len() {
-            let at = offset as usize + done;
-            let k = (at / cs) as u64;
-            let within = at % cs;
-            let n = (cs - within).min(bytes.len() - done);
-            let c = self.clusters.entry(k).or_insert_with(|| vec![0u8; cs]);
-            c[within..within + n].copy_from_slice(&bytes[done..done + n]);
-            done += n;
+        let (at, end) = (offset as usize, offset as usize + bytes.len());
+        if self.image.len() < end {
+            self.image.resize(end, 0);
         }
+        self.image[at..end].copy_from_slice(bytes);
     }
     fn reference(&mut self, offset: u64, len: u64, times: u64) {
         if len == 0 {
@@ -284,7 +282,7 @@ pub fn write(d: &Description) -> Result<Written, WriteError> {
         d,
         lay: Layout {
             cs,
-            clusters: BTreeMap::new(),
+            image: Vec::new(),
             next: 0,
             refs: BTreeMap::new(),
         },
@@ -311,11 +309,8 @@ pub fn write(d: &Description) -> Result<Written, WriteError> {
     };
     let h = w.header(&placed)?;
     w.lay.put(header_cluster * cs, &h);
-    let mut image = vec![0u8; (w.lay.next * cs) as usize];
-    for (k, c) in &w.lay.clusters {
-        let at = (*k * cs) as usize;
-        image[at..at + cs as usize].copy_from_slice(c);
-    }
+    let mut image = std::mem::take(&mut w.lay.image);
+    image.resize((w.lay.next * cs) as usize, 0);
     Ok(Written {
         image,
         data_file: w.data_file,
@@ -611,8 +606,12 @@ impl Writer<'_> {
         } else {
             (1u64 << (1 << order)) - 1
         };
-        let mut block_bytes = vec![vec![0u8; cs as usize]; blocks as usize];
-        // Only referenced clusters are visited (the map is sorted).
+        // The blocks are the last clusters: their refcounts are stored
+        // in place, only the referenced clusters visited (the map is sorted).
+        let first = (blocks_first * cs) as usize;
+        let end = first + (blocks * cs) as usize;
+        self.lay.image.resize(end, 0);
+        let block_bytes = &mut self.lay.image[first..end];
         for (&k, &rc) in &self.lay.refs {
             if rc > max {
                 return err(format!(
@@ -620,15 +619,14 @@ impl Writer<'_> {
                     1 << order
                 ));
             }
-            if let Some(block) = block_bytes.get_mut((k / epb) as usize) {
+            let at = ((k / epb) * cs) as usize;
+            if let Some(block) = block_bytes.get_mut(at..at + cs as usize) {
                 put_refcount(block, k % epb, order, rc);
             }
         }
         let mut reftable = Vec::new();
-        for (b, block) in block_bytes.iter().enumerate() {
-            let at = (blocks_first + b as u64) * cs;
-            push(&mut reftable, Big, at);
-            self.lay.put(at, block);
+        for b in 0..blocks {
+            push(&mut reftable, Big, (blocks_first + b) * cs);
         }
         self.lay.put(table_off, &reftable);
         Ok((table_off, table_clusters))
