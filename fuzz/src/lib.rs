@@ -3,6 +3,7 @@
 //! as a plain binary replaying files (`cargo run -p qconform-fuzz --bin T
 //! FILE...`), and in `cargo test` over the seeds and regressions.
 
+pub mod mutator;
 pub mod seeds;
 pub mod structured;
 
