@@ -409,6 +409,10 @@ fn qcow2_features(data: &[u8]) -> Vec<String> {
         format!("version {}", d.version),
         format!("refcount_order {}", d.refcount_order),
         format!("cluster_bits {}", d.cluster_bits),
+        format!(
+            "cluster_bits {} refcount_order {}",
+            d.cluster_bits, d.refcount_order
+        ),
     ];
     let compression = ["deflate", "zstd"][d.compression_type as usize & 1];
     for c in d.clusters.values() {
@@ -518,6 +522,9 @@ pub fn features(target: &str) -> Vec<String> {
             for o in 0..=6 {
                 add(format!("refcount_order {o}"));
             }
+            // 1-bit refcounts at 512 B clusters, 16-bit ones at 16 KiB.
+            add("cluster_bits 9 refcount_order 0".into());
+            add("cluster_bits 14 refcount_order 4".into());
             for b in [9, 10, 11, 12, 14] {
                 add(format!("cluster_bits {b}"));
             }
