@@ -293,6 +293,28 @@ const TAG_TIMEOUT: u8 = 1;
 const TAG_CLOSED_BY_BACKEND: u8 = 4;
 const TAG_EXPECTED: u8 = 8;
 
+impl Step {
+    /// The message this step sends, as the session takes it.
+    pub fn message(&self) -> Option<Message<'_>> {
+        match self {
+            Step::Message {
+                channel,
+                dir,
+                header,
+                payload,
+                fds,
+            } => Some(Message {
+                channel: *channel,
+                dir: *dir,
+                header: *header,
+                payload,
+                fds: *fds as usize,
+            }),
+            _ => None,
+        }
+    }
+}
+
 impl Conversation {
     /// Feeds every step to `session` in order (a message with the payload
     /// as drawn, a timeout as a wait of one second), then ends the
@@ -300,20 +322,10 @@ impl Conversation {
     pub fn feed(&self, session: &mut Session) {
         for step in &self.steps {
             match step {
-                Step::Message {
-                    channel,
-                    dir,
-                    header,
-                    payload,
-                    fds,
-                } => {
-                    session.on_message(Message {
-                        channel: *channel,
-                        dir: *dir,
-                        header: *header,
-                        payload,
-                        fds: *fds as usize,
-                    });
+                Step::Message { .. } => {
+                    if let Some(m) = step.message() {
+                        session.on_message(m);
+                    }
                 }
                 Step::Close { by, expected } => session.on_close(Some(*by), *expected),
                 Step::Timeout => session.on_timeout(1000),
@@ -331,23 +343,18 @@ impl Conversation {
         let mut out = Vec::new();
         for step in &self.steps {
             match step {
-                Step::Message {
-                    channel,
-                    dir,
-                    header,
-                    payload,
-                    fds,
-                } => {
+                Step::Message { .. } => {
+                    let Some(m) = step.message() else { continue };
                     let mut tag = 0;
-                    if *dir == Direction::BackToFront {
+                    if m.dir == Direction::BackToFront {
                         tag |= TAG_BACK_TO_FRONT;
                     }
-                    if *channel == Channel::Backend {
+                    if m.channel == Channel::Backend {
                         tag |= TAG_BACKEND;
                     }
-                    out.extend_from_slice(&[tag, *fds]);
-                    out.extend_from_slice(&header.encode());
-                    out.extend_from_slice(payload);
+                    out.extend_from_slice(&[tag, m.fds as u8]);
+                    out.extend_from_slice(&m.header.encode());
+                    out.extend_from_slice(m.payload);
                 }
                 Step::Close { by, expected } => {
                     let mut tag = TAG_EVENT;
