@@ -4,9 +4,10 @@
 //! bytes, instead of hoping random bytes parse.
 //!
 //! Every description drawn is one the writer accepts and the checker calls
-//! clean: at most 256 guest clusters and 16 allocated ones, clusters of
-//! 512 B to 16 KiB (qcow2, Parallels) or 4-8 KiB (QED), so an image stays
-//! well under 1 MiB. A mutation that applies returns the rules the checker
+//! clean: at most 256 guest clusters (and 256 KiB of guest) and 16
+//! allocated ones, clusters of 512 B to 16 KiB (qcow2, Parallels) or
+//! 4-8 KiB (QED), so an image stays well under 1 MiB and a fuzz target can
+//! read the whole guest back on every run. A mutation that applies returns the rules the checker
 //! must then report.
 //!
 //! A user's cargo-fuzz target (with `qconform-core = { features =
@@ -46,6 +47,11 @@ use arbitrary::{Result, Unstructured};
 pub const MAX_ALLOCATED: usize = 16;
 /// Most guest clusters of a drawn description.
 pub const MAX_GUEST_CLUSTERS: u64 = 256;
+/// Most guest bytes of a drawn description: 256 clusters of 1 KiB, or 16
+/// of 16 KiB. A larger sparse guest reaches no other structure (one L2
+/// table of 4 KiB clusters already maps 2 MiB) and only costs the reads
+/// and comparisons of its zeros.
+pub const MAX_GUEST_BYTES: u64 = 256 << 10;
 
 /// One cluster of contents from 8 bytes of input: runs of 64 equal bytes
 /// (compressible, as real data is, yet not constant), so a 16 KiB cluster

@@ -3,6 +3,20 @@
 #[cfg(fuzzing)]
 libfuzzer_sys::fuzz_target!(|data: &[u8]| qconform_fuzz::qed_check(data));
 
+// Field-aware mutations (fuzz/src/mutator.rs), libFuzzer's own otherwise.
+#[cfg(fuzzing)]
+libfuzzer_sys::fuzz_mutator!(|data: &mut [u8], size: usize, max_size: usize, seed: u32| {
+    use qconform_fuzz::mutator::{mutate, Format};
+    mutate(
+        Format::Qed,
+        data,
+        size,
+        max_size,
+        seed,
+        libfuzzer_sys::fuzzer_mutate,
+    )
+});
+
 #[cfg(not(fuzzing))]
 fn main() {
     qconform_fuzz::replay_main(qconform_fuzz::qed_check)

@@ -3,9 +3,13 @@
 //! as a plain binary replaying files (`cargo run -p qconform-fuzz --bin T
 //! FILE...`), and in `cargo test` over the seeds and regressions.
 
+pub mod mutator;
 pub mod seeds;
+pub mod structured;
 
-use qconform_core::{qcow2, Limits};
+pub use structured::{structured_image, structured_qed_parallels};
+
+use qconform_core::Limits;
 
 /// Limits for fuzzing: small enough that no input takes more than a few
 /// milliseconds, so libFuzzer finds hangs as our limits, not as timeouts.
@@ -160,120 +164,6 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("qed_check", qed_check),
     ("structured_qed_parallels", structured_qed_parallels),
 ];
-
-/// structured_qed_parallels: the fuzzer's bytes describe a QED or Parallels
-/// image (cluster size, table size or magic, clusters, a backing name or a
-/// dirty bitmap) and one mutation. The written image must check clean and
-/// read back as described; the mutated one must be reported with the
-/// mutation's rules, and read without a panic.
-pub fn structured_qed_parallels(data: &[u8]) {
-    use qconform_core::{parallels, qed};
-    let mut it = data.iter().copied();
-    let mut next = || it.next().unwrap_or(0);
-    let limits = fuzz_limits();
-    let seeded = |seed: u8, n: u64| -> Vec<u8> {
-        (0..n as usize)
-            .map(|i| seed.wrapping_add((i / 32) as u8))
-            .collect()
-    };
-    let (img, guest, expect) = if next() % 2 == 0 {
-        let cs = [4096u32, 8192, 65536][next() as usize % 3];
-        let ts = [1u32, 2, 4, 16][next() as usize % 4];
-        let n = 1 + (next() % 64) as u64;
-        let mut d = qed::write::Description::new(n * cs as u64 - (next() % 8) as u64 * 512, cs, ts);
-        for _ in 0..next() % 12 {
-            let k = (next() as u64) % n;
-            let c = if next() % 3 == 0 {
-                qed::write::Cluster::Zero
-            } else {
-                qed::write::Cluster::Data(seeded(next(), cs as u64))
-            };
-            d.clusters.insert(k, c);
-        }
-        if next() % 4 == 0 {
-            d.backing = Some(("base.img".into(), next() % 2 == 0));
-        }
-        let Ok(img) = qed::write::write(&d) else {
-            return;
-        };
-        let clean = qed::check(&img.as_slice(), "structured", &limits);
-        assert!(
-            clean.findings.is_empty(),
-            "QED writer output is not clean: {:?}",
-            clean.findings
-        );
-        let mut mutated = img.clone();
-        let m = qed::mutate::Mutation::from_parts(next() as usize, next() as usize, next());
-        let expect = qed::mutate::apply(m, &mut mutated).map(|r| {
-            (
-                r,
-                qed::check(&mutated.as_slice(), "mutated", &limits),
-                mutated,
-            )
-        });
-        (img, d.guest_bytes(), expect)
-    } else {
-        let cs = [512u64, 1024, 4096, 65536][next() as usize % 4];
-        let ext = next() % 2 == 0;
-        let n = 1 + (next() % 64) as u64;
-        let mut d = parallels::write::Description::new(n * cs, cs, ext);
-        for _ in 0..next() % 12 {
-            let k = (next() as u64) % n;
-            d.clusters.insert(k, seeded(next(), cs));
-        }
-        if ext && next() % 2 == 0 {
-            let granularity = 1u32 << (next() % 8);
-            let total = (n * cs / 512).div_ceil(granularity as u64);
-            d.bitmap = Some(parallels::write::BitmapDesc {
-                id: [next(); 16],
-                granularity,
-                dirty_bits: (0..next() % 16).map(|_| next() as u64 % total).collect(),
-            });
-        }
-        let Ok(img) = parallels::write::write(&d) else {
-            return;
-        };
-        let clean = parallels::check(&img.as_slice(), "structured", &limits);
-        assert!(
-            clean.findings.is_empty(),
-            "Parallels writer output is not clean: {:?}",
-            clean.findings
-        );
-        let mut mutated = img.clone();
-        let m = parallels::mutate::Mutation::from_parts(next() as usize, next() as usize, next());
-        let expect = parallels::mutate::apply(m, &mut mutated).map(|r| {
-            (
-                r,
-                parallels::check(&mutated.as_slice(), "mutated", &limits),
-                mutated,
-            )
-        });
-        (img, d.guest_bytes(), expect)
-    };
-    {
-        use qconform_core::disk::{Backing, NoFiles, OpenOptions, VirtualDisk};
-        let opts = OpenOptions {
-            backing: Backing::Ignore,
-            limits: fuzz_limits(),
-            ..OpenOptions::default()
-        };
-        let mut disk =
-            VirtualDisk::open(Box::new(img), &NoFiles, &opts).expect("written image opens");
-        let mut got = vec![0u8; guest.len()];
-        disk.read_at(0, &mut got).expect("written image reads");
-        assert!(got == guest, "read-back differs from the description");
-    }
-    if let Some((rules, report, mutated)) = expect {
-        for rule in rules {
-            assert!(
-                report.findings.iter().any(|f| std::ptr::eq(f.rule, *rule)),
-                "{rule} not reported: {:?}",
-                report.findings
-            );
-        }
-        read_some(&mutated, false);
-    }
-}
 
 /// qed_check: raw bytes as a QED image.
 pub fn qed_check(data: &[u8]) {
@@ -615,91 +505,6 @@ pub fn vhost_user_session(data: &[u8]) {
         s.on_close(None, false);
         for f in &s.report().findings {
             assert!(is_registered(f.rule), "{} is not registered", f.rule);
-        }
-    }
-}
-
-/// structured_image: bytes describe an image (shape, clusters, snapshots,
-/// bitmaps) and one mutation; the writer builds it, the checker must find it
-/// clean, and after the mutation must report the mutation's rules. A failed
-/// assertion here is a checker or writer bug, not just a crash.
-pub fn structured_image(data: &[u8]) {
-    use qconform_core::qcow2::mutate::{self, Mutation};
-    use qconform_core::qcow2::write::{write, BitmapDesc, ClusterData, Description};
-    let mut it = data.iter().copied();
-    let mut next = || it.next().unwrap_or(0);
-    // 64 KiB clusters (QEMU's default) are one pick in four: an image of
-    // them is 2 MiB to write, compress and check, 16 to 128 times the
-    // smaller shapes, and would hold the target to a few hundred runs a
-    // second for what the small shapes reach as well.
-    let shapes = [
-        (9u32, false),
-        (12, false),
-        (14, true),
-        (9, false),
-        (12, false),
-        (14, true),
-        (16, false),
-        (16, true),
-    ];
-    let (cb, ext) = shapes[next() as usize % shapes.len()];
-    let cs = 1u64 << cb;
-    let mut d = Description::new(cs * 32, cb);
-    d.extended_l2 = ext;
-    d.refcount_order = (next() % 7) as u32;
-    d.compression_type = next() % 2;
-    for _ in 0..next() % 12 {
-        let k = (next() % 32) as u64;
-        let seed = next();
-        let bytes: Vec<u8> = (0..cs as usize)
-            .map(|i| seed.wrapping_add((i / 32) as u8))
-            .collect();
-        let c = match next() % 4 {
-            0 => ClusterData::Data(bytes),
-            1 => ClusterData::Zero,
-            2 => ClusterData::Compressed(bytes),
-            _ if ext => {
-                let alloc = u32::from_le_bytes([next(), next(), next(), next()]);
-                ClusterData::Subclusters {
-                    alloc,
-                    zero: !alloc & 0xf0f0_f0f0,
-                    data: bytes,
-                }
-            }
-            _ => ClusterData::Data(bytes),
-        };
-        d.clusters.insert(k, c);
-    }
-    if d.refcount_order > 0 {
-        d.snapshots = (0..next() % 3).map(|i| format!("s{i}")).collect();
-    }
-    for i in 0..next() % 2 {
-        d.bitmaps.push(BitmapDesc {
-            name: format!("b{i}"),
-            granularity_bits: 9 + next() % 12,
-            dirty: vec![(next() as u64 * cs, cs * 2)],
-        });
-    }
-    let Ok(w) = write(&d) else { return };
-    // The writer's output is judged under the default limits: a valid image
-    // with 1-bit refcounts walks a whole refcount block (2^19 entries with
-    // 64 KiB clusters), more than the fuzz limits allow for hostile inputs.
-    let limits = Limits::default();
-    let clean = qcow2::check(&w.image.as_slice(), "structured", &limits);
-    assert!(
-        clean.findings.is_empty(),
-        "writer output is not clean: {:?}",
-        clean.findings
-    );
-    let mut img = w.image;
-    let m = Mutation::from_parts(next() as usize, next() as usize, next());
-    if let Some(expect) = mutate::apply(m, &mut img) {
-        let r = qcow2::check(&img.as_slice(), "mutated", &limits);
-        for rule in expect {
-            assert!(
-                r.findings.iter().any(|f| std::ptr::eq(f.rule, *rule)),
-                "{m:?}: {rule} not reported"
-            );
         }
     }
 }

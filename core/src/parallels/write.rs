@@ -249,10 +249,12 @@ fn bitmap_l1(
 #[cfg(feature = "arbitrary")]
 impl<'a> arbitrary::Arbitrary<'a> for Description {
     fn arbitrary(u: &mut arbitrary::Unstructured<'a>) -> arbitrary::Result<Self> {
-        use crate::structured::{allocate, contents, guest_size, MAX_GUEST_CLUSTERS};
+        use crate::structured::{
+            allocate, contents, guest_size, MAX_GUEST_BYTES, MAX_GUEST_CLUSTERS,
+        };
         let cs = *u.choose(&[512u64, 1024, 4096, 16384])?;
         let ext_magic = u.arbitrary()?;
-        let (size, n) = guest_size(u, cs, MAX_GUEST_CLUSTERS.min((1 << 20) / cs))?;
+        let (size, n) = guest_size(u, cs, MAX_GUEST_CLUSTERS.min(MAX_GUEST_BYTES / cs))?;
         let mut d = Description::new(size, cs, ext_magic);
         d.clusters = allocate(u, n, |u| contents(u, cs as usize))?;
         if ext_magic && u.arbitrary()? {

@@ -43,8 +43,7 @@ struct Qcow2Layer {
     /// clusters than the file really occupies. Then, as in QEMU, the map asks
     /// the file which data clusters are holes.
     metadata_prealloc: bool,
-    /// Raw external data file (autoclear bit 1): unallocated clusters are the
-    /// data file's bytes at the guest offset.
+    /// Raw external data file (autoclear bit 1).
     raw_data: bool,
 }
 
@@ -72,14 +71,14 @@ impl Qcow2Layer {
             .unwrap_or(&[]))
     }
 
-    /// An unallocated range: with a raw external data file, the data
-    /// file's bytes at the guest offset; otherwise the layer below decides.
-    fn unallocated(&self, guest: u64) -> Status {
-        if self.raw_data {
-            Status::Data { host: guest }
-        } else {
-            Status::Unallocated { host: None }
-        }
+    /// An unallocated range: the layer below decides, with a raw external
+    /// data file too. QEMU 10.0.2 reads such a range as zeros and maps it
+    /// not present whatever the data file holds there (`qemu-img convert`
+    /// and `map` of a data_file_raw image with unallocated L2 entries, as
+    /// structured_image writes them; `qemu-img create` never makes one, it
+    /// preallocates the metadata of a raw data file).
+    fn unallocated(&self, _guest: u64) -> Status {
+        Status::Unallocated { host: None }
     }
 
     /// The run of clusters after an empty L1 entry: up to the next L1

@@ -143,24 +143,48 @@ fn err<T>(s: impl Into<String>) -> Result<T, WriteError> {
 }
 
 /// Deflate (raw, no zlib header) or zstd compression of one cluster.
+///
+/// Deflate at the fastest level: every level writes a stream any inflater
+/// reads the same, and level 1 costs a fraction of the default level's
+/// matching. Its compressor (about 300 KiB of hash tables, zeroed on
+/// creation) is made once per thread and reset per cluster, not made again
+/// for every cluster. Zstd is ruzstd's fastest level, the only one it has.
 fn compress(kind: u8, data: &[u8]) -> Vec<u8> {
     match kind {
         1 => ruzstd::encoding::compress_to_vec(data, ruzstd::encoding::CompressionLevel::Fastest),
         _ => {
-            use std::io::Write;
-            let mut e =
-                flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
-            // Writing to a Vec cannot fail.
-            let _ = e.write_all(data);
-            e.finish().unwrap_or_default()
+            use flate2::{Compress, Compression, FlushCompress, Status};
+            use std::cell::RefCell;
+            thread_local! {
+                static DEFLATE: RefCell<Compress> = RefCell::new(Compress::new(Compression::fast(), false));
+            }
+            DEFLATE.with_borrow_mut(|z| {
+                z.reset();
+                // Stored blocks cost 5 bytes per 64 KiB, so the first call
+                // almost always finishes; each further one has more room.
+                let mut out = Vec::with_capacity(data.len() + 64);
+                loop {
+                    let rest = data.get(z.total_in() as usize..).unwrap_or(&[]);
+                    match z.compress_vec(rest, &mut out, FlushCompress::Finish) {
+                        Ok(Status::StreamEnd) => return out,
+                        Ok(_) => out.reserve(out.capacity().max(64)),
+                        // Only a misuse of the stream fails; none is made here.
+                        Err(_) => return Vec::new(),
+                    }
+                }
+            })
         }
     }
 }
 
+/// The host file being laid out: clusters are handed out in order, and
+/// their bytes written straight into the image (one buffer, grown as
+/// clusters are written, never a buffer per cluster copied at the end).
 struct Layout {
     cs: u64,
-    /// Cluster contents by host cluster index.
-    clusters: BTreeMap<u64, Vec<u8>>,
+    /// The image's bytes so far (clusters allocated but not yet written
+    /// are past its end, zeros once the image is sized).
+    image: Vec<u8>,
     next: u64,
     /// References per host cluster.
     refs: BTreeMap<u64, u64>,
@@ -173,17 +197,11 @@ impl Layout {
         first
     }
     fn put(&mut self, offset: u64, bytes: &[u8]) {
-        let cs = self.cs as usize;
-        let mut done = 0;
-        while done < bytes.len() {
-            let at = offset as usize + done;
-            let k = (at / cs) as u64;
-            let within = at % cs;
-            let n = (cs - within).min(bytes.len() - done);
-            let c = self.clusters.entry(k).or_insert_with(|| vec![0u8; cs]);
-            c[within..within + n].copy_from_slice(&bytes[done..done + n]);
-            done += n;
+        let (at, end) = (offset as usize, offset as usize + bytes.len());
+        if self.image.len() < end {
+            self.image.resize(end, 0);
         }
+        self.image[at..end].copy_from_slice(bytes);
     }
     fn reference(&mut self, offset: u64, len: u64, times: u64) {
         if len == 0 {
@@ -264,7 +282,7 @@ pub fn write(d: &Description) -> Result<Written, WriteError> {
         d,
         lay: Layout {
             cs,
-            clusters: BTreeMap::new(),
+            image: Vec::new(),
             next: 0,
             refs: BTreeMap::new(),
         },
@@ -291,11 +309,8 @@ pub fn write(d: &Description) -> Result<Written, WriteError> {
     };
     let h = w.header(&placed)?;
     w.lay.put(header_cluster * cs, &h);
-    let mut image = vec![0u8; (w.lay.next * cs) as usize];
-    for (k, c) in &w.lay.clusters {
-        let at = (*k * cs) as usize;
-        image[at..at + cs as usize].copy_from_slice(c);
-    }
+    let mut image = std::mem::take(&mut w.lay.image);
+    image.resize((w.lay.next * cs) as usize, 0);
     Ok(Written {
         image,
         data_file: w.data_file,
@@ -591,8 +606,12 @@ impl Writer<'_> {
         } else {
             (1u64 << (1 << order)) - 1
         };
-        let mut block_bytes = vec![vec![0u8; cs as usize]; blocks as usize];
-        // Only referenced clusters are visited (the map is sorted).
+        // The blocks are the last clusters: their refcounts are stored
+        // in place, only the referenced clusters visited (the map is sorted).
+        let first = (blocks_first * cs) as usize;
+        let end = first + (blocks * cs) as usize;
+        self.lay.image.resize(end, 0);
+        let block_bytes = &mut self.lay.image[first..end];
         for (&k, &rc) in &self.lay.refs {
             if rc > max {
                 return err(format!(
@@ -600,15 +619,14 @@ impl Writer<'_> {
                     1 << order
                 ));
             }
-            if let Some(block) = block_bytes.get_mut((k / epb) as usize) {
+            let at = ((k / epb) * cs) as usize;
+            if let Some(block) = block_bytes.get_mut(at..at + cs as usize) {
                 put_refcount(block, k % epb, order, rc);
             }
         }
         let mut reftable = Vec::new();
-        for (b, block) in block_bytes.iter().enumerate() {
-            let at = (blocks_first + b as u64) * cs;
-            push(&mut reftable, Big, at);
-            self.lay.put(at, block);
+        for b in 0..blocks {
+            push(&mut reftable, Big, (blocks_first + b) * cs);
         }
         self.lay.put(table_off, &reftable);
         Ok((table_off, table_clusters))
@@ -737,21 +755,34 @@ pub(crate) fn put_refcount(block: &mut [u8], index: u64, order: u32, value: u64)
 
 /// Valid, bounded descriptions for structure-aware fuzzing (see
 /// [`crate::structured`]): clusters of 512 B to 16 KiB (extended L2 at
-/// 16 KiB), both versions, every refcount width, every cluster kind,
+/// 16 KiB), both versions, every refcount width (blocks of at most 8,192
+/// entries), every cluster kind,
 /// snapshots, bitmaps, backing and data files, within what the writer and
 /// the checker accept together.
 #[cfg(feature = "arbitrary")]
 impl<'a> arbitrary::Arbitrary<'a> for Description {
     fn arbitrary(u: &mut arbitrary::Unstructured<'a>) -> arbitrary::Result<Self> {
-        use crate::structured::{allocate, contents, guest_size, MAX_GUEST_CLUSTERS};
+        use crate::structured::{
+            allocate, contents, guest_size, MAX_GUEST_BYTES, MAX_GUEST_CLUSTERS,
+        };
         let cluster_bits = *u.choose(&[9u32, 10, 11, 12, 14])?;
         let cs = 1u64 << cluster_bits;
-        let (size, n) = guest_size(u, cs, MAX_GUEST_CLUSTERS.min((1 << 20) / cs))?;
+        let (size, n) = guest_size(u, cs, MAX_GUEST_CLUSTERS.min(MAX_GUEST_BYTES / cs))?;
         let mut d = Description::new(size, cluster_bits);
         d.version = if u.ratio(1, 4)? { 2 } else { 3 };
         let v3 = d.version == 3;
         d.extended_l2 = v3 && cluster_bits >= 14 && u.arbitrary()?;
-        d.refcount_order = if v3 { u.int_in_range(0..=6)? } else { 4 };
+        // Every refcount width, but refcount blocks of at most 8,192
+        // entries (1-bit refcounts with clusters of at most 1 KiB, 16-bit
+        // ones at 16 KiB): the checker walks a whole block per run, and a
+        // block of 2^17 1-bit entries (16 KiB clusters) cost a fuzz target
+        // ten times a run of any other shape while reaching the same code.
+        let min_order = cluster_bits.saturating_sub(10);
+        d.refcount_order = if v3 {
+            u.int_in_range(min_order..=6)?
+        } else {
+            4
+        };
         d.compression_type = if v3 { u.int_in_range(0..=1)? } else { 0 };
         let ext = d.extended_l2;
         d.clusters = allocate(u, n, |u| {

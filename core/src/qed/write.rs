@@ -180,11 +180,13 @@ fn header(d: &Description) -> Result<Vec<u8>, WriteError> {
 #[cfg(feature = "arbitrary")]
 impl<'a> arbitrary::Arbitrary<'a> for Description {
     fn arbitrary(u: &mut arbitrary::Unstructured<'a>) -> arbitrary::Result<Self> {
-        use crate::structured::{allocate, contents, guest_size, MAX_GUEST_CLUSTERS};
+        use crate::structured::{
+            allocate, contents, guest_size, MAX_GUEST_BYTES, MAX_GUEST_CLUSTERS,
+        };
         let cluster_size = *u.choose(&[4096u32, 8192])?;
         let table_size = *u.choose(&[1u32, 2, 4])?;
         let cs = cluster_size as u64;
-        let (size, n) = guest_size(u, cs, MAX_GUEST_CLUSTERS)?;
+        let (size, n) = guest_size(u, cs, MAX_GUEST_CLUSTERS.min(MAX_GUEST_BYTES / cs))?;
         let mut d = Description::new(size, cluster_size, table_size);
         d.clusters = allocate(u, n, |u| {
             Ok(if u.ratio(1, 4)? {

@@ -7,6 +7,8 @@
 //! rule engine, and [`transcript`] the JSON Lines recording format. No
 //! sockets here: the CLI feeds bytes and fd counts in.
 
+#[cfg(feature = "arbitrary")]
+pub mod arbitrary;
 pub mod features;
 pub mod payload;
 pub mod request;
