@@ -67,13 +67,7 @@ pub fn check(src: &dyn ReadAt, filename: &str, limits: &Limits) -> Report {
         }
         used.mark(cs, off, n)
     };
-    let table_ok = |off: u64| {
-        off.is_multiple_of(cs)
-            && off >= h.header_bytes()
-            && off
-                .checked_add(h.table_bytes())
-                .is_some_and(|e| e <= file_len)
-    };
+    let table_ok = |off: u64| h.table_fits(off, file_len);
     if !table_ok(h.l1_table_offset) {
         report.add_with(&rule::TABLE_OFFSET, Some(40), 1, || {
             format!(

@@ -85,6 +85,17 @@ impl Header {
     pub fn table_bytes(&self) -> u64 {
         self.table_size as u64 * self.cs()
     }
+    /// Whether a table at `off` is cluster aligned, past the header and
+    /// wholly inside the first `file_len` bytes (what QEMU's
+    /// qed_check_table_offset accepts); the checker and the repair judge
+    /// tables alike through it.
+    pub fn table_fits(&self, off: u64, file_len: u64) -> bool {
+        off.is_multiple_of(self.cs())
+            && off >= self.header_bytes()
+            && off
+                .checked_add(self.table_bytes())
+                .is_some_and(|e| e <= file_len)
+    }
     /// Bytes of the header: header_size x cluster_size (where data may start).
     pub fn header_bytes(&self) -> u64 {
         self.header_size as u64 * self.cs()

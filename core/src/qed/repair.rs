@@ -63,13 +63,7 @@ pub fn plan(src: &dyn ReadAt, filename: &str, limits: &Limits, _mode: Mode) -> c
 fn clear_invalid_entries(src: &dyn ReadAt, h: &Header, plan: &mut Plan) -> u64 {
     let cs = h.cs();
     let file_len = src.size();
-    let table_ok = |off: u64| {
-        off.is_multiple_of(cs)
-            && off >= h.header_bytes()
-            && off
-                .checked_add(h.table_bytes())
-                .is_some_and(|e| e <= file_len)
-    };
+    let table_ok = |off: u64| h.table_fits(off, file_len);
     let data_ok = |d: u64| d.is_multiple_of(cs) && d >= h.header_bytes() && d < file_len;
     let mut cleared = 0u64;
     let mut l2_tables = Vec::new();
