@@ -6,6 +6,7 @@
 
 use crate::report::Report;
 use crate::rules::Rule;
+use crate::source::ReadAt;
 
 /// What `-r` repairs, as `qemu-img check -r leaks|all`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +55,84 @@ impl Plan {
     pub fn sorted(mut self) -> Self {
         self.writes.sort_by_key(|w| w.0);
         self
+    }
+
+    /// This plan followed by `later`, which was computed from the image as
+    /// this plan leaves it ([`Plan::overlay`]); their writes must not
+    /// overlap.
+    pub fn then(mut self, later: Plan) -> Plan {
+        self.writes.extend(later.writes);
+        self.set_len = later.set_len.or(self.set_len);
+        self.fixed.extend(later.fixed);
+        self.sorted()
+    }
+
+    /// The image as it reads once this plan's writes are applied, without
+    /// writing it: a repair in two steps (the qcow2 snapshot table rewritten,
+    /// then the refcounts rebuilt around it) checks the first step's result.
+    /// Each read looks at every write: meant for plans of a few writes.
+    pub fn overlay<'a>(&'a self, base: &'a dyn ReadAt) -> Overlay<'a> {
+        Overlay { base, plan: self }
+    }
+}
+
+/// An image with a [`Plan`] applied in memory ([`Plan::overlay`]).
+pub struct Overlay<'a> {
+    base: &'a dyn ReadAt,
+    plan: &'a Plan,
+}
+
+impl Overlay<'_> {
+    fn len_of(p: &Patch) -> u64 {
+        match p {
+            Patch::Bytes(b) => b.len() as u64,
+            Patch::Copy { len, .. } => *len,
+        }
+    }
+}
+
+impl ReadAt for Overlay<'_> {
+    fn size(&self) -> u64 {
+        self.plan.set_len.unwrap_or_else(|| {
+            self.plan
+                .writes
+                .iter()
+                .map(|(at, p)| at.saturating_add(Overlay::len_of(p)))
+                .fold(self.base.size(), u64::max)
+        })
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> crate::Result<()> {
+        let end = offset.saturating_add(buf.len() as u64);
+        if end > self.size() {
+            return Err(crate::Error::OutOfBounds {
+                offset,
+                len: buf.len() as u64,
+                source_len: self.size(),
+            });
+        }
+        // What the base holds, zeros where the plan extends the file.
+        self.base.read_zero_padded(buf, offset)?;
+        for (at, p) in &self.plan.writes {
+            let w_end = at.saturating_add(Overlay::len_of(p));
+            let (from, to) = ((*at).max(offset), w_end.min(end));
+            if from >= to {
+                continue;
+            }
+            let dst = (from - offset) as usize..(to - offset) as usize;
+            let Some(out) = buf.get_mut(dst) else {
+                continue;
+            };
+            match p {
+                Patch::Bytes(b) => {
+                    if let Some(src) = b.get((from - at) as usize..(to - at) as usize) {
+                        out.copy_from_slice(src);
+                    }
+                }
+                Patch::Copy { from: f, .. } => self.base.read_zero_padded(out, f + (from - at))?,
+            }
+        }
+        Ok(())
     }
 }
 

@@ -23,6 +23,7 @@ use super::mapping::{
     classify, l2_entry, ClusterKind, L1E_OFFSET_MASK, L2E_OFFSET_MASK, OFLAG_COPIED,
 };
 use super::refcount::{decode, owner, Census, OnDisk, REFT_OFFSET_MASK, REFT_RESERVED_MASK};
+use super::snapshot;
 use crate::hash::{FastMap, FastSet};
 use crate::limits::Limits;
 use crate::repair::{refuse_unrepairable, Mode, Plan};
@@ -87,6 +88,11 @@ fn checked(src: &dyn ReadAt, filename: &str, limits: &Limits) -> crate::Result<C
 
 /// The repair of a qcow2 image under `mode`.
 pub fn plan(src: &dyn ReadAt, filename: &str, limits: &Limits, mode: Mode) -> crate::Result<Plan> {
+    if mode == Mode::All {
+        if let Some(plan) = snapshot_table(src, filename, limits)? {
+            return Ok(plan);
+        }
+    }
     let c = checked(src, filename, limits)?;
     match mode {
         Mode::Leaks => {
@@ -134,6 +140,51 @@ pub fn plan(src: &dyn ReadAt, filename: &str, limits: &Limits, mode: Mode) -> cr
             all(src, &c)
         }
     }
+}
+
+/// `-r all` of an image whose snapshot table qemu-img rewrites (entries
+/// with too much extra data or too little for version 3, too many
+/// entries): the new table goes at the first cluster past the end of the
+/// file and the header points at it; the image as that leaves it is then
+/// checked and repaired as any other, the old table's clusters being
+/// leaked there and the new one's unrefcounted, which the refcount rebuild
+/// settles. `None` when the table needs no rewrite.
+fn snapshot_table(
+    src: &dyn ReadAt,
+    filename: &str,
+    limits: &Limits,
+) -> crate::Result<Option<Plan>> {
+    let mut h_report = Report::new(filename, "qcow2", limits);
+    let Some(parsed) = header::parse(src, &mut h_report) else {
+        return Ok(None);
+    };
+    let h = parsed.header;
+    let Some(rw) = snapshot::rewrite(src, &h)? else {
+        return Ok(None);
+    };
+    let at = src.size().next_multiple_of(h.cluster_size());
+    let mut pointer = [0u8; header::field::SNAPSHOTS_OFFSET.end()];
+    header::field::NB_SNAPSHOTS.put(&mut pointer, rw.count);
+    header::field::SNAPSHOTS_OFFSET.put(&mut pointer, at);
+    let from = header::field::NB_SNAPSHOTS.pos();
+    let mut first = Plan::default();
+    first.write(
+        from,
+        pointer.get(from as usize..).unwrap_or_default().to_vec(),
+    );
+    first.fixed.extend(rw.fixed);
+    first.fixed.push(format!(
+        "the snapshot table rewritten at {at:#x} ({} entries)",
+        rw.count
+    ));
+    first.write(at, rw.table);
+    let after = {
+        let patched = first.overlay(src);
+        let c = checked(&patched, filename, limits)?;
+        refuse_unrepairable(&c.report, Mode::All, &[REFCOUNT_FAMILY, COPIED].concat())?;
+        all(&patched, &c)?
+    };
+    Ok(Some(first.then(after)))
 }
 
 /// The leaks of the image, located by the check's leak findings (typed
@@ -539,6 +590,107 @@ mod tests {
         apply(&mut img, &p);
         let after = check(&img.as_slice(), "t", &Limits::default());
         assert_eq!(after.exit_code(false), 0, "{:?}", after.findings);
+    }
+
+    /// A writer image with three snapshots, its header and table.
+    fn with_snapshots() -> (Vec<u8>, Header, super::snapshot::SnapshotTable) {
+        let mut d = crate::qcow2::write::Description::new(1 << 20, 12);
+        d.clusters
+            .insert(0, crate::qcow2::write::ClusterData::Data(vec![7; 4096]));
+        d.snapshots = vec!["first".into(), "second".into(), "third".into()];
+        let Ok(w) = crate::qcow2::write::write(&d) else {
+            panic!("the writer failed")
+        };
+        let img = w.image;
+        let mut r = Report::new("t", "qcow2", &Limits::default());
+        let Some(p) = header::parse(&img.as_slice(), &mut r) else {
+            panic!("{:?}", r.findings)
+        };
+        let Some(t) = super::snapshot::read(&img.as_slice(), &p.header, &mut r) else {
+            panic!("{:?}", r.findings)
+        };
+        (img, p.header, t)
+    }
+
+    #[test]
+    fn a_clean_snapshot_table_is_not_rewritten() {
+        let (img, h, _) = with_snapshots();
+        assert_eq!(super::snapshot::rewrite(&img.as_slice(), &h), Ok(None));
+    }
+
+    #[test]
+    fn snapshot_entries_cut_short_or_too_long_are_rewritten_and_recheck_clean() {
+        // The last entry (nothing follows it to shift) either claims 8
+        // bytes of extra data (version 3 needs 16; its id and name moved up
+        // to follow them) or 4,000 (QEMU keeps 1,024, and reads the id and
+        // name past the claim: zeros past the end of the table).
+        for (extra, want_extra, want_name) in [(8u32, 24u32, "third"), (4000, 1024, "")] {
+            let (mut img, _, t) = with_snapshots();
+            let s = &t.snapshots[2];
+            let e = s.entry_offset as usize;
+            img[e + 36..e + 40].copy_from_slice(&extra.to_be_bytes());
+            if extra < s.extra_data_size {
+                let tail = e + 40 + s.extra_data_size as usize;
+                let n = s.id.len() + s.name.len();
+                img.copy_within(tail..tail + n, e + 40 + extra as usize);
+            }
+            let before = check(&img.as_slice(), "t", &Limits::default());
+            assert!(before.exit_code(false) != 0, "{:?}", before.findings);
+            let p = plan(&img.as_slice(), "t", &Limits::default(), Mode::All)
+                .unwrap_or_else(|e| panic!("{extra}: {e}"));
+            assert!(
+                p.fixed
+                    .iter()
+                    .any(|f| f.contains("snapshot table rewritten")),
+                "{:?}",
+                p.fixed
+            );
+            apply(&mut img, &p);
+            let after = check(&img.as_slice(), "t", &Limits::default());
+            assert_eq!(after.exit_code(false), 0, "{extra}: {:?}", after.findings);
+            let mut r = Report::new("t", "qcow2", &Limits::default());
+            let Some(parsed) = header::parse(&img.as_slice(), &mut r) else {
+                panic!("{:?}", r.findings)
+            };
+            let Some(now) = super::snapshot::read(&img.as_slice(), &parsed.header, &mut r) else {
+                panic!("{:?}", r.findings)
+            };
+            // Every entry kept its L1 table; the first two their names and
+            // the 24 bytes of extra data QEMU writes.
+            assert_eq!(now.snapshots.len(), 3);
+            for (a, b) in now.snapshots.iter().zip(&t.snapshots) {
+                assert_eq!(a.l1_table_offset, b.l1_table_offset);
+                assert_eq!(a.l1_size, b.l1_size);
+            }
+            assert_eq!(now.snapshots[0].name, "first");
+            assert_eq!(now.snapshots[1].name, "second");
+            assert_eq!(now.snapshots[2].name, want_name, "{extra}");
+            assert_eq!(now.snapshots[2].extra_data_size, want_extra, "{extra}");
+        }
+    }
+
+    #[test]
+    fn a_count_of_four_billion_snapshots_rewrites_the_first_65536_from_zeros() {
+        // A one-cluster table in a small file claiming u32::MAX entries:
+        // the rewrite stops at QEMU's limit and makes the entries past the
+        // end of the file from zeros, without reading or allocating by the
+        // claim.
+        let (img, mut h, _) = with_snapshots();
+        h.nb_snapshots = u32::MAX;
+        let Ok(Some(rw)) = super::snapshot::rewrite(&img.as_slice(), &h) else {
+            panic!("no rewrite")
+        };
+        assert_eq!(rw.count, super::super::MAX_SNAPSHOTS);
+        assert!(
+            rw.table.len() as u64 <= 65536 * (64 + 8 + 16),
+            "{}",
+            rw.table.len()
+        );
+        assert!(
+            rw.fixed.iter().any(|f| f.contains("overhanging")),
+            "{:?}",
+            rw.fixed
+        );
     }
 
     #[test]

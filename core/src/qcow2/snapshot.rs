@@ -290,16 +290,24 @@ impl<'a> Window<'a> {
     /// is allocated: past the end it reads as zeros, so a table past EOF
     /// whose entries claim 64 KiB names costs nothing.
     fn string(&mut self, len: u64, offset: u64, report: &mut Report) -> Option<String> {
-        let inside = self.src.size().saturating_sub(offset).min(len);
-        if inside == 0 {
-            return Some(String::new());
-        }
-        let mut buf = vec![0u8; inside as usize];
-        self.read(&mut buf, offset, report)?;
+        let buf = self.bytes(len, offset, report)?;
         Some(match String::from_utf8(buf) {
             Ok(s) => s,
             Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
         })
+    }
+}
+
+impl Window<'_> {
+    /// The part inside the file of `len` bytes at `offset` (the rest reads
+    /// as zeros and is not allocated).
+    fn bytes(&mut self, len: u64, offset: u64, report: &mut Report) -> Option<Vec<u8>> {
+        let inside = self.src.size().saturating_sub(offset).min(len);
+        let mut buf = vec![0u8; inside as usize];
+        if inside > 0 {
+            self.read(&mut buf, offset, report)?;
+        }
+        Some(buf)
     }
 }
 
@@ -342,4 +350,210 @@ pub fn l1_usable(h: &Header, s: &Snapshot, report: &mut Report) -> bool {
         return false;
     }
     true
+}
+
+/// The snapshot table as `qemu-img check -r all` rewrites it, when it does:
+/// QEMU reads the table in repair mode (the extra data of an entry claiming
+/// more than [`MAX_SNAPSHOT_EXTRA_DATA`] bytes cut to that limit, the
+/// reading going on where the claimed size ends; the entries that would
+/// take the table past 64 MiB dropped with all after them; nb_snapshots
+/// above [`MAX_SNAPSHOTS`] cut to it), then writes every entry anew with at
+/// least the 24 bytes of extra data it knows (version 3 needs 16), ids
+/// and names as C strings (to their first NUL).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rewrite {
+    /// The new table: entries padded to 8 bytes, to be written at a cluster
+    /// boundary.
+    pub table: Vec<u8>,
+    /// Entries it holds (the header's new nb_snapshots).
+    pub count: u32,
+    /// What changed, one line per kind.
+    pub fixed: Vec<String>,
+}
+
+/// One entry as the rewrite keeps it.
+struct Kept {
+    /// The fixed part as read: L1 offset and size, dates, 32-bit VM state.
+    fixed: [u8; ENTRY_FIXED as usize],
+    /// Extra data bytes kept (after the cut to QEMU's limit).
+    extra_data_size: u32,
+    vm_state_size: u64,
+    disk_size: u64,
+    icount: u64,
+    /// Extra data past the 24 bytes QEMU knows: at most 1000 bytes.
+    unknown: Vec<u8>,
+    id: Vec<u8>,
+    name: Vec<u8>,
+}
+
+impl Kept {
+    /// An entry past the end of the file: zeros, no extra data.
+    fn zero(h: &Header) -> Kept {
+        Kept {
+            fixed: [0; ENTRY_FIXED as usize],
+            extra_data_size: 0,
+            vm_state_size: 0,
+            disk_size: h.size,
+            icount: u64::MAX,
+            unknown: Vec::new(),
+            id: Vec::new(),
+            name: Vec::new(),
+        }
+    }
+
+    /// Appends the entry as QEMU's qcow2_write_snapshots writes it.
+    fn put(&self, out: &mut Vec<u8>) {
+        out.resize(out.len().next_multiple_of(8), 0);
+        let mut e = self.fixed;
+        e[12..14].copy_from_slice(&(self.id.len() as u16).to_be_bytes());
+        e[14..16].copy_from_slice(&(self.name.len() as u16).to_be_bytes());
+        // A VM state that does not fit 32 bits reads as none to older
+        // readers, never as a truncated size.
+        let small = u32::try_from(self.vm_state_size).unwrap_or(0);
+        e[32..36].copy_from_slice(&small.to_be_bytes());
+        let size = 24 + self.unknown.len() as u32;
+        e[36..40].copy_from_slice(&size.to_be_bytes());
+        out.extend_from_slice(&e);
+        out.extend_from_slice(&self.vm_state_size.to_be_bytes());
+        out.extend_from_slice(&self.disk_size.to_be_bytes());
+        out.extend_from_slice(&self.icount.to_be_bytes());
+        out.extend_from_slice(&self.unknown);
+        out.extend_from_slice(&self.id);
+        out.extend_from_slice(&self.name);
+    }
+}
+
+/// A C string: the bytes before the first NUL.
+fn c_string(mut b: Vec<u8>) -> Vec<u8> {
+    if let Some(n) = b.iter().position(|&c| c == 0) {
+        b.truncate(n);
+    }
+    b
+}
+
+/// The rewrite `qemu-img check -r all` makes of the image's snapshot table,
+/// or `None` when it leaves the table alone (nothing to drop, cut or
+/// complete) or cannot read it either (an offset it refuses): the check's
+/// own finding then stands. Memory follows the file: what lies past its
+/// end reads as zeros without being allocated, and the table written is
+/// bounded by [`MAX_SNAPSHOTS`] entries of at most 64 KiB + 1 KiB each that
+/// the file holds.
+pub fn rewrite(src: &dyn ReadAt, h: &Header) -> crate::Result<Option<Rewrite>> {
+    let mut fixed = Vec::new();
+    let mut count = h.nb_snapshots;
+    if count > MAX_SNAPSHOTS {
+        fixed.push(format!(
+            "{} overhanging snapshots discarded (QEMU's limit is {MAX_SNAPSHOTS})",
+            count - MAX_SNAPSHOTS
+        ));
+        count = MAX_SNAPSHOTS;
+    }
+    let start = h.snapshots_offset;
+    if count == 0
+        || !start.is_multiple_of(h.cluster_size())
+        || start
+            .checked_add(count as u64 * ENTRY_FIXED)
+            .is_none_or(|e| e > i64::MAX as u64)
+    {
+        return Ok(None);
+    }
+    let mut report = Report::new("", "qcow2", &crate::limits::Limits::default());
+    let mut window = Window::new(src);
+    let mut kept: Vec<Kept> = Vec::new();
+    let mut cut = 0u32;
+    let mut offset = start;
+    // Bytes the entries take, without padding and with extra data cut, as
+    // QEMU counts them against its 64 MiB limit.
+    let mut table_length = 0u64;
+    for i in 0..count {
+        offset = offset.next_multiple_of(8);
+        if offset >= src.size() {
+            // The rest reads as zeros: 40 bytes each, made in one step.
+            kept.extend((i..count).map(|_| Kept::zero(h)));
+            break;
+        }
+        let mut e = [0u8; ENTRY_FIXED as usize];
+        let Some(()) = window.read(&mut e, offset, &mut report) else {
+            return Err(report.into_error());
+        };
+        offset += ENTRY_FIXED;
+        let (id_size, name_size) = (be_u16(&e, 12) as u64, be_u16(&e, 14) as u64);
+        let claimed = be_u32(&e, 36);
+        let extra_data_size = claimed.min(MAX_SNAPSHOT_EXTRA_DATA);
+        cut += (claimed > MAX_SNAPSHOT_EXTRA_DATA) as u32;
+        let mut extra = [0u8; 24];
+        let known = (extra_data_size as usize).min(extra.len());
+        let mut unknown = vec![0u8; (extra_data_size as usize).saturating_sub(known)];
+        let ok = window
+            .read(&mut extra[..known], offset, &mut report)
+            .and_then(|()| window.read(&mut unknown, offset + known as u64, &mut report));
+        // The reading goes on where the claimed extra data ends.
+        offset += claimed as u64;
+        let id = ok.and_then(|()| window.bytes(id_size, offset, &mut report));
+        offset += id_size;
+        let name = id
+            .as_ref()
+            .and_then(|_| window.bytes(name_size, offset, &mut report));
+        offset += name_size;
+        let (Some(id), Some(name)) = (id, name) else {
+            return Err(report.into_error());
+        };
+        table_length += ENTRY_FIXED + extra_data_size as u64 + id_size + name_size;
+        if table_length > MAX_SNAPSHOT_TABLE_BYTES || offset - start > i32::MAX as u64 {
+            fixed.push(format!(
+                "{} overhanging snapshots discarded (the table would exceed 64 MiB)",
+                count - i
+            ));
+            break;
+        }
+        kept.push(Kept {
+            fixed: e,
+            extra_data_size,
+            vm_state_size: if extra_data_size >= 8 {
+                be_u64(&extra, 0)
+            } else {
+                be_u32(&e, 32) as u64
+            },
+            disk_size: if extra_data_size >= 16 {
+                be_u64(&extra, 8)
+            } else {
+                h.size
+            },
+            icount: if extra_data_size >= 24 {
+                be_u64(&extra, 16)
+            } else {
+                u64::MAX
+            },
+            unknown,
+            id: c_string(id),
+            name: c_string(name),
+        });
+    }
+    let incomplete = if h.version >= 3 {
+        kept.iter().filter(|k| k.extra_data_size < 16).count()
+    } else {
+        0
+    };
+    if cut > 0 {
+        fixed.push(format!(
+            "the extra data of {cut} snapshot table entries cut to {MAX_SNAPSHOT_EXTRA_DATA} bytes"
+        ));
+    }
+    if incomplete > 0 {
+        fixed.push(format!(
+            "{incomplete} snapshot table entries completed to the extra data version 3 needs"
+        ));
+    }
+    if fixed.is_empty() {
+        return Ok(None);
+    }
+    let mut table = Vec::new();
+    for k in &kept {
+        k.put(&mut table);
+    }
+    Ok(Some(Rewrite {
+        table,
+        count: kept.len() as u32,
+        fixed,
+    }))
 }
