@@ -58,6 +58,9 @@ pub fn check_file_counted(
     let name = path.display().to_string();
     match open_as(path, format) {
         Ok((src, f)) => {
+            if let Some(total) = f.metadata_size(&src) {
+                crate::progress::with_total(bar, total);
+            }
             let counted = crate::progress::Counted { inner: &src, bar };
             let mut report = f.check(&counted, &name, limits);
             // Names inside the image that the default path policy would

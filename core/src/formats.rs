@@ -122,6 +122,10 @@ pub trait ImageFormat: Sync {
     ) -> Result<Opened, ReadError>;
     /// The backing and data file names the image carries, unopened.
     fn named_files(&self, src: &dyn ReadAt) -> Vec<NamedFile>;
+    /// About the bytes of metadata [`ImageFormat::check`] reads (a progress
+    /// bar's total), from the header and the top-level tables; `None` when
+    /// the header does not parse.
+    fn metadata_size(&self, src: &dyn ReadAt) -> Option<u64>;
 }
 
 /// The first 16 bytes of a source (zero padded; zeros when unreadable).
@@ -137,7 +141,7 @@ fn head(src: &dyn ReadAt) -> [u8; 16] {
 /// the test its first 16 bytes pass, its checker and its info parser.
 macro_rules! image_format {
     ($ty:ident, $name:literal, probe $probe:expr, check $check:path, info $info:path,
-     open $open:path, names $names:expr) => {
+     open $open:path, names $names:expr, metadata $header:path, $meta:path) => {
         #[doc = concat!("The `", $name, "` format: probe, checker, info parser and layer opener.")]
         pub struct $ty;
         impl ImageFormat for $ty {
@@ -175,6 +179,12 @@ macro_rules! image_format {
                 let names: fn(&dyn ReadAt) -> Vec<NamedFile> = $names;
                 names(src)
             }
+            fn metadata_size(&self, src: &dyn ReadAt) -> Option<u64> {
+                // The header's findings are the check's to report.
+                let mut scratch = Report::new("", $name, &Limits::default());
+                let h = $header(src, &mut scratch)?;
+                Some($meta(src, &h))
+            }
         }
     };
 }
@@ -182,15 +192,23 @@ macro_rules! image_format {
 image_format!(Qcow2, "qcow2",
     probe |h| h.starts_with(&qcow2::MAGIC),
     check qcow2::check, info qcow2::check::info,
-    open qcow2::read::open_layer, names qcow2::read::named_files);
+    open qcow2::read::open_layer, names qcow2::read::named_files,
+    metadata qcow2_header, qcow2::header::metadata_size);
 image_format!(Qed, "qed",
     probe |h| h.starts_with(&qed::header::MAGIC),
     check qed::check, info qed::info::info,
-    open qed::read::open_layer, names qed::read::named_files);
+    open qed::read::open_layer, names qed::read::named_files,
+    metadata qed::header::parse, qed::header::metadata_size);
 image_format!(Parallels, "parallels",
     probe |h| h == parallels::header::MAGIC_V1 || h == parallels::header::MAGIC_V2,
     check parallels::check, info parallels::check::info,
-    open parallels::read::open_layer, names |_| Vec::new());
+    open parallels::read::open_layer, names |_| Vec::new(),
+    metadata parallels::header::parse, parallels::header::metadata_size);
+
+/// The qcow2 header alone (its parser returns the extensions too).
+fn qcow2_header(src: &dyn ReadAt, report: &mut Report) -> Option<qcow2::header::Header> {
+    qcow2::header::parse(src, report).map(|p| p.header)
+}
 
 /// Every format qconform knows, in probing order.
 pub static FORMATS: &[&dyn ImageFormat] = &[&Qcow2, &Qed, &Parallels];
@@ -232,6 +250,46 @@ mod tests {
         for f in [Format::Qcow2, Format::Qed, Format::Parallels] {
             assert!(of(f).is_some(), "{f:?} is not in FORMATS");
         }
+    }
+
+    /// The progress total of a check follows the metadata the check reads:
+    /// between the header and the file for writer images, and what a
+    /// hostile header claims beyond the file is not counted.
+    #[test]
+    fn metadata_size_counts_what_the_check_reads() {
+        let mut d = qcow2::write::Description::new(1 << 30, 16);
+        for k in [0u64, 9000, 16383] {
+            d.clusters
+                .insert(k, qcow2::write::ClusterData::Data(vec![1; 65536]));
+        }
+        let Ok(w) = qcow2::write::write(&d) else {
+            panic!("the writer failed")
+        };
+        let mut img = w.image;
+        struct Counted<'a>(&'a [u8], std::cell::Cell<u64>);
+        impl ReadAt for Counted<'_> {
+            fn size(&self) -> u64 {
+                self.0.size()
+            }
+            fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> crate::Result<()> {
+                self.1.set(self.1.get() + buf.len() as u64);
+                self.0.read_exact_at(buf, offset)
+            }
+        }
+        let counted = Counted(&img, Default::default());
+        let _ = Qcow2.check(&counted, "t", &Limits::default());
+        let read = counted.1.get();
+        let Some(total) = Qcow2.metadata_size(&img.as_slice()) else {
+            panic!("no total")
+        };
+        // Header cluster, L1, two L2 tables, refcount table and block.
+        assert!(total >= 5 * 65536 && total <= img.len() as u64, "{total}");
+        assert!(total <= read && read < 2 * total, "{total} vs {read}");
+        // l1_size claimed at QEMU's 32 MiB limit in a small file: only the
+        // part of the table the file holds counts.
+        img[36..40].copy_from_slice(&(4u32 << 20).to_be_bytes());
+        let claimed = Qcow2.metadata_size(&img.as_slice()).unwrap_or(u64::MAX);
+        assert!(claimed <= 2 * img.len() as u64, "{claimed}");
     }
 
     #[test]

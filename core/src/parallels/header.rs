@@ -300,3 +300,9 @@ pub fn read_bat(src: &dyn ReadAt, h: &Header) -> Vec<u32> {
     });
     bat
 }
+
+/// About the bytes of metadata a check of the image reads, for a progress
+/// bar's total: the header and the BAT (as much of it as the file holds).
+pub fn metadata_size(src: &dyn ReadAt, h: &Header) -> u64 {
+    (HEADER_SIZE + 4 * h.nb_bat_entries as u64).min(src.size())
+}

@@ -225,3 +225,29 @@ fn layout(h: &Header, report: &mut Report) -> Option<()> {
     }
     Some(())
 }
+
+/// About the bytes of metadata a check of the image reads, for a progress
+/// bar's total: the header, the L1 table and the L2 tables it names inside
+/// the file. Reads only the L1 table, and only the part of it the file holds.
+pub fn metadata_size(src: &dyn ReadAt, h: &Header) -> u64 {
+    let inside = src.size().saturating_sub(h.l1_table_offset) / 8;
+    let mut l2 = 0u64;
+    crate::source::for_each_entry(
+        src,
+        h.l1_table_offset,
+        h.table_entries().min(inside),
+        8,
+        |_, e| {
+            // A table past the end of the file is not read.
+            let off = e.iter().rev().fold(0u64, |acc, &b| (acc << 8) | b as u64);
+            l2 += (off != 0 && off < src.size()) as u64;
+        },
+    );
+    let l1 = h
+        .table_bytes()
+        .min(src.size().saturating_sub(h.l1_table_offset));
+    h.header_bytes()
+        .min(src.size())
+        .saturating_add(l1)
+        .saturating_add(l2.saturating_mul(h.table_bytes()))
+}
