@@ -261,19 +261,7 @@ fn vhost_user_check_probe_and_matrix_write_reports() {
     // afresh for every connection), which crashes on some of them: each
     // probe is a test case, its findings SARIF results of their own.
     let qsd_sock = dir.path().join("qsd.sock");
-    let disk = dir.path().join("disk.img");
-    let st = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "raw"])
-        .arg(&disk)
-        .arg("64M")
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let cmd = format!(
-        "qemu-storage-daemon --blockdev driver=file,node-name=file0,filename={} --export type=vhost-user-blk,id=exp0,node-name=file0,addr.type=unix,addr.path={},writable=on,num-queues=2",
-        disk.display(),
-        qsd_sock.display()
-    );
+    let cmd = qconform_testkit::tools::qsd_cmd(dir.path(), &qsd_sock);
     let (j, s) = (dir.path().join("rob.xml"), dir.path().join("rob.sarif"));
     let (code, out) = run(qconform()
         .args([

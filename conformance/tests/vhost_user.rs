@@ -32,36 +32,12 @@ fn json_of(cmd: &mut Command) -> (i32, Value) {
     (code, v)
 }
 
-/// The qemu-storage-daemon command exporting a fresh 64 MiB raw disk as
-/// vhost-user-blk with two queues on `sock`.
-fn qsd_cmd(dir: &Path, sock: &Path) -> String {
-    let disk = dir.join("disk.img");
-    let st = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "raw"])
-        .arg(&disk)
-        .arg("64M")
-        .status()
-        .expect("qemu-img must be installed (qemu-utils)");
-    assert!(st.success());
-    assert!(
-        Command::new("qemu-storage-daemon")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success()),
-        "qemu-storage-daemon must be installed (qemu-utils 10.0.2)"
-    );
-    format!(
-        "qemu-storage-daemon --blockdev driver=file,node-name=file0,filename={} --export type=vhost-user-blk,id=exp0,node-name=file0,addr.type=unix,addr.path={},writable=on,num-queues=2",
-        disk.display(), sock.display()
-    )
-}
-
 /// A scratch directory, the socket path in it and the qemu-storage-daemon
 /// command exporting a fresh disk there.
 fn qsd() -> (tempfile::TempDir, PathBuf, String) {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("blk.sock");
-    let cmd = qsd_cmd(dir.path(), &sock);
+    let cmd = qconform_testkit::tools::qsd_cmd(dir.path(), &sock);
     (dir, sock, cmd)
 }
 

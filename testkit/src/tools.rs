@@ -142,3 +142,29 @@ pub fn has_rule(f: &serde_json::Value, rule: &str) -> bool {
         .as_array()
         .is_some_and(|r| r.iter().any(|x| x == rule))
 }
+
+/// The qemu-storage-daemon command exporting a fresh 64 MiB raw disk
+/// (`dir`/disk.img, made by qemu-img) as vhost-user-blk with two queues on
+/// `sock`; fails loudly when either tool is missing.
+pub fn qsd_cmd(dir: &Path, sock: &Path) -> String {
+    let disk = dir.join("disk.img");
+    let st = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "raw"])
+        .arg(&disk)
+        .arg("64M")
+        .status()
+        .expect("qemu-img must be installed (qemu-utils)");
+    assert!(st.success());
+    assert!(
+        Command::new("qemu-storage-daemon")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success()),
+        "qemu-storage-daemon must be installed (qemu-utils 10.0.2)"
+    );
+    format!(
+        "qemu-storage-daemon --blockdev driver=file,node-name=file0,filename={} --export type=vhost-user-blk,id=exp0,node-name=file0,addr.type=unix,addr.path={},writable=on,num-queues=2",
+        disk.display(),
+        sock.display()
+    )
+}
