@@ -434,6 +434,70 @@ fn probe_judges_virtiofsd_clean_and_robust() {
     assert_eq!(code, 0, "{v:#}");
 }
 
+/// What must not change between two probes of the same back-end: the
+/// exit code, the conversation's findings, and each robustness probe's
+/// outcome and findings.
+fn verdict_of(code: i32, v: &Value) -> Value {
+    let robustness: Vec<Value> = v["robustness"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| serde_json::json!([p["name"], p["outcome"], p["findings"]]))
+        .collect();
+    serde_json::json!({
+        "code": code,
+        "conversation": v["conversation"]["findings"],
+        "robustness": robustness,
+    })
+}
+
+/// rust-vmm back-ends from the crate registry (vhost-device-rng, which
+/// listens on its --socket-path with "0" appended, and vhost-device-vsock):
+/// probed three times each, afresh for every connection, they get the same
+/// verdict every time, clean, and close or fail-ack every invalid probe.
+#[test]
+fn probe_verdicts_on_rust_vmm_backends_are_clean_and_the_same_every_run() {
+    let rng = peer("rust-vmm/bin/vhost-device-rng");
+    let vsock = peer("rust-vmm/bin/vhost-device-vsock");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let backends = [
+        (
+            dir.path().join("rng.sock0"),
+            format!("{} --socket-path {d}/rng.sock", rng.display()),
+        ),
+        (
+            dir.path().join("vsock.sock"),
+            format!(
+                "{} --guest-cid 3 --socket {{socket}} --uds-path {d}/vm.vsock",
+                vsock.display()
+            ),
+        ),
+    ];
+    for (sock, cmd) in &backends {
+        let mut seen: Vec<Value> = Vec::new();
+        for _ in 0..3 {
+            let _ = std::fs::remove_file(dir.path().join("vm.vsock"));
+            let (code, v) = probe_started(cmd, sock);
+            assert_eq!(code, 0, "{cmd}: {v:#}");
+            assert_eq!(
+                v["conversation"]["findings"],
+                serde_json::json!([]),
+                "{v:#}"
+            );
+            for p in v["robustness"].as_array().unwrap() {
+                let o = p["outcome"].as_str().unwrap();
+                assert!(
+                    o.starts_with("failure ack") || o.starts_with("closed"),
+                    "{cmd}: {p:#}"
+                );
+            }
+            seen.push(verdict_of(code, &v));
+        }
+        assert!(seen.windows(2).all(|w| w[0] == w[1]), "{cmd}: {seen:#?}");
+    }
+}
+
 /// A hostile back-end (not a conformance subject: it exists to prove our
 /// probe's own robustness): answers GET_FEATURES with `reply`, then stays
 /// silent until the client goes away.

@@ -8,6 +8,9 @@
 //!   runtime libraries are installed.
 //! - virtiofsd from its crate (needs libseccomp-dev and libcap-ng-dev) as a
 //!   second back-end beside qemu-storage-daemon.
+//! - vhost-device-rng and vhost-device-vsock (rust-vmm) from their crates,
+//!   built together so they share their dependencies (about 5 minutes on
+//!   two cores, once per machine).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -42,6 +45,8 @@ const QEMU_LIBS: [&str; 7] = [
     "libslirp0",
     "libvdeplug2",
 ];
+/// rust-vmm vhost-user back-ends from the crate registry.
+const RUST_VMM_DEVICES: [&str; 2] = ["vhost-device-rng", "vhost-device-vsock"];
 const VIRTIOFSD_BUILD_DEPS: [&str; 3] = ["libseccomp-dev", "libcap-ng-dev", "pkg-config"];
 
 pub fn run_peers() -> Result<(), super::DynError> {
@@ -96,6 +101,20 @@ pub fn run_peers() -> Result<(), super::DynError> {
             .arg(cache.join("virtiofsd")))?;
     }
     run(Command::new(&virtiofsd).arg("--version"))?;
+    let rust_vmm = cache.join("rust-vmm");
+    let devices = RUST_VMM_DEVICES.map(|d| rust_vmm.join("bin").join(d));
+    if devices.iter().any(|d| !d.exists()) {
+        run(Command::new("cargo")
+            .args(["install", "--locked", "--root"])
+            .arg(&rust_vmm)
+            .args(RUST_VMM_DEVICES)
+            .env("CARGO_TARGET_DIR", rust_vmm.join("target")))?;
+        // The build tree is not needed once the binaries are there.
+        let _ = std::fs::remove_dir_all(rust_vmm.join("target"));
+    }
+    for d in &devices {
+        run(Command::new(d).arg("--version"))?;
+    }
     println!("peers ready under {}", cache.display());
     Ok(())
 }

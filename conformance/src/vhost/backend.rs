@@ -44,8 +44,9 @@ impl Backend {
         }
     }
 
-    /// Starts `cmd` in its own process group, stdin closed, its stderr to
-    /// `stderr`, and waits until `socket` exists.
+    /// Starts `cmd` ({socket} replaced by `socket`) in its own process
+    /// group, stdin closed, its stderr to `stderr`, and waits until `socket`
+    /// exists.
     pub fn start_logged(
         cmd: &str,
         socket: &Path,
@@ -53,6 +54,9 @@ impl Backend {
         stderr: Stdio,
     ) -> Result<Backend, String> {
         let _ = std::fs::remove_file(socket);
+        // Every caller's {socket} is the socket waited on (the probe's
+        // --backend-cmd said so in its help and did not do it).
+        let cmd = cmd.replace("{socket}", &socket.display().to_string());
         let words: Vec<&str> = cmd.split_whitespace().collect();
         let (prog, args) = words.split_first().ok_or("empty --backend-cmd")?;
         let child = Command::new(prog)
