@@ -193,7 +193,7 @@ image_format!(Qcow2, "qcow2",
     probe |h| h.starts_with(&qcow2::MAGIC),
     check qcow2::check, info qcow2::check::info,
     open qcow2::read::open_layer, names qcow2::read::named_files,
-    metadata qcow2_header, qcow2::header::metadata_size);
+    metadata qcow2_header, qcow2::check::metadata_size);
 image_format!(Qed, "qed",
     probe |h| h.starts_with(&qed::header::MAGIC),
     check qed::check, info qed::info::info,

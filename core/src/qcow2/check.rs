@@ -1158,3 +1158,42 @@ fn for_each_refcount(
         }
     }
 }
+
+/// About the bytes of metadata a check of the image reads, for a progress
+/// bar's total: cluster 0, the active L1 table and the L2 tables it names,
+/// the refcount table and the blocks it names (snapshots' tables and the
+/// bitmaps are not counted: a bar may end past it). Reads only the two
+/// top-level tables, and only the part of them the file holds; tables
+/// named past its end are not counted (the check does not read them).
+pub fn metadata_size(src: &dyn ReadAt, h: &Header) -> u64 {
+    let cs = h.cluster_size();
+    let held = |offset: u64, len: u64| len.min(src.size().saturating_sub(offset));
+    let l1_bytes = held(h.l1_table_offset, h.l1_size as u64 * 8);
+    let reft_bytes = held(
+        h.refcount_table_offset,
+        h.refcount_table_clusters as u64 * cs,
+    );
+    let named = |offset: u64, count: u64, mask: u64| {
+        let inside = src.size().saturating_sub(offset) / 8;
+        let mut n = 0u64;
+        crate::source::for_each_entry(src, offset, count.min(inside), 8, |_, e| {
+            // A table past the end of the file is not read.
+            let off = crate::source::be_u64(e, 0) & mask;
+            n += (off != 0 && off < src.size()) as u64;
+        });
+        n
+    };
+    let l2 = named(
+        h.l1_table_offset,
+        h.l1_size as u64,
+        super::mapping::L1E_OFFSET_MASK,
+    );
+    let blocks = named(
+        h.refcount_table_offset,
+        reft_bytes / 8,
+        super::refcount::REFT_OFFSET_MASK,
+    );
+    cs.saturating_add(l1_bytes)
+        .saturating_add(reft_bytes)
+        .saturating_add(l2.saturating_add(blocks).saturating_mul(cs))
+}
