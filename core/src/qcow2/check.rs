@@ -1240,7 +1240,7 @@ fn compare_block(
                         o.get(lo..lo + n).unwrap_or(&[]),
                     );
                     for (i, ((d, &c), &owners)) in disk.chunks_exact(2).zip(c).zip(o).enumerate() {
-                        let d = u16::from_be_bytes([d[0], d[1]]) as u64;
+                        let d = u16::from_be_bytes(d.try_into().unwrap_or([0; 2])) as u64;
                         let common =
                             d == c as u64 && c < u8::MAX && owners & owners.wrapping_sub(1) == 0;
                         if common {
