@@ -1,8 +1,8 @@
-//! `cargo xtask bench`: qconform check vs qemu-img check on a
-//! metadata-preallocated 1 TiB qcow2 image (sparse; about 161 MiB of
-//! metadata), side by side: median wall and user time and peak RSS over
-//! several runs, and the ratios against the targets (>= 5x faster, no more
-//! peak memory). Needs qemu-img and GNU time (Debian package `time`).
+//! `cargo xtask bench`: qconform against qemu-img on the same images, in
+//! one table: median wall time of 5 interleaved runs and peak RSS of both
+//! tools (GNU time), the ratio, the committed previous ratio and the
+//! target of issue 15. Images are built once into target/bench. Needs
+//! qemu-img, qemu-io and GNU time (Debian package `time`).
 
 use std::path::Path;
 use std::process::Command;
@@ -11,13 +11,12 @@ const RUNS: usize = 5;
 
 struct Sample {
     wall: f64,
-    user: f64,
     rss_kib: u64,
 }
 
 fn time_once(argv: &[&str]) -> Result<Sample, super::DynError> {
     let out = Command::new("/usr/bin/time")
-        .args(["-f", "@@ %e %U %M"])
+        .args(["-f", "@@ %e %M"])
         .args(argv)
         .output()
         .map_err(|e| format!("cannot run /usr/bin/time ({e}); apt-get install time"))?;
@@ -31,50 +30,124 @@ fn time_once(argv: &[&str]) -> Result<Sample, super::DynError> {
         return Err(format!("{argv:?} failed: {err}").into());
     }
     Ok(Sample {
-        wall: f[1].parse()?,
-        user: f[2].parse()?,
-        rss_kib: f[3].parse()?,
+        wall: f.get(1).ok_or("short timing line")?.parse()?,
+        rss_kib: f.get(2).ok_or("short timing line")?.parse()?,
     })
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
-fn measure(label: &str, argv: &[&str]) -> Result<(f64, f64, u64), super::DynError> {
-    measure_with(label, argv, &|| {})
+/// The committed ratios of the previous bench (`name ratio` per line),
+/// printed beside today's so a regression shows; `--record` rewrites it.
+const PREVIOUS: &str = "xtask/bench-ratios.txt";
+
+/// One row of the table: both tools timed on the same input.
+struct Row {
+    name: &'static str,
+    qemu_wall: f64,
+    qemu_rss_kib: u64,
+    ours_wall: f64,
+    ours_rss_kib: u64,
+    /// Speed-up the issue asks for (qemu-img's wall / ours).
+    target: f64,
 }
 
-/// Like [`measure`], running `before` ahead of every run (deleting an output
-/// file, so no run pays for truncating the previous one).
-fn measure_with(
-    label: &str,
-    argv: &[&str],
-    before: &dyn Fn(),
-) -> Result<(f64, f64, u64), super::DynError> {
-    before();
-    time_once(argv)?; // warm the page cache
-    let samples: Vec<Sample> = (0..RUNS)
-        .map(|_| {
-            before();
-            time_once(argv)
-        })
-        .collect::<Result<_, _>>()?;
-    let wall = median(samples.iter().map(|s| s.wall).collect());
-    let user = median(samples.iter().map(|s| s.user).collect());
-    let rss = samples.iter().map(|s| s.rss_kib).max().unwrap_or(0);
-    println!(
-        "{label:<22} wall {wall:>6.3} s   user {user:>6.3} s   peak RSS {:>7.1} MiB",
-        rss as f64 / 1024.0
-    );
-    Ok((wall, user, rss))
-}
-
-pub fn run(args: &[String]) -> Result<(), super::DynError> {
-    if args.first().map(String::as_str) == Some("proxy") {
-        return proxy_bench();
+impl Row {
+    fn ratio(&self) -> f64 {
+        self.qemu_wall / self.ours_wall.max(0.001)
     }
+    fn met(&self) -> bool {
+        self.ratio() >= self.target && self.ours_rss_kib <= self.qemu_rss_kib
+    }
+}
+
+/// Times `qemu` and `ours` interleaved (one run of each in turn, after one
+/// warm-up run each), so that load on a shared machine falls on both alike:
+/// median wall of `runs`, highest peak RSS.
+fn compare(
+    name: &'static str,
+    runs: usize,
+    target: f64,
+    qemu: &[&str],
+    ours: &[&str],
+    before: &dyn Fn(),
+) -> Result<Row, super::DynError> {
+    let (mut qs, mut os) = (Vec::new(), Vec::new());
+    for run in 0..=runs {
+        before();
+        let q = time_once(qemu)?;
+        before();
+        let o = time_once(ours)?;
+        // Run 0 warms the page cache.
+        if run > 0 {
+            qs.push(q);
+            os.push(o);
+        }
+    }
+    let wall = |v: &[Sample]| median(v.iter().map(|s| s.wall).collect());
+    let rss = |v: &[Sample]| v.iter().map(|s| s.rss_kib).max().unwrap_or(0);
+    Ok(Row {
+        name,
+        qemu_wall: wall(&qs),
+        qemu_rss_kib: rss(&qs),
+        ours_wall: wall(&os),
+        ours_rss_kib: rss(&os),
+        target,
+    })
+}
+
+fn previous_ratios(root: &Path) -> Vec<(String, f64)> {
+    std::fs::read_to_string(root.join(PREVIOUS))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (name, r) = l.split_once(' ')?;
+            Some((name.to_string(), r.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+fn print_table(rows: &[Row], previous: &[(String, f64)], runs: usize) {
+    let mib = |k: u64| k as f64 / 1024.0;
+    println!(
+        "\n{:<14} {:>13} {:>10} {:>13} {:>10} {:>7} {:>7} {:>7}  (median of {runs}, peak RSS, interleaved)",
+        "comparison", "qemu-img s", "RSS MiB", "qconform s", "RSS MiB", "ratio", "prev", "target"
+    );
+    for r in rows {
+        let prev = previous
+            .iter()
+            .find(|(n, _)| n == r.name)
+            .map_or("-".to_string(), |(_, p)| format!("{p:.1}x"));
+        println!(
+            "{:<14} {:>13.3} {:>10.1} {:>13.3} {:>10.1} {:>6.1}x {:>7} {:>6.1}x  {}",
+            r.name,
+            r.qemu_wall,
+            mib(r.qemu_rss_kib),
+            r.ours_wall,
+            mib(r.ours_rss_kib),
+            r.ratio(),
+            prev,
+            r.target,
+            if r.met() { "MET" } else { "NOT MET" }
+        );
+    }
+}
+
+/// `cargo xtask bench [--quick] [--record] [FILTER]`: the comparisons whose
+/// name contains FILTER (check-1t, cat-mixed, proxy), median of 5 runs (3
+/// with --quick); --record writes the ratios to xtask/bench-ratios.txt.
+pub fn run(args: &[String]) -> Result<(), super::DynError> {
+    let quick = args.iter().any(|a| a == "--quick");
+    let record = args.iter().any(|a| a == "--record");
+    let filter = args
+        .iter()
+        .find(|a| !a.starts_with("--"))
+        .map_or("", String::as_str);
+    let runs = if quick { 3 } else { RUNS };
+    let wanted = |name: &str| name.contains(filter);
     let root = super::root();
     let st = Command::new("cargo")
         .args(["build", "--release", "-q", "-p", "qconform"])
@@ -84,14 +157,52 @@ pub fn run(args: &[String]) -> Result<(), super::DynError> {
         return Err("cargo build failed".into());
     }
     let bin = root.join("target/release/qconform");
+    let bin_s = bin.to_str().ok_or("non-UTF-8 path")?;
+    // The cache folder: images are built once and kept.
     let dir = root.join("target/bench");
     std::fs::create_dir_all(&dir)?;
+    let mut rows = Vec::new();
+    if wanted("check-1t") {
+        let img = prealloc_image(&dir)?;
+        let img_s = img.to_str().ok_or("non-UTF-8 path")?;
+        rows.push(compare(
+            "check-1t",
+            runs,
+            10.0,
+            &["qemu-img", "check", img_s],
+            &[bin_s, "check", img_s],
+            &|| {},
+        )?);
+    }
+    if wanted("cat-mixed") {
+        rows.push(cat_bench(bin_s, &dir, runs)?);
+    }
+    if !rows.is_empty() {
+        print_table(&rows, &previous_ratios(&root), runs);
+        if record {
+            let mut all = previous_ratios(&root);
+            all.retain(|(n, _)| !rows.iter().any(|r| r.name == n));
+            all.extend(rows.iter().map(|r| (r.name.to_string(), r.ratio())));
+            let text: String = all.iter().map(|(n, r)| format!("{n} {r:.1}\n")).collect();
+            std::fs::write(root.join(PREVIOUS), text)?;
+        }
+    }
+    if wanted("proxy") {
+        proxy_bench()?;
+    }
+    Ok(())
+}
+
+/// The 1 TiB `preallocation=metadata` qcow2 (64 KiB clusters, about 161 MiB
+/// of metadata, data clusters allocated in L2 but holes in the file).
+fn prealloc_image(dir: &Path) -> Result<std::path::PathBuf, super::DynError> {
     let img = dir.join("prealloc-1t.qcow2");
     if !img.exists() {
         println!(
             "creating {} (1 TiB virtual, preallocation=metadata) ...",
             img.display()
         );
+        let tmp = dir.join("prealloc-1t.tmp.qcow2");
         let st = Command::new("qemu-img")
             .args([
                 "create",
@@ -101,39 +212,16 @@ pub fn run(args: &[String]) -> Result<(), super::DynError> {
                 "-o",
                 "preallocation=metadata",
             ])
-            .arg(&img)
+            .arg(&tmp)
             .arg("1T")
             .status()
             .map_err(|e| format!("cannot run qemu-img: {e}"))?;
         if !st.success() {
             return Err("qemu-img create failed".into());
         }
+        std::fs::rename(&tmp, &img)?;
     }
-    let img_s = img.to_str().ok_or("non-UTF-8 path")?;
-    println!("qcow2 check of a 1 TiB metadata-preallocated image, median of {RUNS} runs:");
-    let (qw, qu, qm) = measure("qemu-img check", &["qemu-img", "check", img_s])?;
-    let (ow, ou, om) = measure(
-        "qconform check",
-        &[bin.to_str().ok_or("non-UTF-8 path")?, "check", img_s],
-    )?;
-    let speed = qw / ow;
-    let mem = om as f64 / qm as f64;
-    println!(
-        "ratio: {speed:.1}x faster (wall), {:.1}x less user time, {:.2}x qemu-img's peak memory",
-        qu / ou.max(0.001),
-        mem
-    );
-    println!(
-        "target: >= 5x faster at no more peak memory: {}",
-        if speed >= 5.0 && om <= qm {
-            "MET"
-        } else {
-            "NOT MET"
-        }
-    );
-    let _ = Path::new(&img);
-    cat_bench(&bin, &dir)?;
-    proxy_bench()
+    Ok(img)
 }
 
 /// A back-end that answers every request with an 8-byte reply, as fast as it can.
@@ -255,7 +343,7 @@ fn proxy_bench() -> Result<(), super::DynError> {
 
 /// `qconform cat` vs `qemu-img convert -O raw` on a 2 GiB image with mixed
 /// data, zero and compressed clusters (built once with qemu-io, cached).
-fn cat_bench(bin: &Path, dir: &Path) -> Result<(), super::DynError> {
+fn cat_bench(bin: &str, dir: &Path, runs: usize) -> Result<Row, super::DynError> {
     let img = dir.join("mixed-2g.qcow2");
     if !img.exists() {
         println!(
@@ -292,35 +380,17 @@ fn cat_bench(bin: &Path, dir: &Path) -> Result<(), super::DynError> {
         img.to_str().ok_or("non-UTF-8 path")?,
         out.to_str().ok_or("non-UTF-8 path")?,
     );
-    println!("virtual disk of a 2 GiB mixed image to a raw file, median of {RUNS} runs:");
     let clean = || {
         let _ = std::fs::remove_file(&out);
     };
-    let (qw, _, qm) = measure_with(
-        "qemu-img convert",
+    let row = compare(
+        "cat-mixed",
+        runs,
+        2.0,
         &["qemu-img", "convert", "-O", "raw", img_s, out_s],
+        &[bin, "cat", "-o", out_s, img_s],
         &clean,
-    )?;
-    let (ow, _, om) = measure_with(
-        "qconform cat -o",
-        &[
-            bin.to_str().ok_or("non-UTF-8 path")?,
-            "cat",
-            "-o",
-            out_s,
-            img_s,
-        ],
-        &clean,
-    )?;
-    let _ = std::fs::remove_file(&out);
-    let ratio = qw / ow;
-    println!(
-        "ratio: {ratio:.2}x qemu-img's throughput, {:.2}x its peak memory",
-        om as f64 / qm as f64
     );
-    println!(
-        "target: >= 1.5x qemu-img's throughput: {}",
-        if ratio >= 1.5 { "MET" } else { "NOT MET" }
-    );
-    Ok(())
+    clean();
+    row
 }

@@ -6,7 +6,7 @@
 //! peers             fetch QEMU 7.2 (front-end) and virtiofsd (back-end) into ~/.cache/qconform
 //! fuzz [--secs N] [--target T]   replay regressions, then fuzz (nightly + ASan when present, else -s none)
 //! fuzz --bench | --seeds | --coverage | --differential   exec/s, seeds from code, coverage, vs qemu-img (xtask/src/fuzz.rs)
-//! bench             qconform check vs qemu-img check on a 1 TiB preallocated image
+//! bench [--quick] [--record] [FILTER]   qconform vs qemu-img side by side (xtask/src/bench.rs)
 //! test [ARGS...]    provision what the tests need (peers), then `cargo test --workspace ARGS...`
 //! ci                what .ci/run runs after installing tools
 
@@ -43,7 +43,7 @@ fn main() -> ExitCode {
         "ci" => ci(),
         _ => {
             eprintln!(
-                "usage: cargo xtask corpus | golden | fuzz [--secs N] [--target T] [--bench | --seeds | --coverage] | bench | test [ARGS...] | ci"
+                "usage: cargo xtask corpus | golden | fuzz [--secs N] [--target T] [--bench | --seeds | --coverage] | bench [--quick] [--record] [FILTER] | test [ARGS...] | ci"
             );
             return ExitCode::from(2);
         }

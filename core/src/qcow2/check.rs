@@ -12,6 +12,7 @@
 use super::bitmap::{self, table_entry_problem};
 use super::ext::{self, Extensions};
 use super::header::{self, Header};
+use super::l2_scan;
 use super::mapping::*;
 use super::refcount::{owner, Census, OnDisk};
 use super::snapshot::{self, SnapshotTable};
@@ -391,29 +392,23 @@ impl Checker<'_, '_> {
         }
     }
 
-    /// Reads refcount block `off` into `buf`; false when it holds only
-    /// zeros (a block in a file hole is not read at all). Each block read
-    /// counts its entries against `Limits::max_entries_visited`: a refcount
-    /// table whose entries all name one block cannot make the check read
-    /// that block a million times unbounded.
-    fn read_refblock(&mut self, off: u64, buf: &mut [u8]) -> Result<bool, Abort> {
-        let cs = buf.len() as u64;
+    /// Whether refcount block `off` has bytes to read: it starts inside the
+    /// file and not in a hole of a whole cluster (a block in a hole reads
+    /// as zeros and is never read).
+    fn refblock_in_file(&self, off: u64) -> bool {
+        let cs = self.h.cluster_size();
         if off >= self.src.size() {
-            return Ok(false);
+            return false;
         }
-        if let Some((true, len)) = self.src.extent(off) {
-            if len >= cs {
-                return Ok(false);
-            }
-        }
-        self.budget(self.ondisk.entries_per_block())?;
-        self.ondisk.read_block(off, buf);
-        Ok(!crate::field::is_zero(buf))
+        !matches!(self.src.extent(off), Some((true, len)) if len >= cs)
     }
 
     /// Loads one bit per refcount == 1 of every refcount block covering the
     /// file. Memory and time follow the refcount blocks that exist and hold
-    /// non-zero refcounts, one block read at a time.
+    /// non-zero refcounts. Blocks are read in batches (each block read
+    /// counts its entries against `Limits::max_entries_visited`: a refcount
+    /// table whose entries all name one block cannot make the check read
+    /// that block a million times unbounded) and decoded on every core.
     fn load_refcount_is_one(&mut self) -> Result<(), Abort> {
         let nb = self.census.nb_clusters + 1;
         let epb = self.ondisk.entries_per_block();
@@ -421,42 +416,67 @@ impl Checker<'_, '_> {
             .div_ceil(epb)
             .min(self.ondisk.table_entries)
             .min(self.ondisk.table.len() as u64);
+        let cs = self.h.cluster_size() as usize;
+        let order = self.ondisk.order;
+        let per_block = epb.div_ceil(64) as usize;
+        let batch = (REFBLOCK_BATCH_BYTES / cs).max(1) as u64;
         let mut ones_at = Vec::with_capacity(blocks as usize);
         let mut words: Vec<u64> = Vec::new();
-        let mut buf = vec![0u8; self.h.cluster_size() as usize];
-        let per_block = epb.div_ceil(64) as usize;
-        for t in 0..blocks {
-            let at = match self.ondisk.block_offset(t) {
-                Err(_) => ONES_UNREADABLE,
-                Ok(0) => ONES_NONE,
-                Ok(off) => {
-                    if self.read_refblock(off, &mut buf)? {
-                        let start = words.len();
-                        words.resize(start + per_block, 0);
-                        let bits = words.get_mut(start..).unwrap_or(&mut []);
-                        let mut any = false;
-                        for_each_refcount(&buf, self.ondisk.order, 0, epb, |i, rc| {
-                            if rc == 1 {
-                                any = true;
-                                if let Some(w) = bits.get_mut((i / 64) as usize) {
-                                    *w |= 1 << (i % 64);
-                                }
-                            }
-                        });
-                        // (The budget bounds the words well below u32::MAX.)
-                        match u32::try_from(start) {
-                            Ok(at) if any && at < ONES_NONE => at,
-                            _ => {
-                                words.truncate(start);
-                                ONES_NONE
-                            }
-                        }
-                    } else {
-                        ONES_NONE
+        let mut buf = Vec::new();
+        let mut t0 = 0;
+        while t0 < blocks {
+            let t1 = (t0 + batch).min(blocks);
+            buf.resize((t1 - t0) as usize * cs, 0);
+            // What each block of the batch is: read, absent or unreadable.
+            let mut state = Vec::with_capacity((t1 - t0) as usize);
+            for (t, slot) in (t0..t1).zip(buf.chunks_mut(cs)) {
+                state.push(match self.ondisk.block_offset(t) {
+                    Err(_) => ONES_UNREADABLE,
+                    Ok(0) => ONES_NONE,
+                    Ok(off) if !self.refblock_in_file(off) => ONES_NONE,
+                    Ok(off) => {
+                        self.budget(epb)?;
+                        self.ondisk.read_block(off, slot);
+                        0
                     }
+                });
+            }
+            // The bits of each block read, None where it holds no 1.
+            let bits: Vec<Option<Vec<u64>>> = map_in_order(state.len(), |i| {
+                let (Some(block), Some(&st)) = (buf.get(i * cs..(i + 1) * cs), state.get(i)) else {
+                    return None;
+                };
+                if st != 0 || crate::field::is_zero(block) {
+                    return None;
                 }
-            };
-            ones_at.push(at);
+                let mut bits = vec![0u64; per_block];
+                let mut any = false;
+                for_each_refcount(block, order, 0, epb, |i, rc| {
+                    if rc == 1 {
+                        any = true;
+                        if let Some(w) = bits.get_mut((i / 64) as usize) {
+                            *w |= 1 << (i % 64);
+                        }
+                    }
+                });
+                any.then_some(bits)
+            });
+            for (st, b) in state.into_iter().zip(bits) {
+                let at = match b {
+                    // (The budget bounds the words well below u32::MAX.)
+                    Some(b) => match u32::try_from(words.len()) {
+                        Ok(at) if at < ONES_NONE => {
+                            words.extend_from_slice(&b);
+                            at
+                        }
+                        _ => ONES_NONE,
+                    },
+                    None if st == ONES_UNREADABLE => ONES_UNREADABLE,
+                    None => ONES_NONE,
+                };
+                ones_at.push(at);
+            }
+            t0 = t1;
         }
         self.ones_at = ones_at;
         self.ones_words = words;
@@ -576,28 +596,99 @@ impl Checker<'_, '_> {
         Ok(())
     }
 
-    /// Visits every distinct L2 table once.
+    /// Visits every distinct L2 table once, in the order the L1 tables
+    /// name them. Tables are read in batches of large reads (adjacent tables
+    /// in one read) while the previous batch is scanned on every core
+    /// ([`l2_scan`]); each table's result is then merged in order, and a
+    /// table that is not entirely healthy is visited entry by entry, so the
+    /// counts and findings are those of a visit of each table in turn.
     fn visit_l2_tables(&mut self) -> Result<(), Abort> {
         let h = self.h;
         let cs = h.cluster_size();
         // No table holds more of the file than the file.
-        let most = cs.min(self.src.size().next_multiple_of(16));
-        let mut table = vec![0u8; most as usize];
+        let most = cs.min(self.src.size().next_multiple_of(16)) as usize;
         let visits = std::mem::take(&mut self.visits);
-        for v in &visits {
-            self.budget(h.l2_entries())?;
-            // QEMU reads a table past the end of the file as zeros, and a
-            // zero entry says nothing: only the part inside the file (to a
-            // whole entry) is read and walked.
-            let held = self.src.size().saturating_sub(v.offset).min(cs);
-            let held = held.next_multiple_of(16).min(most) as usize;
-            let Some(part) = table.get_mut(..held) else {
-                continue;
+        // Two batches of L2_BATCH_BYTES held: the one scanned, the one read.
+        let batch = (L2_BATCH_BYTES / most).clamp(1, 256);
+        let fast_image = !h.has_data_file() && !h.extended_l2() && h.version >= 3;
+        let cluster_limit = self.census.fast_limit();
+        let src = self.src;
+        let read = |group: &[L2Visit], buf: &mut Vec<u8>| {
+            buf.resize(group.len() * most, 0);
+            read_tables(src, group, cs, most, buf);
+        };
+        let file_len = src.size();
+        let scan = |scanner: &l2_scan::Scanner,
+                    group: &[L2Visit],
+                    buf: &[u8]|
+         -> Vec<Option<l2_scan::Healthy>> {
+            map_in_order(group.len(), |i| {
+                let v = group.get(i)?;
+                if !(fast_image && v.active == 1 && v.inactive == 0) {
+                    return None;
+                }
+                let held = table_bytes_held(file_len, v.offset, cs, most);
+                let table = buf.get(i * most..i * most + held)?;
+                scanner.scan(table, v.guest_base)
+            })
+        };
+        let groups: Vec<&[L2Visit]> = visits.chunks(batch).collect();
+        let (mut cur, mut next) = (Vec::new(), Vec::new());
+        if let Some(first) = groups.first() {
+            read(first, &mut cur);
+        }
+        for (g, group) in groups.iter().enumerate() {
+            // Read the next batch here (the byte source need not be
+            // shareable between threads) while the pool scans this one.
+            // The scanner borrows the refcount-is-one bits only while the
+            // pool scans; the merge below needs the checker mutably.
+            let scanner = l2_scan::Scanner {
+                cluster_bits: h.cluster_bits,
+                disk_size: h.size,
+                cluster_limit,
+                epb_shift: self.epb_shift,
+                ones_at: &self.ones_at,
+                ones_words: &self.ones_words,
+                ones_none: ONES_NONE,
+                ones_unreadable: ONES_UNREADABLE,
             };
-            if self.src.read_zero_padded(part, v.offset).is_err() {
-                part.fill(0);
+            let mut scanned = Vec::new();
+            if group.len() < PARALLEL_MIN {
+                scanned = scan(&scanner, group, &cur);
+                if let Some(n) = groups.get(g + 1) {
+                    read(n, &mut next);
+                }
+            } else {
+                rayon::in_place_scope(|s| {
+                    s.spawn(|_| scanned = scan(&scanner, group, &cur));
+                    if let Some(n) = groups.get(g + 1) {
+                        read(n, &mut next);
+                    }
+                });
             }
-            self.visit_l2(part, v);
+            for ((v, table), healthy) in group.iter().zip(cur.chunks(most)).zip(scanned) {
+                self.budget(h.l2_entries())?;
+                match healthy {
+                    Some(t) => {
+                        self.stats.allocated += t.allocated;
+                        self.stats.fragmented += t.fragmented;
+                        for (k, n) in t.runs {
+                            self.census.reference_clusters(
+                                self.report,
+                                k,
+                                n,
+                                owner::DATA,
+                                "data cluster",
+                            );
+                        }
+                    }
+                    None => {
+                        let held = table_bytes_held(self.src.size(), v.offset, cs, most);
+                        self.visit_l2(table.get(..held).unwrap_or(&[]), v);
+                    }
+                }
+            }
+            std::mem::swap(&mut cur, &mut next);
         }
         Ok(())
     }
@@ -964,6 +1055,39 @@ impl Checker<'_, '_> {
         }
     }
 
+    /// Reports one cluster whose refcount differs from its references, or
+    /// that two kinds of structure own.
+    #[cold]
+    fn report_mismatch(&mut self, k: u64, disk: u64, refs: u64, owners: u8) {
+        let cs = self.h.cluster_size();
+        // Named only for a finding that is kept.
+        let who = || {
+            if owners == 0 {
+                String::new()
+            } else {
+                format!(" ({})", owner::names(owners))
+            }
+        };
+        let at = Some(k * cs);
+        if disk < refs {
+            self.report.add_with(&rule::REFCOUNT_TOO_LOW, at, 1, || {
+                format!("cluster {k} refcount={disk} reference={refs}{}", who())
+            });
+        } else if disk > refs {
+            self.report.add_with(&rule::REFCOUNT_LEAK, at, 1, || {
+                format!("cluster {k} refcount={disk} reference={refs}{}", who())
+            });
+        } else if !self.overlap_reported.contains(&k) && refs < self.census.refcount_max() {
+            // (At refcount_max the extra references were already
+            // reported as an overflow of this cluster.)
+            // Counts agree, yet two kinds of structure own the cluster: qemu-img
+            // does not see this when the refcount was raised to match.
+            self.report.add_with(&rule::METADATA_OVERLAP, at, 1, || {
+                format!("cluster {k} is owned by{} (refcount {disk})", who())
+            });
+        }
+    }
+
     /// Compares the on-disk refcount of every cluster with the census, as
     /// QEMU does for every cluster of the file, but visiting only where one
     /// of the two can be non-zero: the ranges of refcount blocks that exist
@@ -991,129 +1115,253 @@ impl Checker<'_, '_> {
         });
         blocks.sort_unstable();
         blocks.dedup();
-        let mut buf = vec![0u8; cs as usize];
+        let batch = (REFBLOCK_BATCH_BYTES / cs as usize).max(1);
+        let mut buf = Vec::new();
         let mut highest: Option<u64> = None;
-        let mut mismatches: Vec<(u64, u64, u64, u8)> = Vec::new();
-        for t in blocks {
-            let first = t * epb;
-            let count = epb.min(nb - first);
-            let block = if t < self.ondisk.table_entries {
-                self.ondisk.block_offset(t)
-            } else {
-                Ok(0)
-            };
-            let present = match block {
-                Err(u) => {
-                    self.report.add_with(&rule::REFBLOCK_UNREADABLE, Some(self.h.refcount_table_offset + t * 8), count, || format!(
-                        "refcount block {} at {:#x} is unaligned or unreachable; refcounts of clusters {first}..{} cannot be read",
-                        u.table_index, u.block_offset, first + count));
-                    continue;
-                }
-                Ok(0) => false,
-                Ok(off) => self.read_refblock(off, &mut buf)?,
-            };
-            let census = &self.census;
-            mismatches.clear();
-            let mut note = |k: u64, disk: u64, refs: u64, owners: u8| {
-                if disk > 0 || refs > 0 {
-                    highest = Some(k);
-                }
-                if disk != refs || owners.count_ones() > 1 {
-                    mismatches.push((k, disk, refs, owners));
-                }
-            };
-            // Clusters in a present block with matching counts and at most
-            // one owner (nearly all of them) only move the image end.
-            let mut last_used: Option<u64> = None;
-            if present {
-                let pc = Census::page_clusters();
-                let end = first + count;
-                let mut k = first;
-                while k < end {
-                    // One census page at a time: a dense page is compared as
-                    // slices, in the decoding loop.
-                    let seg_end = end.min((k / pc + 1) * pc);
-                    let page = census.page(k);
-                    let base = k - k % pc;
-                    match census.dense(page) {
-                        Some((c, o)) => {
-                            for_each_refcount(&buf, order, k - first, seg_end - k, |i, disk| {
-                                let kk = first + i;
-                                let j = (kk - base) as usize;
-                                let (c, owners) = (
-                                    c.get(j).copied().unwrap_or(0),
-                                    o.get(j).copied().unwrap_or(0),
-                                );
-                                // The common case: a small count equal to the
-                                // refcount, at most one owner kind.
-                                if disk == c as u64
-                                    && c < u8::MAX
-                                    && owners & owners.wrapping_sub(1) == 0
-                                {
-                                    if disk > 0 {
-                                        last_used = Some(kk);
-                                    }
-                                    return;
-                                }
-                                let refs = if c < u8::MAX {
-                                    c as u64
-                                } else {
-                                    census.spilled(kk)
-                                };
-                                note(kk, disk, refs, owners);
-                            })
-                        }
-                        None => {
-                            for_each_refcount(&buf, order, k - first, seg_end - k, |i, disk| {
-                                let kk = first + i;
-                                let (refs, owners) = census.get_in(page, kk);
-                                if disk > 0 || refs > 0 || owners > 0 {
-                                    note(kk, disk, refs, owners);
-                                }
-                            })
-                        }
+        for group in blocks.chunks(batch) {
+            // Read the blocks of the batch here; compare them on every core;
+            // then report in block order, as one block after another would.
+            buf.resize(group.len() * cs as usize, 0);
+            let mut state = Vec::with_capacity(group.len());
+            for (&t, slot) in group.iter().zip(buf.chunks_mut(cs as usize)) {
+                let block = if t < self.ondisk.table_entries {
+                    self.ondisk.block_offset(t)
+                } else {
+                    Ok(0)
+                };
+                state.push(match block {
+                    Err(u) => Block::Unreadable(u),
+                    Ok(0) => Block::Absent,
+                    Ok(off) if !self.refblock_in_file(off) => Block::Absent,
+                    Ok(off) => {
+                        self.ondisk.read_block(off, slot);
+                        Block::Read
                     }
-                    k = seg_end;
-                }
-            } else {
-                // Every refcount of this range is 0: only referenced clusters matter.
-                census.for_each_in(first, first + count, |k, refs, owners| {
-                    note(k, 0, refs, owners)
                 });
             }
-            highest = highest.max(last_used);
-            for &(k, disk, refs, owners) in &mismatches {
-                // Named only for a finding that is kept.
-                let who = || {
-                    if owners == 0 {
-                        String::new()
-                    } else {
-                        format!(" ({})", owner::names(owners))
+            let census = &self.census;
+            let compared: Vec<Compared> = map_in_order(group.len(), |i| {
+                let t = group.get(i).copied().unwrap_or(0);
+                let cs = cs as usize;
+                let block = buf.get(i * cs..(i + 1) * cs).unwrap_or(&[]);
+                let first = t * epb;
+                let count = epb.min(nb - first);
+                let present =
+                    matches!(state.get(i), Some(Block::Read)) && !crate::field::is_zero(block);
+                compare_block(census, order, block, present, first, count)
+            });
+            for ((&t, st), c) in group.iter().zip(state).zip(compared) {
+                let first = t * epb;
+                let count = epb.min(nb - first);
+                match st {
+                    Block::Unreadable(u) => {
+                        self.report.add_with(&rule::REFBLOCK_UNREADABLE, Some(self.h.refcount_table_offset + t * 8), count, || format!(
+                            "refcount block {} at {:#x} is unaligned or unreachable; refcounts of clusters {first}..{} cannot be read",
+                            u.table_index, u.block_offset, first + count));
+                        continue;
                     }
-                };
-                let at = Some(k * cs);
-                if disk < refs {
-                    self.report.add_with(&rule::REFCOUNT_TOO_LOW, at, 1, || {
-                        format!("cluster {k} refcount={disk} reference={refs}{}", who())
-                    });
-                } else if disk > refs {
-                    self.report.add_with(&rule::REFCOUNT_LEAK, at, 1, || {
-                        format!("cluster {k} refcount={disk} reference={refs}{}", who())
-                    });
-                } else if !self.overlap_reported.contains(&k) && refs < self.census.refcount_max() {
-                    // (At refcount_max the extra references were already
-                    // reported as an overflow of this cluster.)
-                    // Counts agree, yet two kinds of structure own the cluster: qemu-img
-                    // does not see this when the refcount was raised to match.
-                    self.report.add_with(&rule::METADATA_OVERLAP, at, 1, || {
-                        format!("cluster {k} is owned by{} (refcount {disk})", who())
-                    });
+                    Block::Read => self.budget(epb)?,
+                    Block::Absent => {}
+                }
+                highest = highest.max(c.highest);
+                for &(k, disk, refs, owners) in &c.mismatches {
+                    self.report_mismatch(k, disk, refs, owners);
                 }
             }
         }
         // QEMU starts from cluster 0, so the header cluster always counts.
         self.report.image_stats().image_end_offset = Some((highest.unwrap_or(0) + 1) * cs);
         Ok(())
+    }
+}
+
+/// A refcount block of the comparison, as the table names it.
+enum Block {
+    /// Its offset is unaligned or unreachable: QEMU cannot read it.
+    Unreadable(super::refcount::UnalignedBlock),
+    /// None, past the end of the file or in a hole: every refcount is 0.
+    Absent,
+    /// Read into the batch buffer.
+    Read,
+}
+
+/// What comparing one refcount block found.
+struct Compared {
+    /// The last cluster of the block with a refcount or a reference.
+    highest: Option<u64>,
+    /// (cluster, on-disk refcount, references, owners) of every cluster
+    /// whose counts differ or that more than one kind of structure owns.
+    mismatches: Vec<(u64, u64, u64, u8)>,
+}
+
+/// Compares the refcounts `first..first + count` of one block (all 0 when
+/// not `present`) with the census. Reads only: blocks are compared in
+/// parallel and reported in order.
+fn compare_block(
+    census: &Census,
+    order: u32,
+    buf: &[u8],
+    present: bool,
+    first: u64,
+    count: u64,
+) -> Compared {
+    let mut highest: Option<u64> = None;
+    let mut mismatches = Vec::new();
+    let mut note = |k: u64, disk: u64, refs: u64, owners: u8| {
+        if disk > 0 || refs > 0 {
+            highest = Some(k);
+        }
+        if disk != refs || owners.count_ones() > 1 {
+            mismatches.push((k, disk, refs, owners));
+        }
+    };
+    // Clusters in a present block with matching counts and at most
+    // one owner (nearly all of them) only move the image end.
+    let mut last_used: Option<u64> = None;
+    if present {
+        let pc = Census::page_clusters();
+        let end = first + count;
+        let mut k = first;
+        while k < end {
+            // One census page at a time: a dense page is compared as
+            // slices, in the decoding loop.
+            let seg_end = end.min((k / pc + 1) * pc);
+            let page = census.page(k);
+            let base = k - k % pc;
+            match census.dense(page) {
+                // 16-bit refcounts (QEMU's default) against a dense page:
+                // compared as three slices, branch-light.
+                Some((c, o)) if order == 4 => {
+                    let (lo, n) = ((k - base) as usize, (seg_end - k) as usize);
+                    let at = (k - first) as usize * 2;
+                    let disk = buf.get(at..at + 2 * n).unwrap_or(&[]);
+                    let (c, o) = (
+                        c.get(lo..lo + n).unwrap_or(&[]),
+                        o.get(lo..lo + n).unwrap_or(&[]),
+                    );
+                    for (i, ((d, &c), &owners)) in disk.chunks_exact(2).zip(c).zip(o).enumerate() {
+                        let d = u16::from_be_bytes(d.try_into().unwrap_or([0; 2])) as u64;
+                        let common =
+                            d == c as u64 && c < u8::MAX && owners & owners.wrapping_sub(1) == 0;
+                        if common {
+                            if d > 0 {
+                                last_used = Some(k + i as u64);
+                            }
+                            continue;
+                        }
+                        let kk = k + i as u64;
+                        let refs = if c < u8::MAX {
+                            c as u64
+                        } else {
+                            census.spilled(kk)
+                        };
+                        note(kk, d, refs, owners);
+                    }
+                }
+                Some((c, o)) => for_each_refcount(buf, order, k - first, seg_end - k, |i, disk| {
+                    let kk = first + i;
+                    let j = (kk - base) as usize;
+                    let (c, owners) = (
+                        c.get(j).copied().unwrap_or(0),
+                        o.get(j).copied().unwrap_or(0),
+                    );
+                    // The common case: a small count equal to the
+                    // refcount, at most one owner kind.
+                    if disk == c as u64 && c < u8::MAX && owners & owners.wrapping_sub(1) == 0 {
+                        if disk > 0 {
+                            last_used = Some(kk);
+                        }
+                        return;
+                    }
+                    let refs = if c < u8::MAX {
+                        c as u64
+                    } else {
+                        census.spilled(kk)
+                    };
+                    note(kk, disk, refs, owners);
+                }),
+                None => for_each_refcount(buf, order, k - first, seg_end - k, |i, disk| {
+                    let kk = first + i;
+                    let (refs, owners) = census.get_in(page, kk);
+                    if disk > 0 || refs > 0 || owners > 0 {
+                        note(kk, disk, refs, owners);
+                    }
+                }),
+            }
+            k = seg_end;
+        }
+    } else {
+        // Every refcount of this range is 0: only referenced clusters matter.
+        census.for_each_in(first, first + count, |k, refs, owners| {
+            note(k, 0, refs, owners)
+        });
+    }
+    Compared {
+        highest: highest.max(last_used),
+        mismatches,
+    }
+}
+
+/// Fewer items than this (tables or blocks of one batch) are worked on
+/// this thread: handing them to the pool costs more than it saves, and a
+/// fuzzer checks millions of such small images.
+const PARALLEL_MIN: usize = 4;
+
+/// `f(0..n)` in order, on every core when `n` pays for the hand-off.
+fn map_in_order<R: Send>(n: usize, f: impl Fn(usize) -> R + Sync + Send) -> Vec<R> {
+    use rayon::prelude::*;
+    if n < PARALLEL_MIN {
+        (0..n).map(f).collect()
+    } else {
+        (0..n).into_par_iter().map(f).collect()
+    }
+}
+
+/// Bytes of refcount blocks read per batch of the refcount passes.
+const REFBLOCK_BATCH_BYTES: usize = 256 << 10;
+
+/// Bytes of L2 tables read per batch of [`Checker::visit_l2_tables`].
+const L2_BATCH_BYTES: usize = 256 << 10;
+
+/// Bytes of the table at `offset` that lie inside a file of `file_len`
+/// bytes, to a whole entry: QEMU reads a table past the end of the file as
+/// zeros, and a zero entry says nothing, so only this part is walked.
+fn table_bytes_held(file_len: u64, offset: u64, cs: u64, most: usize) -> usize {
+    let held = file_len.saturating_sub(offset).min(cs);
+    held.next_multiple_of(16).min(most as u64) as usize
+}
+
+/// Reads the tables of `group` into `buf` (`most` bytes each), with one
+/// read for each run of tables that follow one another in the file (the
+/// common layout), zero-padded past the end of the file; a table that
+/// cannot be read reads as zeros.
+fn read_tables(src: &dyn ReadAt, group: &[L2Visit], cs: u64, most: usize, buf: &mut [u8]) {
+    let full = most as u64 == cs;
+    let mut i = 0;
+    while i < group.len() {
+        let start = group.get(i).map_or(0, |v| v.offset);
+        let mut n = 1;
+        while full
+            && group
+                .get(i + n)
+                .is_some_and(|v| Some(v.offset) == start.checked_add(n as u64 * cs))
+        {
+            n += 1;
+        }
+        let Some(part) = buf.get_mut(i * most..(i + n) * most) else {
+            return;
+        };
+        if src.read_zero_padded(part, start).is_err() {
+            // One table at a time, so that one bad table zeroes only itself.
+            for (v, table) in group.iter().skip(i).take(n).zip(part.chunks_mut(most)) {
+                let held = table_bytes_held(src.size(), v.offset, cs, most);
+                let t = table.get_mut(..held).unwrap_or(&mut []);
+                if src.read_zero_padded(t, v.offset).is_err() {
+                    t.fill(0);
+                }
+            }
+        }
+        i += n;
     }
 }
 

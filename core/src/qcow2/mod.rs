@@ -11,6 +11,7 @@ pub mod bitmap;
 pub mod check;
 pub mod ext;
 pub mod header;
+pub mod l2_scan;
 pub mod mapping;
 pub mod mutate;
 pub mod read;

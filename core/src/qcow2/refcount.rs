@@ -617,6 +617,78 @@ impl Census {
         self.reference(report, offset, cs, 1, owner, what);
     }
 
+    /// Clusters below this take the fast path of [`Census::reference_cluster`]
+    /// when aligned: inside the file and the flat region.
+    pub fn fast_limit(&self) -> u64 {
+        self.nb_clusters.min(self.flat_len)
+    }
+
+    /// Counts one reference to each of the clusters `first..first + n`
+    /// owned by `owner`, exactly as `n` calls of [`Census::reference_cluster`]
+    /// in ascending order would (and with the same findings, in the same
+    /// order): a run of a healthy L2 table, counted as one slice.
+    pub fn reference_clusters(
+        &mut self,
+        report: &mut Report,
+        first: u64,
+        n: u64,
+        owner: u8,
+        what: &str,
+    ) {
+        let end = first.saturating_add(n);
+        if n == 0 {
+            return;
+        }
+        if end > self.nb_clusters || end > self.flat_len {
+            for k in first..end {
+                self.reference_cluster(report, k << self.cluster_bits, owner, what);
+            }
+            return;
+        }
+        // Counts below `below` take the fast path of reference_cluster.
+        let below = self.refcount_max.min(u8::MAX as u64 - 1) as u8;
+        for pn in first >> PAGE_BITS..=(end - 1) >> PAGE_BITS {
+            if let Some(t) = self.flat_touched.get_mut(pn as usize) {
+                *t = true;
+            }
+        }
+        let mut k = first;
+        while k < end {
+            let (lo, hi) = (k as usize, end as usize);
+            let (Some(counts), Some(owners)) = (
+                self.flat_counts.get_mut(lo..hi),
+                self.flat_owners.get_mut(lo..hi),
+            ) else {
+                return;
+            };
+            let mut done = 0u64;
+            let mut firsts = 0u64;
+            for (c, o) in counts.iter_mut().zip(owners.iter_mut()) {
+                if *c >= below {
+                    break;
+                }
+                firsts += (*c == 0) as u64;
+                *c += 1;
+                *o |= owner;
+                done += 1;
+            }
+            self.distinct += firsts;
+            k += done;
+            if k < end {
+                // A count at its limit: the general path (spill, overflow).
+                self.reference(
+                    report,
+                    k << self.cluster_bits,
+                    1 << self.cluster_bits,
+                    1,
+                    owner,
+                    what,
+                );
+                k += 1;
+            }
+        }
+    }
+
     /// Counts `times` references to the byte range `offset..offset+len`, as
     /// QEMU's qcow2_inc_refcounts_imrt does: a range ending a cluster or
     /// more past the end of the file is a corruption and is not counted.
