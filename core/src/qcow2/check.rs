@@ -220,11 +220,13 @@ struct Checker<'a, 'r> {
     ondisk: OnDisk<'a>,
     /// Per refcount table entry (of those covering the file): where the
     /// bits of its block start in `ones_words` (one bit per refcount, set
-    /// where it is exactly 1), or ONES_NONE / ONES_UNREADABLE. Lets the
-    /// COPIED checks run without re-reading refcount blocks; blocks that
-    /// are absent, in a hole or all zero cost no bits. One contiguous
-    /// vector keeps the hot lookup to two loads.
-    ones_at: Vec<u32>,
+    /// where it is exactly 1) and how many words it has, or ONES_NONE /
+    /// ONES_UNREADABLE. Lets the COPIED checks run without re-reading
+    /// refcount blocks; blocks that are absent, in a hole or all zero cost
+    /// no bits, and a block cut by the end of the file only the words of
+    /// the part inside it. One contiguous vector keeps the hot lookup to
+    /// two loads.
+    ones_at: Vec<(u32, u32)>,
     ones_words: Vec<u64>,
     /// log2 of the refcounts per block (a power of two), for the hot path.
     epb_shift: u32,
@@ -379,36 +381,52 @@ impl Checker<'_, '_> {
         // entries_per_block is a power of two: shift and mask, no division.
         let t = cluster >> self.epb_shift;
         match self.ones_at.get(t as usize).copied() {
-            Some(at) if at < ONES_NONE => {
+            Some((at, len)) if at < ONES_NONE => {
                 let i = cluster & ((1u64 << self.epb_shift) - 1);
-                let word = self.ones_words.get(at as usize + (i / 64) as usize);
+                // Past the block's words: the part past EOF, all zeros.
+                let word = (i / 64 < len as u64)
+                    .then(|| self.ones_words.get(at as usize + (i / 64) as usize))
+                    .flatten();
                 Some(word.is_some_and(|w| w >> (i % 64) & 1 == 1))
             }
-            Some(ONES_NONE) => Some(false),
+            Some((ONES_NONE, _)) => Some(false),
             Some(_) => None,
             // Past the blocks covering the file: read the one refcount.
             None => self.ondisk.get(cluster).ok().map(|rc| rc == 1),
         }
     }
 
-    /// Reads refcount block `off` into `buf`; false when it holds only
+    /// Reads the first `want` bytes of refcount block `off` into `buf`,
+    /// cut at the end of the file (rounded up to whole refcounts): what
+    /// lies past it reads as zeros, so the buffer follows what the file
+    /// holds, never the claimed cluster size. False when it holds only
     /// zeros (a block in a file hole is not read at all). Each block read
     /// counts its entries against `Limits::max_entries_visited`: a refcount
     /// table whose entries all name one block cannot make the check read
     /// that block a million times unbounded.
-    fn read_refblock(&mut self, off: u64, buf: &mut [u8]) -> Result<bool, Abort> {
-        let cs = buf.len() as u64;
-        if off >= self.src.size() {
+    fn read_refblock(&mut self, off: u64, want: u64, buf: &mut Vec<u8>) -> Result<bool, Abort> {
+        buf.clear();
+        let size = self.src.size();
+        if off >= size {
             return Ok(false);
         }
-        if let Some((true, len)) = self.src.extent(off) {
-            if len >= cs {
+        let width = ((1u64 << self.ondisk.order) / 8).max(1);
+        let inside = (size - off).div_ceil(width).saturating_mul(width);
+        let len = want.min(self.h.cluster_size()).min(inside);
+        if let Some((true, hole)) = self.src.extent(off) {
+            if hole >= len {
                 return Ok(false);
             }
         }
         self.budget(self.ondisk.entries_per_block())?;
+        buf.resize(len as usize, 0);
         self.ondisk.read_block(off, buf);
         Ok(!crate::field::is_zero(buf))
+    }
+
+    /// Refcounts a block buffer read by `read_refblock` holds.
+    fn refcounts_in(&self, buf: &[u8]) -> u64 {
+        (buf.len() as u64 * 8) >> self.ondisk.order
     }
 
     /// Loads one bit per refcount == 1 of every refcount block covering the
@@ -423,19 +441,20 @@ impl Checker<'_, '_> {
             .min(self.ondisk.table.len() as u64);
         let mut ones_at = Vec::with_capacity(blocks as usize);
         let mut words: Vec<u64> = Vec::new();
-        let mut buf = vec![0u8; self.h.cluster_size() as usize];
-        let per_block = epb.div_ceil(64) as usize;
+        let mut buf = Vec::new();
         for t in 0..blocks {
             let at = match self.ondisk.block_offset(t) {
-                Err(_) => ONES_UNREADABLE,
-                Ok(0) => ONES_NONE,
+                Err(_) => (ONES_UNREADABLE, 0),
+                Ok(0) => (ONES_NONE, 0),
                 Ok(off) => {
-                    if self.read_refblock(off, &mut buf)? {
+                    if self.read_refblock(off, u64::MAX, &mut buf)? {
                         let start = words.len();
-                        words.resize(start + per_block, 0);
+                        let held = self.refcounts_in(&buf).min(epb);
+                        let per_block = held.div_ceil(64);
+                        words.resize(start + per_block as usize, 0);
                         let bits = words.get_mut(start..).unwrap_or(&mut []);
                         let mut any = false;
-                        for_each_refcount(&buf, self.ondisk.order, 0, epb, |i, rc| {
+                        for_each_refcount(&buf, self.ondisk.order, 0, held, |i, rc| {
                             if rc == 1 {
                                 any = true;
                                 if let Some(w) = bits.get_mut((i / 64) as usize) {
@@ -445,14 +464,14 @@ impl Checker<'_, '_> {
                         });
                         // (The budget bounds the words well below u32::MAX.)
                         match u32::try_from(start) {
-                            Ok(at) if any && at < ONES_NONE => at,
+                            Ok(at) if any && at < ONES_NONE => (at, per_block as u32),
                             _ => {
                                 words.truncate(start);
-                                ONES_NONE
+                                (ONES_NONE, 0)
                             }
                         }
                     } else {
-                        ONES_NONE
+                        (ONES_NONE, 0)
                     }
                 }
             };
@@ -991,7 +1010,7 @@ impl Checker<'_, '_> {
         });
         blocks.sort_unstable();
         blocks.dedup();
-        let mut buf = vec![0u8; cs as usize];
+        let mut buf = Vec::new();
         let mut highest: Option<u64> = None;
         let mut mismatches: Vec<(u64, u64, u64, u8)> = Vec::new();
         for t in blocks {
@@ -1010,7 +1029,14 @@ impl Checker<'_, '_> {
                     continue;
                 }
                 Ok(0) => false,
-                Ok(off) => self.read_refblock(off, &mut buf)?,
+                // Only the refcounts of the clusters compared are read.
+                Ok(off) => self.read_refblock(off, (count << order).div_ceil(8), &mut buf)?,
+            };
+            // The refcounts past the part of the block read (past EOF) are 0.
+            let held = if present {
+                first + self.refcounts_in(&buf).min(count)
+            } else {
+                first
             };
             let census = &self.census;
             mismatches.clear();
@@ -1025,9 +1051,9 @@ impl Checker<'_, '_> {
             // Clusters in a present block with matching counts and at most
             // one owner (nearly all of them) only move the image end.
             let mut last_used: Option<u64> = None;
-            if present {
+            {
                 let pc = Census::page_clusters();
-                let end = first + count;
+                let end = held;
                 let mut k = first;
                 while k < end {
                     // One census page at a time: a dense page is compared as
@@ -1075,12 +1101,11 @@ impl Checker<'_, '_> {
                     }
                     k = seg_end;
                 }
-            } else {
-                // Every refcount of this range is 0: only referenced clusters matter.
-                census.for_each_in(first, first + count, |k, refs, owners| {
-                    note(k, 0, refs, owners)
-                });
             }
+            // Every refcount of the rest is 0: only referenced clusters matter.
+            census.for_each_in(held, first + count, |k, refs, owners| {
+                note(k, 0, refs, owners)
+            });
             highest = highest.max(last_used);
             for &(k, disk, refs, owners) in &mismatches {
                 // Named only for a finding that is kept.
