@@ -448,7 +448,9 @@ fn detect_metadata_preallocation(src: &dyn ReadAt, h: &Header) -> bool {
     };
     let end = src.size().div_ceil(h.cluster_size());
     let epb = ondisk.entries_per_block();
-    let mut buf = vec![0u8; h.cluster_size() as usize];
+    // Sized per block by the refcounts of clusters inside the file, not by
+    // the claimed cluster size.
+    let mut buf = Vec::new();
     let mut count = 0u64;
     let mut k = 0u64;
     // Bounded by the threshold (clusters the file really holds) and the file.
@@ -458,8 +460,11 @@ fn detect_metadata_preallocation(src: &dyn ReadAt, h: &Header) -> bool {
         match ondisk.block_offset(t) {
             Ok(0) | Err(_) => {}
             Ok(off) => {
-                ondisk.read_block(off, &mut buf);
                 let last = (first + epb).min(end);
+                let bytes = ((last - first) << h.refcount_order).div_ceil(8);
+                buf.clear();
+                buf.resize(bytes as usize, 0);
+                ondisk.read_block(off, &mut buf);
                 for i in k..last {
                     if count >= threshold {
                         break;
