@@ -45,11 +45,10 @@ impl Table {
     fn load(&mut self, src: &dyn ReadAt, page: u64) -> crate::Result<&[u8]> {
         if self.page.as_ref().is_none_or(|(p, _)| *p != page) {
             // The previous page's buffer is reused: one allocation per
-            // table, not per page visited.
-            let mut buf = self
-                .page
-                .take()
-                .map_or_else(|| vec![0u8; PAGE_BYTES as usize], |(_, b)| b);
+            // table, not per page visited. A table smaller than a page (an
+            // L1 table of a few entries) gets a buffer of its own size.
+            let len = self.entries.saturating_mul(self.width).min(PAGE_BYTES) as usize;
+            let mut buf = self.page.take().map_or_else(|| vec![0u8; len], |(_, b)| b);
             let at = self.offset.saturating_add(page.saturating_mul(PAGE_BYTES));
             src.read_zero_padded(&mut buf, at)?;
             self.page = Some((page, buf));

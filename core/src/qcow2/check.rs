@@ -122,6 +122,7 @@ pub fn check_counting(
         ones_at: Vec::new(),
         ones_words: Vec::new(),
         epb_shift: ondisk.entries_per_block().trailing_zeros(),
+        ones_limit: 0,
         ondisk,
         visits: Vec::new(),
         visit_index: FastMap::default(),
@@ -229,6 +230,9 @@ struct Checker<'a, 'r> {
     ones_words: Vec<u64>,
     /// log2 of the refcounts per block (a power of two), for the hot path.
     epb_shift: u32,
+    /// Clusters below this have their bits loaded (where their block is);
+    /// the last block's bits stop here.
+    ones_limit: u64,
     visits: Vec<L2Visit>,
     visit_index: FastMap<u64, usize>,
     entries_visited: u64,
@@ -379,7 +383,12 @@ impl Checker<'_, '_> {
     fn refcount_is_one(&self, cluster: u64) -> Option<bool> {
         // entries_per_block is a power of two: shift and mask, no division.
         let t = cluster >> self.epb_shift;
-        match self.ones_at.get(t as usize).copied() {
+        let loaded = if cluster < self.ones_limit {
+            self.ones_at.get(t as usize).copied()
+        } else {
+            None
+        };
+        match loaded {
             Some(at) if at < ONES_NONE => {
                 let i = cluster & ((1u64 << self.epb_shift) - 1);
                 let word = self.ones_words.get(at as usize + (i / 64) as usize);
@@ -416,20 +425,23 @@ impl Checker<'_, '_> {
             .div_ceil(epb)
             .min(self.ondisk.table_entries)
             .min(self.ondisk.table.len() as u64);
-        let cs = self.h.cluster_size() as usize;
         let order = self.ondisk.order;
-        let per_block = epb.div_ceil(64) as usize;
-        let batch = (REFBLOCK_BATCH_BYTES / cs).max(1) as u64;
+        // Only the refcounts of clusters below `nb` are loaded: a 2 MiB
+        // block of a small file is read and decoded for the part covering
+        // the file, not a million entries (clusters past it fall back to
+        // reading their one refcount, see `refcount_is_one`).
+        let slot = refcounts_bytes(epb.min(nb), order, self.h.cluster_size());
+        let batch = (REFBLOCK_BATCH_BYTES / slot).max(1) as u64;
         let mut ones_at = Vec::with_capacity(blocks as usize);
         let mut words: Vec<u64> = Vec::new();
         let mut buf = Vec::new();
         let mut t0 = 0;
         while t0 < blocks {
             let t1 = (t0 + batch).min(blocks);
-            buf.resize((t1 - t0) as usize * cs, 0);
+            buf.resize((t1 - t0) as usize * slot, 0);
             // What each block of the batch is: read, absent or unreadable.
             let mut state = Vec::with_capacity((t1 - t0) as usize);
-            for (t, slot) in (t0..t1).zip(buf.chunks_mut(cs)) {
+            for (t, slot) in (t0..t1).zip(buf.chunks_mut(slot)) {
                 state.push(match self.ondisk.block_offset(t) {
                     Err(_) => ONES_UNREADABLE,
                     Ok(0) => ONES_NONE,
@@ -442,16 +454,19 @@ impl Checker<'_, '_> {
                 });
             }
             // The bits of each block read, None where it holds no 1.
-            let bits: Vec<Option<Vec<u64>>> = map_in_order(state.len(), |i| {
-                let (Some(block), Some(&st)) = (buf.get(i * cs..(i + 1) * cs), state.get(i)) else {
+            let bits: Vec<Option<Vec<u64>>> = map_in_order(state.len(), buf.len(), |i| {
+                let (Some(block), Some(&st)) = (buf.get(i * slot..(i + 1) * slot), state.get(i))
+                else {
                     return None;
                 };
                 if st != 0 || crate::field::is_zero(block) {
                     return None;
                 }
-                let mut bits = vec![0u64; per_block];
+                // Every block but the last covers `epb` clusters below `nb`.
+                let count = epb.min(nb - (t0 + i as u64) * epb);
+                let mut bits = vec![0u64; count.div_ceil(64) as usize];
                 let mut any = false;
-                for_each_refcount(block, order, 0, epb, |i, rc| {
+                for_each_refcount(block, order, 0, count, |i, rc| {
                     if rc == 1 {
                         any = true;
                         if let Some(w) = bits.get_mut((i / 64) as usize) {
@@ -480,6 +495,7 @@ impl Checker<'_, '_> {
         }
         self.ones_at = ones_at;
         self.ones_words = words;
+        self.ones_limit = nb;
         Ok(())
     }
 
@@ -605,35 +621,31 @@ impl Checker<'_, '_> {
     fn visit_l2_tables(&mut self) -> Result<(), Abort> {
         let h = self.h;
         let cs = h.cluster_size();
+        let file_len = self.src.size();
         // No table holds more of the file than the file.
-        let most = cs.min(self.src.size().next_multiple_of(16)) as usize;
+        let most = cs.min(file_len.next_multiple_of(16)) as usize;
         let visits = std::mem::take(&mut self.visits);
-        // Two batches of L2_BATCH_BYTES held: the one scanned, the one read.
+        // Two batches of about L2_BATCH_BYTES held: the one scanned, the
+        // one read.
         let batch = (L2_BATCH_BYTES / most).clamp(1, 256);
         let fast_image = !h.has_data_file() && !h.extended_l2() && h.version >= 3;
         let cluster_limit = self.census.fast_limit();
         let src = self.src;
-        let read = |group: &[L2Visit], buf: &mut Vec<u8>| {
-            buf.resize(group.len() * most, 0);
-            read_tables(src, group, cs, most, buf);
-        };
-        let file_len = src.size();
+        let read = |group: &[L2Visit], buf: &mut Batch| buf.read(src, group, cs, most);
         let scan = |scanner: &l2_scan::Scanner,
                     group: &[L2Visit],
-                    buf: &[u8]|
+                    buf: &Batch|
          -> Vec<Option<l2_scan::Healthy>> {
-            map_in_order(group.len(), |i| {
+            map_in_order(group.len(), buf.bytes.len(), |i| {
                 let v = group.get(i)?;
                 if !(fast_image && v.active == 1 && v.inactive == 0) {
                     return None;
                 }
-                let held = table_bytes_held(file_len, v.offset, cs, most);
-                let table = buf.get(i * most..i * most + held)?;
-                scanner.scan(table, v.guest_base)
+                scanner.scan(buf.table(i), v.guest_base)
             })
         };
         let groups: Vec<&[L2Visit]> = visits.chunks(batch).collect();
-        let (mut cur, mut next) = (Vec::new(), Vec::new());
+        let (mut cur, mut next) = (Batch::default(), Batch::default());
         if let Some(first) = groups.first() {
             read(first, &mut cur);
         }
@@ -653,7 +665,7 @@ impl Checker<'_, '_> {
                 ones_unreadable: ONES_UNREADABLE,
             };
             let mut scanned = Vec::new();
-            if group.len() < PARALLEL_MIN {
+            if !parallel(group.len(), cur.bytes.len()) {
                 scanned = scan(&scanner, group, &cur);
                 if let Some(n) = groups.get(g + 1) {
                     read(n, &mut next);
@@ -666,7 +678,7 @@ impl Checker<'_, '_> {
                     }
                 });
             }
-            for ((v, table), healthy) in group.iter().zip(cur.chunks(most)).zip(scanned) {
+            for ((i, v), healthy) in group.iter().enumerate().zip(scanned) {
                 self.budget(h.l2_entries())?;
                 match healthy {
                     Some(t) => {
@@ -682,10 +694,7 @@ impl Checker<'_, '_> {
                             );
                         }
                     }
-                    None => {
-                        let held = table_bytes_held(self.src.size(), v.offset, cs, most);
-                        self.visit_l2(table.get(..held).unwrap_or(&[]), v);
-                    }
+                    None => self.visit_l2(cur.table(i), v),
                 }
             }
             std::mem::swap(&mut cur, &mut next);
@@ -1115,15 +1124,18 @@ impl Checker<'_, '_> {
         });
         blocks.sort_unstable();
         blocks.dedup();
-        let batch = (REFBLOCK_BATCH_BYTES / cs as usize).max(1);
+        // As in load_refcount_is_one: only the refcounts of clusters below
+        // `nb` are read.
+        let slot = refcounts_bytes(epb.min(nb), order, cs);
+        let batch = (REFBLOCK_BATCH_BYTES / slot).max(1);
         let mut buf = Vec::new();
         let mut highest: Option<u64> = None;
         for group in blocks.chunks(batch) {
             // Read the blocks of the batch here; compare them on every core;
             // then report in block order, as one block after another would.
-            buf.resize(group.len() * cs as usize, 0);
+            buf.resize(group.len() * slot, 0);
             let mut state = Vec::with_capacity(group.len());
-            for (&t, slot) in group.iter().zip(buf.chunks_mut(cs as usize)) {
+            for (&t, slot) in group.iter().zip(buf.chunks_mut(slot)) {
                 let block = if t < self.ondisk.table_entries {
                     self.ondisk.block_offset(t)
                 } else {
@@ -1140,10 +1152,9 @@ impl Checker<'_, '_> {
                 });
             }
             let census = &self.census;
-            let compared: Vec<Compared> = map_in_order(group.len(), |i| {
+            let compared: Vec<Compared> = map_in_order(group.len(), buf.len(), |i| {
                 let t = group.get(i).copied().unwrap_or(0);
-                let cs = cs as usize;
-                let block = buf.get(i * cs..(i + 1) * cs).unwrap_or(&[]);
+                let block = buf.get(i * slot..(i + 1) * slot).unwrap_or(&[]);
                 let first = t * epb;
                 let count = epb.min(nb - first);
                 let present =
@@ -1302,19 +1313,34 @@ fn compare_block(
     }
 }
 
-/// Fewer items than this (tables or blocks of one batch) are worked on
-/// this thread: handing them to the pool costs more than it saves, and a
-/// fuzzer checks millions of such small images.
+/// Batches of fewer items than this (tables or blocks), or of fewer bytes
+/// than [`PARALLEL_MIN_BYTES`], are worked on this thread: handing them to
+/// the pool costs more than it saves, and a fuzzer checks millions of such
+/// small images.
 const PARALLEL_MIN: usize = 4;
+const PARALLEL_MIN_BYTES: usize = 128 << 10;
 
-/// `f(0..n)` in order, on every core when `n` pays for the hand-off.
-fn map_in_order<R: Send>(n: usize, f: impl Fn(usize) -> R + Sync + Send) -> Vec<R> {
+/// Whether a batch of `n` items holding `bytes` pays for the hand-off.
+fn parallel(n: usize, bytes: usize) -> bool {
+    n >= PARALLEL_MIN && bytes >= PARALLEL_MIN_BYTES
+}
+
+/// `f(0..n)` in order, on every core when `n` items of `bytes` in all pay
+/// for the hand-off.
+fn map_in_order<R: Send>(n: usize, bytes: usize, f: impl Fn(usize) -> R + Sync + Send) -> Vec<R> {
     use rayon::prelude::*;
-    if n < PARALLEL_MIN {
+    if !parallel(n, bytes) {
         (0..n).map(f).collect()
     } else {
         (0..n).into_par_iter().map(f).collect()
     }
+}
+
+/// Bytes holding the first `count` refcounts of a block of `order`, to a
+/// whole 8 bytes (sub-byte widths) and at most the block.
+fn refcounts_bytes(count: u64, order: u32, cs: u64) -> usize {
+    let bits = count.saturating_mul(1 << order);
+    (bits.div_ceil(8).next_multiple_of(8).min(cs) as usize).max(1)
 }
 
 /// Bytes of refcount blocks read per batch of the refcount passes.
@@ -1331,37 +1357,85 @@ fn table_bytes_held(file_len: u64, offset: u64, cs: u64, most: usize) -> usize {
     held.next_multiple_of(16).min(most as u64) as usize
 }
 
-/// Reads the tables of `group` into `buf` (`most` bytes each), with one
-/// read for each run of tables that follow one another in the file (the
-/// common layout), zero-padded past the end of the file; a table that
-/// cannot be read reads as zeros.
-fn read_tables(src: &dyn ReadAt, group: &[L2Visit], cs: u64, most: usize, buf: &mut [u8]) {
-    let full = most as u64 == cs;
-    let mut i = 0;
-    while i < group.len() {
-        let start = group.get(i).map_or(0, |v| v.offset);
-        let mut n = 1;
-        while full
-            && group
-                .get(i + n)
-                .is_some_and(|v| Some(v.offset) == start.checked_add(n as u64 * cs))
-        {
-            n += 1;
+/// One batch of L2 tables as read: each table's bytes inside the file (to
+/// a whole entry, at most `most`), one after another. A table early in a
+/// small file holds the rest of the file, one near its end a few bytes: a
+/// slot of `most` bytes for every table zero-filled megabytes per check
+/// of a fuzzer's 64 KiB input.
+#[derive(Default)]
+struct Batch {
+    bytes: Vec<u8>,
+    /// Where each table's bytes start in `bytes`, and one past the last.
+    starts: Vec<usize>,
+}
+
+impl Batch {
+    /// Table `i` of the batch (empty past its end).
+    fn table(&self, i: usize) -> &[u8] {
+        match (self.starts.get(i), self.starts.get(i + 1)) {
+            (Some(&a), Some(&b)) => self.bytes.get(a..b).unwrap_or(&[]),
+            _ => &[],
         }
-        let Some(part) = buf.get_mut(i * most..(i + n) * most) else {
-            return;
-        };
-        if src.read_zero_padded(part, start).is_err() {
-            // One table at a time, so that one bad table zeroes only itself.
-            for (v, table) in group.iter().skip(i).take(n).zip(part.chunks_mut(most)) {
-                let held = table_bytes_held(src.size(), v.offset, cs, most);
-                let t = table.get_mut(..held).unwrap_or(&mut []);
-                if src.read_zero_padded(t, v.offset).is_err() {
-                    t.fill(0);
+    }
+
+    /// Reads the tables of `group`, with one read for each run of whole
+    /// tables that follow one another in the file (the common layout),
+    /// zero-padded past the end of the file; a table that cannot be read
+    /// reads as zeros.
+    fn read(&mut self, src: &dyn ReadAt, group: &[L2Visit], cs: u64, most: usize) {
+        let file_len = src.size();
+        self.starts.clear();
+        self.starts.push(0);
+        let mut total = 0;
+        for v in group {
+            total += table_bytes_held(file_len, v.offset, cs, most);
+            self.starts.push(total);
+        }
+        self.bytes.clear();
+        self.bytes.resize(total, 0);
+        let whole = most as u64 == cs;
+        let mut i = 0;
+        while i < group.len() {
+            let start = group.get(i).map_or(0, |v| v.offset);
+            let len = |j: usize| {
+                self.starts
+                    .get(j + 1)
+                    .zip(self.starts.get(j))
+                    .map(|(b, a)| b - a)
+            };
+            let mut n = 1;
+            while whole
+                && len(i + n - 1) == Some(most)
+                && len(i + n) == Some(most)
+                && group
+                    .get(i + n)
+                    .is_some_and(|v| Some(v.offset) == start.checked_add(n as u64 * cs))
+            {
+                n += 1;
+            }
+            let (a, b) = match (self.starts.get(i), self.starts.get(i + n)) {
+                (Some(&a), Some(&b)) => (a, b),
+                _ => return,
+            };
+            let Some(part) = self.bytes.get_mut(a..b) else {
+                return;
+            };
+            if src.read_zero_padded(part, start).is_err() {
+                // One table at a time, so that one bad table zeroes only itself.
+                for (j, v) in group.iter().enumerate().skip(i).take(n) {
+                    let (Some(&ta), Some(&tb)) = (self.starts.get(j), self.starts.get(j + 1))
+                    else {
+                        continue;
+                    };
+                    if let Some(t) = self.bytes.get_mut(ta..tb) {
+                        if src.read_zero_padded(t, v.offset).is_err() {
+                            t.fill(0);
+                        }
+                    }
                 }
             }
+            i += n;
         }
-        i += n;
     }
 }
 
@@ -1441,7 +1515,13 @@ pub fn metadata_size(src: &dyn ReadAt, h: &Header) -> u64 {
         reft_bytes / 8,
         super::refcount::REFT_OFFSET_MASK,
     );
+    // The check reads of each refcount block the refcounts of the file's
+    // clusters only (`refcounts_bytes`).
+    let epb = (8u64 << h.cluster_bits) >> h.refcount_order;
+    let nb = src.size().div_ceil(cs) + 1;
+    let block_bytes = refcounts_bytes(epb.min(nb), h.refcount_order, cs) as u64;
     cs.saturating_add(l1_bytes)
         .saturating_add(reft_bytes)
-        .saturating_add(l2.saturating_add(blocks).saturating_mul(cs))
+        .saturating_add(l2.saturating_mul(cs))
+        .saturating_add(blocks.saturating_mul(block_bytes))
 }
