@@ -281,28 +281,25 @@ impl Checker<'_, '_> {
                 },
             );
         }
-        let mut groups: Vec<((u64, u32), u64)> = Vec::new();
-        let mut group_index: FastMap<(u64, u32), usize> = FastMap::default();
-        for s in &snaps.snapshots {
-            if !snapshot::l1_usable(h, s, self.report) {
-                continue;
-            }
-            let key = (s.l1_table_offset, s.l1_size);
-            // Runs of entries with one table (the zero entries of a table
-            // past the end of the file) skip the lookup.
-            if let Some(last) = groups.last_mut().filter(|g| g.0 == key) {
-                last.1 += 1;
-                continue;
-            }
-            match group_index.get(&key) {
-                Some(&i) => groups[i].1 += 1,
-                None => {
-                    group_index.insert(key, groups.len());
-                    groups.push((key, 1));
-                }
+        // Grouped by sorting, not hashing: 16 bytes per snapshot (65,536 of
+        // them are valid), walked in the order the table first names each.
+        let mut keys: Vec<(u64, u32, u32)> = Vec::new();
+        for (i, s) in snaps.snapshots.iter().enumerate() {
+            if snapshot::l1_usable(h, s, self.report) {
+                keys.push((s.l1_table_offset, s.l1_size, i as u32));
             }
         }
-        for ((offset, size), times) in groups {
+        keys.sort_unstable();
+        // (first index, key, times)
+        let mut groups: Vec<(u32, (u64, u32), u64)> = Vec::new();
+        for (offset, size, i) in keys {
+            match groups.last_mut() {
+                Some(g) if g.1 == (offset, size) => g.2 += 1,
+                _ => groups.push((i, (offset, size), 1)),
+            }
+        }
+        groups.sort_unstable_by_key(|g| g.0);
+        for (_, (offset, size), times) in groups {
             self.census.reference(
                 self.report,
                 offset,
