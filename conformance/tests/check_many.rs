@@ -46,7 +46,10 @@ fn made(dir: &Path, name: &str, fmt: &str, opts: &str, writes: &[&str]) -> PathB
 /// A copy of `from` with one corruption applied by `mutate`.
 fn corrupted(from: &Path, name: &str, mutate: impl FnOnce(&mut Vec<u8>) -> bool) -> PathBuf {
     let mut img = std::fs::read(from).unwrap();
-    assert!(mutate(&mut img), "{name}: the mutation found nothing to corrupt");
+    assert!(
+        mutate(&mut img),
+        "{name}: the mutation found nothing to corrupt"
+    );
     let to = from.with_file_name(name);
     std::fs::write(&to, img).unwrap();
     to
@@ -72,8 +75,7 @@ fn images(dir: &Path) -> Vec<PathBuf> {
         qed::mutate::apply(qed::mutate::Mutation::Leak, i).is_some()
     });
     let p_bad = corrupted(&p, "bad.parallels", |i| {
-        parallels::mutate::apply(parallels::mutate::Mutation::BatDuplicate { nth: 1 }, i)
-            .is_some()
+        parallels::mutate::apply(parallels::mutate::Mutation::BatDuplicate { nth: 1 }, i).is_some()
     });
     let p_leak = corrupted(&p, "leak.parallels", |i| {
         parallels::mutate::apply(parallels::mutate::Mutation::Leak, i).is_some()
@@ -101,7 +103,8 @@ fn images(dir: &Path) -> Vec<PathBuf> {
 /// (exit code, stdout) of `qconform check` on `paths` with `threads` rayon threads.
 fn check(paths: &[PathBuf], json: bool, threads: usize) -> (i32, String) {
     let mut cmd = qconform();
-    cmd.args(["check", "-q"]).env("RAYON_NUM_THREADS", threads.to_string());
+    cmd.args(["check", "-q"])
+        .env("RAYON_NUM_THREADS", threads.to_string());
     if json {
         cmd.args(["--output", "json"]);
     }
@@ -195,10 +198,22 @@ fn the_exit_code_of_many_images_is_the_most_severe_whatever_the_order() {
         ([clean.clone(), clean.clone()].concat(), 0),
         ([leaky.clone(), clean.clone()].concat(), 3),
         ([clean.clone(), leaky.clone()].concat(), 3),
-        ([clean.clone(), unreadable.clone(), leaky.clone()].concat(), 1),
-        ([leaky.clone(), clean.clone(), unreadable.clone()].concat(), 1),
-        ([unreadable.clone(), bad[..1].to_vec(), leaky.clone()].concat(), 2),
-        ([clean.clone(), leaky.clone(), bad[..1].to_vec()].concat(), 2),
+        (
+            [clean.clone(), unreadable.clone(), leaky.clone()].concat(),
+            1,
+        ),
+        (
+            [leaky.clone(), clean.clone(), unreadable.clone()].concat(),
+            1,
+        ),
+        (
+            [unreadable.clone(), bad[..1].to_vec(), leaky.clone()].concat(),
+            2,
+        ),
+        (
+            [clean.clone(), leaky.clone(), bad[..1].to_vec()].concat(),
+            2,
+        ),
     ];
     for (paths, want) in cases {
         for threads in [1, 2, 4] {

@@ -478,23 +478,73 @@ const MANY: usize = 1000;
 /// size, qemu-io writes). Each is made once by qemu-img create and qemu-io,
 /// then copied (and one in five corrupted) to make up the thousand.
 const SMALL: &[(&str, &str, &str, &[&str])] = &[
-    ("qcow2", "cluster_size=65536", "64M", &["write -P 1 0 1M", "write -P 2 32M 256k"]),
-    ("qcow2", "cluster_size=4096", "16M", &["write -P 3 0 64k", "write -P 4 8M 512k", "write -z 12M 64k"]),
-    ("qcow2", "cluster_size=65536,compat=0.10", "1G", &["write -P 5 0 64k", "write -P 6 700M 1M"]),
-    ("qcow2", "cluster_size=16384,refcount_bits=8", "128M", &["write -c -P 7 0 64k", "write -P 8 100M 128k"]),
-    ("qed", "cluster_size=65536", "64M", &["write -P 1 0 1M", "write -P 2 32M 256k"]),
-    ("qed", "cluster_size=4096", "16M", &["write -P 3 0 64k", "write -P 4 8M 512k"]),
-    ("qed", "cluster_size=65536,table_size=4", "1G", &["write -P 5 0 64k", "write -P 6 700M 1M"]),
-    ("parallels", "", "64M", &["write -P 1 0 1M", "write -P 2 32M 256k"]),
-    ("parallels", "cluster_size=65536", "16M", &["write -P 3 0 64k", "write -P 4 8M 512k"]),
-    ("parallels", "", "1G", &["write -P 5 0 64k", "write -P 6 700M 1M"]),
+    (
+        "qcow2",
+        "cluster_size=65536",
+        "64M",
+        &["write -P 1 0 1M", "write -P 2 32M 256k"],
+    ),
+    (
+        "qcow2",
+        "cluster_size=4096",
+        "16M",
+        &["write -P 3 0 64k", "write -P 4 8M 512k", "write -z 12M 64k"],
+    ),
+    (
+        "qcow2",
+        "cluster_size=65536,compat=0.10",
+        "1G",
+        &["write -P 5 0 64k", "write -P 6 700M 1M"],
+    ),
+    (
+        "qcow2",
+        "cluster_size=16384,refcount_bits=8",
+        "128M",
+        &["write -c -P 7 0 64k", "write -P 8 100M 128k"],
+    ),
+    (
+        "qed",
+        "cluster_size=65536",
+        "64M",
+        &["write -P 1 0 1M", "write -P 2 32M 256k"],
+    ),
+    (
+        "qed",
+        "cluster_size=4096",
+        "16M",
+        &["write -P 3 0 64k", "write -P 4 8M 512k"],
+    ),
+    (
+        "qed",
+        "cluster_size=65536,table_size=4",
+        "1G",
+        &["write -P 5 0 64k", "write -P 6 700M 1M"],
+    ),
+    (
+        "parallels",
+        "",
+        "64M",
+        &["write -P 1 0 1M", "write -P 2 32M 256k"],
+    ),
+    (
+        "parallels",
+        "cluster_size=65536",
+        "16M",
+        &["write -P 3 0 64k", "write -P 4 8M 512k"],
+    ),
+    (
+        "parallels",
+        "",
+        "1G",
+        &["write -P 5 0 64k", "write -P 6 700M 1M"],
+    ),
 ];
 
 /// One structured corruption of a copy of a small image (`nth` picks the
 /// cluster); false when the mutator finds nothing to corrupt.
 fn corrupt(format: &str, nth: usize, img: &mut Vec<u8>) -> bool {
-    use qconform_core::{parallels, qcow2, qed};
     use parallels::mutate as pm;
+    use qconform_core::{parallels, qcow2, qed};
     use qcow2::mutate as qm;
     use qed::mutate as em;
     match (format, nth % 3) {
@@ -540,7 +590,11 @@ fn many_images(dir: &Path) -> Result<Vec<(String, std::path::PathBuf)>, super::D
             .arg(size)
             .output()?;
         if !out.status.success() {
-            return Err(format!("qemu-img {create:?}: {}", String::from_utf8_lossy(&out.stderr)).into());
+            return Err(format!(
+                "qemu-img {create:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+            .into());
         }
         let mut io = vec!["-f", fmt];
         for w in *writes {
@@ -626,11 +680,15 @@ fn snapshots_bench(bin: &str, dir: &Path, runs: usize) -> Result<Row, super::Dyn
     use qconform_core::qcow2::write;
     let img = dir.join("snapshots-65536.qcow2");
     if !img.exists() {
-        println!("creating {} (65,536 snapshots, our writer) ...", img.display());
+        println!(
+            "creating {} (65,536 snapshots, our writer) ...",
+            img.display()
+        );
         let mut d = write::Description::new(1 << 20, 9);
         // 65,537 references to the shared clusters need 32-bit refcounts.
         d.refcount_order = 5;
-        d.clusters.insert(0, write::ClusterData::Data(vec![0x5a; 512]));
+        d.clusters
+            .insert(0, write::ClusterData::Data(vec![0x5a; 512]));
         d.snapshots = (0..65536).map(|i| format!("snap-{i}")).collect();
         let w = write::write(&d).map_err(|e| format!("writer: {e:?}"))?;
         let tmp = dir.join("snapshots-65536.tmp.qcow2");
@@ -659,7 +717,10 @@ fn snapshots_bench(bin: &str, dir: &Path, runs: usize) -> Result<Row, super::Dyn
 fn sparse_image(dir: &Path) -> Result<std::path::PathBuf, super::DynError> {
     let img = dir.join("sparse-16t.qcow2");
     if !img.exists() {
-        println!("creating {} (16 TiB virtual, 4 MiB written) ...", img.display());
+        println!(
+            "creating {} (16 TiB virtual, 4 MiB written) ...",
+            img.display()
+        );
         let tmp = dir.join("sparse-16t.tmp.qcow2");
         let st = Command::new("qemu-img")
             .args(["create", "-q", "-f", "qcow2"])
