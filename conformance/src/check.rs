@@ -184,7 +184,9 @@ pub fn severity_rank(code: i32) -> u8 {
 
 /// `qconform check`: the exit code is the most severe verdict of all
 /// images; `reports` also get one JUnit test case per image and one SARIF
-/// result per finding.
+/// result per finding. Several images are checked on every core at once
+/// ([`checked_in_order`]); what is printed, the exit code and the CI
+/// reports are those of a sequential run, in input order.
 pub fn run_check(
     format: Option<&str>,
     output: Output,
@@ -199,13 +201,25 @@ pub fn run_check(
     let mut reports = Vec::new();
     let mut cases = Vec::new();
     let mut results = Vec::new();
-    for path in images {
+    // One image: a spinner of the bytes it reads. Several: one bar of the
+    // images done (spinners of images checked side by side would fight).
+    let many = images.len() > 1;
+    let images_bar = if many {
+        crate::progress::bar(images.len() as u64, crate::progress::Unit::Items, quiet)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let check_one = |path: &std::path::PathBuf| {
         // As upload_policy::check, with the bytes the check reads on a spinner.
-        let bar = crate::progress::reading(&path.display().to_string(), quiet);
+        let bar = crate::progress::reading(&path.display().to_string(), quiet || many);
         let mut report = check_file_counted(path, format, &limits, &bar);
         bar.finish_and_clear();
         crate::upload_policy::apply(&mut report, path, format, &limits, policy);
         let code = policy.exit_code(&report, strict);
+        (report, code)
+    };
+    checked_in_order(images, check_one, |(report, code)| {
+        images_bar.inc(1);
         if severity_rank(code) > severity_rank(worst) {
             worst = code;
         }
@@ -218,10 +232,11 @@ pub fn run_check(
             results.extend(crate::ci_report::image_results(&report, &report.filename));
         }
         match output {
-            Output::Human => out!("{}", human(&report)),
+            Output::Human => images_bar.suspend(|| out!("{}", human(&report))),
             Output::Json => reports.push(report),
         }
-    }
+    });
+    images_bar.finish_and_clear();
     if output == Output::Json {
         let text = if reports.len() == 1 {
             serde_json::to_string_pretty(&reports[0])
@@ -234,6 +249,59 @@ pub fn run_check(
         return worst;
     }
     reports_to.write_or_fail("qconform check", &cases, &results, worst)
+}
+
+/// Runs `work` on every item on all of rayon's threads and hands each
+/// result to `done` on the calling thread in input order, as soon as it and
+/// every earlier one are ready (so output streams). Workers take the next
+/// unclaimed item in turn, so results arrive nearly in order and only
+/// those finished ahead of a slow earlier item wait, held in `pending`.
+/// One item, or one thread, runs on the calling thread alone.
+pub fn checked_in_order<T, R, W, D>(items: &[T], work: W, mut done: D)
+where
+    T: Sync,
+    R: Send,
+    W: Fn(&T) -> R + Sync,
+    D: FnMut(R),
+{
+    let threads = rayon::current_num_threads().min(items.len());
+    if threads <= 1 {
+        items.iter().map(&work).for_each(done);
+        return;
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let (tx, rx) = std::sync::mpsc::channel::<(usize, R)>();
+    std::thread::scope(|scope| {
+        let (next, work) = (&next, &work);
+        // The workers run in rayon's pool (the checks inside may fork work
+        // of their own there); a scoped thread waits for them so that this
+        // thread is free to print.
+        scope.spawn(move || {
+            rayon::scope(|s| {
+                for _ in 0..threads {
+                    let tx = tx.clone();
+                    s.spawn(move |_| loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(item) = items.get(i) else { break };
+                        // The receiver lives until every result is in.
+                        if tx.send((i, work(item))).is_err() {
+                            break;
+                        }
+                    });
+                }
+                drop(tx);
+            });
+        });
+        let mut pending = std::collections::BTreeMap::new();
+        let mut want = 0usize;
+        for (i, r) in rx.iter() {
+            pending.insert(i, r);
+            while let Some(r) = pending.remove(&want) {
+                done(r);
+                want += 1;
+            }
+        }
+    });
 }
 
 pub fn run_info(output: Output, path: &Path) -> i32 {

@@ -41,7 +41,7 @@ enum Command {
         /// The repaired copy -r writes (must not exist).
         #[arg(long, requires = "repair")]
         repair_out: Option<PathBuf>,
-        /// No progress spinner (shown on a terminal while an image is checked).
+        /// No progress display (on a terminal: a spinner while one image is checked, a bar of images done for several).
         #[arg(short, long)]
         quiet: bool,
         #[command(flatten)]

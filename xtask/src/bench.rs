@@ -14,23 +14,32 @@ struct Sample {
     rss_kib: u64,
 }
 
-fn time_once(argv: &[&str]) -> Result<Sample, super::DynError> {
+/// One timed run of `argv`. A non-zero exit is an error unless `verdicts`
+/// says the exit code is a check's verdict (corrupt images exit 2 or 3).
+fn time_once(argv: &[&str], verdicts: bool) -> Result<Sample, super::DynError> {
+    // Wall time from here (GNU time's %e has 10 ms steps: the sparse
+    // 16 TiB checks take less); the time binary's own start-up falls on
+    // both tools alike.
+    let t = std::time::Instant::now();
     let out = Command::new("/usr/bin/time")
         .args(["-f", "@@ %e %M"])
         .args(argv)
         .output()
         .map_err(|e| format!("cannot run /usr/bin/time ({e}); apt-get install time"))?;
+    let wall = t.elapsed().as_secs_f64();
     let err = String::from_utf8_lossy(&out.stderr);
     let line = err
         .lines()
         .find(|l| l.starts_with("@@ "))
         .ok_or_else(|| format!("no timing from {argv:?}: {err}"))?;
     let f: Vec<&str> = line.split_whitespace().collect();
-    if !out.status.success() {
+    // A check's verdict is 0-3; a signal or another code is a failure.
+    let verdict = out.status.code().is_some_and(|c| (0..=3).contains(&c));
+    if !(out.status.success() || verdicts && verdict) {
         return Err(format!("{argv:?} failed: {err}").into());
     }
     Ok(Sample {
-        wall: f.get(1).ok_or("short timing line")?.parse()?,
+        wall,
         rss_kib: f.get(2).ok_or("short timing line")?.parse()?,
     })
 }
@@ -57,7 +66,7 @@ struct Row {
 
 impl Row {
     fn ratio(&self) -> f64 {
-        self.qemu_wall / self.ours_wall.max(0.001)
+        self.qemu_wall / self.ours_wall.max(1e-6)
     }
     fn met(&self) -> bool {
         self.ratio() >= self.target && self.ours_rss_kib <= self.qemu_rss_kib
@@ -67,20 +76,26 @@ impl Row {
 /// Times `qemu` and `ours` interleaved (one run of each in turn, after one
 /// warm-up run each), so that load on a shared machine falls on both alike:
 /// median wall of `runs`, highest peak RSS.
+/// `verdicts`: the exit codes are check verdicts (corrupt inputs), not failures.
+struct Cmds<'a> {
+    qemu: &'a [&'a str],
+    ours: &'a [&'a str],
+    verdicts: bool,
+}
+
 fn compare(
     name: &'static str,
     runs: usize,
     target: f64,
-    qemu: &[&str],
-    ours: &[&str],
+    cmds: Cmds<'_>,
     before: &dyn Fn(),
 ) -> Result<Row, super::DynError> {
     let (mut qs, mut os) = (Vec::new(), Vec::new());
     for run in 0..=runs {
         before();
-        let q = time_once(qemu)?;
+        let q = time_once(cmds.qemu, cmds.verdicts)?;
         before();
-        let o = time_once(ours)?;
+        let o = time_once(cmds.ours, cmds.verdicts)?;
         // Run 0 warms the page cache.
         if run > 0 {
             qs.push(q);
@@ -113,7 +128,7 @@ fn previous_ratios(root: &Path) -> Vec<(String, f64)> {
 fn print_table(rows: &[Row], previous: &[(String, f64)], runs: usize) {
     let mib = |k: u64| k as f64 / 1024.0;
     println!(
-        "\n{:<14} {:>13} {:>10} {:>13} {:>10} {:>7} {:>7} {:>7}  (median of {runs}, peak RSS, interleaved)",
+        "\n{:<16} {:>11} {:>10} {:>13} {:>10} {:>7} {:>7} {:>7}  (median of {runs}, peak RSS, interleaved)",
         "comparison", "qemu-img s", "RSS MiB", "qconform s", "RSS MiB", "ratio", "prev", "target"
     );
     for r in rows {
@@ -122,7 +137,7 @@ fn print_table(rows: &[Row], previous: &[(String, f64)], runs: usize) {
             .find(|(n, _)| n == r.name)
             .map_or("-".to_string(), |(_, p)| format!("{p:.1}x"));
         println!(
-            "{:<14} {:>13.3} {:>10.1} {:>13.3} {:>10.1} {:>6.1}x {:>7} {:>6.1}x  {}",
+            "{:<16} {:>11.4} {:>10.1} {:>13.4} {:>10.1} {:>6.1}x {:>7} {:>6.1}x  {}",
             r.name,
             r.qemu_wall,
             mib(r.qemu_rss_kib),
@@ -137,7 +152,8 @@ fn print_table(rows: &[Row], previous: &[(String, f64)], runs: usize) {
 }
 
 /// `cargo xtask bench [--quick] [--record] [FILTER]`: the comparisons whose
-/// name contains FILTER (check-1t, cat-mixed, proxy), median of 5 runs (3
+/// name contains FILTER (check-1t, cat-mixed, check-many, check-snapshots,
+/// check-sparse-16t, map-sparse-16t, proxy), median of 5 runs (3
 /// with --quick); --record writes the ratios to xtask/bench-ratios.txt.
 pub fn run(args: &[String]) -> Result<(), super::DynError> {
     let quick = args.iter().any(|a| a == "--quick");
@@ -169,13 +185,52 @@ pub fn run(args: &[String]) -> Result<(), super::DynError> {
             "check-1t",
             runs,
             10.0,
-            &["qemu-img", "check", img_s],
-            &[bin_s, "check", img_s],
+            Cmds {
+                qemu: &["qemu-img", "check", img_s],
+                ours: &[bin_s, "check", img_s],
+                verdicts: false,
+            },
             &|| {},
         )?);
     }
     if wanted("cat-mixed") {
         rows.push(cat_bench(bin_s, &dir, runs)?);
+    }
+    if wanted("check-many") {
+        rows.push(many_bench(bin_s, &dir, runs)?);
+    }
+    if wanted("check-snapshots") {
+        rows.push(snapshots_bench(bin_s, &dir, runs)?);
+    }
+    if wanted("check-sparse-16t") || wanted("map-sparse-16t") {
+        let img = sparse_image(&dir)?;
+        let img_s = img.to_str().ok_or("non-UTF-8 path")?;
+        if wanted("check-sparse-16t") {
+            rows.push(compare(
+                "check-sparse-16t",
+                runs,
+                1.0,
+                Cmds {
+                    qemu: &["qemu-img", "check", img_s],
+                    ours: &[bin_s, "check", img_s],
+                    verdicts: false,
+                },
+                &|| {},
+            )?);
+        }
+        if wanted("map-sparse-16t") {
+            rows.push(compare(
+                "map-sparse-16t",
+                runs,
+                1.0,
+                Cmds {
+                    qemu: &["qemu-img", "map", "--output=json", img_s],
+                    ours: &[bin_s, "map", "--output", "json", img_s],
+                    verdicts: false,
+                },
+                &|| {},
+            )?);
+        }
     }
     if !rows.is_empty() {
         print_table(&rows, &previous_ratios(&root), runs);
@@ -387,10 +442,303 @@ fn cat_bench(bin: &str, dir: &Path, runs: usize) -> Result<Row, super::DynError>
         "cat-mixed",
         runs,
         2.0,
-        &["qemu-img", "convert", "-O", "raw", img_s, out_s],
-        &[bin, "cat", "-o", out_s, img_s],
+        Cmds {
+            qemu: &["qemu-img", "convert", "-O", "raw", img_s, out_s],
+            ours: &[bin, "cat", "-o", out_s, img_s],
+            verdicts: false,
+        },
         &clean,
     );
     clean();
     row
+}
+
+/// Runs a tool to build a bench image; its output is not wanted.
+fn build_step(tool: &str, args: &[&str], at: &Path) -> Result<(), super::DynError> {
+    let out = Command::new(tool)
+        .args(args)
+        .arg(at)
+        .output()
+        .map_err(|e| format!("cannot run {tool}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{tool} {args:?} {}: {}",
+            at.display(),
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// How many images `check-many` checks.
+const MANY: usize = 1000;
+
+/// The small images of `check-many`: (format, create options, virtual
+/// size, qemu-io writes). Each is made once by qemu-img create and qemu-io,
+/// then copied (and one in five corrupted) to make up the thousand.
+const SMALL: &[(&str, &str, &str, &[&str])] = &[
+    (
+        "qcow2",
+        "cluster_size=65536",
+        "64M",
+        &["write -P 1 0 1M", "write -P 2 32M 256k"],
+    ),
+    (
+        "qcow2",
+        "cluster_size=4096",
+        "16M",
+        &["write -P 3 0 64k", "write -P 4 8M 512k", "write -z 12M 64k"],
+    ),
+    (
+        "qcow2",
+        "cluster_size=65536,compat=0.10",
+        "1G",
+        &["write -P 5 0 64k", "write -P 6 700M 1M"],
+    ),
+    (
+        "qcow2",
+        "cluster_size=16384,refcount_bits=8",
+        "128M",
+        &["write -c -P 7 0 64k", "write -P 8 100M 128k"],
+    ),
+    (
+        "qed",
+        "cluster_size=65536",
+        "64M",
+        &["write -P 1 0 1M", "write -P 2 32M 256k"],
+    ),
+    (
+        "qed",
+        "cluster_size=4096",
+        "16M",
+        &["write -P 3 0 64k", "write -P 4 8M 512k"],
+    ),
+    (
+        "qed",
+        "cluster_size=65536,table_size=4",
+        "1G",
+        &["write -P 5 0 64k", "write -P 6 700M 1M"],
+    ),
+    (
+        "parallels",
+        "",
+        "64M",
+        &["write -P 1 0 1M", "write -P 2 32M 256k"],
+    ),
+    (
+        "parallels",
+        "cluster_size=65536",
+        "16M",
+        &["write -P 3 0 64k", "write -P 4 8M 512k"],
+    ),
+    (
+        "parallels",
+        "",
+        "1G",
+        &["write -P 5 0 64k", "write -P 6 700M 1M"],
+    ),
+];
+
+/// One structured corruption of a copy of a small image (`nth` picks the
+/// cluster); false when the mutator finds nothing to corrupt.
+fn corrupt(format: &str, nth: usize, img: &mut Vec<u8>) -> bool {
+    use parallels::mutate as pm;
+    use qconform_core::{parallels, qcow2, qed};
+    use qcow2::mutate as qm;
+    use qed::mutate as em;
+    match (format, nth % 3) {
+        ("qcow2", 0) => qm::apply(qm::Mutation::RefcountUp { nth }, img).is_some(),
+        ("qcow2", 1) => qm::apply(qm::Mutation::RefcountZero { nth }, img).is_some(),
+        ("qcow2", _) => qm::apply(qm::Mutation::DuplicateDataPointer { nth }, img).is_some(),
+        ("qed", 0) => em::apply(em::Mutation::Leak, img).is_some(),
+        ("qed", _) => em::apply(em::Mutation::DuplicateData { nth }, img).is_some(),
+        (_, 0) => pm::apply(pm::Mutation::Leak, img).is_some(),
+        (_, _) => pm::apply(pm::Mutation::BatDuplicate { nth }, img).is_some(),
+    }
+}
+
+/// The thousand small images (cached in target/bench/many): (format, path).
+fn many_images(dir: &Path) -> Result<Vec<(String, std::path::PathBuf)>, super::DynError> {
+    let many = dir.join("many");
+    let done = many.join("complete");
+    let list: Vec<(String, std::path::PathBuf)> = (0..MANY)
+        .map(|i| {
+            let (fmt, ..) = SMALL[i % SMALL.len()];
+            (fmt.to_string(), many.join(format!("img-{i:04}.{fmt}")))
+        })
+        .collect();
+    if done.exists() {
+        return Ok(list);
+    }
+    println!(
+        "creating {MANY} small images in {} (qemu-img create + qemu-io, one in five corrupted) ...",
+        many.display()
+    );
+    std::fs::create_dir_all(&many)?;
+    let mut templates = Vec::new();
+    for (t, (fmt, opts, size, writes)) in SMALL.iter().enumerate() {
+        let path = many.join(format!("template-{t}.{fmt}"));
+        let mut create = vec!["create", "-q", "-f", fmt];
+        if !opts.is_empty() {
+            create.extend(["-o", opts]);
+        }
+        let _ = std::fs::remove_file(&path);
+        let out = Command::new("qemu-img")
+            .args(&create)
+            .arg(&path)
+            .arg(size)
+            .output()?;
+        if !out.status.success() {
+            return Err(format!(
+                "qemu-img {create:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+            .into());
+        }
+        let mut io = vec!["-f", fmt];
+        for w in *writes {
+            io.extend(["-c", w]);
+        }
+        build_step("qemu-io", &io, &path)?;
+        templates.push(std::fs::read(&path)?);
+    }
+    for (i, (fmt, path)) in list.iter().enumerate() {
+        let mut img = templates[i % SMALL.len()].clone();
+        if i % 5 == 4 && !corrupt(fmt, i / 5, &mut img) {
+            return Err(format!("no corruption applies to {}", path.display()).into());
+        }
+        std::fs::write(path, img)?;
+    }
+    std::fs::write(&done, "")?;
+    Ok(list)
+}
+
+/// `check-many`: a shell loop of `qemu-img check -f FMT` over 1,000 small
+/// images against one `qconform check` of all of them (both cores).
+fn many_bench(bin: &str, dir: &Path, runs: usize) -> Result<Row, super::DynError> {
+    let list = many_images(dir)?;
+    let tagged: Vec<String> = list
+        .iter()
+        .map(|(f, p)| format!("{f}:{}", p.display()))
+        .collect();
+    let mut qemu = vec![
+        "sh",
+        "-c",
+        "for f in \"$@\"; do qemu-img check -f \"${f%%:*}\" \"${f#*:}\"; done; true",
+        "sh",
+    ];
+    qemu.extend(tagged.iter().map(String::as_str));
+    let paths: Vec<&str> = list
+        .iter()
+        .map(|(_, p)| p.to_str().ok_or("non-UTF-8 path"))
+        .collect::<Result<_, _>>()?;
+    let mut ours = vec![bin, "check", "-q"];
+    ours.extend(&paths);
+    // What the images are, as both tools see them: so the bench is not
+    // timing a thousand "cannot open" errors.
+    let out = Command::new(bin)
+        .args(["check", "-q", "--output", "json"])
+        .args(&paths)
+        .output()?;
+    let reports: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout)?;
+    let n = |field: &str| {
+        reports
+            .iter()
+            .filter(|r| r[field].as_u64().unwrap_or(0) > 0)
+            .count()
+    };
+    println!(
+        "check-many: {} images ({} qcow2, {} qed, {} parallels): {} with corruptions, {} with leaks, {} with check errors",
+        reports.len(),
+        list.iter().filter(|(f, _)| f == "qcow2").count(),
+        list.iter().filter(|(f, _)| f == "qed").count(),
+        list.iter().filter(|(f, _)| f == "parallels").count(),
+        n("corruptions"),
+        n("leaks"),
+        n("check-errors"),
+    );
+    compare(
+        "check-many",
+        runs,
+        5.0,
+        Cmds {
+            qemu: &qemu,
+            ours: &ours,
+            verdicts: true,
+        },
+        &|| {},
+    )
+}
+
+/// `check-snapshots`: 65,536 snapshots (QEMU's maximum), each with its own
+/// L1 copy sharing one L2 table and data cluster, as `qemu-img snapshot -c`
+/// makes them. Taking them with qemu-img would take hours; our writer
+/// makes the same structure in a second, and qemu-img check must call it
+/// clean before it is used.
+fn snapshots_bench(bin: &str, dir: &Path, runs: usize) -> Result<Row, super::DynError> {
+    use qconform_core::qcow2::write;
+    let img = dir.join("snapshots-65536.qcow2");
+    if !img.exists() {
+        println!(
+            "creating {} (65,536 snapshots, our writer) ...",
+            img.display()
+        );
+        let mut d = write::Description::new(1 << 20, 9);
+        // 65,537 references to the shared clusters need 32-bit refcounts.
+        d.refcount_order = 5;
+        d.clusters
+            .insert(0, write::ClusterData::Data(vec![0x5a; 512]));
+        d.snapshots = (0..65536).map(|i| format!("snap-{i}")).collect();
+        let w = write::write(&d).map_err(|e| format!("writer: {e:?}"))?;
+        let tmp = dir.join("snapshots-65536.tmp.qcow2");
+        std::fs::write(&tmp, w.image)?;
+        build_step("qemu-img", &["check", "-q"], &tmp)
+            .map_err(|e| format!("qemu-img check does not call the snapshot image clean: {e}"))?;
+        std::fs::rename(&tmp, &img)?;
+    }
+    let img_s = img.to_str().ok_or("non-UTF-8 path")?;
+    compare(
+        "check-snapshots",
+        runs,
+        1.0,
+        Cmds {
+            qemu: &["qemu-img", "check", img_s],
+            ours: &[bin, "check", img_s],
+            verdicts: false,
+        },
+        &|| {},
+    )
+}
+
+/// A 16 TiB qcow2 (64 KiB clusters) holding 4 MiB of data in eight runs
+/// spread over the whole disk: a 256 KiB L1 table, eight L2 tables. Check
+/// and map should cost what the metadata holds, not the virtual size.
+fn sparse_image(dir: &Path) -> Result<std::path::PathBuf, super::DynError> {
+    let img = dir.join("sparse-16t.qcow2");
+    if !img.exists() {
+        println!(
+            "creating {} (16 TiB virtual, 4 MiB written) ...",
+            img.display()
+        );
+        let tmp = dir.join("sparse-16t.tmp.qcow2");
+        let st = Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&tmp)
+            .arg("16T")
+            .status()?;
+        if !st.success() {
+            return Err("qemu-img create 16T failed".into());
+        }
+        let writes: Vec<String> = (0..8u64)
+            .map(|i| format!("write -P {} {}G 512k", i + 1, i * 2048 + 7))
+            .collect();
+        let mut io = Vec::new();
+        for w in &writes {
+            io.extend(["-c", w.as_str()]);
+        }
+        build_step("qemu-io", &io, &tmp)?;
+        std::fs::rename(&tmp, &img)?;
+    }
+    Ok(img)
 }
