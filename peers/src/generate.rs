@@ -75,7 +75,10 @@ impl Generated {
         let d = &self.description;
         let cs = 1u64 << d.cluster_bits;
         let mut out = vec![
-            format!("cluster_bits {} extended_l2 {}", d.cluster_bits, d.extended_l2),
+            format!(
+                "cluster_bits {} extended_l2 {}",
+                d.cluster_bits, d.extended_l2
+            ),
             format!("version {}", d.version),
             format!("refcount_order {}", d.refcount_order),
             format!("mutations {}", self.mutations.len()),
@@ -111,7 +114,12 @@ impl Generated {
             ),
             (!self.patches.is_empty(), "byte flips"),
         ];
-        out.extend(flags.iter().filter(|(on, _)| *on).map(|(_, n)| n.to_string()));
+        out.extend(
+            flags
+                .iter()
+                .filter(|(on, _)| *on)
+                .map(|(_, n)| n.to_string()),
+        );
         for (m, _) in &self.mutations {
             // The variant's name, without its selectors.
             let name = format!("{m:?}");

@@ -103,7 +103,10 @@ fn the_fuzz_body_stops_on_new_findings_only() {
         stops(Impl::Imago, Outcome::Read(short)),
         (Some(FindingKind::Differs), true)
     );
-    assert_eq!(stops(Impl::Imago, Outcome::Read(mine.clone())), (None, false));
+    assert_eq!(
+        stops(Impl::Imago, Outcome::Read(mine.clone())),
+        (None, false)
+    );
     assert_eq!(
         stops(Impl::Qcow2Rs, Outcome::Hang),
         (Some(FindingKind::Hang), true)
@@ -165,7 +168,10 @@ fn a_known_refusal_is_accepted_only_where_it_applies() {
             break;
         }
     }
-    let (with, without) = (with.expect("a zstd image"), without.expect("a deflate image"));
+    let (with, without) = (
+        with.expect("a zstd image"),
+        without.expect("a deflate image"),
+    );
     assert!(accepted(&with), "{with}");
     assert!(!accepted(&without), "{without}");
 }
