@@ -9,6 +9,13 @@ pub mod structured;
 
 pub use structured::{structured_image, structured_qed_parallels};
 
+/// differential_imago and differential_qcow2rs: a writer-made qcow2 image
+/// (every cluster kind), with zero or more mutations, through the peer and
+/// through our checker and reader (peers/src/differential.rs). A finding
+/// neither KNOWN nor RECORDED there panics; known peer panics are caught on
+/// the peer's thread and never reach libFuzzer's hook.
+pub use qconform_peers::{differential_imago, differential_qcow2rs};
+
 use qconform_core::Limits;
 
 /// Limits for fuzzing: small enough that no input takes more than a few
@@ -163,6 +170,8 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("parallels_check", parallels_check),
     ("qed_check", qed_check),
     ("structured_qed_parallels", structured_qed_parallels),
+    ("differential_imago", differential_imago),
+    ("differential_qcow2rs", differential_qcow2rs),
 ];
 
 /// qed_check: raw bytes as a QED image.

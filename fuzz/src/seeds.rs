@@ -905,3 +905,27 @@ fn parallels_big_claim() -> Vec<u8> {
     le64(&mut i, 36, 1 << 28);
     i
 }
+
+/// The differential targets.
+pub const DIFFERENTIAL_TARGETS: [&str; 2] = ["differential_imago", "differential_qcow2rs"];
+
+/// How many inputs of the fixed stream [`differential_seeds`] looks at.
+pub const DIFFERENTIAL_SCAN: u64 = 3000;
+
+/// The seeds of differential_imago and differential_qcow2rs (the same
+/// inputs for both): generator inputs that together give every shape,
+/// cluster kind, optional structure and mutation the peers generator makes
+/// (`qconform_peers::campaign::seed_inputs`), named `seed-NN`.
+pub fn differential_seeds() -> Vec<Seed> {
+    let inputs = qconform_peers::campaign::seed_inputs(DIFFERENTIAL_SCAN);
+    DIFFERENTIAL_TARGETS
+        .iter()
+        .flat_map(|t| {
+            inputs.iter().enumerate().map(move |(i, bytes)| Seed {
+                target: t,
+                name: format!("seed-{i:02}"),
+                bytes: bytes.clone(),
+            })
+        })
+        .collect()
+}

@@ -134,3 +134,71 @@ fn every_target_has_options_and_its_dictionary() {
         }
     }
 }
+
+/// The differential targets' seeds are what `seeds::differential_seeds`
+/// builds, small, and together give every shape the peers generator has,
+/// every cluster kind, the optional structures, and unmutated, mutated and
+/// byte-flipped images.
+#[test]
+fn differential_seeds_are_built_and_cover_every_cluster_kind() {
+    let built = seeds::differential_seeds();
+    let mut features = std::collections::BTreeSet::new();
+    for t in seeds::DIFFERENTIAL_TARGETS {
+        let have = committed(t);
+        let mut want: Vec<(String, Vec<u8>)> = built
+            .iter()
+            .filter(|s| s.target == t)
+            .map(|s| (s.name.clone(), s.bytes.clone()))
+            .collect();
+        want.sort();
+        assert!(
+            have == want,
+            "corpus/fuzz/{t} differs from seeds::differential_seeds (run `cargo xtask fuzz --seeds`)"
+        );
+        for (name, bytes) in &have {
+            assert!(bytes.len() <= 256, "corpus/fuzz/{t}/{name} is over max_len");
+            let g = qconform_peers::generate::generate(bytes)
+                .unwrap_or_else(|| panic!("corpus/fuzz/{t}/{name}: the writer refuses it"));
+            features.extend(g.features());
+        }
+    }
+    let mut need: Vec<String> = [
+        (16, false),
+        (9, false),
+        (12, false),
+        (14, true),
+        (16, true),
+        (18, false),
+        (10, false),
+        (15, false),
+    ]
+    .iter()
+    .map(|(cb, ext)| format!("cluster_bits {cb} extended_l2 {ext}"))
+    .collect();
+    need.extend(
+        [
+            "cluster data",
+            "cluster zero",
+            "cluster compressed",
+            "cluster subclusters",
+            "version 2",
+            "version 3",
+            "compression zstd",
+            "lazy refcounts",
+            "snapshots",
+            "bitmap",
+            "backing",
+            "backing format",
+            "size whole clusters",
+            "size whole sectors",
+            "size not whole sectors",
+            "mutations 0",
+            "mutations 1",
+            "mutations 2",
+            "byte flips",
+        ]
+        .map(String::from),
+    );
+    let missing: Vec<&String> = need.iter().filter(|n| !features.contains(*n)).collect();
+    assert!(missing.is_empty(), "no differential seed gives {missing:?}");
+}

@@ -268,19 +268,44 @@ pub fn judge(
 /// The finding of `imp` on the input `data` describes, if any (known ones
 /// included: see [`known`]).
 pub fn find(imp: Impl, data: &[u8]) -> Option<Finding> {
+    find_with(imp, data, run)
+}
+
+/// [`find`] with the peer read by `peer` (the guarded [`run`] in a
+/// campaign; a stand-in in the tests of the classification).
+pub fn find_with(
+    imp: Impl,
+    data: &[u8],
+    peer: impl FnOnce(Impl, &[u8], &Bounds) -> Outcome,
+) -> Option<Finding> {
     let g = generate(data)?;
     let bounds = Bounds::default();
     let ours = ours(&g.image, &bounds);
-    let peer = run(imp, &g.image, &bounds);
-    judge(imp, &g, peer, &ours)
+    let outcome = peer(imp, &g.image, &bounds);
+    judge(imp, &g, outcome, &ours)
+}
+
+/// Whether a campaign goes on after `f`: it is a [`KNOWN`] limitation or a
+/// [`RECORDED`] peer bug.
+pub fn accepted(f: &Finding) -> bool {
+    known(f).is_some() || recorded(f.imp, &crate::campaign::signature(f))
 }
 
 /// The fuzz body: panics on a finding neither in [`KNOWN`] nor [`RECORDED`]
 /// (the loop peers/tests runs accepts the same ones).
 pub fn differential(imp: Impl, data: &[u8]) {
-    if let Some(f) = find(imp, data) {
-        if known(&f).is_none() && !recorded(imp, &crate::campaign::signature(&f)) {
-            panic!("{f}");
+    differential_with(imp, data, run)
+}
+
+/// [`differential`] with the peer read by `peer`.
+pub fn differential_with(
+    imp: Impl,
+    data: &[u8],
+    peer: impl FnOnce(Impl, &[u8], &Bounds) -> Outcome,
+) {
+    if let Some(f) = find_with(imp, data, peer) {
+        if !accepted(&f) {
+            panic!("new finding: {f}");
         }
     }
 }

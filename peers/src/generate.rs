@@ -3,7 +3,14 @@
 //! clusters and their kinds, snapshots, a bitmap, a backing name), the
 //! rest mutations, so random bytes mostly give a valid image, then a
 //! mutated one. Bytes past the end read as 0, so every input is one image.
+//!
+//! The bytes are drawn one `u8` at a time through `arbitrary`'s
+//! [`Unstructured`] (which reads 0 once the data is used up), so the
+//! cargo-fuzz targets take a [`Generated`] as their input like the other
+//! structured targets, and an input file means the same image whether it
+//! is read here or through [`generate`].
 
+use arbitrary::{Arbitrary, Unstructured};
 use qconform_core::qcow2::mutate::{self, Mutation};
 use qconform_core::qcow2::write::{write, BitmapDesc, ClusterData, Description};
 
@@ -59,6 +66,70 @@ impl Generated {
             self.patches
         )
     }
+
+    /// What this input exercises, as short names (the shape, the cluster
+    /// kinds, the optional structures, each mutation that applied): the
+    /// seed corpus keeps inputs until every name the generator can give
+    /// is covered ([`crate::campaign::seed_inputs`]).
+    pub fn features(&self) -> Vec<String> {
+        let d = &self.description;
+        let cs = 1u64 << d.cluster_bits;
+        let mut out = vec![
+            format!(
+                "cluster_bits {} extended_l2 {}",
+                d.cluster_bits, d.extended_l2
+            ),
+            format!("version {}", d.version),
+            format!("refcount_order {}", d.refcount_order),
+            format!("mutations {}", self.mutations.len()),
+        ];
+        out.push(
+            match (d.size % cs, d.size % 512) {
+                (0, _) => "size whole clusters",
+                (_, 0) => "size whole sectors",
+                _ => "size not whole sectors",
+            }
+            .into(),
+        );
+        for c in d.clusters.values() {
+            out.push(
+                match c {
+                    ClusterData::Data(_) => "cluster data",
+                    ClusterData::Zero => "cluster zero",
+                    ClusterData::Compressed(_) => "cluster compressed",
+                    ClusterData::Subclusters { .. } => "cluster subclusters",
+                }
+                .into(),
+            );
+        }
+        let flags = [
+            (d.compression_type == 1, "compression zstd"),
+            (d.lazy_refcounts, "lazy refcounts"),
+            (!d.snapshots.is_empty(), "snapshots"),
+            (!d.bitmaps.is_empty(), "bitmap"),
+            (d.backing.is_some(), "backing"),
+            (
+                d.backing.as_ref().is_some_and(|(_, f)| f.is_some()),
+                "backing format",
+            ),
+            (!self.patches.is_empty(), "byte flips"),
+        ];
+        out.extend(
+            flags
+                .iter()
+                .filter(|(on, _)| *on)
+                .map(|(_, n)| n.to_string()),
+        );
+        for (m, _) in &self.mutations {
+            // The variant's name, without its selectors.
+            let name = format!("{m:?}");
+            let kind = name.split([' ', '{']).next().unwrap_or_default();
+            out.push(format!("mutation {kind}"));
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
 }
 
 /// A cluster's bytes: a pattern from `seed` that changes every 32 bytes
@@ -72,8 +143,21 @@ fn pattern(seed: u8, cs: u64) -> Vec<u8> {
 /// Builds the input `data` describes; None when the writer refuses the
 /// description (only combinations no valid image has).
 pub fn generate(data: &[u8]) -> Option<Generated> {
-    let mut it = data.iter().copied();
-    let mut next = || it.next().unwrap_or(0);
+    generate_from(&mut Unstructured::new(data))
+}
+
+/// A generated input is what a fuzz target draws (the writer refusing the
+/// description is an input of the wrong format, which libFuzzer skips).
+impl<'a> Arbitrary<'a> for Generated {
+    fn arbitrary(u: &mut Unstructured<'a>) -> arbitrary::Result<Self> {
+        generate_from(u).ok_or(arbitrary::Error::IncorrectFormat)
+    }
+}
+
+/// [`generate`] from an [`Unstructured`]: one byte per choice, 0 when the
+/// data is used up.
+pub fn generate_from(u: &mut Unstructured) -> Option<Generated> {
+    let mut next = || u.arbitrary::<u8>().unwrap_or(0);
     // (cluster_bits, extended L2, most clusters): small disks, every
     // cluster size class up to 256 KiB (2 MiB clusters cost seconds each
     // in a debug build, for no shape the smaller ones lack).

@@ -218,11 +218,20 @@ pub fn run(imp: Impl, data: &[u8], bounds: &Bounds) -> Outcome {
             // The receiver is gone after a timeout: nothing to tell then.
             let _ = tx.send(out);
         });
-    if let Err(e) = spawned {
-        return Outcome::Error(format!("cannot start the peer's thread: {e}"));
-    }
+    let handle = match spawned {
+        Ok(h) => h,
+        Err(e) => return Outcome::Error(format!("cannot start the peer's thread: {e}")),
+    };
     match rx.recv_timeout(bounds.timeout) {
-        Ok(out) => out,
+        // The thread has sent its last word; joining waits for its exit
+        // (its thread-local destructors) to finish, so no thread outlives
+        // the input: LeakSanitizer, which libFuzzer runs after an input
+        // that allocated more than it freed, otherwise caught an exiting
+        // thread's TLS destructor list as a leak.
+        Ok(out) => {
+            let _ = handle.join();
+            out
+        }
         Err(mpsc::RecvTimeoutError::Timeout) => Outcome::Hang,
         // The thread ended without sending: only a panic in the panic
         // machinery itself gets here.

@@ -368,6 +368,22 @@ pub fn write_seeds(root: &Path) -> Result<(), DynError> {
         std::fs::write(dir.join(&s.name), &s.bytes)?;
     }
     println!("wrote {} seeds", seeds.len());
+    // The differential targets' seeds: generator inputs, not images.
+    let differential = qconform_fuzz::seeds::differential_seeds();
+    for t in qconform_fuzz::seeds::DIFFERENTIAL_TARGETS {
+        let dir = root.join("corpus/fuzz").join(t);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)?;
+        }
+        std::fs::create_dir_all(&dir)?;
+    }
+    for s in &differential {
+        std::fs::write(
+            root.join("corpus/fuzz").join(s.target).join(&s.name),
+            &s.bytes,
+        )?;
+    }
+    println!("wrote {} differential seeds", differential.len());
     Ok(())
 }
 
