@@ -434,9 +434,7 @@ impl<'a> Prober<'a> {
                 self.data_findings(dp);
             }
         }
-        if let Some(dp) = dp.take() {
-            self.data_steps = dp.steps;
-        }
+
         if has(PF::ConfigureMemSlots) {
             self.call(
                 Fe::RemMemReg,
@@ -460,6 +458,7 @@ impl Prober<'_> {
         for (rule, detail) in dp.findings.drain(..) {
             self.tap.session.finding(rule, seq, detail);
         }
+        self.data_steps.append(&mut dp.steps);
     }
 }
 
