@@ -126,6 +126,8 @@ enum Fault {
     ProcessesStoppedRing,
     /// GET_VRING_BASE answers 0.
     BaseZero,
+    /// Stops answering on a malformed chain (instead of closing).
+    HangsOnBadChain,
 }
 
 const F_VERSION_1: u64 = 1 << 32;
@@ -156,6 +158,9 @@ struct Fake {
     last_avail: u16,
     used_idx: u16,
     disk: Vec<u8>,
+    /// A malformed chain or available index was seen: the connection ends
+    /// (or, with HangsOnBadChain, goes silent).
+    refused: bool,
 }
 
 impl Fake {
@@ -191,14 +196,28 @@ impl Fake {
         let Ok(avail) = device::avail_index(&mem, &layout) else {
             return;
         };
+        if avail.wrapping_sub(self.last_avail) > layout.size {
+            self.refused = true;
+            return;
+        }
         while self.last_avail != avail {
             let Ok(head) = device::avail_head(&mem, &layout, self.last_avail) else {
                 return;
             };
             self.last_avail = self.last_avail.wrapping_add(1);
             let Ok(bufs) = device::walk(&mem, &layout, head) else {
+                self.refused = true;
                 return;
             };
+            // A buffer outside the one region is refused, as a chain.
+            if bufs.iter().any(|b| {
+                b.addr
+                    .checked_add(b.len as u64)
+                    .is_none_or(|e| e > mem.size)
+            }) {
+                self.refused = true;
+                return;
+            }
             let written = self.blk(&mut mem, &bufs);
             let (id, len) = match self.fault {
                 Fault::IdNeverPosted => (self.size + 5, written),
@@ -267,14 +286,21 @@ impl Fake {
     }
 }
 
-/// A fake vhost-user-blk back-end on `sock` (one connection).
+/// A fake vhost-user-blk back-end on `sock`, serving connections one
+/// after the other.
 fn fake_blk(sock: &Path, fault: Fault) -> std::thread::JoinHandle<()> {
     let listener = std::os::unix::net::UnixListener::bind(sock).unwrap();
     std::thread::spawn(move || {
-        let Ok((stream, _)) = listener.accept() else {
-            return;
-        };
-        let conn = Conn::from_stream(stream);
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            // Each on its own thread: a hanging one must not hold up the next.
+            std::thread::spawn(move || serve_one(Conn::from_stream(stream), fault));
+        }
+    })
+}
+
+fn serve_one(conn: Conn, fault: Fault) {
+    {
         let mut f = Fake {
             fault,
             mem: None,
@@ -286,6 +312,7 @@ fn fake_blk(sock: &Path, fault: Fault) -> std::thread::JoinHandle<()> {
             last_avail: 0,
             used_idx: 0,
             disk: vec![0; 1 << 20],
+            refused: false,
         };
         let end = Instant::now() + Duration::from_secs(30);
         while Instant::now() < end {
@@ -316,6 +343,12 @@ fn fake_blk(sock: &Path, fault: Fault) -> std::thread::JoinHandle<()> {
                     });
                     if kicked && (f.started || f.fault == Fault::ProcessesStoppedRing) {
                         f.process();
+                    }
+                    if f.refused {
+                        if fault == Fault::HangsOnBadChain {
+                            std::thread::sleep(Duration::from_secs(3));
+                        }
+                        return;
                     }
                     continue;
                 }
@@ -377,7 +410,7 @@ fn fake_blk(sock: &Path, fault: Fault) -> std::thread::JoinHandle<()> {
                 }
             }
         }
-    })
+    }
 }
 
 fn probe_fake(fault: Fault) -> (i32, Value) {
@@ -426,5 +459,81 @@ fn each_broken_ring_rule_is_reported_under_its_id() {
                 "{fault:?}: unexpected {r}: {v:#}"
             );
         }
+    }
+}
+
+fn ring_verdicts(v: &Value) -> Vec<(String, Vec<String>)> {
+    v["robustness"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["sent"].as_str().unwrap().ends_with("on ring 0"))
+        .map(|p| {
+            let rules = p["findings"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| f["rule"].as_str().unwrap().to_string())
+                .collect();
+            (p["probe"].as_str().unwrap().to_string(), rules)
+        })
+        .collect()
+}
+
+#[test]
+fn malformed_chains_are_judged_by_whether_the_back_end_survives_them() {
+    for (fault, expect) in [
+        (Fault::None, None),
+        (
+            Fault::HangsOnBadChain,
+            Some("vhost-user.robustness.no-hang"),
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("fake.sock");
+        let _t = fake_blk(&sock, fault);
+        let out = qconform()
+            .args([
+                "vhost-user",
+                "probe",
+                "--data-path",
+                "--output",
+                "json",
+                "--timeout-ms",
+                "500",
+                "--socket",
+            ])
+            .arg(&sock)
+            .output()
+            .unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let ring = ring_verdicts(&v);
+        assert_eq!(ring.len(), 4, "{v:#}");
+        for (probe, rules) in ring {
+            // The 4 GiB buffer runs past the region too: refused like the rest.
+            let want: Vec<String> = expect.map(|r| vec![r.to_string()]).unwrap_or_default();
+            assert_eq!(rules, want, "{fault:?} {probe}: {v:#}");
+        }
+    }
+}
+
+#[test]
+fn qsd_survives_every_malformed_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("blk.sock");
+    let cmd = qconform_testkit::tools::qsd_cmd(dir.path(), &sock);
+    let out = qconform()
+        .args(["vhost-user", "probe", "--data-path", "--output", "json"])
+        .args(["--backend-cmd", &cmd, "--socket"])
+        .arg(&sock)
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ring = ring_verdicts(&v);
+    assert_eq!(ring.len(), 4, "{v:#}");
+    // qemu-storage-daemon 10.0.2 refuses each (it closes the connection)
+    // and a fresh one serves again: no crash, no hang, nothing made up.
+    for (probe, rules) in ring {
+        assert_eq!(rules, Vec::<String>::new(), "{probe}: {v:#}");
     }
 }

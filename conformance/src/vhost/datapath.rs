@@ -83,6 +83,41 @@ pub enum Device {
     Blk,
 }
 
+/// A malformed request placed on the ring by a data-path robustness probe
+/// (each on a fresh back-end). A clean error, a reset or a closed
+/// connection conforms; a crash or a hang does not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum RingAbuse {
+    /// A chain whose header buffer lies outside every memory region.
+    OutsideRegion,
+    /// A chain whose next fields loop (0 -> 1 -> 0).
+    LoopingChain,
+    /// The available index moved by more than the ring size.
+    AvailIndexJump,
+    /// A data descriptor of length 2^32-1.
+    HugeLength,
+}
+
+impl RingAbuse {
+    /// Every data-path robustness probe, in the order they run.
+    pub const ALL: [RingAbuse; 4] = [
+        RingAbuse::OutsideRegion,
+        RingAbuse::LoopingChain,
+        RingAbuse::AvailIndexJump,
+        RingAbuse::HugeLength,
+    ];
+
+    /// The probe's name in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            RingAbuse::OutsideRegion => "ring-descriptor-outside-memory",
+            RingAbuse::LoopingChain => "ring-looping-chain",
+            RingAbuse::AvailIndexJump => "ring-avail-index-jump",
+            RingAbuse::HugeLength => "ring-descriptor-length-4g",
+        }
+    }
+}
+
 /// What the data path needs from the probe's options.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -410,6 +445,89 @@ impl<'a> DataPath<'a> {
                 ),
             ),
             Err(e) => self.step("disk file", format!("cannot read {}: {e}", path.display())),
+        }
+    }
+
+    /// Places the malformed request `abuse` on the ring and kicks; any used
+    /// entries it produces are judged like any others (an error completion
+    /// is fine, a used id or length we never offered is not).
+    pub fn abuse(&mut self, abuse: RingAbuse, guest_memory: u64) -> String {
+        use qconform_core::virtio::split_ring::{Descriptor, DESC_F_NEXT, DESC_F_WRITE};
+        let req = self.request(RequestType::Out, SECTOR, DATA_LEN);
+        let _ = self.mem.write_at(req.at.header, &req.header());
+        let d = |addr, len, flags, next| Descriptor {
+            addr,
+            len,
+            flags,
+            next,
+        };
+        let size = self.ring.layout().size;
+        let placed = match abuse {
+            RingAbuse::OutsideRegion => self
+                .ring
+                .write_descriptor(
+                    &mut self.mem,
+                    0,
+                    &d(guest_memory + 0x10_0000, 16, DESC_F_NEXT, 1),
+                )
+                .and_then(|_| {
+                    self.ring.write_descriptor(
+                        &mut self.mem,
+                        1,
+                        &d(req.at.status, 1, DESC_F_WRITE, 0),
+                    )
+                })
+                .and_then(|_| self.ring.publish(&mut self.mem, 0)),
+            RingAbuse::LoopingChain => self
+                .ring
+                .write_descriptor(&mut self.mem, 0, &d(req.at.header, 16, DESC_F_NEXT, 1))
+                .and_then(|_| {
+                    self.ring.write_descriptor(
+                        &mut self.mem,
+                        1,
+                        &d(req.at.data, 512, DESC_F_NEXT, 0),
+                    )
+                })
+                .and_then(|_| self.ring.publish(&mut self.mem, 0)),
+            RingAbuse::AvailIndexJump => {
+                let to = self.ring.avail_index().wrapping_add(size).wrapping_add(1);
+                self.ring.force_avail_index(&mut self.mem, to)
+            }
+            RingAbuse::HugeLength => self
+                .ring
+                .write_descriptor(&mut self.mem, 0, &d(req.at.header, 16, DESC_F_NEXT, 1))
+                .and_then(|_| {
+                    self.ring.write_descriptor(
+                        &mut self.mem,
+                        1,
+                        &d(req.at.data, u32::MAX, DESC_F_NEXT, 2),
+                    )
+                })
+                .and_then(|_| {
+                    self.ring.write_descriptor(
+                        &mut self.mem,
+                        2,
+                        &d(req.at.status, 1, DESC_F_WRITE, 0),
+                    )
+                })
+                .and_then(|_| self.ring.publish(&mut self.mem, 0)),
+        };
+        if let Err(e) = placed {
+            return format!("could not place it: {e}");
+        }
+        drain(self.call);
+        signal(self.kick);
+        let called = wait_readable(self.call, STOPPED_WATCH) && drain(self.call);
+        // The abused chain went around the driver's bookkeeping: what the
+        // used ring says is reported here, not judged (an error completion
+        // of head 0 is a fine answer).
+        match self.ring.used_index(&self.mem) {
+            Ok(0) => format!(
+                "not processed (call {})",
+                if called { "signalled" } else { "not signalled" }
+            ),
+            Ok(n) => format!("{n} used entries"),
+            Err(e) => format!("cannot read the used ring: {e}"),
         }
     }
 

@@ -99,6 +99,9 @@ struct Prober<'a> {
     ring_unconfirmed: bool,
     /// What the data path did, request by request.
     data_steps: Vec<datapath::Step>,
+    /// Instead of valid requests, this malformed one (a data-path
+    /// robustness probe).
+    abuse: Option<datapath::RingAbuse>,
 }
 
 impl<'a> Prober<'a> {
@@ -109,6 +112,7 @@ impl<'a> Prober<'a> {
             ring_size,
             ring_unconfirmed: false,
             data_steps: Vec::new(),
+            abuse: None,
         }
     }
 
@@ -399,7 +403,13 @@ impl<'a> Prober<'a> {
                 )?;
             }
         }
-        if let (Some(dp), Some(d)) = (dp.as_mut(), &data_path) {
+        if let (Some(dp), Some(abuse)) = (dp.as_mut(), self.abuse) {
+            let outcome = dp.abuse(abuse, GUEST_MEMORY);
+            self.data_steps.push(datapath::Step {
+                request: abuse.name().into(),
+                outcome,
+            });
+        } else if let (Some(dp), Some(d)) = (dp.as_mut(), &data_path) {
             match d.device {
                 datapath::Device::Blk => dp.blk(
                     qconform_core::virtio::blk::capacity(&config),
@@ -425,7 +435,7 @@ impl<'a> Prober<'a> {
                 &[],
                 false,
             )?;
-            if let (0, Some(dp), Some((r, _))) = (i, dp.as_mut(), base) {
+            if let (0, Some(dp), Some((r, _)), None) = (i, dp.as_mut(), base, self.abuse) {
                 let num = r.payload.get(4..8).and_then(|b| b.try_into().ok());
                 if let Some(num) = num.map(u32::from_ne_bytes) {
                     dp.check_base(num);
@@ -832,6 +842,77 @@ fn robustness(opts: &Options, probe: &Robustness, ring_size: u32) -> ProbeVerdic
     verdict
 }
 
+/// One data-path robustness probe on a fresh connection (and back-end,
+/// with --backend-cmd): the whole conversation with `abuse` placed on ring
+/// 0 instead of valid requests. The back-end may refuse it any way it
+/// likes (an error, a reset, a close); it must neither crash nor hang.
+fn ring_robustness(opts: &Options, abuse: datapath::RingAbuse, ring_size: u32) -> ProbeVerdict {
+    let mut verdict = ProbeVerdict {
+        probe: abuse.name(),
+        sent: format!("{abuse:?} on ring 0"),
+        outcome: String::new(),
+        findings: Vec::new(),
+    };
+    let mut findings = Report::new(abuse.name(), "vhost-user", &Limits::default());
+    let mut backend = match Backend::start(
+        opts.backend_cmd.as_deref(),
+        &opts.socket,
+        Duration::from_secs(5),
+    ) {
+        Ok(b) => b,
+        Err(e) => {
+            verdict.outcome = format!("skipped: {e}");
+            return verdict;
+        }
+    };
+    let conn = match backend.connect(&opts.socket) {
+        Ok(c) => c,
+        Err(e) => {
+            verdict.outcome = format!("skipped: cannot connect ({e})");
+            return verdict;
+        }
+    };
+    let mut p = Prober::new(opts, conn, abuse.name(), ring_size);
+    p.abuse = Some(abuse);
+    let end = p.conversation();
+    let placed = p
+        .data_steps
+        .iter()
+        .map(|s| s.outcome.clone())
+        .collect::<Vec<_>>()
+        .join("; ");
+    verdict.outcome = match &end {
+        Ok(()) => format!("{placed}; the conversation finished"),
+        Err(Stop::Closed) => format!("{placed}; closed the connection"),
+        Err(e) => format!("{placed}; {e}"),
+    };
+    let at = Some(Location::Message(p.tap.session.messages()));
+    if let Err(Stop::Timeout) = end {
+        findings.add_at(&rule::ROBUST_HANG, at, 1, || {
+            format!("back-end: stopped answering after {abuse:?} was placed on ring 0")
+        });
+    }
+    if let Some(how) = backend.crashed() {
+        findings.add_at(&rule::ROBUST_CRASH, at, 1, || {
+            format!("back-end: {how} after {abuse:?} was placed on ring 0")
+        });
+        verdict.outcome.push_str(&format!("; process {how}"));
+    }
+    // The back-end's own rule violations count (used entries it made up
+    // among them); a close is its way of refusing, not a finding here.
+    for f in &p.tap.session.report().findings {
+        if f.detail.starts_with("back-end:")
+            && f.rule.id != rule::PEER_CLOSED.id
+            && f.rule.id != rule::REPLY_MISSING.id
+            && f.rule.id != rule::ROBUST_HANG.id
+        {
+            findings.add_at(f.rule, f.location, 1, || f.detail.clone());
+        }
+    }
+    verdict.findings = findings.findings;
+    verdict
+}
+
 fn eventfds(n: usize) -> Vec<OwnedFd> {
     (0..n).filter_map(|_| conn::eventfd().ok()).collect()
 }
@@ -945,6 +1026,11 @@ pub fn run_reporting(opts: &Options, output: Output) -> (i32, RobustnessFindings
     } else {
         Vec::new()
     };
+    if opts.robustness && opts.data_path.is_some() {
+        for abuse in datapath::RingAbuse::ALL {
+            verdicts.push(ring_robustness(opts, abuse, ring_size));
+        }
+    }
     if opts.strict {
         // Tester policy counts as a violation.
         let raise = |f: &mut Finding| {
