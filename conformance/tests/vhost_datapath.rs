@@ -128,6 +128,8 @@ enum Fault {
     BaseZero,
     /// Stops answering on a malformed chain (instead of closing).
     HangsOnBadChain,
+    /// Returns every chain with used len 0 (nothing written).
+    UsedLenZero,
 }
 
 const F_VERSION_1: u64 = 1 << 32;
@@ -222,6 +224,7 @@ impl Fake {
             let (id, len) = match self.fault {
                 Fault::IdNeverPosted => (self.size + 5, written),
                 Fault::LenPastBuffer => (head as u32, written + 4096),
+                Fault::UsedLenZero => (head as u32, 0),
                 _ => (head as u32, written),
             };
             let _ = device::push_used(&mut mem, &layout, self.used_idx, id, len);
@@ -536,4 +539,85 @@ fn qsd_survives_every_malformed_chain() {
     for (probe, rules) in ring {
         assert_eq!(rules, Vec::<String>::new(), "{probe}: {v:#}");
     }
+}
+
+#[test]
+fn data_path_against_vhost_device_rng_fills_every_buffer() {
+    let bin = qconform::vhost::matrix::peers_dir().join("rust-vmm/bin/vhost-device-rng");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo xtask peers` (CI does)",
+        bin.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("rng.sock");
+    // It listens on the path with its instance number appended.
+    let sock = dir.path().join("rng.sock0");
+    let cmd = format!("{} --socket-path {}", bin.display(), base.display());
+    let (code, v) = json_of(
+        qconform()
+            .args([
+                "vhost-user",
+                "probe",
+                "--no-robustness",
+                "--data-path",
+                "rng",
+            ])
+            .args(["--output", "json", "--backend-cmd", &cmd, "--socket"])
+            .arg(&sock),
+    );
+    assert_eq!(code, 0, "{v:#}");
+    assert_eq!(rules_of(&v), Vec::<String>::new(), "{v:#}");
+    let steps: Vec<String> = v["data_path"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            format!(
+                "{}: {}",
+                s["request"].as_str().unwrap(),
+                s["outcome"].as_str().unwrap()
+            )
+        })
+        .collect();
+    for k in 0..4 {
+        assert!(
+            steps
+                .iter()
+                .any(|s| s.starts_with(&format!("entropy buffer {k}: used len"))),
+            "{steps:#?}"
+        );
+    }
+    assert!(
+        steps
+            .iter()
+            .any(|s| s == "GET_VRING_BASE: 4 (available index 4)"),
+        "{steps:#?}"
+    );
+}
+
+#[test]
+fn an_entropy_device_returning_empty_buffers_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("fake.sock");
+    let _t = fake_blk(&sock, Fault::UsedLenZero);
+    let (code, v) = json_of(
+        qconform()
+            .args([
+                "vhost-user",
+                "probe",
+                "--no-robustness",
+                "--data-path",
+                "rng",
+            ])
+            .args(["--output", "json", "--timeout-ms", "1000", "--socket"])
+            .arg(&sock),
+    );
+    assert_eq!(code, 2, "{v:#}");
+    let rules = rules_of(&v);
+    assert_eq!(rules.len(), 4, "{v:#}");
+    assert!(
+        rules.iter().all(|r| r == "virtio.rng.fills-buffer"),
+        "{v:#}"
+    );
 }

@@ -371,6 +371,8 @@ pub mod virtio {
             "A valid request in range completes with VIRTIO_BLK_S_OK; a read or write past the capacity with VIRTIO_BLK_S_IOERR; the status is a value the spec defines.";
         BLK_DATA = "virtio.blk.read-after-write", "virtio-v1.2", "5.2.6 Device Operation", Violation,
             "A read of sectors returns what the last completed write put there, and the disk the device exports holds it.";
+        RNG_FILLS = "virtio.rng.fills-buffer", "virtio-v1.2", "5.4.6 Device Operation", Violation,
+            "The entropy device returns each buffer with random bytes in it (\"The device MUST place one or more random bytes into the buffer\"): a used len of 0, or a filled part all zero, is not random data.";
         BLK_ID = "virtio.blk.get-id", "virtio-v1.2", "5.2.6 Device Operation", Note,
             "VIRTIO_BLK_T_GET_ID writes the device id string (up to 20 bytes) or answers VIRTIO_BLK_S_UNSUPP.";
     }

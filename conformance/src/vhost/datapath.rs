@@ -9,7 +9,7 @@
 use qconform_core::rules::{vhost_user as vrule, virtio as rule, Rule};
 use qconform_core::virtio::blk::{self, Placement, Request, RequestType, Status};
 use qconform_core::virtio::split_ring::{
-    Completion, GuestMemory, Layout, MemoryError, SplitRing, UsedFault,
+    Buffer, Completion, GuestMemory, Layout, MemoryError, SplitRing, UsedFault,
 };
 use rustix::event::{PollFd, PollFlags};
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -81,6 +81,7 @@ impl GuestMemory for MemfdMemory<'_> {
 #[serde(rename_all = "lowercase")]
 pub enum Device {
     Blk,
+    Rng,
 }
 
 /// A malformed request placed on the ring by a data-path robustness probe
@@ -157,6 +158,7 @@ pub struct DataPath<'a> {
     call: BorrowedFd<'a>,
     timeout: Duration,
     event_idx: bool,
+    device: Device,
     /// Findings for the session (rule, detail starting "back-end:").
     pub findings: Vec<(&'static Rule, String)>,
     pub steps: Vec<Step>,
@@ -202,6 +204,7 @@ impl<'a> DataPath<'a> {
         call: &'a OwnedFd,
         timeout: Duration,
         event_idx: bool,
+        device: Device,
     ) -> Result<DataPath<'a>, String> {
         let mut dp = DataPath {
             mem,
@@ -210,6 +213,7 @@ impl<'a> DataPath<'a> {
             call: call.as_fd(),
             timeout,
             event_idx,
+            device,
             findings: Vec::new(),
             steps: Vec::new(),
             broken: false,
@@ -257,16 +261,29 @@ impl<'a> DataPath<'a> {
             self.broken = true;
             return None;
         }
+        let c = self.run_chain(&what, &req.buffers())?;
+        let mut st = [0u8; 1];
+        let status = match self.mem.read_at(req.at.status, &mut st) {
+            Ok(()) => Status::decode(st[0]),
+            Err(_) => Status::Other(0xee),
+        };
+        self.step(&what, format!("{status:?}, used len {}", c.len));
+        Some((c, status))
+    }
+
+    /// Posts `bufs` as one chain, kicks, and waits for its used entry and
+    /// the call.
+    fn run_chain(&mut self, what: &str, bufs: &[Buffer]) -> Option<Completion> {
         drain(self.call);
         if self.event_idx {
             let _ = self
                 .ring
                 .set_used_event(&mut self.mem, self.ring.last_used());
         }
-        let head = match self.ring.post(&mut self.mem, &req.buffers()) {
+        let head = match self.ring.post(&mut self.mem, bufs) {
             Ok(h) => h,
             Err(e) => {
-                self.step(&what, format!("could not post: {e}"));
+                self.step(what, format!("could not post: {e}"));
                 self.broken = true;
                 return None;
             }
@@ -303,7 +320,7 @@ impl<'a> DataPath<'a> {
                         }
                     }
                     Err(e) => {
-                        self.step(&what, format!("could not read the used ring: {e}"));
+                        self.step(what, format!("could not read the used ring: {e}"));
                         self.broken = true;
                         return None;
                     }
@@ -323,7 +340,7 @@ impl<'a> DataPath<'a> {
                     }
                 ),
             );
-            self.step(&what, "not completed".into());
+            self.step(what, "not completed".into());
             self.broken = true;
             return None;
         };
@@ -333,13 +350,46 @@ impl<'a> DataPath<'a> {
                 format!("{what}: used entry added, call eventfd not signalled"),
             );
         }
-        let mut st = [0u8; 1];
-        let status = match self.mem.read_at(req.at.status, &mut st) {
-            Ok(()) => Status::decode(st[0]),
-            Err(_) => Status::Other(0xee),
-        };
-        self.step(&what, format!("{status:?}, used len {}", c.len));
-        Some((c, status))
+        Some(c)
+    }
+
+    /// virtio-rng: four 64-byte device-writable buffers, one chain each;
+    /// each must come back with random bytes in it.
+    pub fn rng(&mut self) {
+        const LEN: u32 = 64;
+        for k in 0..4u64 {
+            let what = format!("entropy buffer {k}");
+            let addr = DATA_BASE + 0x1000 * k;
+            if self.mem.write_at(addr, &[0; LEN as usize]).is_err() {
+                return;
+            }
+            let buf = Buffer {
+                addr,
+                len: LEN,
+                writable: true,
+            };
+            let Some(c) = self.run_chain(&what, &[buf]) else {
+                return;
+            };
+            let mut got = [0u8; LEN as usize];
+            let filled = c.len.min(LEN) as usize;
+            let _ = self.mem.read_at(addr, &mut got);
+            // Eight random bytes are all zero once in 2^64 tries.
+            let zero = got
+                .get(..filled)
+                .is_some_and(|b| b.len() >= 8 && b.iter().all(|&x| x == 0));
+            if c.len == 0 || zero {
+                self.finding(
+                    &rule::RNG_FILLS,
+                    format!(
+                        "{what}: used len {}, {} bytes non-zero",
+                        c.len,
+                        got.iter().filter(|&&b| b != 0).count()
+                    ),
+                );
+            }
+            self.step(&what, format!("used len {}", c.len));
+        }
     }
 
     fn request(&self, kind: RequestType, sector: u64, data_len: u32) -> Request {
@@ -569,7 +619,16 @@ impl<'a> DataPath<'a> {
             .mem
             .write_at(w.at.header, &w.header())
             .and_then(|_| self.mem.write_at(w.at.data, &data));
-        if placed.is_err() || self.ring.post(&mut self.mem, &w.buffers()).is_err() {
+        // A chain the device may use: a blk write, or for rng one writable buffer.
+        let bufs = match self.device {
+            Device::Blk => w.buffers(),
+            Device::Rng => vec![Buffer {
+                addr: w.at.data,
+                len: 64,
+                writable: true,
+            }],
+        };
+        if placed.is_err() || self.ring.post(&mut self.mem, &bufs).is_err() {
             return;
         }
         drain(self.call);

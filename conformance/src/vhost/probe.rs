@@ -231,7 +231,7 @@ impl<'a> Prober<'a> {
         let data_path = self.opts.data_path.clone();
         let device_ack = match data_path.as_ref().map(|d| d.device) {
             Some(datapath::Device::Blk) => datapath::BLK_ACK,
-            None => 0,
+            Some(datapath::Device::Rng) | None => 0,
         };
         let features = offered & (VIRTIO_ACK | device_ack);
         self.call(Fe::GetFeatures, &Payload::Empty, &[], false)?;
@@ -321,7 +321,7 @@ impl<'a> Prober<'a> {
         };
         // Ring 0 is laid out before the back-end learns where it is.
         let mut dp = match (&data_path, calls.first(), kicks.first()) {
-            (Some(_), Some(call), Some(kick)) => Some(
+            (Some(d), Some(call), Some(kick)) => Some(
                 DataPath::new(
                     MemfdMemory {
                         fd: mem.as_fd(),
@@ -332,6 +332,7 @@ impl<'a> Prober<'a> {
                     call,
                     self.opts.timeout,
                     features >> 29 & 1 == 1,
+                    d.device,
                 )
                 .map_err(Stop::Io)?,
             ),
@@ -416,6 +417,7 @@ impl<'a> Prober<'a> {
                     features & datapath::BLK_ACK != 0,
                     d.disk.as_deref(),
                 ),
+                datapath::Device::Rng => dp.rng(),
             }
             self.data_findings(dp);
         }
