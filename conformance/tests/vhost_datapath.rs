@@ -130,6 +130,8 @@ enum Fault {
     HangsOnBadChain,
     /// Returns every chain with used len 0 (nothing written).
     UsedLenZero,
+    /// Also writes a byte of guest memory no buffer covers.
+    WritesOutsideBuffers,
 }
 
 const F_VERSION_1: u64 = 1 << 32;
@@ -221,6 +223,9 @@ impl Fake {
                 return;
             }
             let written = self.blk(&mut mem, &bufs);
+            if self.fault == Fault::WritesOutsideBuffers {
+                let _ = mem.write_at(0x18_0000, &[0]);
+            }
             let (id, len) = match self.fault {
                 Fault::IdNeverPosted => (self.size + 5, written),
                 Fault::LenPastBuffer => (head as u32, written + 4096),
@@ -445,6 +450,10 @@ fn each_broken_ring_rule_is_reported_under_its_id() {
             "vhost-user.ring.stopped-not-processed",
         ),
         (Fault::BaseZero, "vhost-user.ring.get-base-is-next-avail"),
+        (
+            Fault::WritesOutsideBuffers,
+            "virtio.device.writes-only-writable-buffers",
+        ),
     ] {
         let (code, v) = probe_fake(fault);
         assert_eq!(code, 2, "{fault:?}: {v:#}");

@@ -365,6 +365,8 @@ pub mod virtio {
             "A used element's len is at most the chain's device-writable bytes (\"the total of bytes written into the buffer\").";
         USED_INDEX_JUMP = "virtio.used.index-counts-returned", "virtio-v1.2", "2.7.8 The Virtqueue Used Ring", Violation,
             "used.idx advances by at most the number of chains outstanding (\"where the device would put the next descriptor entry in the ring\").";
+        DEVICE_WRITES_WRITABLE = "virtio.device.writes-only-writable-buffers", "virtio-v1.2", "2.7.5 The Virtqueue Descriptor Table", Violation,
+            "The device writes guest memory only through device-writable descriptors and the used ring (\"VIRTQ_DESC_F_WRITE ... marks a buffer as device write-only (otherwise device read-only)\"): memory no ring or buffer covers stays as the driver left it.";
         USED_COMPLETES = "virtio.used.request-completed", "virtio-v1.2", "2.7.8 The Virtqueue Used Ring", Violation,
             "A well-formed chain made available on an enabled, started ring is returned in the used ring (within the probe's deadline).";
         BLK_STATUS = "virtio.blk.status", "virtio-v1.2", "5.2.6 Device Operation", Violation,

@@ -137,6 +137,10 @@ const DATA_BASE: u64 = 0x10_0000;
 /// The sectors written and read back.
 const SECTOR: u64 = 8;
 const DATA_LEN: u32 = 4096;
+/// Guest memory no ring or buffer of ours uses: filled with GUARD_BYTE
+/// before the requests and checked after them.
+const GUARD: std::ops::Range<u64> = 0x12_0000..0x20_0000;
+const GUARD_BYTE: u8 = 0xa5;
 /// How long a back-end has to signal the call eventfd once its used entry
 /// is visible.
 const CALL_GRACE: Duration = Duration::from_millis(200);
@@ -410,6 +414,33 @@ impl<'a> DataPath<'a> {
             self.finding(
                 &rule::BLK_STATUS,
                 format!("{what}: status {got:?}, expected {want:?}"),
+            );
+        }
+    }
+
+    /// Fills the guard area.
+    pub fn place_guard(&mut self) {
+        let fill = vec![GUARD_BYTE; (GUARD.end - GUARD.start) as usize];
+        if self.mem.write_at(GUARD.start, &fill).is_err() {
+            self.step("guard area", "could not be written".into());
+        }
+    }
+
+    /// Checks the guard area is as we left it: the device wrote nowhere but
+    /// the device-writable buffers and the used ring.
+    pub fn check_guard(&mut self) {
+        let mut got = vec![0u8; (GUARD.end - GUARD.start) as usize];
+        if self.mem.read_at(GUARD.start, &mut got).is_err() {
+            return;
+        }
+        if let Some(i) = got.iter().position(|&b| b != GUARD_BYTE) {
+            let changed = got.iter().filter(|&&b| b != GUARD_BYTE).count();
+            self.finding(
+                &rule::DEVICE_WRITES_WRITABLE,
+                format!(
+                    "{changed} bytes changed in guest memory no ring or buffer covers (first at {:#x})",
+                    GUARD.start + i as u64
+                ),
             );
         }
     }

@@ -404,12 +404,17 @@ impl<'a> Prober<'a> {
                 )?;
             }
         }
+        if let Some(dp) = dp.as_mut() {
+            dp.place_guard();
+        }
         if let (Some(dp), Some(abuse)) = (dp.as_mut(), self.abuse) {
             let outcome = dp.abuse(abuse, GUEST_MEMORY);
             self.data_steps.push(datapath::Step {
                 request: abuse.name().into(),
                 outcome,
             });
+            dp.check_guard();
+            self.data_findings(dp);
         } else if let (Some(dp), Some(d)) = (dp.as_mut(), &data_path) {
             match d.device {
                 datapath::Device::Blk => dp.blk(
@@ -419,6 +424,7 @@ impl<'a> Prober<'a> {
                 ),
                 datapath::Device::Rng => dp.rng(),
             }
+            dp.check_guard();
             self.data_findings(dp);
         }
         // Stop: disable, then GET_VRING_BASE stops each ring.
