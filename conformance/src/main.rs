@@ -226,6 +226,14 @@ enum VhostAction {
         /// back-end) as violations.
         #[arg(long)]
         strict: bool,
+        /// Drive ring 0 with real requests of this device type (split
+        /// virtqueue in the shared memfd) and check the used ring and data.
+        #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "blk")]
+        data_path: Option<qconform::vhost::datapath::Device>,
+        /// With --data-path blk: the raw disk file the back-end exports,
+        /// checked to hold the sectors written.
+        #[arg(long, requires = "data_path")]
+        disk: Option<PathBuf>,
         #[command(flatten)]
         reports: CiArgs,
     },
@@ -635,6 +643,8 @@ fn vhost_user(action: VhostAction) -> i32 {
             transcript,
             backend_cmd,
             strict,
+            data_path,
+            disk,
             reports,
         } => {
             // The CI reports judge the main conversation's transcript (a
@@ -656,6 +666,8 @@ fn vhost_user(action: VhostAction) -> i32 {
                     robustness: !no_robustness,
                     backend_cmd,
                     strict,
+                    data_path: data_path
+                        .map(|device| qconform::vhost::datapath::Options { device, disk }),
                 },
                 output,
             );

@@ -27,6 +27,7 @@ pub mod source;
 pub mod structured;
 pub mod upload;
 pub mod vhost_user;
+pub mod virtio;
 
 pub use error::{Error, Result};
 pub use limits::Limits;

@@ -344,6 +344,39 @@ pub mod vhost_user {
             "The back-end carried out a request the spec asks the front-end not to send (a \"should\" that binds the front-end); qconform would rather it refused, the spec does not require it.";
         PEER_CLOSED = "vhost-user.peer.closed-valid-conversation", "vhost-user.rst", "Communication", Violation,
             "A peer closes the connection only on error, never during a valid conversation.";
+        RING_STOPPED_IDLE = "vhost-user.ring.stopped-not-processed", "vhost-user.rst", "Ring states", Violation,
+            "While a ring is stopped (before SET_VRING_KICK, after GET_VRING_BASE) the back-end does not process it: no used entry, no call.";
+        RING_BASE_RESUMES = "vhost-user.ring.get-base-is-next-avail", "vhost-user.rst", "Front-end message types", Violation,
+            "GET_VRING_BASE of a split ring returns the next available index the back-end processes: with every request drained, the driver's available index.";
+        RING_CALL_FIRES = "vhost-user.ring.call-fires", "vhost-user.rst", "Front-end message types", Violation,
+            "A back-end that adds used entries signals the call eventfd set by SET_VRING_CALL (unless the driver suppressed interrupts).";
+    }
+}
+
+/// Rules of the virtio 1.2 specification (OASIS), which is not in the
+/// repository: sections are its numbered headings, and each summary says
+/// only what the rule relies on.
+pub mod virtio {
+    use super::*;
+    rules! {
+        USED_ID_POSTED = "virtio.used.id-posted", "virtio-v1.2", "2.7.8 The Virtqueue Used Ring", Violation,
+            "A used element's id is the head of a chain the driver made available and the device has not returned yet (\"id indicates the head entry of the descriptor chain describing the buffer\").";
+        USED_LEN_WITHIN = "virtio.used.len-within-buffer", "virtio-v1.2", "2.7.8 The Virtqueue Used Ring", Violation,
+            "A used element's len is at most the chain's device-writable bytes (\"the total of bytes written into the buffer\").";
+        USED_INDEX_JUMP = "virtio.used.index-counts-returned", "virtio-v1.2", "2.7.8 The Virtqueue Used Ring", Violation,
+            "used.idx advances by at most the number of chains outstanding (\"where the device would put the next descriptor entry in the ring\").";
+        DEVICE_WRITES_WRITABLE = "virtio.device.writes-only-writable-buffers", "virtio-v1.2", "2.7.5 The Virtqueue Descriptor Table", Violation,
+            "The device writes guest memory only through device-writable descriptors and the used ring (\"VIRTQ_DESC_F_WRITE ... marks a buffer as device write-only (otherwise device read-only)\"): memory no ring or buffer covers stays as the driver left it.";
+        USED_COMPLETES = "virtio.used.request-completed", "virtio-v1.2", "2.7.8 The Virtqueue Used Ring", Violation,
+            "A well-formed chain made available on an enabled, started ring is returned in the used ring (within the probe's deadline).";
+        BLK_STATUS = "virtio.blk.status", "virtio-v1.2", "5.2.6 Device Operation", Violation,
+            "A valid request in range completes with VIRTIO_BLK_S_OK; a read or write past the capacity with VIRTIO_BLK_S_IOERR; the status is a value the spec defines.";
+        BLK_DATA = "virtio.blk.read-after-write", "virtio-v1.2", "5.2.6 Device Operation", Violation,
+            "A read of sectors returns what the last completed write put there, and the disk the device exports holds it.";
+        RNG_FILLS = "virtio.rng.fills-buffer", "virtio-v1.2", "5.4.6 Device Operation", Violation,
+            "The entropy device returns each buffer with random bytes in it (\"The device MUST place one or more random bytes into the buffer\"): a used len of 0, or a filled part all zero, is not random data.";
+        BLK_ID = "virtio.blk.get-id", "virtio-v1.2", "5.2.6 Device Operation", Note,
+            "VIRTIO_BLK_T_GET_ID writes the device id string (up to 20 bytes) or answers VIRTIO_BLK_S_UNSUPP.";
     }
 }
 
@@ -502,6 +535,7 @@ pub fn all() -> impl Iterator<Item = &'static Rule> {
         .iter()
         .chain(qcow2::ALL.iter())
         .chain(vhost_user::ALL.iter())
+        .chain(virtio::ALL.iter())
         .chain(parallels::ALL.iter())
         .chain(qed::ALL.iter())
         .chain(policy::ALL.iter())

@@ -6,6 +6,7 @@ pub mod backend;
 pub mod check;
 pub mod conn;
 pub mod corpus;
+pub mod datapath;
 pub mod fuzz;
 pub mod matrix;
 pub mod probe;

@@ -13,6 +13,7 @@
 //! SET_VRING_NUM was answered), each on a fresh connection.
 
 use super::conn::{self, Conn, Received, RecvError};
+use super::datapath::{self, DataPath, MemfdMemory};
 use super::tap::Tap;
 use crate::Output;
 use qconform_core::report::{Finding, Location, Severity};
@@ -22,6 +23,7 @@ use qconform_core::vhost_user::payload::{self, encode, Payload, Region};
 use qconform_core::vhost_user::request::FrontEnd as Fe;
 use qconform_core::vhost_user::session::{Direction, Profile, ReplyOutcome};
 use qconform_core::vhost_user::wire::{Header, FLAG_NEED_REPLY, VERSION};
+use qconform_core::virtio::split_ring::Layout;
 use qconform_core::{Limits, Report};
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use serde::Serialize;
@@ -41,6 +43,8 @@ pub struct Options {
     pub backend_cmd: Option<String>,
     /// Count notes (tester policy) as violations.
     pub strict: bool,
+    /// Drive ring 0 with real requests (`--data-path`).
+    pub data_path: Option<datapath::Options>,
 }
 
 /// Protocol features the probe can drive, acknowledged when offered.
@@ -93,6 +97,11 @@ struct Prober<'a> {
     /// or the GET_FEATURES sent after it without REPLY_ACK): a close now is
     /// the back-end refusing the size.
     ring_unconfirmed: bool,
+    /// What the data path did, request by request.
+    data_steps: Vec<datapath::Step>,
+    /// Instead of valid requests, this malformed one (a data-path
+    /// robustness probe).
+    abuse: Option<datapath::RingAbuse>,
 }
 
 impl<'a> Prober<'a> {
@@ -102,6 +111,8 @@ impl<'a> Prober<'a> {
             tap: Tap::new(conn, name, opts.profile, Direction::FrontToBack),
             ring_size,
             ring_unconfirmed: false,
+            data_steps: Vec::new(),
+            abuse: None,
         }
     }
 
@@ -217,7 +228,12 @@ impl<'a> Prober<'a> {
             self.call(Fe::GetMaxMemSlots, &Payload::Empty, &[], false)?;
         }
         let offered = self.tap.session.offered_features().unwrap_or(0);
-        let features = offered & VIRTIO_ACK;
+        let data_path = self.opts.data_path.clone();
+        let device_ack = match data_path.as_ref().map(|d| d.device) {
+            Some(datapath::Device::Blk) => datapath::BLK_ACK,
+            Some(datapath::Device::Rng) | None => 0,
+        };
+        let features = offered & (VIRTIO_ACK | device_ack);
         self.call(Fe::GetFeatures, &Payload::Empty, &[], false)?;
         self.call(
             Fe::SetFeatures,
@@ -225,8 +241,9 @@ impl<'a> Prober<'a> {
             &[],
             ra,
         )?;
+        let mut config = Vec::new();
         if has(PF::Config) {
-            self.call(
+            let reply = self.call(
                 Fe::GetConfig,
                 &Payload::Config(payload::Config {
                     offset: 0,
@@ -237,6 +254,10 @@ impl<'a> Prober<'a> {
                 &[],
                 false,
             )?;
+            // The config space's bytes follow the 12-byte config header.
+            if let Some((r, _)) = reply {
+                config = r.payload.get(12..).unwrap_or_default().to_vec();
+            }
         }
         if has(PF::Status) {
             self.call(
@@ -282,9 +303,43 @@ impl<'a> Prober<'a> {
             .queue_num()
             .unwrap_or(1)
             .clamp(1, Limits::DEFAULT.vhost_probe_rings);
-        let mut notifiers: Vec<OwnedFd> = Vec::new();
+        let mut calls = Vec::new();
+        let mut kicks = Vec::new();
+        for _ in 0..rings {
+            calls.push(conn::eventfd().map_err(|e| Stop::Io(e.to_string()))?);
+            kicks.push(conn::eventfd().map_err(|e| Stop::Io(e.to_string()))?);
+        }
+        let ring_size = self.ring_size as u16;
+        let layout = |i: u32| {
+            let base = 0x10000 * (i as u64 + 1);
+            Layout {
+                size: ring_size,
+                desc: base,
+                avail: base + 0x1000,
+                used: base + 0x2000,
+            }
+        };
+        // Ring 0 is laid out before the back-end learns where it is.
+        let mut dp = match (&data_path, calls.first(), kicks.first()) {
+            (Some(d), Some(call), Some(kick)) => Some(
+                DataPath::new(
+                    MemfdMemory {
+                        fd: mem.as_fd(),
+                        size: GUEST_MEMORY,
+                    },
+                    layout(0),
+                    kick,
+                    call,
+                    self.opts.timeout,
+                    features >> 29 & 1 == 1,
+                    d.device,
+                )
+                .map_err(Stop::Io)?,
+            ),
+            _ => None,
+        };
         for i in 0..rings as u32 {
-            let ring_base = USER_BASE + 0x10000 * (i as u64 + 1);
+            let ring = layout(i);
             self.ring_unconfirmed = true;
             let set_num = self.call(
                 Fe::SetVringNum,
@@ -317,22 +372,23 @@ impl<'a> Prober<'a> {
                 &Payload::VringAddr(payload::VringAddr {
                     index: i,
                     flags: 0,
-                    descriptor: ring_base,
-                    available: ring_base + 0x1000,
-                    used: ring_base + 0x2000,
+                    descriptor: USER_BASE + ring.desc,
+                    available: USER_BASE + ring.avail,
+                    used: USER_BASE + ring.used,
                     log: 0,
                 }),
                 &[],
                 ra,
             )?;
-            let call = conn::eventfd().map_err(|e| Stop::Io(e.to_string()))?;
+            let (Some(call), Some(kick)) = (calls.get(i as usize), kicks.get(i as usize)) else {
+                break;
+            };
             self.call(
                 Fe::SetVringCall,
                 &Payload::U64(payload::U64 { value: i as u64 }),
                 &[call.as_fd()],
                 ra,
             )?;
-            let kick = conn::eventfd().map_err(|e| Stop::Io(e.to_string()))?;
             self.call(
                 Fe::SetVringKick,
                 &Payload::U64(payload::U64 { value: i as u64 }),
@@ -347,8 +403,29 @@ impl<'a> Prober<'a> {
                     ra,
                 )?;
             }
-            notifiers.push(call);
-            notifiers.push(kick);
+        }
+        if let Some(dp) = dp.as_mut() {
+            dp.place_guard();
+        }
+        if let (Some(dp), Some(abuse)) = (dp.as_mut(), self.abuse) {
+            let outcome = dp.abuse(abuse, GUEST_MEMORY);
+            self.data_steps.push(datapath::Step {
+                request: abuse.name().into(),
+                outcome,
+            });
+            dp.check_guard();
+            self.data_findings(dp);
+        } else if let (Some(dp), Some(d)) = (dp.as_mut(), &data_path) {
+            match d.device {
+                datapath::Device::Blk => dp.blk(
+                    qconform_core::virtio::blk::capacity(&config),
+                    features & datapath::BLK_ACK != 0,
+                    d.disk.as_deref(),
+                ),
+                datapath::Device::Rng => dp.rng(),
+            }
+            dp.check_guard();
+            self.data_findings(dp);
         }
         // Stop: disable, then GET_VRING_BASE stops each ring.
         for i in 0..rings as u32 {
@@ -360,13 +437,22 @@ impl<'a> Prober<'a> {
                     ra,
                 )?;
             }
-            self.call(
+            let base = self.call(
                 Fe::GetVringBase,
                 &Payload::VringState(payload::VringState { index: i, num: 0 }),
                 &[],
                 false,
             )?;
+            if let (0, Some(dp), Some((r, _)), None) = (i, dp.as_mut(), base, self.abuse) {
+                let num = r.payload.get(4..8).and_then(|b| b.try_into().ok());
+                if let Some(num) = num.map(u32::from_ne_bytes) {
+                    dp.check_base(num);
+                }
+                dp.stopped_ring_idle();
+                self.data_findings(dp);
+            }
         }
+
         if has(PF::ConfigureMemSlots) {
             self.call(
                 Fe::RemMemReg,
@@ -379,6 +465,18 @@ impl<'a> Prober<'a> {
             self.call(Fe::ResetDevice, &Payload::Empty, &[], ra)?;
         }
         Ok(())
+    }
+}
+
+impl Prober<'_> {
+    /// Moves the data path's findings into the session's report, at the
+    /// message count they follow.
+    fn data_findings(&mut self, dp: &mut DataPath<'_>) {
+        let seq = self.tap.session.messages();
+        for (rule, detail) in dp.findings.drain(..) {
+            self.tap.session.finding(rule, seq, detail);
+        }
+        self.data_steps.append(&mut dp.steps);
     }
 }
 
@@ -752,6 +850,77 @@ fn robustness(opts: &Options, probe: &Robustness, ring_size: u32) -> ProbeVerdic
     verdict
 }
 
+/// One data-path robustness probe on a fresh connection (and back-end,
+/// with --backend-cmd): the whole conversation with `abuse` placed on ring
+/// 0 instead of valid requests. The back-end may refuse it any way it
+/// likes (an error, a reset, a close); it must neither crash nor hang.
+fn ring_robustness(opts: &Options, abuse: datapath::RingAbuse, ring_size: u32) -> ProbeVerdict {
+    let mut verdict = ProbeVerdict {
+        probe: abuse.name(),
+        sent: format!("{abuse:?} on ring 0"),
+        outcome: String::new(),
+        findings: Vec::new(),
+    };
+    let mut findings = Report::new(abuse.name(), "vhost-user", &Limits::default());
+    let mut backend = match Backend::start(
+        opts.backend_cmd.as_deref(),
+        &opts.socket,
+        Duration::from_secs(5),
+    ) {
+        Ok(b) => b,
+        Err(e) => {
+            verdict.outcome = format!("skipped: {e}");
+            return verdict;
+        }
+    };
+    let conn = match backend.connect(&opts.socket) {
+        Ok(c) => c,
+        Err(e) => {
+            verdict.outcome = format!("skipped: cannot connect ({e})");
+            return verdict;
+        }
+    };
+    let mut p = Prober::new(opts, conn, abuse.name(), ring_size);
+    p.abuse = Some(abuse);
+    let end = p.conversation();
+    let placed = p
+        .data_steps
+        .iter()
+        .map(|s| s.outcome.clone())
+        .collect::<Vec<_>>()
+        .join("; ");
+    verdict.outcome = match &end {
+        Ok(()) => format!("{placed}; the conversation finished"),
+        Err(Stop::Closed) => format!("{placed}; closed the connection"),
+        Err(e) => format!("{placed}; {e}"),
+    };
+    let at = Some(Location::Message(p.tap.session.messages()));
+    if let Err(Stop::Timeout) = end {
+        findings.add_at(&rule::ROBUST_HANG, at, 1, || {
+            format!("back-end: stopped answering after {abuse:?} was placed on ring 0")
+        });
+    }
+    if let Some(how) = backend.crashed() {
+        findings.add_at(&rule::ROBUST_CRASH, at, 1, || {
+            format!("back-end: {how} after {abuse:?} was placed on ring 0")
+        });
+        verdict.outcome.push_str(&format!("; process {how}"));
+    }
+    // The back-end's own rule violations count (used entries it made up
+    // among them); a close is its way of refusing, not a finding here.
+    for f in &p.tap.session.report().findings {
+        if f.detail.starts_with("back-end:")
+            && f.rule.id != rule::PEER_CLOSED.id
+            && f.rule.id != rule::REPLY_MISSING.id
+            && f.rule.id != rule::ROBUST_HANG.id
+        {
+            findings.add_at(f.rule, f.location, 1, || f.detail.clone());
+        }
+    }
+    verdict.findings = findings.findings;
+    verdict
+}
+
 fn eventfds(n: usize) -> Vec<OwnedFd> {
     (0..n).filter_map(|_| conn::eventfd().ok()).collect()
 }
@@ -832,7 +1001,7 @@ pub fn run_reporting(opts: &Options, output: Output) -> (i32, RobustnessFindings
         }
     };
     let Conversation {
-        prober: p,
+        prober: mut p,
         stopped,
         refused,
         backend,
@@ -853,6 +1022,7 @@ pub fn run_reporting(opts: &Options, output: Output) -> (i32, RobustnessFindings
     let queues = p.tap.session.queue_num();
     let messages = p.tap.session.messages();
     let ring_size = p.ring_size;
+    let data_steps = std::mem::take(&mut p.data_steps);
     // The main connection ends before the probes: single-client back-ends
     // (qemu-storage-daemon) serve one connection at a time.
     drop(p);
@@ -864,6 +1034,11 @@ pub fn run_reporting(opts: &Options, output: Output) -> (i32, RobustnessFindings
     } else {
         Vec::new()
     };
+    if opts.robustness && opts.data_path.is_some() {
+        for abuse in datapath::RingAbuse::ALL {
+            verdicts.push(ring_robustness(opts, abuse, ring_size));
+        }
+    }
     if opts.strict {
         // Tester policy counts as a violation.
         let raise = |f: &mut Finding| {
@@ -895,6 +1070,7 @@ pub fn run_reporting(opts: &Options, output: Output) -> (i32, RobustnessFindings
                 "ring_size": ring_size,
                 "ring_sizes_refused": refused,
                 "conversation": { "messages": messages, "stopped": stopped, "findings": main.findings },
+                "data_path": opts.data_path.as_ref().map(|_| &data_steps),
                 "robustness": verdicts,
                 "violations": violations,
             });
@@ -913,6 +1089,9 @@ pub fn run_reporting(opts: &Options, output: Output) -> (i32, RobustnessFindings
             }
             if let Some(s) = &stopped {
                 println!("conversation stopped early: {s}");
+            }
+            for s in &data_steps {
+                println!("data path {:<28} -> {}", s.request, s.outcome);
             }
             super::check::print_report("conversation", messages, &main, Output::Human);
             for v in &verdicts {
@@ -956,6 +1135,7 @@ pub fn record_conversation(
         robustness: false,
         backend_cmd: None,
         strict: false,
+        data_path: None,
     };
     let c = negotiate(&opts, description)?;
     if let Some(e) = c.stopped {
