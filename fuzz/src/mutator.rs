@@ -259,3 +259,104 @@ pub fn mutate(
     }
     fallback(data, size, max_size)
 }
+
+/// The custom mutator of vhost_user_session (hooked with `fuzz_mutator!`):
+/// the input is read as a conversation ([`Conversation::from_stream`], the
+/// encoding the target decodes) and changed a step at a time, as a
+/// front-end or back-end out of order would change it: a valid message
+/// drawn through core's `Arbitrary` inserted (a request with its payload
+/// laid out as the spec says, which byte mutations rarely produce), a
+/// step dropped, repeated or moved, a header's flags, request id or fd
+/// count changed, a payload bit flipped or its size claim made to differ
+/// from the bytes that follow. Bit 6 of the first byte (the lenient
+/// profile) is kept. One call in four, and whenever the result would not
+/// fit `max_size`, it is libFuzzer's own byte mutation instead.
+///
+/// [`Conversation::from_stream`]: qconform_core::vhost_user::arbitrary::Conversation::from_stream
+pub fn mutate_session(
+    data: &mut [u8],
+    size: usize,
+    max_size: usize,
+    seed: u32,
+    fallback: fn(&mut [u8], usize, usize) -> usize,
+) -> usize {
+    use arbitrary::{Arbitrary, Unstructured};
+    use qconform_core::vhost_user::arbitrary::{Conversation, Step, MAX_STEPS};
+    let size = size.min(data.len());
+    let mut rng = SplitMix64::new(seed as u64);
+    if rng.next_u64().is_multiple_of(4) {
+        return fallback(data, size, max_size);
+    }
+    let lenient = data.first().is_some_and(|&t| t & 0x40 != 0);
+    let mut c = Conversation::from_stream(data.get(..size).unwrap_or(&[]));
+    let mut below = |n: usize| (rng.next_u64() % n.max(1) as u64) as usize;
+    let n = c.steps.len();
+    match below(6) {
+        // A valid step drawn from fresh bytes, inserted anywhere.
+        0 | 1 if n < MAX_STEPS => {
+            let mut bytes = [0u8; 96];
+            for chunk in bytes.chunks_mut(8) {
+                let r = (below(usize::MAX)) as u64;
+                chunk.copy_from_slice(&r.to_le_bytes());
+            }
+            let drawn = Conversation::arbitrary(&mut Unstructured::new(&bytes)).unwrap_or_default();
+            if let Some(step) = drawn.steps.into_iter().next() {
+                let at = below(n + 1);
+                c.steps.insert(at, step);
+            }
+        }
+        2 if n > 0 => {
+            c.steps.remove(below(n));
+        }
+        3 if n > 0 && n < MAX_STEPS => {
+            let i = below(n);
+            let step = c.steps.get(i).cloned();
+            if let Some(step) = step {
+                c.steps.insert(below(n + 1), step);
+            }
+        }
+        4 if n > 1 => {
+            let (a, b) = (below(n), below(n));
+            c.steps.swap(a, b);
+        }
+        _ if n > 0 => {
+            let i = below(n);
+            let pick = below(5);
+            let r = below(usize::MAX) as u64;
+            if let Some(Step::Message {
+                header,
+                payload,
+                fds,
+                ..
+            }) = c.steps.get_mut(i)
+            {
+                match pick {
+                    0 => header.flags ^= 1 << (r % 32),
+                    1 => header.request = (r % 64) as u32,
+                    2 => *fds = (r % 4) as u8,
+                    3 if !payload.is_empty() => {
+                        let at = (r as usize) % payload.len();
+                        if let Some(b) = payload.get_mut(at) {
+                            *b ^= 1 << (r >> 32) % 8;
+                        }
+                    }
+                    // The size claim no longer that of the bytes: the
+                    // next step is read from the wrong place.
+                    _ => header.size = header.size.wrapping_add((r % 17) as u32).wrapping_sub(8),
+                }
+            }
+        }
+        _ => return fallback(data, size, max_size),
+    }
+    let mut out = c.to_stream();
+    if let Some(first) = out.first_mut() {
+        if lenient {
+            *first |= 0x40;
+        }
+    }
+    if out.is_empty() || out.len() > max_size || out.len() > data.len() {
+        return fallback(data, size, max_size);
+    }
+    data[..out.len()].copy_from_slice(&out);
+    out.len()
+}
