@@ -179,22 +179,41 @@ pub fn read(src: &dyn ReadAt, h: &Header, report: &mut Report) -> Option<Snapsho
         });
     }
     table.size = offset - start;
-    // A set, not a scan of the earlier entries: 65536 snapshots would make
-    // that 2^31 string comparisons.
-    let mut ids: std::collections::HashSet<&str> = std::collections::HashSet::new();
     let (read, tail) = table
         .snapshots
         .split_at(tail_from.min(table.snapshots.len()));
+    // Duplicate ids found by sorting (id, index), not by a scan of the
+    // earlier entries (65,536 snapshots would make that 2^31 string
+    // comparisons) nor a hash set (twice the memory, and the ids are the
+    // image's to choose): every entry of a run of equal ids but the first
+    // in table order is a duplicate. One bit per entry remembers which.
+    let mut dup = vec![0u64; read.len().div_ceil(64)];
+    let empty_id: bool;
+    {
+        let mut order: Vec<(&str, u32)> = Vec::with_capacity(read.len());
+        order.extend(
+            read.iter()
+                .enumerate()
+                .map(|(i, s)| (s.id.as_str(), i as u32)),
+        );
+        order.sort_unstable();
+        empty_id = order.first().is_some_and(|f| f.0.is_empty());
+        for pair in order.windows(2) {
+            if let [(a, _), (b, j)] = pair {
+                if a == b {
+                    if let Some(w) = dup.get_mut(*j as usize / 64) {
+                        *w |= 1 << (*j % 64);
+                    }
+                }
+            }
+        }
+    }
     for (i, s) in read.iter().enumerate() {
         if h.version >= 3 && s.extra_data_size < 16 {
             report.add(&rule::SNAPSHOT_EXTRA_V3, Some(s.entry_offset + 36), format_args!(
                 "snapshot table entry {i} ({}) has {} bytes of extra data; version 3 needs at least 16", s.name, s.extra_data_size));
         }
-        // The previous entry's id is in the set already: a run of equal
-        // ids (the empty ids of entries past the end of the file) is a run
-        // of duplicates without hashing each.
-        let repeat = i > 0 && read.get(i - 1).is_some_and(|p| p.id == s.id);
-        if repeat || !ids.insert(s.id.as_str()) {
+        if dup.get(i / 64).is_some_and(|w| w >> (i % 64) & 1 == 1) {
             report.add(
                 &rule::SNAPSHOT_ID_UNIQUE,
                 Some(s.entry_offset),
@@ -212,8 +231,8 @@ pub fn read(src: &dyn ReadAt, h: &Header, report: &mut Report) -> Option<Snapsho
         }
         // Their ids are all empty: every one but the first is a duplicate,
         // and the first too if an entry in the file has an empty id.
-        let dups = n - 1 + ids.contains("") as u64;
-        let at = if ids.contains("") {
+        let dups = n - 1 + empty_id as u64;
+        let at = if empty_id {
             first
         } else {
             tail.get(1).unwrap_or(first)
