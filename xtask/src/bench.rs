@@ -128,7 +128,7 @@ fn previous_ratios(root: &Path) -> Vec<(String, f64)> {
 fn print_table(rows: &[Row], previous: &[(String, f64)], runs: usize) {
     let mib = |k: u64| k as f64 / 1024.0;
     println!(
-        "\n{:<16} {:>11} {:>10} {:>13} {:>10} {:>7} {:>7} {:>7}  (median of {runs}, peak RSS, interleaved)",
+        "\n{:<22} {:>11} {:>10} {:>13} {:>10} {:>7} {:>7} {:>7}  (median of {runs}, peak RSS, interleaved)",
         "comparison", "qemu-img s", "RSS MiB", "qconform s", "RSS MiB", "ratio", "prev", "target"
     );
     for r in rows {
@@ -137,7 +137,7 @@ fn print_table(rows: &[Row], previous: &[(String, f64)], runs: usize) {
             .find(|(n, _)| n == r.name)
             .map_or("-".to_string(), |(_, p)| format!("{p:.1}x"));
         println!(
-            "{:<16} {:>11.4} {:>10.1} {:>13.4} {:>10.1} {:>6.1}x {:>7} {:>6.1}x  {}",
+            "{:<22} {:>11.4} {:>10.1} {:>13.4} {:>10.1} {:>6.1}x {:>7} {:>6.1}x  {}",
             r.name,
             r.qemu_wall,
             mib(r.qemu_rss_kib),
@@ -152,7 +152,8 @@ fn print_table(rows: &[Row], previous: &[(String, f64)], runs: usize) {
 }
 
 /// `cargo xtask bench [--quick] [--record] [FILTER]`: the comparisons whose
-/// name contains FILTER (check-1t, cat-mixed, check-many, check-snapshots,
+/// name contains FILTER (check-1t, cat-mixed, cat-falloc-4g,
+/// cat-compressed-deflate, cat-compressed-zstd, cat-chain3, check-many, check-snapshots,
 /// check-sparse-16t, map-sparse-16t, proxy), median of 5 runs (3
 /// with --quick); --record writes the ratios to xtask/bench-ratios.txt.
 pub fn run(args: &[String]) -> Result<(), super::DynError> {
@@ -193,8 +194,8 @@ pub fn run(args: &[String]) -> Result<(), super::DynError> {
             &|| {},
         )?);
     }
-    if wanted("cat-mixed") {
-        rows.push(cat_bench(bin_s, &dir, runs)?);
+    for (name, img) in cat_images(&dir, filter)? {
+        rows.push(cat_bench(name, bin_s, &img, runs)?);
     }
     if wanted("check-many") {
         rows.push(many_bench(bin_s, &dir, runs)?);
@@ -396,61 +397,273 @@ fn proxy_bench() -> Result<(), super::DynError> {
     Ok(())
 }
 
-/// `qconform cat` vs `qemu-img convert -O raw` on a 2 GiB image with mixed
-/// data, zero and compressed clusters (built once with qemu-io, cached).
-fn cat_bench(bin: &str, dir: &Path, runs: usize) -> Result<Row, super::DynError> {
-    let img = dir.join("mixed-2g.qcow2");
-    if !img.exists() {
-        println!(
-            "creating {} (2 GiB: 1 GiB data, 512 MiB zero, 256 MiB compressed) ...",
-            img.display()
-        );
-        let tmp = dir.join("mixed-2g.tmp.qcow2");
-        let ok = Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2"])
-            .arg(&tmp)
-            .arg("2G")
-            .status()?
-            .success()
-            && Command::new("qemu-io")
-                .args([
-                    "-c",
-                    "write -P 0x5a 0 1G",
-                    "-c",
-                    "write -z 1G 512M",
-                    "-c",
-                    "write -c -P 0x33 1536M 256M",
-                ])
-                .arg(&tmp)
-                .stdout(std::process::Stdio::null())
-                .status()?
-                .success();
-        if !ok {
-            return Err("building the mixed image failed".into());
+/// Guest data for the cat images, like users' (not a repeating pattern):
+/// `random` is incompressible, `text` is random letters from a 64-symbol
+/// alphabet (deflate and zstd take it to about three quarters). 64 MiB
+/// each, made once from /dev/urandom; qemu-io writes them with `-s`.
+fn source_file(dir: &Path, kind: &str) -> Result<std::path::PathBuf, super::DynError> {
+    use std::io::Read;
+    let path = dir.join(format!("{kind}-64m.bin"));
+    if !path.exists() {
+        let mut bytes = vec![0u8; 64 << 20];
+        std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+        if kind == "text" {
+            const ALPHABET: &[u8; 64] =
+                b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+            for b in &mut bytes {
+                *b = ALPHABET[(*b & 63) as usize];
+            }
         }
-        std::fs::rename(&tmp, &img)?;
+        let tmp = dir.join(format!("{kind}-64m.tmp"));
+        std::fs::write(&tmp, &bytes)?;
+        std::fs::rename(&tmp, &path)?;
     }
-    let out = dir.join("mixed-2g.raw");
-    let (img_s, out_s) = (
+    Ok(path)
+}
+
+/// Builds `name` in the cache folder once: `create` (qemu-img arguments
+/// before the file name and size), then each qemu-io command in turn.
+/// `@random` and `@text` in a command stand for the source files.
+fn cat_image(
+    dir: &Path,
+    name: &str,
+    create: &[&str],
+    size: &str,
+    writes: &[String],
+) -> Result<std::path::PathBuf, super::DynError> {
+    let img = dir.join(name);
+    if img.exists() {
+        return Ok(img);
+    }
+    println!("creating {} ...", img.display());
+    let random = source_file(dir, "random")?;
+    let text = source_file(dir, "text")?;
+    let tmp = dir.join(format!("{name}.tmp"));
+    let mut args = vec!["create", "-q"];
+    args.extend(create);
+    let out = Command::new("qemu-img")
+        .args(&args)
+        .arg(&tmp)
+        .arg(size)
+        .output()?;
+    if !out.status.success() {
+        return Err(format!(
+            "qemu-img {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
+    }
+    let (r, t) = (
+        random.to_str().ok_or("non-UTF-8 path")?,
+        text.to_str().ok_or("non-UTF-8 path")?,
+    );
+    let cmds: Vec<String> = writes
+        .iter()
+        .map(|w| w.replace("@random", r).replace("@text", t))
+        .collect();
+    // The format is named: a probed raw image refuses writes to sector 0.
+    let fmt = create
+        .windows(2)
+        .find(|w| w[0] == "-f")
+        .map_or("qcow2", |w| w[1]);
+    let mut io = vec!["-f", fmt];
+    for c in &cmds {
+        io.extend(["-c", c.as_str()]);
+    }
+    if !cmds.is_empty() {
+        build_step("qemu-io", &io, &tmp)?;
+    }
+    std::fs::rename(&tmp, &img)?;
+    Ok(img)
+}
+
+/// qemu-io commands writing `count` runs of `len` MiB from `source`, the
+/// first at `first` MiB, one every `step` MiB (`flags` before the source).
+fn runs_of(flags: &str, source: &str, first: u64, step: u64, len: u64, count: u64) -> Vec<String> {
+    (0..count)
+        .map(|i| format!("write {flags} -s {source} {}M {len}M", first + i * step))
+        .collect()
+}
+
+/// The cat rows: (name, image). Built once into the cache folder.
+fn cat_images(
+    dir: &Path,
+    filter: &str,
+) -> Result<Vec<(&'static str, std::path::PathBuf)>, super::DynError> {
+    let wanted = |n: &str| n.contains(filter);
+    let mut out = Vec::new();
+    if wanted("cat-mixed") {
+        // 1 GiB random data, 512 MiB zero clusters, 256 MiB compressed
+        // (compressible text), the rest unallocated.
+        let mut w = runs_of("", "@random", 0, 64, 64, 16);
+        w.push("write -z 1G 512M".into());
+        w.extend(runs_of("-c", "@text", 1536, 64, 64, 4));
+        out.push((
+            "cat-mixed",
+            cat_image(dir, "mixed-2g-random.qcow2", &["-f", "qcow2"], "2G", &w)?,
+        ));
+    }
+    if wanted("cat-falloc-4g") {
+        // 4 GiB preallocated with fallocate, 256 MiB of random data in 16
+        // runs of 16 MiB spread over the disk: the rest reads as zeros
+        // from allocated clusters (unwritten extents of the file).
+        let w = runs_of("", "@random", 3, 256, 16, 16);
+        out.push((
+            "cat-falloc-4g",
+            cat_image(
+                dir,
+                "falloc-4g.qcow2",
+                &["-f", "qcow2", "-o", "preallocation=falloc"],
+                "4G",
+                &w,
+            )?,
+        ));
+    }
+    for (row, ctype) in [
+        ("cat-compressed-deflate", "zlib"),
+        ("cat-compressed-zstd", "zstd"),
+    ] {
+        if !wanted(row) {
+            continue;
+        }
+        // 1 GiB of compressible text, every cluster compressed by
+        // `qemu-img convert -c` from a raw image holding it.
+        let raw = cat_image(
+            dir,
+            "text-1g.raw",
+            &["-f", "raw"],
+            "1G",
+            &runs_of("", "@text", 0, 64, 64, 16),
+        )?;
+        let img = dir.join(format!("compressed-1g-{ctype}.qcow2"));
+        if !img.exists() {
+            println!("creating {} ...", img.display());
+            let tmp = dir.join(format!("compressed-1g-{ctype}.tmp"));
+            let o = format!("compression_type={ctype}");
+            let out = Command::new("qemu-img")
+                .args(["convert", "-q", "-c", "-f", "raw", "-O", "qcow2", "-o", &o])
+                .arg(&raw)
+                .arg(&tmp)
+                .output()?;
+            if !out.status.success() {
+                return Err(format!(
+                    "qemu-img convert -c: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+                .into());
+            }
+            std::fs::rename(&tmp, &img)?;
+        }
+        out.push((row, img));
+    }
+    if wanted("cat-chain3") {
+        // A 1 GiB disk over three images, data in each: the base holds
+        // 512 MiB, the middle 256 MiB (half over the base's), the top
+        // 64 MiB in 4 MiB runs across the disk.
+        let base = cat_image(
+            dir,
+            "chain-base.qcow2",
+            &["-f", "qcow2"],
+            "1G",
+            &runs_of("", "@random", 0, 64, 64, 8),
+        )?;
+        // Backing names relative to the image (the path policy follows
+        // those by default, not absolute ones).
+        let name = |p: &Path| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .map(str::to_string)
+                .ok_or("non-UTF-8 path")
+        };
+        let b = name(&base)?;
+        let mid = cat_image(
+            dir,
+            "chain-mid.qcow2",
+            &["-f", "qcow2", "-F", "qcow2", "-b", &b],
+            "1G",
+            &runs_of("", "@text", 384, 128, 64, 4),
+        )?;
+        let m = name(&mid)?;
+        let top = cat_image(
+            dir,
+            "chain-top.qcow2",
+            &["-f", "qcow2", "-F", "qcow2", "-b", &m],
+            "1G",
+            &runs_of("", "@random", 1, 64, 4, 16),
+        )?;
+        out.push(("cat-chain3", top));
+    }
+    Ok(out)
+}
+
+/// `qconform cat -o` vs `qemu-img convert -O raw` on `img`; after the
+/// timed runs both outputs are made once more and must be byte-identical
+/// (cmp) and occupy the same blocks (st_blocks), else the row fails.
+fn cat_bench(
+    name: &'static str,
+    bin: &str,
+    img: &Path,
+    runs: usize,
+) -> Result<Row, super::DynError> {
+    use std::os::unix::fs::MetadataExt;
+    let theirs = img.with_extension("qemu.raw");
+    let ours = img.with_extension("ours.raw");
+    let (img_s, theirs_s, ours_s) = (
         img.to_str().ok_or("non-UTF-8 path")?,
-        out.to_str().ok_or("non-UTF-8 path")?,
+        theirs.to_str().ok_or("non-UTF-8 path")?,
+        ours.to_str().ok_or("non-UTF-8 path")?,
     );
     let clean = || {
-        let _ = std::fs::remove_file(&out);
+        let _ = std::fs::remove_file(&theirs);
+        let _ = std::fs::remove_file(&ours);
     };
+    let qemu = ["qemu-img", "convert", "-O", "raw", img_s, theirs_s];
+    let mine = [bin, "cat", "-o", ours_s, img_s];
     let row = compare(
-        "cat-mixed",
+        name,
         runs,
         2.0,
         Cmds {
-            qemu: &["qemu-img", "convert", "-O", "raw", img_s, out_s],
-            ours: &[bin, "cat", "-o", out_s, img_s],
+            qemu: &qemu,
+            ours: &mine,
             verdicts: false,
         },
         &clean,
-    );
+    )?;
     clean();
-    row
+    time_once(&qemu, false)?;
+    time_once(&mine, false)?;
+    let same = Command::new("cmp")
+        .args(["-s", theirs_s, ours_s])
+        .status()?;
+    let blocks = |p: &Path| std::fs::metadata(p).map(|m| m.blocks() * 512);
+    let (tb, ob) = (blocks(&theirs)?, blocks(&ours)?);
+    clean();
+    // qemu-img's raw driver allocates the first 4 KiB block of a new file
+    // whatever it holds (file-posix allocate_first_block, for its alignment
+    // probe): where the disk starts with zeros its output has one block
+    // more than ours. st_blocks also counts ext4's extent-tree blocks,
+    // which vary by a block or so from one copy to the next.
+    println!(
+        "{name}: output {} qemu-img's; allocated bytes qemu-img {tb}, qconform {ob}{}",
+        if same.success() {
+            "identical to"
+        } else {
+            "DIFFERS from"
+        },
+        match tb.checked_sub(ob) {
+            Some(0) => String::new(),
+            Some(d) => format!(" ({d} fewer: qemu-img's first block, or extent-tree blocks)"),
+            None => " (MORE than qemu-img)".into(),
+        }
+    );
+    if !same.success() {
+        return Err(format!("{name}: cat -o output differs from qemu-img convert's").into());
+    }
+    if ob > tb {
+        return Err(format!("{name}: cat -o allocates {ob} bytes, qemu-img convert {tb}").into());
+    }
+    Ok(row)
 }
 
 /// Runs a tool to build a bench image; its output is not wanted.
