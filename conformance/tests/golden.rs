@@ -194,6 +194,53 @@ const TRIGGERED_BY_TESTS: &[(&str, &str)] = &[
     (
         "upload.bitmap-count",
         "conformance/tests/upload_policy.rs: snapshot_and_bitmap_counts_above_the_caps_are_refused",
+    ),    (
+        "vhost-user.ring.stopped-not-processed",
+        "conformance/tests/vhost_datapath.rs: each_broken_ring_rule_is_reported_under_its_id",
+    ),
+    (
+        "vhost-user.ring.get-base-is-next-avail",
+        "conformance/tests/vhost_datapath.rs: each_broken_ring_rule_is_reported_under_its_id",
+    ),
+    (
+        "vhost-user.ring.call-fires",
+        "conformance/tests/vhost_datapath.rs: each_broken_ring_rule_is_reported_under_its_id",
+    ),
+    (
+        "virtio.used.id-posted",
+        "conformance/tests/vhost_datapath.rs: each_broken_ring_rule_is_reported_under_its_id",
+    ),
+    (
+        "virtio.used.len-within-buffer",
+        "conformance/tests/vhost_datapath.rs: each_broken_ring_rule_is_reported_under_its_id",
+    ),
+    (
+        "virtio.used.index-counts-returned",
+        "conformance/tests/vhost_datapath.rs: each_broken_ring_rule_is_reported_under_its_id",
+    ),
+    (
+        "virtio.device.writes-only-writable-buffers",
+        "conformance/tests/vhost_datapath.rs: each_broken_ring_rule_is_reported_under_its_id",
+    ),
+    (
+        "virtio.used.request-completed",
+        "conformance/tests/vhost_datapath.rs: each_broken_ring_rule_is_reported_under_its_id",
+    ),
+    (
+        "virtio.blk.status",
+        "conformance/tests/vhost_datapath.rs: each_broken_ring_rule_is_reported_under_its_id",
+    ),
+    (
+        "virtio.blk.read-after-write",
+        "conformance/tests/vhost_datapath.rs: each_broken_ring_rule_is_reported_under_its_id",
+    ),
+    (
+        "virtio.blk.get-id",
+        "conformance/tests/vhost_datapath.rs: each_broken_ring_rule_is_reported_under_its_id",
+    ),
+    (
+        "virtio.rng.fills-buffer",
+        "conformance/tests/vhost_datapath.rs: an_entropy_device_returning_empty_buffers_is_reported",
     ),
 ];
 

@@ -337,7 +337,7 @@ pub fn mutate_session(
                     3 if !payload.is_empty() => {
                         let at = (r as usize) % payload.len();
                         if let Some(b) = payload.get_mut(at) {
-                            *b ^= 1 << (r >> 32) % 8;
+                            *b ^= 1 << ((r >> 32) % 8);
                         }
                     }
                     // The size claim no longer that of the bytes: the
