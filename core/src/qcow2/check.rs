@@ -281,21 +281,29 @@ impl Checker<'_, '_> {
                 },
             );
         }
-        // Grouped by sorting, not hashing: 16 bytes per snapshot (65,536 of
-        // them are valid), walked in the order the table first names each.
-        let mut keys: Vec<(u64, u32, u32)> = Vec::new();
+        // Grouped by sorting, not hashing: 24 bytes per run of snapshots
+        // naming one table (65,536 of them are valid), walked in the order
+        // the table first names each. Runs of entries with one table (the
+        // zero entries of a table past the end of the file) are one item
+        // before the sort.
+        let mut keys: Vec<((u64, u32), u32, u64)> = Vec::new();
         for (i, s) in snaps.snapshots.iter().enumerate() {
-            if snapshot::l1_usable(h, s, self.report) {
-                keys.push((s.l1_table_offset, s.l1_size, i as u32));
+            if !snapshot::l1_usable(h, s, self.report) {
+                continue;
+            }
+            let key = (s.l1_table_offset, s.l1_size);
+            match keys.last_mut() {
+                Some(last) if last.0 == key => last.2 += 1,
+                _ => keys.push((key, i as u32, 1)),
             }
         }
         keys.sort_unstable();
         // (first index, key, times)
         let mut groups: Vec<(u32, (u64, u32), u64)> = Vec::new();
-        for (offset, size, i) in keys {
+        for (key, i, times) in keys {
             match groups.last_mut() {
-                Some(g) if g.1 == (offset, size) => g.2 += 1,
-                _ => groups.push((i, (offset, size), 1)),
+                Some(g) if g.1 == key => g.2 += times,
+                _ => groups.push((i, key, times)),
             }
         }
         groups.sort_unstable_by_key(|g| g.0);
